@@ -1,0 +1,326 @@
+"""Typed run configuration: pydantic v2 models, a YAML file, built-in presets, `a.b=c` overrides.
+
+Layering, later wins: the preset (``cpu-default`` unless another is named, or none when a config
+file is given without a preset) -> the YAML file -> ``--set`` overrides. Every error names where the
+bad value came from (file or override), the field path and what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Metric = Literal["gap", "maxmean", "dts", "var", "mean_inv", "uniform"]
+SampleMethod = Literal["weighted", "greedy", "uniform"]
+Operator = Literal["constraints", "deepen", "concretize", "reasoning", "expand", "breadth"]
+LossType = Literal["sigmoid", "ipo", "hinge", "robust", "simpo", "orpo"]
+DType = Literal["bfloat16", "float16", "float32"]
+
+ALL_OPERATORS: tuple[Operator, ...] = ("constraints", "deepen", "concretize", "reasoning", "expand", "breadth")
+DEFAULT_PRESET = "cpu-default"
+
+# Fields that may differ between a run directory's config and the one it is resumed/extended with:
+# they change how long or how loudly a run goes, not what it computes.
+MUTABLE_FIELDS: frozenset[str] = frozenset({"run.iterations", "run.dir", "ray.address", "checkpoint.keep_policies"})
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the source, the field path and the expectation."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class RunSection(_Section):
+    name: str = Field("eva", min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="Run name; the run directory defaults to runs/<name>.")
+    seed: int = Field(0, ge=0, description="Master seed: sampling, evolve requests and per-request generation seeds derive from it.")
+    iterations: int = Field(2, ge=1, description="Number of self-play iterations to run (iteration 0 is the seed buffer and initial policy).")
+    dir: str | None = Field(None, description="Run directory (local path or shared-storage path). Default: runs/<name>.")
+
+    @property
+    def run_dir(self) -> str:
+        return self.dir if self.dir is not None else f"runs/{self.name}"
+
+
+class ModelSection(_Section):
+    path: str = Field("builtin:smollm2-135m-instruct", description="Policy: a local HF model folder, or builtin:smollm2-135m-instruct / builtin:tiny (built offline).")
+    dtype: DType = Field("bfloat16", description="Weights dtype for generation and for saved policies.")
+    max_model_len: int = Field(2048, ge=64, description="Max tokens (prompt + response) the engines handle.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the model folder. Off: it executes arbitrary code.")
+    enforce_eager: bool = Field(True, description="vLLM eager mode (no torch.compile): starts in seconds; compiled is faster but slow to start on CPU.")
+    kv_cache_gib: int = Field(1, ge=1, description="vLLM CPU KV-cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE). GPU engines use gpu_memory_utilization.")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="Share of GPU memory one vLLM engine may take (GPU only).")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism per engine (GPU clusters).")
+
+
+class PromptsSection(_Section):
+    path: str = Field("builtin:seed", description="Seed prompts: JSONL, Parquet, a saved `datasets` folder, or builtin:seed (200+ shipped instructions).")
+    column: str = Field("prompt", min_length=1, description="Column (JSON key) that holds the prompt text.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N seed prompts (after dropping empties and duplicates).")
+
+
+class CreatorSection(_Section):
+    metric: Metric = Field("gap", description="Informativeness of a prompt from its reward vector (DESIGN.md table).")
+    sample_frac: float = Field(0.25, gt=0, le=1, description="Fraction of the current prompt set sampled for evolving each iteration.")
+    sample_method: SampleMethod = Field("weighted", description="weighted (without replacement, prob. proportional to min-max normalized info), greedy (top-k) or uniform.")
+    num_variants: int = Field(4, ge=1, description="Rewrites requested per sampled prompt.")
+    operators: tuple[Operator, ...] = Field(ALL_OPERATORS, min_length=1, description="Evolve operators drawn from: in-depth (constraints, deepen, concretize, reasoning, expand) and in-breadth (breadth).")
+    model: str = Field("policy", description="Creator LLM: policy (shares the solver's engine), initial (frozen initial policy) or a model path.")
+    temperature: float = Field(0.8, ge=0, description="Sampling temperature of the creator.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling of the creator.")
+    max_new_tokens: int = Field(256, ge=8, description="Max tokens of one rewrite.")
+    min_prompt_chars: int = Field(12, ge=1, description="Evolved prompts shorter than this are dropped.")
+    max_prompt_chars: int = Field(1500, ge=16, description="Evolved prompts longer than this are dropped.")
+    near_duplicate_threshold: float = Field(0.85, gt=0, le=1, description="Character 3-gram Jaccard at or above which an evolved prompt counts as a near duplicate.")
+    evolved_ratio: float = Field(0.8, ge=0, le=1, description="Share of evolved prompts in the training mix; the rest is a uniform sample of the buffer.")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> CreatorSection:
+        if self.min_prompt_chars >= self.max_prompt_chars:
+            raise ValueError(f"min_prompt_chars ({self.min_prompt_chars}) must be below max_prompt_chars ({self.max_prompt_chars})")
+        return self
+
+
+class LoraSection(_Section):
+    r: int = Field(8, ge=1, description="LoRA rank.")
+    alpha: int = Field(16, ge=1, description="LoRA alpha.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: tuple[str, ...] = Field(("q_proj", "k_proj", "v_proj", "o_proj"), description="Module names LoRA adapts.")
+
+
+class SolverSection(_Section):
+    n_responses: int = Field(6, ge=2, description="Responses sampled per prompt (for estimate and for pairs).")
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature of the policy.")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling of the policy.")
+    max_new_tokens: int = Field(256, ge=1, description="Max new tokens of one response.")
+    min_margin: float = Field(0.0, ge=0, description="Pairs whose reward margin is not above this are dropped (ties carry no signal).")
+    loss_type: LossType = Field("sigmoid", description="Preference loss: DPO sigmoid/ipo/hinge/robust (TRL DPOTrainer), simpo (TRL CPO), orpo (TRL ORPO).")
+    beta: float = Field(0.05, gt=0, description="DPO beta (inverse temperature of the implicit reward).")
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO target reward margin (gamma / beta ratio in TRL's CPO).")
+    learning_rate: float = Field(1e-6, gt=0, description="Learning rate.")
+    epochs: float = Field(1.0, gt=0, description="Epochs over the iteration's pairs.")
+    per_device_batch_size: int = Field(2, ge=1, description="Pairs per device per step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Steps accumulated per optimizer update.")
+    max_length: int = Field(768, ge=16, description="Max tokens of prompt + response in training.")
+    max_prompt_length: int = Field(384, ge=8, description="Max prompt tokens in training (left-truncated by TRL).")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Linear warmup share of the steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    finetune: Literal["full", "lora"] = Field("full", description="Full fine-tuning or LoRA adapters (peft).")
+    lora: LoraSection = Field(default_factory=LoraSection, description="LoRA settings (used when finetune=lora).")
+    reference: Literal["previous", "initial"] = Field("previous", description="Reference policy of iteration t: pi_{t-1} (previous) or pi_0 (initial).")
+
+    @model_validator(mode="after")
+    def _prompt_fits(self) -> SolverSection:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length})")
+        return self
+
+
+class ScorerSpec(_Section):
+    kind: Literal["judge", "reward_model", "function", "relevance", "wellformed"] = Field(description="Scorer kind.")
+    weight: float = Field(1.0, description="Weight of this scorer's (standardized) score in the combination.")
+    model: str | None = Field(None, description="Model of judge/reward_model/relevance: path, builtin name, or initial (the frozen initial policy).")
+    function: str | None = Field(None, description="module:function for kind=function. This executes user code.")
+
+
+class RewardSection(_Section):
+    kind: Literal["judge", "reward_model", "function", "combined"] = Field("judge", description="judge (LLM-as-a-judge via vLLM logprobs), reward_model (HF sequence classifier), function (module:function), combined (weighted sum of `components`).")
+    model: str = Field("initial", description="Judge LLM or reward model: a path, a builtin name, or initial (the frozen initial policy).")
+    function: str | None = Field(None, description="module:function for kind=function: called as f(prompts, responses) -> list[float]. Runs user code.")
+    batch_size: int = Field(16, ge=1, description="Scoring batch size (reward_model).")
+    max_length: int = Field(1024, ge=16, description="Max tokens a scorer reads of prompt + response.")
+    components: tuple[ScorerSpec, ...] = Field((), description="Scorers and weights for kind=combined.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RewardSection:
+        if self.kind == "function" and not self.function:
+            raise ValueError("kind=function needs `function: module:function`")
+        if self.kind == "combined" and not self.components:
+            raise ValueError("kind=combined needs at least one entry in `components`")
+        return self
+
+
+class ActorResources(_Section):
+    num_cpus: float = Field(0.5, gt=0, description="CPUs Ray reserves for one actor (fractional allowed; keep the sum within the cluster).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves for one actor.")
+    replicas: int = Field(1, ge=1, description="Number of actors of this kind (engine replicas split rollouts).")
+    max_restarts: int = Field(0, ge=-1, description="Ray actor restarts after a crash (-1: unlimited).")
+
+
+class RaySection(_Section):
+    address: str | None = Field(None, description="Ray cluster to join (auto, ray://...). None: RAY_ADDRESS or a new local cluster.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a new local cluster (None: all).")
+    engine: ActorResources = Field(default_factory=ActorResources, description="Policy generation engines (vLLM).")
+    trainer: ActorResources = Field(default_factory=ActorResources, description="The TRL training actor.")
+    reward: ActorResources = Field(default_factory=ActorResources, description="Reward scorer actors.")
+    creator: ActorResources = Field(default_factory=ActorResources, description="Creator actor (its own engine when creator.model is not `policy`).")
+    placement: Literal["PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"] = Field("PACK", description="Placement-group strategy for engine replicas.")
+    timeout_s: float = Field(3600.0, gt=0, description="Longest wait for one actor call before the run stops (resumable).")
+
+
+class CheckpointSection(_Section):
+    keep_policies: int | None = Field(None, ge=1, description="Keep the policies of only the last K committed iterations (plus iteration 0); None keeps all. Prompt buffers are never pruned.")
+
+
+class RunConfig(_Section):
+    run: RunSection = Field(default_factory=RunSection, description="Run identity and length.")
+    model: ModelSection = Field(default_factory=ModelSection, description="The policy model and engine settings.")
+    prompts: PromptsSection = Field(default_factory=PromptsSection, description="The seed prompt set.")
+    creator: CreatorSection = Field(default_factory=CreatorSection, description="Prompt evolution (estimate, sample, evolve, mix).")
+    solver: SolverSection = Field(default_factory=SolverSection, description="Rollouts and preference optimization.")
+    reward: RewardSection = Field(default_factory=RewardSection, description="Reward scorer.")
+    ray: RaySection = Field(default_factory=RaySection, description="Ray cluster and per-actor resources.")
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection, description="Checkpoint retention.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def fingerprint(self, ignore: frozenset[str] = MUTABLE_FIELDS) -> str:
+        """sha256 of the config without the fields in `ignore`: equal fingerprints compute the same run."""
+        flat = {k: v for k, v in flatten(self.to_dict()).items() if k not in ignore}
+        return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()
+
+    def changed_fields(self, other: RunConfig) -> list[str]:
+        """Dotted paths whose values differ between two configs."""
+        a, b = flatten(self.to_dict()), flatten(other.to_dict())
+        return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay leaves."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[: -len(".yaml")] for p in resources.files("eva.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections (run:, model:, ...), got {type(data).__name__}")
+    return data
+
+
+def _preset(name: str) -> dict[str, Any]:
+    if name not in preset_names():
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(preset_names())}")
+    return _read_yaml((resources.files("eva.presets") / f"{name}.yaml").read_text(), f"preset {name}")
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], source: str, sources: dict[str, str], prefix: str = "") -> None:
+    """Deep-merge `update` into `base`, recording which source set each leaf (for error messages)."""
+    for key, value in update.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value, source, sources, path + ".")
+        else:
+            base[key] = value
+            sources[path] = source
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """'creator.sample_frac=0.5' -> {'creator': {'sample_frac': 0.5}}; the value is parsed as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: expected section.field=value, e.g. creator.sample_frac=0.5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from None
+    tree: dict[str, Any] = {}
+    node = tree
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), preset: str | None = None) -> RunConfig:
+    """Resolve a RunConfig from a preset, a YAML file and `a.b=c` overrides (later wins).
+
+    With neither `path` nor `preset`, the `cpu-default` preset is the base.
+    Raises ConfigError naming the source (file, preset or --set), the field path and the expectation.
+    """
+    data: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    base = preset or (DEFAULT_PRESET if path is None else None)
+    if base:
+        _merge(data, _preset(base), f"preset {base}", sources)
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        _merge(data, _read_yaml(p.read_text(), str(p)), str(p), sources)
+    for item in overrides:
+        _merge(data, parse_override(item), f"--set {item}", sources)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, sources)) from None
+
+
+def config_from_dict(data: dict[str, Any], source: str) -> RunConfig:
+    """Validate an already-resolved config (e.g. a run directory's run.yaml)."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, {}, default_source=source)) from None
+
+
+def _describe(error: ValidationError, sources: dict[str, str], default_source: str = "config") -> str:
+    lines = []
+    for err in error.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        # The most specific recorded source for this path (or one of its parents).
+        src = next((sources[k] for k in _prefixes(loc) if k in sources), default_source)
+        got = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+            section = loc.rsplit(".", 1)[0] if "." in loc else ""
+            known = _known_fields(section)
+            if known:
+                msg += f"; known fields here: {', '.join(known)}"
+            got = ""
+        lines.append(f"{src}: {loc or '<root>'}: {msg}{got}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _prefixes(loc: str) -> list[str]:
+    parts = loc.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
+
+def _known_fields(section: str) -> list[str]:
+    model: type[BaseModel] = RunConfig
+    for part in filter(None, section.split(".")):
+        field = model.model_fields.get(part)
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return sorted(model.model_fields)

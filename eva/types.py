@@ -1,0 +1,166 @@
+"""The records that travel between layers (eva core <-> actors <-> pipelines).
+
+Small, frozen, typed. Nothing here knows about Ray, vLLM or TRL; actors return these and the
+pipelines pass them on. Large collections (the prompt buffer) are stored column-wise elsewhere
+(`eva.buffer`); these records are the unit of exchange.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import unicodedata
+from dataclasses import dataclass, field
+
+SEED_OPERATOR = "seed"
+
+
+def normalize_text(text: str) -> str:
+    """Canonical form used for ids and exact-duplicate checks: NFKC, casefolded, whitespace folded."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def prompt_id(text: str) -> str:
+    """Stable content hash of a prompt: 16 hex chars of sha256 over the normalized text.
+
+    Two prompts that differ only in case or spacing share an id (and are duplicates of each other).
+    """
+    return hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """One prompt of the buffer with its lineage.
+
+    `root_id` is the seed prompt the chain started from (a seed is its own root); `depth` counts
+    rewrites from that seed; `operator` is the evolve operator that produced it (`"seed"` for seeds);
+    `iteration` is the iteration in which it was born (0 for seeds).
+    """
+
+    id: str
+    text: str
+    parent_id: str | None
+    root_id: str
+    depth: int
+    operator: str
+    iteration: int
+
+    @classmethod
+    def seed(cls, text: str) -> Prompt:
+        pid = prompt_id(text)
+        return cls(id=pid, text=text, parent_id=None, root_id=pid, depth=0, operator=SEED_OPERATOR, iteration=0)
+
+    def child(self, text: str, operator: str, iteration: int) -> Prompt:
+        """A rewrite of this prompt, carrying the lineage on."""
+        return Prompt(
+            id=prompt_id(text),
+            text=text,
+            parent_id=self.id,
+            root_id=self.root_id,
+            depth=self.depth + 1,
+            operator=operator,
+            iteration=iteration,
+        )
+
+    @property
+    def is_seed(self) -> bool:
+        return self.parent_id is None
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """Responses sampled for one prompt, as the engine returns them.
+
+    `num_tokens` has one entry per response (new tokens generated).
+    """
+
+    prompt_id: str
+    responses: tuple[str, ...]
+    num_tokens: tuple[int, ...]
+    finish_reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredPrompt:
+    """A prompt with its sampled responses, their rewards, and its informativeness.
+
+    `rewards[i]` scores `responses[i]` and may be non-finite (a scorer failure): such rewards are
+    kept here for the record and excluded by `eva.metrics`. `info` is None when the prompt has fewer
+    than two finite rewards (it is then never sampled).
+    """
+
+    prompt: Prompt
+    responses: tuple[str, ...]
+    rewards: tuple[float, ...]
+    info: float | None = None
+
+    @property
+    def finite_rewards(self) -> list[float]:
+        return [r for r in self.rewards if math.isfinite(r)]
+
+    @property
+    def num_nonfinite(self) -> int:
+        return sum(1 for r in self.rewards if not math.isfinite(r))
+
+
+@dataclass(frozen=True, slots=True)
+class PreferencePair:
+    """One preference pair for the solver: chosen = best-rewarded response, rejected = worst."""
+
+    prompt_id: str
+    prompt: str
+    chosen: str
+    rejected: str
+    chosen_reward: float
+    rejected_reward: float
+    iteration: int
+
+    @property
+    def margin(self) -> float:
+        return self.chosen_reward - self.rejected_reward
+
+
+@dataclass(frozen=True, slots=True)
+class FilterReport:
+    """Counts of what a filter kept and why it dropped the rest (reason -> count)."""
+
+    kept: int
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return self.kept + sum(self.dropped.values())
+
+
+@dataclass(slots=True)
+class IterationMetrics:
+    """What one iteration measured; written as `metrics.json` of the iteration.
+
+    Times in seconds; `info_summary` and `reward_summary` hold count/mean/std/min/p10/p50/p90/max.
+    Mutable on purpose: the loop fills it stage by stage.
+    """
+
+    iteration: int
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    tokens_generated: dict[str, int] = field(default_factory=dict)
+    info_summary: dict[str, float] = field(default_factory=dict)
+    reward_summary: dict[str, float] = field(default_factory=dict)
+    filter_counts: dict[str, int] = field(default_factory=dict)
+    num_sampled: int = 0
+    num_evolved: int = 0
+    num_train_prompts: int = 0
+    num_pairs: int = 0
+    pairs_dropped: dict[str, int] = field(default_factory=dict)
+    mean_margin: float | None = None
+    train_loss: float | None = None
+    reward_accuracy: float | None = None
+    train_steps: int = 0
+    nonfinite_rewards: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> IterationMetrics:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
