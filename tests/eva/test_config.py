@@ -1,0 +1,130 @@
+from pathlib import Path
+
+import pytest
+
+from eva.config import (
+    DEFAULT_PRESET,
+    ConfigError,
+    RunConfig,
+    config_from_dict,
+    load_config,
+    parse_override,
+    preset_names,
+)
+
+
+def test_defaults_follow_design():
+    cfg = RunConfig()
+    assert cfg.solver.n_responses == 6
+    assert cfg.creator.sample_frac == 0.25
+    assert cfg.creator.num_variants == 4
+    assert cfg.creator.evolved_ratio == 0.8
+    assert cfg.solver.beta == 0.05
+    assert cfg.solver.temperature == 0.7 and cfg.solver.top_p == 0.9
+    assert cfg.creator.metric == "gap"
+
+
+def test_every_field_has_a_description():
+    def walk(model):
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"
+            ann = field.annotation
+            if isinstance(ann, type) and hasattr(ann, "model_fields"):
+                walk(ann)
+
+    walk(RunConfig)
+
+
+def test_presets_ship_and_load():
+    assert {"cpu-default", "tiny"} <= set(preset_names())
+    default = load_config()
+    assert default.run.name == DEFAULT_PRESET
+    assert default.model.path == "builtin:smollm2-135m-instruct"
+    assert default.run.iterations == 2
+    tiny = load_config(preset="tiny")
+    assert tiny.model.path == "builtin:tiny"
+
+
+def test_frozen_and_extra_forbidden():
+    cfg = RunConfig()
+    with pytest.raises(Exception):
+        cfg.run.seed = 3  # type: ignore[misc]
+    with pytest.raises(ConfigError, match="unknown field"):
+        config_from_dict({"run": {"nmae": "x"}}, "x.yaml")
+
+
+def test_layering_file_then_overrides(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("run:\n  seed: 7\ncreator:\n  sample_frac: 0.5\n")
+    cfg = load_config(path, ["creator.sample_frac=0.1", "solver.loss_type=ipo"], preset="tiny")
+    assert cfg.run.seed == 7
+    assert cfg.creator.sample_frac == 0.1
+    assert cfg.solver.loss_type == "ipo"
+    assert cfg.model.path == "builtin:tiny"  # from the preset
+    # A file without a preset starts from the schema defaults, not cpu-default.
+    assert load_config(path).model.max_model_len == RunConfig().model.max_model_len
+
+
+def test_error_names_file_field_and_expectation(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("creator:\n  sample_frac: 1.5\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert str(path) in msg and "creator.sample_frac" in msg and "less than or equal to 1" in msg and "1.5" in msg
+
+
+def test_error_names_the_override():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["solver.loss_type=dpo"], preset="tiny")
+    msg = str(e.value)
+    assert "--set solver.loss_type=dpo" in msg and "solver.loss_type" in msg and "'sigmoid'" in msg
+
+
+def test_unknown_field_lists_known_ones(tmp_path: Path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("solver:\n  n_respones: 4\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert "solver.n_respones: unknown field" in str(e.value) and "n_responses" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [("- a\n- b\n", "expected a mapping"), ("run: [\n", "not valid YAML")],
+)
+def test_malformed_files(tmp_path: Path, text: str, fragment: str):
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(path)
+
+
+def test_missing_file_and_unknown_preset(tmp_path: Path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="unknown preset 'huge'.*cpu-default"):
+        load_config(preset="huge")
+
+
+@pytest.mark.parametrize("item", ["novalue", "=3", "a..b=1"])
+def test_bad_override_syntax(item: str):
+    with pytest.raises(ConfigError, match="section.field=value"):
+        parse_override(item)
+
+
+def test_cross_field_validation():
+    with pytest.raises(ConfigError, match="max_prompt_length"):
+        load_config(None, ["solver.max_prompt_length=900", "solver.max_length=512"], preset="tiny")
+    with pytest.raises(ConfigError, match="needs `function"):
+        load_config(None, ["reward.kind=function"], preset="tiny")
+
+
+def test_fingerprint_ignores_mutable_fields_only():
+    a = load_config(preset="tiny")
+    more = load_config(None, ["run.iterations=5"], preset="tiny")
+    other = load_config(None, ["solver.beta=0.1"], preset="tiny")
+    assert a.fingerprint() == more.fingerprint()
+    assert a.fingerprint() != other.fingerprint()
+    assert a.changed_fields(other) == ["solver.beta"]
+    assert config_from_dict(a.to_dict(), "run.yaml") == a
