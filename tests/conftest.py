@@ -1,0 +1,33 @@
+"""Shared fixtures: the tiny model folder and one local Ray cluster per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> str:
+    from actors.models import TINY_MODEL, resolve_model_path
+
+    return resolve_model_path(TINY_MODEL)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray cluster (2 CPUs), started once and shut down at the end of the session."""
+    import ray
+
+    from actors.cluster import ACTOR_ENV
+
+    env = dict(ACTOR_ENV)
+    if os.environ.get("EVA_CACHE_DIR"):
+        env["EVA_CACHE_DIR"] = os.environ["EVA_CACHE_DIR"]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    yield ray
+    ray.shutdown()
