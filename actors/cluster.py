@@ -49,8 +49,8 @@ def init_ray(cfg: RunConfig) -> None:
     kwargs = dict(runtime_env={"env_vars": env}, log_to_driver=False, configure_logging=True, logging_level="WARNING")
     if address:
         ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
+    else:  # "local": a fresh cluster, never silently joining one that `ray start` left running
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
 
 
 def _check_fits(cfg: RunConfig, with_creator_engine: bool) -> None:

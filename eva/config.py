@@ -125,18 +125,31 @@ class SolverSection(_Section):
 
 class ScorerSpec(_Section):
     kind: Literal["judge", "reward_model", "function", "relevance", "wellformed"] = Field(description="Scorer kind.")
-    weight: float = Field(1.0, description="Weight of this scorer's (standardized) score in the combination.")
+    weight: float = Field(1.0, description="Weight of this scorer's score in the combination, after its fixed map onto [0, 1] (judge labels linearly, relevance cosine clipped at 0, reward_model sigmoid, wellformed as is, function as returned); never standardized per batch.")
     model: str | None = Field(None, description="Model of judge/reward_model/relevance: path, builtin name, or initial (the frozen initial policy).")
     function: str | None = Field(None, description="module:function for kind=function. This executes user code.")
+    judge_template: str | None = Field(None, description="Judge prompt template for kind=judge (see actors.reward.JUDGE_TEMPLATES); None: reward.judge_template.")
+
+
+# The CPU default reward, measured in benchmarks/RESULTS_reward.md (pairwise accuracy 0.91 on
+# eva/data/reward_eval.jsonl; weights chosen on the even lines, 0.86 on the held-out odd lines):
+# the few-shot SmolLM2 judge, MiniLM prompt-response relevance and the well-formedness heuristics.
+DEFAULT_REWARD_COMPONENTS: tuple[ScorerSpec, ...] = (
+    ScorerSpec(kind="judge", weight=0.3),
+    ScorerSpec(kind="relevance", weight=0.1),
+    ScorerSpec(kind="wellformed", weight=0.6),
+)
 
 
 class RewardSection(_Section):
-    kind: Literal["judge", "reward_model", "function", "combined"] = Field("judge", description="judge (LLM-as-a-judge via vLLM logprobs), reward_model (HF sequence classifier), function (module:function), combined (weighted sum of `components`).")
+    kind: Literal["judge", "reward_model", "function", "combined"] = Field("combined", description="judge (LLM-as-a-judge via vLLM logprobs), reward_model (HF sequence classifier), function (module:function), combined (weighted sum of `components`).")
     model: str = Field("initial", description="Judge LLM or reward model: a path, a builtin name, or initial (the frozen initial policy).")
     function: str | None = Field(None, description="module:function for kind=function: called as f(prompts, responses) -> list[float]. Runs user code.")
+    judge_template: str = Field("fewshot", description="Judge prompt template (actors.reward.JUDGE_TEMPLATES: plain, rubric, fewshot, yesno, yesno_plain); the reward is the expected label value.")
+    judge_dtype: DType = Field("float32", description="Judge engine dtype. float32 by default: bf16 logits are coarse (ties) and cost SmolLM2's judge ~5 points of accuracy.")
     batch_size: int = Field(16, ge=1, description="Scoring batch size (reward_model).")
     max_length: int = Field(1024, ge=16, description="Max tokens a scorer reads of prompt + response.")
-    components: tuple[ScorerSpec, ...] = Field((), description="Scorers and weights for kind=combined.")
+    components: tuple[ScorerSpec, ...] = Field(DEFAULT_REWARD_COMPONENTS, description="Scorers and weights for kind=combined; each scorer's score is mapped onto [0, 1] by a fixed rule before weighting (actors/reward.py).")
 
     @model_validator(mode="after")
     def _consistent(self) -> RewardSection:
@@ -187,13 +200,18 @@ class RunConfig(_Section):
 
     def fingerprint(self, ignore: frozenset[str] = MUTABLE_FIELDS) -> str:
         """sha256 of the config without the fields in `ignore`: equal fingerprints compute the same run."""
-        flat = {k: v for k, v in flatten(self.to_dict()).items() if k not in ignore}
-        return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()
+        return fingerprint(self.to_dict(), ignore)
 
     def changed_fields(self, other: RunConfig) -> list[str]:
         """Dotted paths whose values differ between two configs."""
         a, b = flatten(self.to_dict()), flatten(other.to_dict())
         return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def fingerprint(data: dict[str, Any], ignore: frozenset[str] = MUTABLE_FIELDS) -> str:
+    """sha256 of a config mapping (as written in a file) without the fields in `ignore`."""
+    flat = {k: v for k, v in flatten(data).items() if k not in ignore}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -170,7 +170,7 @@ def status(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
         m = _metrics(rd, t) if rd.committed(t) else {}
         stages = rd.stages_done(t)
         state = "committed" if rd.committed(t) else "incomplete"
-        wall = sum(m.get("stage_seconds", {}).values()) if m else sum(rd.stage_info(t, s).get("info", {}).get("seconds", 0) for s in stages)
+        wall = sum(m.get("stage_seconds", {}).values()) if m else sum(rd.stage_info(t, s).get("seconds", 0) for s in stages)
         rm = m.get("reward_summary", {}).get("mean")
         table.add_row(
             str(t), state, ",".join(stages) or "-", f"{wall:.1f}", str(m.get("extra", {}).get("buffer_size", "")),
@@ -320,6 +320,29 @@ def export(
 
 def _json_default(x):
     return None if isinstance(x, float) and x != x else str(x)
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    prompts: Path = typer.Option(..., "--prompts", help="Held-out prompts (JSONL, Parquet or a datasets folder) the run never trained on."),
+    iteration: Optional[int] = typer.Option(None, "--iteration", help="Iteration whose policy to evaluate (default: latest committed)."),
+    column: str = typer.Option("prompt", "--column", help="Column holding the prompt text."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N prompts."),
+) -> None:
+    """Held-out win rate of an iteration's policy against the initial policy, and mean reward."""
+    from pipelines.evaluate import evaluate
+
+    rd = _open(run_dir)
+    t, _ = _buffer(rd, iteration)
+    try:
+        result = evaluate(rd.config(), rd, t, str(prompts), column, limit)
+    except _user_errors() as e:
+        _fail(str(e))
+    console.print(
+        f"iteration {t} vs initial on {result['n']} prompts: win rate {result['win_rate']:.3f} (± {result['win_rate_se']:.3f}), "
+        f"mean reward {result['mean_reward']:.4f} vs {result['mean_reward_initial']:.4f}  -> {result['path']}"
+    )
 
 
 @model_app.command("prepare")

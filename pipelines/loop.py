@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import signal
 import time
@@ -106,6 +107,16 @@ def _read_ids(path: Path) -> list[str]:
 # --- stages ---------------------------------------------------------------------------------------
 
 
+def fault_point(t: int, where: str) -> None:
+    """Crash here, like a power cut, when EVA_FAULT_AT=<t>:<where> (the resume tests use it).
+
+    Kills the whole process group (the driver and the Ray cluster it started) with SIGKILL: nothing
+    gets to clean up, which is exactly what resume must survive.
+    """
+    if os.environ.get("EVA_FAULT_AT") == f"{t}:{where}":
+        os.killpg(os.getpgrp(), signal.SIGKILL) if os.getpgrp() == os.getpid() else os.kill(os.getpid(), signal.SIGKILL)
+
+
 @contextmanager
 def stage(ctx: Ctx, t: int, name: str) -> Iterator[dict]:
     """Time a stage, log start/end to events.jsonl, mark it done; `info` collects its counts."""
@@ -113,12 +124,13 @@ def stage(ctx: Ctx, t: int, name: str) -> Iterator[dict]:
         raise Interrupted
     info: dict = {}
     ctx.run.log_event("stage_start", iteration=t, stage=name)
+    fault_point(t, name)
     t0 = time.perf_counter()
     yield info
     seconds = time.perf_counter() - t0
     ctx.metrics.stage_seconds[name] = round(seconds, 3)
-    ctx.run.mark_stage(t, name, {"seconds": seconds, **info})
-    ctx.run.log_event("stage_end", iteration=t, stage=name, seconds=round(seconds, 3), **info)
+    ctx.run.mark_stage(t, name, {**info, "seconds": seconds})
+    ctx.run.log_event("stage_end", iteration=t, stage=name, seconds=round(seconds, 3), counts=info)
     counts = ", ".join(f"{k}={v}" for k, v in info.items() if not isinstance(v, (dict, list)))
     ctx.report(f"[{t}] {name:<8} {seconds:7.1f}s  {counts}")
 
@@ -127,7 +139,7 @@ def _done(ctx: Ctx, t: int, name: str) -> dict | None:
     """The info of a finished stage (resume), else None."""
     if not ctx.run.stage_done(t, name):
         return None
-    info = ctx.run.stage_info(t, name).get("info", {})
+    info = ctx.run.stage_info(t, name)
     ctx.metrics.stage_seconds[name] = round(info.get("seconds", 0.0), 3)
     ctx.report(f"[{t}] {name:<8} (done before, resumed)")
     return info
@@ -257,6 +269,7 @@ def train(ctx: Ctx, t: int, built: list) -> dict:
         else:  # nothing to learn from: pi_t = pi_{t-1}, recorded honestly
             info.update(steps=0, skipped="no pairs")
         ray.get(trainer.save.remote(str(policy_dir)), timeout=ctx.timeout)
+        fault_point(t, "train:saved")
         info["sync_s"] = round(sync_engines(ctx, t), 3)
     return info
 
@@ -298,12 +311,13 @@ def commit(ctx: Ctx, t: int, buffer: PromptBuffer, estimated: list[ScoredPrompt]
         # The commit stage's own time is known only now; the marker then the manifest seal it.
         m.stage_seconds["commit"] = 0.0
         atomic_write_json(folder / "metrics.json", m.to_dict())
+    fault_point(t, "commit:manifest")
     ctx.run.commit(t)
     ctx.run.prune_policies(ctx.cfg.checkpoint.keep_policies)
 
 
 def _info(ctx: Ctx, t: int, name: str, key: str) -> int:
-    return int(ctx.run.stage_info(t, name).get("info", {}).get(key, 0)) if ctx.run.stage_done(t, name) else 0
+    return int(ctx.run.stage_info(t, name).get(key, 0)) if ctx.run.stage_done(t, name) else 0
 
 
 # --- iterations -----------------------------------------------------------------------------------

@@ -1,0 +1,72 @@
+"""Held-out evaluation: an iteration's policy against the initial policy under the run's scorer.
+
+One engine serves both policies (weights are swapped from the committed folders), the run's reward
+scorer rates every response, and a win counts 1, a tie 0.5. Results go to <run>/eval/, outside the
+committed iterations, so evaluating never changes what a run committed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from actors.cluster import init_ray, workdir_for
+from actors.engine import GenerationEngine, SamplingSpec
+from actors.pool import EnginePool
+from eva.buffer import load_seed_prompts
+from eva.checkpoint import POLICY, RunDir, atomic_write_json
+from eva.config import RunConfig
+from eva.seeding import derive_seed
+
+
+def evaluate(cfg: RunConfig, run: RunDir, iteration: int, prompts_path: str, column: str = "prompt", limit: int | None = None) -> dict:
+    """Win rate of pi_iteration vs pi_0 and mean rewards on held-out prompts; written to eval/."""
+    from actors.reward import RewardActor
+
+    policy_dir = run.iteration_dir(iteration) / POLICY
+    initial_dir = run.iteration_dir(0) / POLICY
+    for d in (policy_dir, initial_dir):
+        if not (d / "config.json").is_file():
+            raise FileNotFoundError(f"{d} has no policy (pruned by checkpoint.keep_policies, or not committed)")
+    prompts = load_seed_prompts(prompts_path, column, limit)
+    init_ray(cfg)
+    work = workdir_for(cfg)
+    engine = ray.remote(GenerationEngine).options(num_cpus=cfg.ray.engine.num_cpus, num_gpus=cfg.ray.engine.num_gpus).remote(str(initial_dir), cfg.model, work, cfg.run.seed)
+    reward = ray.remote(RewardActor).options(num_cpus=cfg.ray.reward.num_cpus, num_gpus=cfg.ray.reward.num_gpus).remote(cfg.reward, str(initial_dir), work)
+    pool = EnginePool([engine], cfg.ray.timeout_s)
+    t0 = time.perf_counter()
+    try:
+        s = cfg.solver
+        spec = SamplingSpec(1, s.temperature, s.top_p, s.max_new_tokens)
+        keys, texts = [p.id for p in prompts], [p.text for p in prompts]
+        seeds = [derive_seed(cfg.run.seed, "eval", p.id) for p in prompts]  # same seeds for both policies
+        base = [g.responses[0] for g in pool.generate(keys, texts, seeds, spec).generations]
+        pool.load_weights_from_path(str(policy_dir))
+        new = [g.responses[0] for g in pool.generate(keys, texts, seeds, spec).generations]
+        scores = ray.get(reward.score.remote(texts + texts, base + new), timeout=cfg.ray.timeout_s)
+    finally:
+        ray.kill(engine)
+        ray.kill(reward)
+    r0, rt = np.array(scores[: len(texts)], dtype=float), np.array(scores[len(texts) :], dtype=float)
+    ok = np.isfinite(r0) & np.isfinite(rt)
+    wins = np.where(rt[ok] > r0[ok], 1.0, np.where(rt[ok] == r0[ok], 0.5, 0.0))
+    result = {
+        "iteration": iteration,
+        "prompts": prompts_path,
+        "n": int(ok.sum()),
+        "nonfinite": int((~ok).sum()),
+        "win_rate": float(wins.mean()) if wins.size else math.nan,
+        "win_rate_se": float(wins.std(ddof=1) / math.sqrt(wins.size)) if wins.size > 1 else math.nan,
+        "mean_reward": float(rt[ok].mean()) if ok.any() else math.nan,
+        "mean_reward_initial": float(r0[ok].mean()) if ok.any() else math.nan,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    out = run.root / "eval" / f"iteration_{iteration:04d}.json"
+    atomic_write_json(out, result)
+    run.log_event("eval", **result)
+    result["path"] = str(out)
+    return result

@@ -1,0 +1,103 @@
+"""End to end on the tiny preset: two iterations, then status / inspect / diff / export on the result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+
+from eva.buffer import PromptBuffer, load_pairs, load_prompts_table
+from eva.checkpoint import RunDir
+from eva.config import load_config
+
+from .conftest import eva
+
+pytestmark = pytest.mark.ray
+
+
+def test_two_iterations_commit_everything(reference_run: Path):
+    run = RunDir(reference_run)
+    cfg = load_config(preset="tiny")
+    assert run.latest() == 2 and run.verify_all() == []
+    assert [t for t in run.iterations() if run.committed(t)] == [0, 1, 2]
+    seeds = PromptBuffer.load(run.iteration_dir(0) / "prompts.parquet")
+    assert len(seeds) == cfg.prompts.limit
+    previous = seeds
+    for t in (1, 2):
+        folder = run.iteration_dir(t)
+        for name in ("prompts.parquet", "evolved.parquet", "pairs.parquet", "metrics.json", "policy/model.safetensors", "MANIFEST.json"):
+            assert (folder / name).exists(), name
+        assert sorted(run.stages_done(t)) == sorted(["estimate", "sample", "evolve", "mix", "solve", "pairs", "train", "commit"])
+        buffer = PromptBuffer.load(folder / "prompts.parquet")
+        evolved = load_prompts_table(folder / "evolved.parquet")
+        metrics = json.loads((folder / "metrics.json").read_text())
+        # The buffer only grows, by exactly the evolved children (never pruned).
+        assert set(previous.ids()) <= set(buffer.ids())
+        assert len(buffer) == len(previous) + len(evolved) == metrics["extra"]["buffer_size"]
+        # Lineage: every child points at a prompt of the previous buffer that was sampled this iteration.
+        sampled = json.loads((folder / "sampled.json").read_text())["ids"]
+        assert metrics["num_sampled"] == len(sampled) == -(-len(json.loads((run.iteration_dir(t - 1) / "train_prompts.json").read_text())["ids"]) // 4)
+        for child in evolved:
+            parent = previous.get(child.parent_id)
+            assert child.parent_id in sampled
+            assert child.depth == parent.depth + 1 and child.root_id == parent.root_id and child.iteration == t
+            assert buffer.ancestry(child.id)[0].is_seed
+        pairs = load_pairs(folder / "pairs.parquet")
+        assert metrics["num_pairs"] == len(pairs) > 0
+        assert all(p.chosen_reward > p.rejected_reward for p in pairs)
+        assert metrics["train_steps"] > 0 and metrics["train_loss"] is not None
+        assert metrics["reward_summary"]["count"] == metrics["num_train_prompts"] * cfg.solver.n_responses
+        previous = buffer
+    events = [e["kind"] for e in run.events()]
+    assert events.count("iteration_end") == 2 and "actors_up" in events
+
+
+def test_status_inspect_diff_export(reference_run: Path, tmp_path: Path):
+    status = eva("status", str(reference_run)).stdout
+    assert "complete: 2 iterations committed" in status
+    buffer = PromptBuffer.load(reference_run / "iterations/0002/prompts.parquet")
+    child = next(p for p in buffer.prompts() if p.depth >= 1)
+    lineage = eva("inspect", str(reference_run), "--lineage", child.id).stdout
+    assert child.id in lineage and child.parent_id in lineage
+    table = eva("inspect", str(reference_run), "--iteration", "1", "--top", "3", "--sort", "reward").stdout
+    assert "iteration 1" in table
+    diff = eva("diff", str(reference_run), "0", "2").stdout
+    added = len(buffer) - len(PromptBuffer.load(reference_run / "iterations/0000/prompts.parquet"))
+    assert f"+{added} added, -0 dropped" in diff
+    out = tmp_path / "pairs.jsonl"
+    eva("export", str(reference_run), "--iteration", "2", "--what", "pairs", "--out", str(out))
+    ds = datasets.load_dataset("json", data_files=str(out), split="train")
+    assert {"prompt", "chosen", "rejected", "chosen_reward", "rejected_reward"} <= set(ds.column_names)
+    assert ds.num_rows == len(load_pairs(reference_run / "iterations/0002/pairs.parquet"))
+    out = tmp_path / "prompts.parquet"
+    eva("export", str(reference_run), "--what", "prompts", "--out", str(out))
+    ds = datasets.load_dataset("parquet", data_files=str(out), split="train")
+    assert ds.num_rows == len(buffer) and {"id", "text", "parent_id", "info"} <= set(ds.column_names)
+
+
+def test_bad_input_exits_2_and_leaves_the_run_alone(reference_run: Path, tmp_path: Path):
+    before = RunDir(reference_run).manifest(2)
+    proc = eva("run", "--preset", "tiny", "--run-dir", str(reference_run), "--set", "solver.beta=0.5", check=False)
+    assert proc.returncode == 2 and "solver.beta" in proc.stderr
+    proc = eva("run", "--preset", "tiny", "--set", "creator.sample_frac=2", check=False)
+    assert proc.returncode == 2 and "creator.sample_frac" in proc.stderr and "Traceback" not in proc.stderr
+    proc = eva("inspect", str(tmp_path / "nothing"), check=False)
+    assert proc.returncode == 2 and "not a run directory" in proc.stderr
+    proc = eva("inspect", str(reference_run), "--iteration", "7", check=False)
+    assert proc.returncode == 2 and "not committed" in proc.stderr
+    assert RunDir(reference_run).manifest(2) == before and RunDir(reference_run).verify_all() == []
+
+
+def test_verify_refuses_a_corrupted_run(reference_run: Path, tmp_path: Path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(reference_run, copy)
+    target = copy / "iterations/0001/pairs.parquet"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    proc = eva("resume", str(copy), "--iterations", "3", check=False)
+    assert proc.returncode == 2 and "iterations/0001/pairs.parquet" in proc.stderr
