@@ -1,0 +1,460 @@
+"""The prompt buffer: every prompt kept so far, its lineage and its latest estimate, column-wise.
+
+One Python list or numpy array per column plus an id -> row dict, so a buffer of a million prompts
+costs a few hundred MB and whole-column operations (sampling, mixing, saving) stay vectorized;
+`Prompt` records are built only when asked for. Saved as Parquet with an explicit schema
+(`BUFFER_SCHEMA`) that `datasets.load_dataset("parquet", ...)` opens as is.
+
+Also here: seed prompt loading (JSONL, Parquet, a `datasets.save_to_disk` folder, builtin:seed) and
+the Parquet helpers for an iteration's `evolved.parquet` and `pairs.parquet`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from eva.checkpoint import atomic_path
+from eva.types import PreferencePair, Prompt, ScoredPrompt, prompt_id
+
+BUILTIN_SEED = "builtin:seed"
+
+# Lineage: the columns of a Prompt record (also the schema of evolved.parquet).
+PROMPT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("parent_id", pa.string()),  # null for seeds
+        ("root_id", pa.string()),
+        ("depth", pa.int64()),
+        ("operator", pa.string()),
+        ("iteration", pa.int64()),  # born in
+    ]
+)
+# Per-prompt stats, updated by the estimate stage and by sampling/training.
+STATS_SCHEMA = pa.schema(
+    [
+        ("rewards", pa.list_(pa.float64())),  # latest finite reward vector; [] before any estimate
+        ("info", pa.float64()),  # null: no informativeness (never estimated, or < 2 finite rewards)
+        ("mean_reward", pa.float64()),  # null: no finite reward
+        ("n_estimates", pa.int64()),
+        ("last_estimated", pa.int64()),  # iteration; -1 = never
+        ("times_sampled", pa.int64()),
+        ("times_trained", pa.int64()),
+    ]
+)
+BUFFER_SCHEMA = pa.schema(list(PROMPT_SCHEMA) + list(STATS_SCHEMA))
+# TRL's preference columns first (prompt, chosen, rejected), then what eva adds.
+PAIR_SCHEMA = pa.schema(
+    [
+        ("prompt", pa.string()),
+        ("chosen", pa.string()),
+        ("rejected", pa.string()),
+        ("prompt_id", pa.string()),
+        ("chosen_reward", pa.float64()),
+        ("rejected_reward", pa.float64()),
+        ("margin", pa.float64()),
+        ("iteration", pa.int64()),
+    ]
+)
+
+_STR_COLUMNS = ("id", "text", "parent_id", "root_id", "operator")
+# Numeric columns: dtype and the value of a prompt that was never estimated/sampled/trained.
+# Float columns use nan for "none" in memory and null in Parquet.
+_NUM_COLUMNS: dict[str, tuple[type, float]] = {
+    "depth": (np.int64, 0),
+    "iteration": (np.int64, 0),
+    "info": (np.float64, math.nan),
+    "mean_reward": (np.float64, math.nan),
+    "n_estimates": (np.int64, 0),
+    "last_estimated": (np.int64, -1),
+    "times_sampled": (np.int64, 0),
+    "times_trained": (np.int64, 0),
+}
+
+R = TypeVar("R")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the line/row and the problem."""
+
+
+class PromptBuffer:
+    """A versioned set of prompts with lineage and per-prompt stats (one version per iteration).
+
+    Rows are never removed; `add` skips ids already present (ids are content hashes, so a prompt
+    that comes back keeps its first lineage).
+    """
+
+    def __init__(self) -> None:
+        self._str: dict[str, list[str | None]] = {name: [] for name in _STR_COLUMNS}
+        self._rewards: list[Sequence[float]] = []
+        self._num: dict[str, np.ndarray] = {name: np.empty(0, dtype) for name, (dtype, _) in _NUM_COLUMNS.items()}
+        self._index: dict[str, int] = {}
+
+    @classmethod
+    def from_prompts(cls, prompts: Iterable[Prompt]) -> PromptBuffer:
+        buffer = cls()
+        buffer.add(prompts)
+        return buffer
+
+    # --- membership and records ----------------------------------------------------------------
+
+    def add(self, prompts: Iterable[Prompt]) -> int:
+        """Append prompts whose id is not in the buffer yet (first one wins); returns how many."""
+        batch: dict[str, Prompt] = {}
+        for p in prompts:
+            if p.id not in self._index and p.id not in batch:
+                batch[p.id] = p
+        if not batch:
+            return 0
+        new = list(batch.values())
+        for name in _STR_COLUMNS:
+            self._str[name].extend(getattr(p, name) for p in new)
+        self._rewards.extend(() for _ in new)
+        for name, (dtype, default) in _NUM_COLUMNS.items():
+            if name in ("depth", "iteration"):
+                fresh = np.fromiter((getattr(p, name) for p in new), dtype, count=len(new))
+            else:
+                fresh = np.full(len(new), default, dtype)
+            self._num[name] = np.concatenate([self._num[name], fresh])
+        base = len(self._index)
+        self._index.update((pid, base + j) for j, pid in enumerate(batch))
+        return len(new)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, pid: object) -> bool:
+        return pid in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._str["id"])  # type: ignore[arg-type]
+
+    def _row(self, pid: str) -> int:
+        try:
+            return self._index[pid]
+        except KeyError:
+            raise KeyError(f"prompt {pid!r} is not in the buffer ({len(self)} prompts)") from None
+
+    def _prompt_at(self, row: int) -> Prompt:
+        s, n = self._str, self._num
+        return Prompt(
+            id=s["id"][row],  # type: ignore[arg-type]
+            text=s["text"][row],  # type: ignore[arg-type]
+            parent_id=s["parent_id"][row],
+            root_id=s["root_id"][row],  # type: ignore[arg-type]
+            depth=int(n["depth"][row]),
+            operator=s["operator"][row],  # type: ignore[arg-type]
+            iteration=int(n["iteration"][row]),
+        )
+
+    def get(self, pid: str) -> Prompt:
+        return self._prompt_at(self._row(pid))
+
+    def prompts(self, ids: Iterable[str] | None = None) -> list[Prompt]:
+        """Prompt records for `ids` (in that order), or for the whole buffer in insertion order."""
+        rows = range(len(self)) if ids is None else (self._row(i) for i in ids)
+        return [self._prompt_at(r) for r in rows]
+
+    def ids(self) -> list[str]:
+        return list(self._str["id"])  # type: ignore[arg-type]
+
+    def texts(self) -> list[str]:
+        return list(self._str["text"])  # type: ignore[arg-type]
+
+    # --- stats -----------------------------------------------------------------------------------
+
+    def update_stats(self, scored: Sequence[ScoredPrompt], iteration: int) -> None:
+        """Record one estimate per prompt: finite rewards, info, their mean; count the estimate."""
+        rows = np.fromiter((self._row(sp.prompt.id) for sp in scored), np.int64, count=len(scored))
+        infos = np.empty(len(scored))
+        means = np.empty(len(scored))
+        for j, sp in enumerate(scored):
+            finite = tuple(r for r in sp.rewards if math.isfinite(r))
+            self._rewards[rows[j]] = finite
+            infos[j] = math.nan if sp.info is None else sp.info
+            means[j] = sum(finite) / len(finite) if finite else math.nan
+        self._num["info"][rows] = infos
+        self._num["mean_reward"][rows] = means
+        np.add.at(self._num["n_estimates"], rows, 1)  # add.at: a repeated id counts twice
+        self._num["last_estimated"][rows] = iteration
+
+    def mark_sampled(self, ids: Iterable[str]) -> None:
+        """Count one draw for the creator (step 2) per id."""
+        np.add.at(self._num["times_sampled"], self._rows(ids), 1)
+
+    def mark_trained(self, ids: Iterable[str]) -> None:
+        """Count one use as a training prompt (step 5/6) per id."""
+        np.add.at(self._num["times_trained"], self._rows(ids), 1)
+
+    def _rows(self, ids: Iterable[str]) -> np.ndarray:
+        return np.array([self._row(i) for i in ids], dtype=np.int64)
+
+    def stats(self, pid: str) -> dict[str, Any]:
+        """rewards, info, mean_reward, n_estimates, last_estimated, times_sampled, times_trained."""
+        row = self._row(pid)
+        out: dict[str, Any] = {"rewards": list(self._rewards[row])}
+        for name in STATS_SCHEMA.names[1:]:
+            value = self._num[name][row].item()
+            out[name] = None if isinstance(value, float) and math.isnan(value) else value
+        return out
+
+    def info_array(self, ids: Sequence[str] | None = None) -> np.ndarray:
+        """Informativeness as float64 (nan = none) for `ids` or the whole buffer: input to sampling."""
+        info = self._num["info"]
+        return info.copy() if ids is None else info[self._rows(ids)]
+
+    # --- mixing and lineage ------------------------------------------------------------------------
+
+    def mix(self, evolved_ids: Sequence[str], ratio: float, seed: int, fallback_size: int | None = None) -> list[str]:
+        """Training prompts of step 4: the evolved ids, then a uniform sample of the other prompts.
+
+        With E distinct evolved ids and 0 < ratio <= 1 the buffer sample has round(E·(1−ratio)/ratio)
+        prompts, so the evolved ones make up `ratio` of the mix (ratio 1: none from the buffer).
+        ratio 0 means "train on no evolved prompt": E prompts sampled from the others (the same
+        training budget). With no evolved ids (the creator produced nothing) the mix is a uniform
+        sample of the whole buffer of `fallback_size` prompts, default max(1, round(len·(1−ratio))),
+        so the iteration still trains. Sizes are clipped to what exists. Sampling is without
+        replacement (numpy default_rng(seed)): the same inputs give the same list.
+        """
+        if not 0 <= ratio <= 1:
+            raise ValueError(f"evolved ratio must be in [0, 1], got {ratio}")
+        evolved = list(dict.fromkeys(evolved_ids))
+        pool = np.ones(len(self), dtype=bool)
+        pool[[self._row(i) for i in evolved]] = False
+        if not evolved:
+            size = fallback_size if fallback_size is not None else max(1, round(len(self) * (1 - ratio)))
+        elif ratio == 0:
+            size, evolved = len(evolved), []
+        else:
+            size = round(round(len(evolved) * (1 - ratio) / ratio, 9))  # inner round: float noise
+        candidates = np.flatnonzero(pool)
+        picked = np.random.default_rng(seed).choice(candidates, size=min(size, candidates.size), replace=False)
+        ids = self._str["id"]
+        return evolved + [ids[r] for r in picked.tolist()]  # type: ignore[misc]
+
+    def ancestry(self, pid: str) -> list[Prompt]:
+        """The lineage chain from the seed root to `pid` (root first)."""
+        chain = [self.get(pid)]
+        while chain[-1].parent_id is not None:
+            parent = chain[-1].parent_id
+            if parent not in self._index:
+                raise KeyError(f"ancestry of {pid!r}: parent {parent!r} of {chain[-1].id!r} is not in the buffer")
+            if len(chain) > len(self):  # only a corrupted file could hold a cycle
+                raise ValueError(f"ancestry of {pid!r}: lineage cycle through {parent!r}")
+            chain.append(self.get(parent))
+        return chain[::-1]
+
+    def children(self, pid: str) -> list[Prompt]:
+        """Direct rewrites of `pid`, in insertion order."""
+        self._row(pid)
+        return [self._prompt_at(r) for r, parent in enumerate(self._str["parent_id"]) if parent == pid]
+
+    # --- persistence ---------------------------------------------------------------------------------
+
+    def to_table(self) -> pa.Table:
+        """The buffer as a pyarrow Table with BUFFER_SCHEMA (nan stats become null)."""
+        cols: dict[str, pa.Array] = {name: pa.array(self._str[name], pa.string()) for name in _STR_COLUMNS}
+        cols["rewards"] = _list_array(self._rewards)
+        for name, column in self._num.items():
+            mask = np.isnan(column) if column.dtype.kind == "f" else None
+            cols[name] = pa.array(column, BUFFER_SCHEMA.field(name).type, mask=mask)
+        return pa.Table.from_arrays([cols[n] for n in BUFFER_SCHEMA.names], schema=BUFFER_SCHEMA)
+
+    def save(self, path: str | Path) -> None:
+        """Write the buffer as Parquet, atomically."""
+        write_table(self.to_table(), path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PromptBuffer:
+        """Read a buffer written by `save` (extra columns are ignored, missing ones are an error)."""
+        table = read_table(path, BUFFER_SCHEMA)
+        buffer = cls()
+        for name in _STR_COLUMNS:
+            buffer._str[name] = table.column(name).to_pylist()
+        buffer._rewards = _list_values(table.column("rewards"))
+        for name, (dtype, default) in _NUM_COLUMNS.items():
+            column = table.column(name).fill_null(default)
+            buffer._num[name] = column.to_numpy().astype(dtype)
+        buffer._index = {pid: row for row, pid in enumerate(buffer._str["id"])}  # type: ignore[misc]
+        if len(buffer._index) != table.num_rows:
+            raise DataError(f"{path}: duplicate prompt ids ({table.num_rows - len(buffer._index)} rows)")
+        return buffer
+
+
+def _list_array(values: Sequence[Sequence[float]]) -> pa.Array:
+    """list<double> array built from flat numpy values + offsets (no per-element Python objects)."""
+    lengths = np.fromiter(map(len, values), np.int32, count=len(values))
+    offsets = np.zeros(len(values) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter((x for v in values for x in v), np.float64, count=int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+
+
+def _list_values(column: pa.ChunkedArray) -> list[Sequence[float]]:
+    """list<double> column -> per-row tuples (a null row becomes empty)."""
+    if column.null_count:  # rare (files written by other tools): the simple path
+        return [tuple(v) if v is not None else () for v in column.to_pylist()]
+    array = column.combine_chunks()
+    offsets = array.offsets.to_numpy().tolist()  # absolute positions into array.values
+    flat = array.values.to_numpy(zero_copy_only=False).tolist()
+    return [tuple(flat[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
+
+
+# --- Parquet tables ---------------------------------------------------------------------------------
+
+
+def write_table(table: pa.Table, path: str | Path) -> None:
+    """Write a Parquet file atomically (temp file in the same folder, fsync, rename)."""
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
+    """Read a Parquet file as `schema` (columns selected and cast); DataError names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file does not exist")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file: {e}") from None
+    missing = [n for n in schema.names if n not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: missing columns {missing}; it has {table.column_names}")
+    try:
+        return table.select(schema.names).cast(schema)
+    except (pa.ArrowException, ValueError) as e:
+        raise DataError(f"{path}: columns do not match the expected types {schema}: {e}") from None
+
+
+def save_records(path: str | Path, records: Sequence[Any], schema: pa.Schema) -> None:
+    """Write dataclass records as Parquet: one column per schema field, read with getattr
+    (so properties such as PreferencePair.margin become columns too)."""
+    data = {name: [getattr(r, name) for r in records] for name in schema.names}
+    write_table(pa.Table.from_pydict(data, schema=schema), path)
+
+
+def load_records(path: str | Path, cls: type[R], schema: pa.Schema) -> list[R]:
+    """Read records written by `save_records`; columns that are not fields of `cls` are skipped."""
+    fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    rows = read_table(path, schema).select(fields).to_pylist()
+    return [cls(**row) for row in rows]
+
+
+def save_pairs(path: str | Path, pairs: Sequence[PreferencePair]) -> None:
+    """pairs.parquet: prompt, chosen, rejected (TRL's columns) + prompt_id, rewards, margin, iteration."""
+    save_records(path, pairs, PAIR_SCHEMA)
+
+
+def load_pairs(path: str | Path) -> list[PreferencePair]:
+    return load_records(path, PreferencePair, PAIR_SCHEMA)
+
+
+def save_prompts_table(path: str | Path, prompts: Sequence[Prompt]) -> None:
+    """A list of prompts with their lineage (evolved.parquet): the buffer's lineage columns."""
+    save_records(path, prompts, PROMPT_SCHEMA)
+
+
+def load_prompts_table(path: str | Path) -> list[Prompt]:
+    return load_records(path, Prompt, PROMPT_SCHEMA)
+
+
+# --- seed prompts -----------------------------------------------------------------------------------
+
+
+def load_seed_prompts(path: str, column: str = "prompt", limit: int | None = None) -> list[Prompt]:
+    """Seed prompts from JSONL, Parquet, a `datasets.save_to_disk` folder or "builtin:seed".
+
+    Texts are stripped; empty texts and exact duplicates (same normalized text, i.e. same id) are
+    dropped, keeping the first; then the first `limit` are kept (reading stops there). Raises
+    DataError naming the file, the line (JSONL, 1-based) or row (0-based) and the problem; also when
+    no prompt is left.
+    """
+    source, values = _column_values(path, column)
+    seen: dict[str, Prompt] = {}
+    for where, value in values:
+        if not isinstance(value, str):
+            raise DataError(f"{source}: {where}: {column!r} is {type(value).__name__} {value!r}, expected a string")
+        text = value.strip()
+        if text and prompt_id(text) not in seen:
+            seen[prompt_id(text)] = Prompt.seed(text)
+            if limit is not None and len(seen) >= limit:
+                break
+    if not seen:
+        raise DataError(f"{source}: no seed prompts in column {column!r} (empty, or every text blank)")
+    return list(seen.values())
+
+
+def _column_values(path: str, column: str) -> tuple[str, Iterator[tuple[str, Any]]]:
+    """(source name for messages, iterator of (location, value)) for one column of a seed source."""
+    if path.startswith("builtin:"):
+        if path != BUILTIN_SEED:
+            raise DataError(f"{path}: unknown builtin prompt set; available: {BUILTIN_SEED}")
+        packaged = resources.files("eva.data") / "seed_prompts.jsonl"
+        if not packaged.is_file():
+            raise DataError(f"{path}: the packaged file eva/data/seed_prompts.jsonl is missing (broken install)")
+        return path, _jsonl_values(packaged.read_text(encoding="utf-8"), path, column)
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: file does not exist")
+    if p.is_dir():
+        return str(p), _dataset_values(p, column)
+    if p.suffix == ".jsonl":
+        return str(p), _jsonl_values(p.read_text(encoding="utf-8"), str(p), column)
+    if p.suffix == ".parquet":
+        return str(p), _parquet_values(p, column)
+    raise DataError(f"{p}: unknown file type {p.suffix!r}; expected .jsonl, .parquet, a datasets folder or {BUILTIN_SEED}")
+
+
+def _jsonl_values(text: str, source: str, column: str) -> Iterator[tuple[str, Any]]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{source}: line {number}: invalid JSON: {e.msg} (column {e.colno})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{source}: line {number}: expected a JSON object, got {type(record).__name__}")
+        if column not in record:
+            raise DataError(f"{source}: line {number}: no key {column!r}; keys here: {sorted(record)}")
+        yield f"line {number}", record[column]
+
+
+def _parquet_values(path: Path, column: str) -> Iterator[tuple[str, Any]]:
+    try:
+        names = pq.read_schema(path).names
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file: {e}") from None
+    if column not in names:
+        raise DataError(f"{path}: no column {column!r}; available columns: {names}")
+    values = pq.read_table(path, columns=[column]).column(column).to_pylist()
+    return ((f"row {i}", v) for i, v in enumerate(values))
+
+
+def _dataset_values(path: Path, column: str) -> Iterator[tuple[str, Any]]:
+    import datasets  # heavy import: only for this source
+
+    if not ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
+        raise DataError(f"{path}: a folder, but not one written by datasets' save_to_disk (no state.json or dataset_dict.json)")
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        splits = list(ds)
+        if "train" not in ds and len(splits) != 1:
+            raise DataError(f"{path}: a DatasetDict with splits {splits}; expected a 'train' split or a single split")
+        ds = ds["train"] if "train" in ds else ds[splits[0]]
+    if column not in ds.column_names:
+        raise DataError(f"{path}: no column {column!r}; available columns: {ds.column_names}")
+    values = list(ds[column])  # honours an indices mapping, unlike ds.data
+    return ((f"row {i}", v) for i, v in enumerate(values))

@@ -1,0 +1,446 @@
+"""The run directory: the source of truth of a run (DESIGN.md, "Checkpoints").
+
+```
+<root>/run.yaml             config_hash + the resolved config
+<root>/iterations/0000/     one folder per iteration; MANIFEST.json (written last) = committed
+<root>/LATEST               number of the last committed iteration
+<root>/events.jsonl         append-only event log
+```
+
+Every file is written to a temp name in its own folder, fsynced, renamed over the target, and the
+folder fsynced: a crash leaves either the old or the new file, never half of one. An iteration folder
+without a valid MANIFEST.json is incomplete; its `stages/<stage>.done` markers tell resume which
+stages already wrote their outputs (a stage writes its outputs before its marker), so resume redoes
+only the stages after the last marker, or `clear_iteration` drops the folder entirely.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from eva.config import MUTABLE_FIELDS, ConfigError, RunConfig, config_from_dict, fingerprint, flatten
+
+MANIFEST = "MANIFEST.json"
+STAGES = "stages"
+POLICY = "policy"
+_TMP_SUFFIX = ".tmp"
+_HASH_KEY = "config_hash"
+
+
+class RunDirError(Exception):
+    """A run directory cannot be used as asked; the message names the path."""
+
+
+class CorruptCheckpointError(RunDirError):
+    """A committed file does not match its manifest (or a control file is unreadable)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
+
+
+# --- atomic writes ---------------------------------------------------------------------------
+
+
+def fsync_dir(path: str | Path) -> None:
+    """fsync a directory so a rename or a new entry in it survives a power loss."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(path: str | Path) -> Path:
+    """mkdir -p that also fsyncs the parent of every folder it creates (new entries are durable)."""
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+        fsync_dir(d.parent)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path next to `path`; on success fsync it and rename it over `path`.
+
+    For writers that want a file name (pyarrow, safetensors). On an exception the temp file is
+    removed and `path` is untouched.
+    """
+    path = Path(path)
+    make_dirs(path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:  # writers may have closed without fsync
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace `path` with `data` atomically (temp file in the same folder, fsync, rename, fsync dir)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def is_temp_file(path: Path) -> bool:
+    """True for a leftover of an interrupted atomic write."""
+    return path.name.startswith(".") and path.name.endswith(_TMP_SUFFIX)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+# --- the run directory -----------------------------------------------------------------------
+
+
+class RunDir:
+    """A run directory on local or shared storage (see the module docstring for the layout)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "run.yaml"
+
+    @property
+    def latest_path(self) -> Path:
+        return self.root / "LATEST"
+
+    @property
+    def events_path(self) -> Path:
+        return self.root / "events.jsonl"
+
+    # config ------------------------------------------------------------------------------------
+
+    def init(self, config: RunConfig, allow_changes: Iterable[str] = ()) -> list[str]:
+        """Create the run directory for `config`, or reopen an existing one written for it.
+
+        An existing run.yaml whose fingerprint differs is refused (RunDirError naming the changed
+        fields) unless every changed field is in `allow_changes`. Fields in MUTABLE_FIELDS never
+        count. run.yaml is then rewritten with `config`, so it always holds the config the run goes
+        on with. Returns the changed (non-mutable) fields that were accepted; [] for a new run.
+        """
+        changed: list[str] = []
+        if self.config_path.exists():
+            old = self.config()
+            changed = [f for f in old.changed_fields(config) if f not in MUTABLE_FIELDS]
+            refused = [f for f in changed if f not in set(allow_changes)]
+            if refused:
+                raise RunDirError(
+                    f"{self.config_path}: the run was started with a different config; changed fields: "
+                    f"{', '.join(refused)}. Use a new run directory, or allow these changes explicitly."
+                )
+            if changed:
+                self.log_event("config_changed", fields={f: _diff(old, config, f) for f in changed})
+        make_dirs(self.root / "iterations")
+        body = yaml.safe_dump({_HASH_KEY: config.fingerprint(), **config.to_dict()}, sort_keys=False)
+        atomic_write_text(self.config_path, body)
+        return changed
+
+    def config(self) -> RunConfig:
+        """The run's config from run.yaml; its stored config_hash must match its contents."""
+        if not self.config_path.is_file():
+            raise RunDirError(f"{self.config_path} does not exist: {self.root} is not an initialized run directory")
+        try:
+            data = yaml.safe_load(self.config_path.read_text())
+        except yaml.YAMLError as e:
+            raise CorruptCheckpointError(f"{self.config_path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise CorruptCheckpointError(f"{self.config_path}: expected a mapping, got {type(data).__name__}")
+        stored = data.pop(_HASH_KEY, None)
+        try:
+            config = config_from_dict(data, str(self.config_path))
+        except ConfigError as e:
+            raise RunDirError(str(e)) from None
+        # The hash covers the file as written (not re-validated), so a newer eva that adds a field
+        # with a default still opens old runs, while a hand edit is caught.
+        if stored is not None and stored != fingerprint(data):
+            raise CorruptCheckpointError(
+                f"{self.config_path}: {_HASH_KEY} {stored} does not match the config in the file "
+                f"({fingerprint(data)}); it was edited by hand. Restore it, or re-init with allow_changes."
+            )
+        return config
+
+    # iterations ---------------------------------------------------------------------------------
+
+    def iteration_dir(self, t: int) -> Path:
+        """iterations/<t:04d> (not created)."""
+        if t < 0:
+            raise ValueError(f"iteration must be >= 0, got {t}")
+        return self.root / "iterations" / f"{t:04d}"
+
+    def iterations(self) -> list[int]:
+        """Numbers of all iteration folders present, committed or not, ascending."""
+        base = self.root / "iterations"
+        if not base.is_dir():
+            return []
+        return sorted(int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit())
+
+    def latest(self) -> int | None:
+        """The last committed iteration (from LATEST), or None before the first commit."""
+        if not self.latest_path.exists():
+            return None
+        raw = self.latest_path.read_text().strip()
+        if not raw.isdigit():
+            raise CorruptCheckpointError(f"{self.latest_path}: expected an iteration number, got {raw!r}")
+        return int(raw)
+
+    def manifest(self, t: int) -> dict[str, Any] | None:
+        """The parsed MANIFEST.json of iteration t, or None if absent or not a valid manifest."""
+        path = self.iteration_dir(t) / MANIFEST
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+            return None
+        return data
+
+    def committed(self, t: int) -> bool:
+        """True when iteration t has a valid MANIFEST.json (contents are checked by `verify`)."""
+        return self.manifest(t) is not None
+
+    def incomplete(self) -> list[int]:
+        """Iteration folders without a valid manifest: to resume from their stage markers."""
+        return [t for t in self.iterations() if not self.committed(t)]
+
+    # stages ---------------------------------------------------------------------------------------
+
+    def _stage_path(self, t: int, stage: str) -> Path:
+        if not stage or "/" in stage or stage.startswith("."):
+            raise ValueError(f"invalid stage name {stage!r}")
+        return self.iteration_dir(t) / STAGES / f"{stage}.done"
+
+    def mark_stage(self, t: int, stage: str, info: dict[str, Any] | None = None) -> None:
+        """Record that `stage` of iteration t finished; call after the stage's outputs are written."""
+        if self.committed(t):
+            raise RunDirError(f"{self.iteration_dir(t)} is committed; its stages cannot change")
+        atomic_write_json(self._stage_path(t, stage), {"stage": stage, "time": _now(), "ts": time.time(), "info": info or {}})
+
+    def stage_done(self, t: int, stage: str) -> bool:
+        return self._stage_path(t, stage).is_file()
+
+    def stage_info(self, t: int, stage: str) -> dict[str, Any]:
+        """The `info` recorded with a stage marker."""
+        path = self._stage_path(t, stage)
+        try:
+            return json.loads(path.read_text())["info"]
+        except FileNotFoundError:
+            raise RunDirError(f"{path}: stage {stage!r} of iteration {t} is not done") from None
+        except (ValueError, KeyError):
+            raise CorruptCheckpointError(f"{path}: unreadable stage marker") from None
+
+    def stages_done(self, t: int) -> list[str]:
+        """Finished stages of iteration t in the order they finished."""
+        folder = self.iteration_dir(t) / STAGES
+        if not folder.is_dir():
+            return []
+        marks = []
+        for p in folder.glob("*.done"):
+            try:
+                ts = float(json.loads(p.read_text())["ts"])
+            except (ValueError, KeyError, TypeError):
+                ts = p.stat().st_mtime  # a marker without a readable time still counts as done
+            marks.append((ts, p.name[: -len(".done")]))
+        return [name for _, name in sorted(marks)]
+
+    # commit / verify ----------------------------------------------------------------------------
+
+    def commit(self, t: int) -> dict[str, Any]:
+        """Commit iteration t: write MANIFEST.json (sha256 + size of every file) last, then LATEST.
+
+        Leftover temp files of interrupted writes are deleted first. LATEST only moves forward: it
+        becomes t unless a later iteration is already committed. A committed iteration is immutable
+        (committing it again raises). Returns the manifest.
+        """
+        folder = self.iteration_dir(t)
+        if not folder.is_dir():
+            raise RunDirError(f"{folder} does not exist: nothing to commit for iteration {t}")
+        if self.committed(t):
+            raise RunDirError(f"{folder / MANIFEST} exists: iteration {t} is already committed")
+        files = {}
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            if is_temp_file(path):
+                path.unlink()
+                continue
+            rel = path.relative_to(folder).as_posix()
+            if rel != MANIFEST:
+                files[rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+        manifest = {"iteration": t, "committed_at": _now(), "files": files, "pruned": {}}
+        atomic_write_json(folder / MANIFEST, manifest)
+        latest = self.latest()
+        if latest is None or t > latest:
+            atomic_write_text(self.latest_path, f"{t}\n")
+        self.log_event("commit", iteration=t, files=len(files), bytes=sum(f["size"] for f in files.values()))
+        return manifest
+
+    def verify(self, t: int) -> list[str]:
+        """Problems of committed iteration t, one line each naming the file; [] when intact.
+
+        Checks that every file listed in the manifest exists with its size and sha256. Files not in
+        the manifest are ignored: readers only read listed files, and an extra file cannot change
+        what was committed (e.g. a policy folder whose deletion was interrupted by a crash).
+        """
+        folder = self.iteration_dir(t)
+        manifest = self.manifest(t)
+        if manifest is None:
+            return [f"{self._rel(folder / MANIFEST)}: missing or invalid: iteration {t} is not committed"]
+        problems = []
+        for rel, entry in manifest["files"].items():
+            path = folder / rel
+            name = self._rel(path)
+            if not path.is_file():
+                problems.append(f"{name}: missing file")
+            elif path.stat().st_size != entry["size"]:
+                problems.append(f"{name}: size mismatch (manifest {entry['size']} bytes, found {path.stat().st_size})")
+            elif sha256_file(path) != entry["sha256"]:
+                problems.append(f"{name}: sha256 mismatch")
+        return problems
+
+    def verify_all(self) -> list[str]:
+        """Problems of every iteration up to LATEST (each of them must be committed and intact)."""
+        latest = self.latest()
+        if latest is None:
+            return []
+        return [p for t in range(latest + 1) for p in self.verify(t)]
+
+    def ensure_valid(self, t: int) -> None:
+        """Raise CorruptCheckpointError naming the bad files if iteration t does not verify."""
+        problems = self.verify(t)
+        if problems:
+            raise CorruptCheckpointError(f"iteration {t} of {self.root} is corrupt:\n  " + "\n  ".join(problems), problems)
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    # pruning / clearing -------------------------------------------------------------------------
+
+    def prune_policies(self, keep_last: int | None) -> list[int]:
+        """Delete policy/ of committed iterations older than the last `keep_last`; None keeps all.
+
+        Iteration 0 is always kept: it is the initial policy that `reference: initial`, the creator
+        (`model: initial`) and evaluation read. Prompt buffers and every other file stay. The
+        manifest is rewritten first (policy entries move to its "pruned" map) and the folder deleted
+        after, so a crash in between leaves an unlisted folder that verify ignores and the next prune
+        deletes. Returns the iterations whose policy was removed.
+        """
+        if keep_last is None:
+            return []
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1 or None, got {keep_last}")
+        committed = [t for t in self.iterations() if self.committed(t)]
+        keep = set(committed[-keep_last:]) | {0}
+        pruned = []
+        for t in committed:
+            folder = self.iteration_dir(t) / POLICY
+            if t in keep or not folder.exists():
+                continue
+            self._drop_from_manifest(t, POLICY + "/")
+            shutil.rmtree(folder)
+            fsync_dir(folder.parent)
+            pruned.append(t)
+        if pruned:
+            self.log_event("prune_policies", iterations=pruned, keep_last=keep_last)
+        return pruned
+
+    def _drop_from_manifest(self, t: int, prefix: str) -> None:
+        manifest = self.manifest(t)
+        assert manifest is not None  # callers pass committed iterations only
+        gone = {rel: entry for rel, entry in manifest["files"].items() if rel.startswith(prefix)}
+        if not gone:
+            return
+        stamp = _now()
+        manifest["files"] = {rel: e for rel, e in manifest["files"].items() if rel not in gone}
+        manifest.setdefault("pruned", {}).update({rel: {**e, "pruned_at": stamp} for rel, e in gone.items()})
+        atomic_write_json(self.iteration_dir(t) / MANIFEST, manifest)
+
+    def clear_iteration(self, t: int) -> None:
+        """Remove an incomplete iteration folder entirely (a committed one is refused)."""
+        folder = self.iteration_dir(t)
+        if self.committed(t):
+            raise RunDirError(f"{folder} is committed; refusing to delete it")
+        if folder.exists():
+            shutil.rmtree(folder)
+            fsync_dir(folder.parent)
+            self.log_event("clear_iteration", iteration=t)
+
+    # events ---------------------------------------------------------------------------------------
+
+    def log_event(self, kind: str, **fields: Any) -> None:
+        """Append one JSON line {time, ts, kind, **fields} to events.jsonl, flushed and fsynced."""
+        clash = {"time", "ts"} & fields.keys()
+        if clash:
+            raise ValueError(f"event fields may not be named {sorted(clash)}")
+        line = json.dumps({"time": _now(), "ts": time.time(), "kind": kind, **fields}, default=str)
+        make_dirs(self.root)
+        with open(self.events_path, "a+b") as f:
+            # A crash mid-append can leave a line without its newline; start a fresh line after it.
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    line = "\n" + line
+            f.write((line + "\n").encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def events(self) -> list[dict[str, Any]]:
+        """All events in order; lines torn by a crash mid-append are skipped."""
+        if not self.events_path.exists():
+            return []
+        out = []
+        for line in self.events_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                if line.strip():
+                    out.append(json.loads(line))
+        return out
+
+
+def _diff(old: RunConfig, new: RunConfig, field: str) -> dict[str, Any]:
+    """{'old': ..., 'new': ...} of one dotted field, for the config_changed event."""
+    a, b = flatten(old.to_dict()), flatten(new.to_dict())
+    return {"old": a.get(field), "new": b.get(field)}

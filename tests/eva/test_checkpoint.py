@@ -1,0 +1,290 @@
+"""The run directory: atomic writes, commit/verify, LATEST, stages, pruning, config checks, events."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from eva.checkpoint import (
+    MANIFEST,
+    CorruptCheckpointError,
+    RunDir,
+    RunDirError,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
+from eva.config import RunConfig
+
+
+def _config(**sections: dict) -> RunConfig:
+    return RunConfig.model_validate(sections)
+
+
+def _write_iteration(run: RunDir, t: int, policy: bool = True) -> Path:
+    folder = run.iteration_dir(t)
+    atomic_write_bytes(folder / "prompts.parquet", f"prompts of {t}".encode() * 10)
+    atomic_write_json(folder / "metrics.json", {"iteration": t})
+    if policy:
+        atomic_write_bytes(folder / "policy" / "model.safetensors", bytes(range(256)) * 4)
+        atomic_write_text(folder / "policy" / "config.json", "{}")
+    return folder
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> RunDir:
+    r = RunDir(tmp_path / "run")
+    r.init(_config())
+    return r
+
+
+# --- atomic writes ------------------------------------------------------------------------------
+
+
+def test_atomic_writes_leave_no_temp_files(tmp_path: Path) -> None:
+    atomic_write_bytes(tmp_path / "a" / "b.bin", b"\x00\x01")
+    atomic_write_text(tmp_path / "a" / "c.txt", "héllo")
+    atomic_write_json(tmp_path / "a" / "d.json", {"x": [1, 2]})
+    atomic_write_text(tmp_path / "a" / "c.txt", "replaced")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["b.bin", "c.txt", "d.json"]
+    assert (tmp_path / "a" / "b.bin").read_bytes() == b"\x00\x01"
+    assert (tmp_path / "a" / "c.txt").read_text() == "replaced"
+    assert json.loads((tmp_path / "a" / "d.json").read_text()) == {"x": [1, 2]}
+
+
+def test_failed_atomic_write_keeps_old_file_and_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "f.txt"
+    atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+# --- commit / verify / LATEST ---------------------------------------------------------------------
+
+
+def test_commit_then_verify_clean(run: RunDir) -> None:
+    _write_iteration(run, 0)
+    assert not run.committed(0)
+    manifest = run.commit(0)
+    assert run.committed(0)
+    assert set(manifest["files"]) == {"prompts.parquet", "metrics.json", "policy/model.safetensors", "policy/config.json"}
+    assert manifest["files"]["policy/model.safetensors"]["size"] == 1024
+    assert run.verify(0) == []
+    run.ensure_valid(0)
+    assert run.verify_all() == []
+
+
+def test_one_corrupted_byte_is_named(run: RunDir) -> None:
+    folder = _write_iteration(run, 0)
+    run.commit(0)
+    weights = folder / "policy" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[100] ^= 0x01
+    weights.write_bytes(bytes(data))
+    assert run.verify(0) == ["iterations/0000/policy/model.safetensors: sha256 mismatch"]
+    with pytest.raises(CorruptCheckpointError, match="policy/model.safetensors: sha256 mismatch") as err:
+        run.ensure_valid(0)
+    assert err.value.problems == ["iterations/0000/policy/model.safetensors: sha256 mismatch"]
+
+
+def test_missing_and_truncated_files_are_named(run: RunDir) -> None:
+    folder = _write_iteration(run, 0)
+    run.commit(0)
+    (folder / "metrics.json").unlink()
+    (folder / "prompts.parquet").write_bytes(b"short")
+    assert run.verify(0) == [
+        "iterations/0000/metrics.json: missing file",
+        "iterations/0000/prompts.parquet: size mismatch (manifest 120 bytes, found 5)",
+    ]
+
+
+def test_unlisted_extra_file_is_ignored(run: RunDir) -> None:
+    folder = _write_iteration(run, 0)
+    run.commit(0)
+    (folder / "notes.txt").write_text("added later")
+    assert run.verify(0) == []
+
+
+def test_uncommitted_iteration_fails_verify(run: RunDir) -> None:
+    _write_iteration(run, 0)
+    assert run.verify(0) == ["iterations/0000/MANIFEST.json: missing or invalid: iteration 0 is not committed"]
+    (run.iteration_dir(0) / MANIFEST).write_text("{not json")
+    assert not run.committed(0)
+    assert run.incomplete() == [0]
+
+
+def test_latest_moves_only_on_commit(run: RunDir) -> None:
+    assert run.latest() is None
+    _write_iteration(run, 0)
+    assert run.latest() is None
+    run.commit(0)
+    assert run.latest() == 0
+    _write_iteration(run, 1)
+    run.mark_stage(1, "estimate")
+    assert run.latest() == 0
+    run.commit(1)
+    assert run.latest() == 1
+    assert run.latest_path.read_text() == "1\n"
+    with pytest.raises(RunDirError, match="already committed"):
+        run.commit(1)
+
+
+def test_commit_drops_leftover_temp_files(run: RunDir) -> None:
+    folder = _write_iteration(run, 0)
+    (folder / ".prompts.parquet.abc123.tmp").write_bytes(b"torn write")
+    manifest = run.commit(0)
+    assert not (folder / ".prompts.parquet.abc123.tmp").exists()
+    assert ".prompts.parquet.abc123.tmp" not in manifest["files"]
+
+
+def test_commit_of_missing_folder_is_refused(run: RunDir) -> None:
+    with pytest.raises(RunDirError, match="iterations/0003"):
+        run.commit(3)
+
+
+def test_corrupt_latest_is_reported(run: RunDir) -> None:
+    run.latest_path.write_text("garbage")
+    with pytest.raises(CorruptCheckpointError, match="LATEST"):
+        run.latest()
+
+
+# --- stages -------------------------------------------------------------------------------------------
+
+
+def test_stage_markers(run: RunDir) -> None:
+    assert run.stages_done(2) == []
+    run.mark_stage(2, "estimate", {"prompts": 10})
+    run.mark_stage(2, "sample")
+    run.mark_stage(2, "evolve", {"kept": 7})
+    assert run.stage_done(2, "sample") and not run.stage_done(2, "train")
+    assert run.stages_done(2) == ["estimate", "sample", "evolve"]
+    assert run.stage_info(2, "evolve") == {"kept": 7}
+    marker = json.loads((run.iteration_dir(2) / "stages" / "estimate.done").read_text())
+    assert marker["stage"] == "estimate" and "time" in marker
+    with pytest.raises(ValueError, match="invalid stage name"):
+        run.mark_stage(2, "../x")
+    with pytest.raises(RunDirError, match="not done"):
+        run.stage_info(2, "train")
+
+
+def test_stage_markers_are_committed_and_clear_iteration(run: RunDir) -> None:
+    _write_iteration(run, 0)
+    run.mark_stage(0, "seed")
+    assert "stages/seed.done" in run.commit(0)["files"]
+    with pytest.raises(RunDirError, match="committed"):
+        run.mark_stage(0, "seed")
+    with pytest.raises(RunDirError, match="committed"):
+        run.clear_iteration(0)
+    _write_iteration(run, 1)
+    run.mark_stage(1, "estimate")
+    run.clear_iteration(1)
+    assert not run.iteration_dir(1).exists()
+    assert run.iterations() == [0]
+
+
+# --- pruning --------------------------------------------------------------------------------------------
+
+
+def test_prune_keeps_prompts_iteration0_and_last_k(run: RunDir) -> None:
+    for t in range(5):
+        _write_iteration(run, t)
+        run.commit(t)
+    assert run.prune_policies(None) == []
+    assert run.prune_policies(2) == [1, 2]
+    for t in range(5):
+        folder = run.iteration_dir(t)
+        assert (folder / "prompts.parquet").is_file()
+        assert (folder / "policy").exists() == (t in (0, 3, 4))
+    assert run.verify_all() == []
+    manifest = run.manifest(1)
+    assert manifest is not None
+    assert set(manifest["pruned"]) == {"policy/model.safetensors", "policy/config.json"}
+    assert "prompts.parquet" in manifest["files"]
+    assert run.prune_policies(2) == []  # idempotent
+
+
+def test_prune_ignores_incomplete_iterations(run: RunDir) -> None:
+    for t in range(3):
+        _write_iteration(run, t)
+        run.commit(t)
+    _write_iteration(run, 3)  # in progress: its policy is being written
+    assert run.prune_policies(1) == [1]
+    assert (run.iteration_dir(3) / "policy").is_dir()
+    assert (run.iteration_dir(2) / "policy").is_dir()
+
+
+# --- config ------------------------------------------------------------------------------------------------
+
+
+def test_config_round_trips(tmp_path: Path) -> None:
+    cfg = _config(creator={"metric": "var", "sample_frac": 0.5}, solver={"beta": 0.1})
+    run = RunDir(tmp_path / "r")
+    assert run.init(cfg) == []
+    assert run.config() == cfg
+    text = run.config_path.read_text()
+    assert text.startswith(f"config_hash: {cfg.fingerprint()}")
+    assert run.init(cfg) == []  # reopening with the same config is fine
+
+
+def test_fingerprint_mismatch_is_refused_naming_field(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    run.init(_config())
+    changed = _config(creator={"metric": "var"}, solver={"beta": 0.2})
+    with pytest.raises(RunDirError, match=r"creator\.metric, solver\.beta") as err:
+        run.init(changed)
+    assert "run.yaml" in str(err.value)
+    with pytest.raises(RunDirError, match=r"solver\.beta"):
+        run.init(changed, allow_changes=["creator.metric"])
+    assert run.config() == _config()  # nothing was written by the refused calls
+    assert run.init(changed, allow_changes=["creator.metric", "solver.beta"]) == ["creator.metric", "solver.beta"]
+    assert run.config() == changed
+    event = [e for e in run.events() if e["kind"] == "config_changed"][-1]
+    assert event["fields"]["solver.beta"] == {"old": 0.05, "new": 0.2}
+
+
+def test_mutable_fields_never_matter(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    run.init(_config())
+    longer = _config(run={"iterations": 9}, checkpoint={"keep_policies": 2})
+    assert run.init(longer) == []
+    assert run.config().run.iterations == 9
+
+
+def test_hand_edited_run_yaml_is_detected(run: RunDir) -> None:
+    text = run.config_path.read_text().replace("beta: 0.05", "beta: 0.5")
+    run.config_path.write_text(text)
+    with pytest.raises(CorruptCheckpointError, match="edited by hand"):
+        run.config()
+
+
+def test_missing_run_yaml(tmp_path: Path) -> None:
+    with pytest.raises(RunDirError, match="run.yaml does not exist"):
+        RunDir(tmp_path / "nothing").config()
+
+
+# --- events ----------------------------------------------------------------------------------------------
+
+
+def test_events_are_appended(run: RunDir) -> None:
+    run.log_event("stage_start", iteration=1, stage="estimate")
+    run.log_event("stage_end", iteration=1, stage="estimate", seconds=1.5, count=12)
+    events = run.events()
+    assert [e["kind"] for e in events] == ["stage_start", "stage_end"]
+    assert events[1]["seconds"] == 1.5 and events[1]["count"] == 12
+    assert events[0]["ts"] <= events[1]["ts"]
+    with pytest.raises(ValueError, match="ts"):
+        run.log_event("bad", ts=3)
+
+
+def test_torn_event_line_is_skipped_and_next_line_starts_fresh(run: RunDir) -> None:
+    run.log_event("a")
+    with open(run.events_path, "a") as f:
+        f.write('{"kind": "tor')  # crash mid-append
+    run.log_event("b")
+    assert [e["kind"] for e in run.events()] == ["a", "b"]
