@@ -1,0 +1,348 @@
+"""The solver's training actor: one round of TRL preference optimization per iteration, pi_{t-1} -> pi_t.
+
+It runs in its own process (the lead wraps it with `ray.remote`), never next to a vLLM engine: vLLM
+rebinds torch threads in its process. Training is fp32 on CPU (bf16 training on CPU is slow or
+unsupported in places); weights leave in `dtype` (`state_dict()` for weight sync, `save()` for the
+iteration's policy/).
+
+Reference model (DESIGN.md gotcha: TRL's `ref_model=None` reloads the reference from
+`model.config._name_or_path` on disk, not from memory). We never let TRL pick it:
+- full fine-tuning, `previous`: a frozen deep copy of the policy taken at the start of the round (=pi_{t-1});
+- `initial`: pi_0 loaded once from `initial_path`, kept frozen across rounds (full and LoRA);
+- LoRA, `previous`: TRL disables the adapter, i.e. uses the base weights. We merge the adapter after
+  every round and start a fresh zero-initialized one, so the base *is* pi_{t-1} and no copy is needed;
+- SimPO (TRL CPO) and ORPO are reference-free.
+An explicit module (not `precompute_ref_log_probs`) because it is the same code for every case and
+tests can read back exactly what TRL held (`reference_state`); it costs one frozen copy of the weights.
+
+After every round the policy is rounded to `dtype`, so the weights in memory are exactly the ones the
+engines serve and the checkpoint holds: an uninterrupted run and one resumed from policy/ continue from
+identical weights (the price: a round whose updates are below `dtype`'s resolution is lost).
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eva.checkpoint import fsync_dir, make_dirs
+from eva.config import SolverSection
+from eva.types import PreferencePair
+
+DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust")  # TRL DPOTrainer; simpo -> CPOTrainer, orpo -> ORPOTrainer
+REFERENCE_FREE = ("simpo", "orpo")
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+class PolicyTrainer:
+    """The policy under training. Plain class; Ray wraps it as an actor (`ray.remote(PolicyTrainer)`).
+
+    `capture_reference=True` keeps a copy of the reference weights TRL used in the last round, for
+    `reference_state()` (tests, audits); off by default because it costs one more copy of the model.
+    """
+
+    def __init__(
+        self,
+        policy_path: str,
+        initial_path: str,
+        solver: SolverSection,
+        dtype: str,
+        workdir: str,
+        seed: int,
+        *,
+        capture_reference: bool = False,
+    ) -> None:
+        torch.set_num_threads(1)  # two cores shared by every actor (DESIGN.md)
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        from datasets.utils.logging import disable_progress_bar
+        from transformers import AutoTokenizer
+
+        disable_progress_bar()  # per-round dataset.map bars; the trainer prints one line per step instead
+        self.solver = solver
+        self.dtype = DTYPES[dtype]
+        self.workdir = Path(workdir)
+        self.seed = seed
+        self.initial_path = initial_path
+        self.capture_reference = capture_reference
+        self.tokenizer = AutoTokenizer.from_pretrained(policy_path)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.policy = self._load_model(policy_path)
+        self._initial: torch.nn.Module | None = None  # pi_0, loaded on first use (reference: initial)
+        self._reference: dict[str, torch.Tensor] | None = None
+
+    # --- public API -------------------------------------------------------------------------
+
+    def ready(self) -> dict[str, Any]:
+        """Cheap call to wait on after starting the actor."""
+        return {"pid": os.getpid(), "threads": torch.get_num_threads(), "params": sum(p.numel() for p in self.policy.parameters())}
+
+    def train(self, pairs: list[PreferencePair], iteration: int) -> dict[str, Any]:
+        """One round of preference optimization on `pairs`; returns metrics (losses, steps, seconds).
+
+        An empty pair list trains nothing (steps 0). Each round gets a fresh optimizer and the seed
+        `seed + iteration`, so a resumed run repeats the round exactly.
+        """
+        if not pairs:
+            return {"iteration": iteration, "loss_type": self.solver.loss_type, "num_pairs": 0, "steps": 0}
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer = self._make_trainer(self._dataset(pairs), self._reference_model(), iteration)
+        trainer.remove_callback(PrinterCallback)
+        if self.capture_reference:
+            self._reference = _reference_weights(trainer)
+        t0 = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - t0
+        metrics = _round_metrics(trainer.state.log_history, seconds)
+        metrics.update(iteration=iteration, loss_type=self.solver.loss_type, num_pairs=len(trainer.train_dataset))
+        self.policy = self._finish(trainer)
+        del trainer
+        gc.collect()
+        return metrics
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The policy's weights under HF checkpoint names (what vLLM's reload_weights expects), as
+        contiguous CPU tensors in `dtype`; tied weights appear once (vLLM re-ties lm_head itself)."""
+        return _revert_names(self.policy, _weights(self.policy, self.dtype))
+
+    def reference_state(self) -> dict[str, torch.Tensor]:
+        """fp32 weights of the reference model TRL used in the last round, HF names, read from the TRL
+        trainer itself. Empty for the reference-free SimPO/ORPO. Needs `capture_reference=True`."""
+        if self._reference is None:
+            raise RuntimeError("no reference captured: construct with capture_reference=True and call train()")
+        return self._reference
+
+    def save(self, path: str) -> None:
+        """Write the policy (safetensors in `dtype`) and tokenizer to `path`, atomically: built in a
+        temp sibling folder, fsynced, then renamed over `path`."""
+        target = Path(path)
+        make_dirs(target.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        config_dtype = self.policy.config.dtype
+        try:
+            # save_pretrained drops tied keys and maps names back to the checkpoint layout itself
+            self.policy.save_pretrained(tmp, state_dict=_weights(self.policy, self.dtype), safe_serialization=True)
+            self.policy.config.dtype = self.dtype  # save_pretrained wrote the fp32 model's dtype: say what the file holds
+            self.policy.config.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            for f in tmp.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            if target.exists():  # an uncommitted iteration's policy/: resume redoes the stage if we crash here
+                shutil.rmtree(target)
+            tmp.rename(target)
+            fsync_dir(target.parent)
+        finally:
+            self.policy.config.dtype = config_dtype
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def load(self, path: str) -> None:
+        """Restore the policy from a committed policy/ folder (resume). With `reference: previous` the
+        next round's reference is taken from this policy at round start, so nothing else to restore."""
+        self.policy = self._load_model(path)
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _load_model(self, path: str) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        _round_to(model, self.dtype)  # same weights as the engines serve (see module docstring)
+        return model
+
+    def _reference_model(self) -> torch.nn.Module | None:
+        """The module handed to TRL as `ref_model`; None only where TRL needs none (see module docstring)."""
+        s = self.solver
+        if s.loss_type in REFERENCE_FREE:
+            return None
+        if s.reference == "initial":
+            if self._initial is None:
+                self._initial = _frozen(self._load_model(self.initial_path))
+            return self._initial
+        if s.finetune == "lora":
+            return None  # adapter disabled = merged base = pi_{t-1}
+        return _frozen(copy.deepcopy(self.policy))
+
+    def _dataset(self, pairs: list[PreferencePair]):
+        """Conversational pairs, so TRL applies the chat template the engines use. TRL 1.16 has no
+        max_prompt_length: we keep the last `max_prompt_length` tokens of the user turn ourselves."""
+        from datasets import Dataset
+
+        return Dataset.from_dict(
+            {
+                "prompt": [[{"role": "user", "content": self._fit_prompt(p.prompt)}] for p in pairs],
+                "chosen": [[{"role": "assistant", "content": p.chosen}] for p in pairs],
+                "rejected": [[{"role": "assistant", "content": p.rejected}] for p in pairs],
+            }
+        )
+
+    def _fit_prompt(self, text: str) -> str:
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        limit = self.solver.max_prompt_length
+        return text if len(ids) <= limit else self.tokenizer.decode(ids[-limit:])
+
+    def _make_trainer(self, dataset, ref_model: torch.nn.Module | None, iteration: int):
+        s = self.solver
+        common: dict[str, Any] = dict(
+            output_dir=str(self.workdir / f"trl-{iteration:04d}"),
+            learning_rate=s.learning_rate,
+            num_train_epochs=s.epochs,
+            per_device_train_batch_size=s.per_device_batch_size,
+            gradient_accumulation_steps=s.gradient_accumulation_steps,
+            warmup_steps=s.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the steps
+            weight_decay=s.weight_decay,
+            max_length=s.max_length,
+            beta=s.beta,
+            seed=self.seed + iteration,
+            bf16=False,  # TRL defaults to bf16=True, which raises on CPU
+            use_cpu=not torch.cuda.is_available(),
+            report_to=[],
+            save_strategy="no",
+            gradient_checkpointing=False,  # small models; avoids per-step deprecation warnings
+            dataloader_num_workers=0,
+            logging_steps=1,
+            disable_tqdm=True,
+        )
+        peft_config = None
+        if s.finetune == "lora":
+            from peft import LoraConfig
+
+            lora = s.lora
+            peft_config = LoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=list(lora.target_modules),
+                task_type="CAUSAL_LM",
+            )
+        kwargs = dict(model=self.policy, train_dataset=dataset, processing_class=self.tokenizer, peft_config=peft_config)
+        callbacks = [_step_logger(iteration)]
+        if s.loss_type in DPO_LOSSES:
+            from trl import DPOConfig, DPOTrainer
+
+            args = DPOConfig(loss_type=[s.loss_type], **common)
+            return DPOTrainer(ref_model=ref_model, args=args, callbacks=callbacks, **kwargs)
+        if s.loss_type == "simpo":  # SimPO = CPO with the simpo loss and no BC term
+            from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+            args = CPOConfig(loss_type="simpo", cpo_alpha=0.0, simpo_gamma=s.simpo_gamma, remove_unused_columns=False, **common)
+            return CPOTrainer(args=args, callbacks=callbacks, **kwargs)
+        if s.loss_type == "orpo":  # beta is ORPO's lambda (weight of the odds-ratio term)
+            from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+            args = ORPOConfig(remove_unused_columns=False, **common)
+            return ORPOTrainer(args=args, callbacks=callbacks, **kwargs)
+        raise ValueError(f"solver.loss_type: unknown {s.loss_type!r}; expected one of {DPO_LOSSES + REFERENCE_FREE}")
+
+    def _finish(self, trainer) -> torch.nn.Module:
+        """The trained policy as a plain model: LoRA merged, TRL's patches removed, rounded to dtype."""
+        from peft import PeftModel
+
+        model = trainer.model
+        if isinstance(model, PeftModel):
+            model = model.merge_and_unload()  # next round starts a fresh adapter on these weights
+        # DPOTrainer replaces `forward` on the instance (fused LM head) on the policy and on ref_model:
+        # drop it, so deep copies and later rounds start from the class's forward.
+        for m in (model, self._initial):
+            if m is not None:
+                m.__dict__.pop("forward", None)
+        model.requires_grad_(True)
+        _round_to(model, self.dtype)
+        return model
+
+
+def _frozen(model: torch.nn.Module) -> torch.nn.Module:
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+@torch.no_grad()
+def _round_to(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Round fp32 parameters to the values `dtype` can hold (in place, still fp32)."""
+    if dtype == torch.float32:
+        return
+    for p in model.parameters():
+        p.copy_(p.to(dtype))
+
+
+def _weights(model: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """state_dict in the model's own names, each tied tensor once (first name wins, as in save_pretrained:
+    model.embed_tokens.weight before lm_head.weight), copied to contiguous CPU tensors."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        out[name] = tensor.detach().to("cpu", dtype or tensor.dtype, copy=True).contiguous()
+    return out
+
+
+def _revert_names(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Undo transformers 5 load-time weight conversions (none for Llama) so names match the checkpoint."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers 4: no conversions
+        return weights
+    return dict(revert_weight_conversion(model, weights))
+
+
+def _reference_weights(trainer) -> dict[str, torch.Tensor]:
+    """The weights TRL will compute reference log-probs with, read from the TRL trainer (fp32, HF names)."""
+    if not hasattr(trainer, "ref_model"):  # CPO / ORPO: reference-free
+        return {}
+    if trainer.ref_model is not None:
+        model = trainer.accelerator.unwrap_model(trainer.ref_model)
+        return _revert_names(model, _weights(model))
+    # PEFT without ref_model: TRL disables the adapter, so the reference is the base layers' weights
+    base = trainer.model.get_base_model()
+    weights = {k.replace(".base_layer.", "."): v for k, v in _weights(base).items() if "lora_" not in k}
+    return _revert_names(base, weights)
+
+
+def _round_metrics(log_history: list[dict[str, float]], seconds: float) -> dict[str, Any]:
+    """Per-step losses and TRL's reward statistics (means over the round's logged steps)."""
+    steps = [h for h in log_history if "loss" in h]
+    losses = [float(h["loss"]) for h in steps]
+
+    def mean_of(key: str) -> float | None:
+        values = [float(h[key]) for h in steps if key in h]
+        return sum(values) / len(values) if values else None
+
+    return {
+        "steps": len(losses),
+        "losses": losses,
+        "train_loss": sum(losses) / len(losses) if losses else math.nan,
+        "last_loss": losses[-1] if losses else math.nan,
+        "reward_accuracy": mean_of("rewards/accuracies"),
+        "reward_margin": mean_of("rewards/margins"),
+        "seconds": seconds,
+        "seconds_per_step": seconds / len(losses) if losses else math.nan,
+    }
+
+
+def _step_logger(iteration: int):
+    """A callback printing one short line per optimizer step (Ray forwards actor prints to the driver)."""
+    from transformers import TrainerCallback
+
+    class StepLine(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.t0 = time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                rate = (time.perf_counter() - self.t0) / max(state.global_step, 1)
+                print(f"[train it={iteration}] step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} ({rate:.2f} s/step)", flush=True)
+
+    return StepLine()

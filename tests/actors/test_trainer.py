@@ -1,0 +1,180 @@
+"""The TRL training actor on the tiny model: losses, LoRA merge, which weights the reference really
+holds in a second round, atomic save/load, and weight sync into a real vLLM engine through Ray."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from actors.trainer import PolicyTrainer
+from eva.config import SolverSection
+from eva.types import PreferencePair
+
+LN2 = math.log(2)
+# 8 fixed pairs: a short correct answer is preferred to a fixed rude one.
+PAIRS = [
+    PreferencePair(f"p{i}", f"What is {i} plus {i}?", f"{i} plus {i} is {2 * i}.", "Figure it out yourself.", 1.0, 0.0, 1)
+    for i in range(8)
+]
+
+
+def solver(**overrides) -> SolverSection:
+    base = dict(learning_rate=1e-3, epochs=1, per_device_batch_size=2, max_length=128, max_prompt_length=64)
+    return SolverSection(**{**base, **overrides})
+
+
+def make(path: str, tmp_path: Path, dtype: str = "float32", **overrides) -> PolicyTrainer:
+    return PolicyTrainer(path, path, solver(**overrides), dtype, str(tmp_path / "work"), seed=0, capture_reference=True)
+
+
+def changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> set[str]:
+    assert a.keys() == b.keys()
+    return {k for k in a if not torch.equal(a[k], b[k])}
+
+
+def test_one_step_changes_the_parameters(tiny_model_path, tmp_path):
+    trainer = make(tiny_model_path, tmp_path)
+    before = trainer.state_dict()
+    metrics = trainer.train(PAIRS[:2], iteration=1)  # 2 pairs, batch 2, 1 epoch = one step
+    assert metrics["steps"] == 1 and metrics["num_pairs"] == 2
+    # step 1: policy == reference, so the DPO margin is 0 and the sigmoid loss is exactly ln 2
+    assert metrics["losses"][0] == pytest.approx(LN2, abs=1e-6)
+    after = trainer.state_dict()
+    assert len(changed(before, after)) == len(before)  # Adam moves every tensor that got a gradient
+    assert all(t.dtype == torch.float32 and t.is_contiguous() for t in after.values())
+
+
+def test_empty_pairs_train_nothing(tiny_model_path, tmp_path):
+    trainer = make(tiny_model_path, tmp_path)
+    before = trainer.state_dict()
+    assert trainer.train([], iteration=1)["steps"] == 0
+    assert not changed(before, trainer.state_dict())
+
+
+def test_dpo_sigmoid_loss_goes_down(tiny_model_path, tmp_path):
+    trainer = make(tiny_model_path, tmp_path, epochs=3)
+    m = trainer.train(PAIRS, iteration=1)
+    assert m["steps"] == 12 and len(m["losses"]) == 12  # 8 pairs / batch 2 x 3 epochs
+    first, last = sum(m["losses"][:4]) / 4, sum(m["losses"][-4:]) / 4
+    assert m["losses"][0] == pytest.approx(LN2, abs=1e-6)
+    assert last < first and last < LN2
+    assert m["train_loss"] == pytest.approx(sum(m["losses"]) / 12)
+    assert m["reward_accuracy"] > 0.5 and m["reward_margin"] > 0
+    assert m["seconds_per_step"] > 0
+
+
+# First-step loss where policy == reference (margin 0), by hand, beta = 0.05:
+# ipo (margin - 1/(2 beta))^2 = 100; hinge relu(1 - beta*0) = 1. SimPO/ORPO have no reference: finite only.
+@pytest.mark.parametrize("loss_type, first", [("ipo", 100.0), ("hinge", 1.0), ("simpo", None), ("orpo", None)])
+def test_other_losses_run_one_round(tiny_model_path, tmp_path, loss_type, first):
+    trainer = make(tiny_model_path, tmp_path, loss_type=loss_type)
+    before = trainer.state_dict()
+    m = trainer.train(PAIRS, iteration=1)
+    assert m["steps"] == 4 and all(math.isfinite(x) for x in m["losses"])
+    if first is not None:
+        assert m["losses"][0] == pytest.approx(first, rel=1e-5)
+    else:
+        assert trainer.reference_state() == {}  # reference-free
+    assert changed(before, trainer.state_dict())
+
+
+def test_lora_merges_into_the_base_names(tiny_model_path, tmp_path):
+    trainer = make(tiny_model_path, tmp_path, finetune="lora", learning_rate=1e-2)
+    before = trainer.state_dict()
+    m = trainer.train(PAIRS, iteration=1)
+    after = trainer.state_dict()
+    assert m["losses"][0] == pytest.approx(LN2, abs=1e-6) and m["last_loss"] < LN2
+    assert not any("lora" in k or "base_layer" in k for k in after)
+    # exactly the adapted projections moved: q/k/v/o of both layers
+    assert changed(before, after) == {f"model.layers.{i}.self_attn.{p}_proj.weight" for i in range(2) for p in "qkvo"}
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+@pytest.mark.parametrize("reference", ["previous", "initial"])
+def test_second_round_reference_is_the_configured_policy(tiny_model_path, tmp_path, finetune, reference):
+    # bf16 as in the default config: the policy kept in memory must equal what is served and saved
+    trainer = make(tiny_model_path, tmp_path, dtype="bfloat16", finetune=finetune, reference=reference)
+    initial = trainer.state_dict()
+    trainer.train(PAIRS, iteration=1)
+    assert trainer.reference_state().keys() == initial.keys()
+    round1 = trainer.state_dict()
+    trainer.train(PAIRS, iteration=2)
+    ref = trainer.reference_state()  # read back from the TRL trainer of round 2
+    assert ref.keys() == initial.keys()
+    expected, other = (round1, initial) if reference == "previous" else (initial, round1)
+    assert all(torch.equal(ref[k], expected[k].float()) for k in ref)
+    assert any(not torch.equal(ref[k], other[k].float()) for k in ref)
+
+
+def test_save_then_fresh_trainer_has_identical_weights(tiny_model_path, tmp_path):
+    trainer = make(tiny_model_path, tmp_path, dtype="bfloat16")
+    trainer.train(PAIRS, iteration=1)
+    folder = tmp_path / "iterations" / "0001" / "policy"
+    trainer.save(str(folder))
+    trainer.save(str(folder))  # overwriting a committed-looking folder works too
+    assert [p.name for p in folder.parent.iterdir()] == ["policy"]  # no temp leftovers
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "bfloat16"
+    assert (folder / "tokenizer.json").is_file()
+    weights = trainer.state_dict()
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:  # the names vLLM loads from disk
+        assert set(f.keys()) == set(weights)
+    fresh = PolicyTrainer(str(folder), tiny_model_path, solver(), "bfloat16", str(tmp_path / "w2"), seed=0)
+    restored = fresh.state_dict()
+    assert not changed(weights, restored) and all(t.dtype == torch.bfloat16 for t in restored.values())
+    other = make(tiny_model_path, tmp_path)
+    other.load(str(folder))
+    assert not changed({k: v.float() for k, v in weights.items()}, other.state_dict())
+
+
+def test_save_crash_leaves_no_folder(tiny_model_path, tmp_path, monkeypatch):
+    trainer = make(tiny_model_path, tmp_path)
+    folder = tmp_path / "it" / "policy"
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(trainer.tokenizer, "save_pretrained", boom)
+    with pytest.raises(OSError):
+        trainer.save(str(folder))
+    assert list(folder.parent.iterdir()) == []
+
+
+@pytest.mark.ray
+def test_trainer_actor_weights_reach_a_vllm_engine_actor(ray_session, tiny_model_path, tmp_path):
+    """Trainer and engine in their own Ray actors: the state dict goes through the object store into
+    vLLM's reload_weights, greedy output changes, and pushing the start weights back restores it."""
+    from actors.engine import GenerationEngine, SamplingSpec
+    from eva.config import ModelSection
+
+    ray = ray_session
+    greedy = SamplingSpec(n=1, temperature=0.0, top_p=1.0, max_tokens=12)
+    model = ModelSection(path=tiny_model_path, dtype="float32", max_model_len=256)
+    engine = ray.remote(num_cpus=0.5)(GenerationEngine).remote(tiny_model_path, model, str(tmp_path / "engine"))
+    trainer = ray.remote(num_cpus=0.5)(PolicyTrainer).remote(
+        tiny_model_path, tiny_model_path, solver(learning_rate=1e-2, epochs=2), "float32", str(tmp_path / "trainer"), 0
+    )
+    try:
+        assert ray.get(trainer.ready.remote(), timeout=120)["threads"] == 1
+        ray.get(engine.ready.remote(), timeout=300)
+        texts = [PAIRS[0].prompt, PAIRS[5].prompt]
+
+        def generate() -> list[tuple[str, ...]]:
+            batch = ray.get(engine.generate.remote(["a", "b"], texts, [0, 0], greedy), timeout=120)
+            return [g.responses for g in batch.generations]
+
+        before = generate()
+        start = ray.get(trainer.state_dict.remote(), timeout=60)
+        m = ray.get(trainer.train.remote(PAIRS, 1), timeout=300)
+        assert m["steps"] == 8 and m["last_loss"] < LN2
+        assert ray.get(engine.update_weights.remote(trainer.state_dict.remote()), timeout=120) > 0
+        assert generate() != before
+        ray.get(engine.update_weights.remote(ray.put(start)), timeout=120)
+        assert generate() == before
+    finally:
+        ray.kill(engine)
+        ray.kill(trainer)
