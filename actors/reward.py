@@ -1,0 +1,533 @@
+"""Reward scorers: one interface, `score(prompts, responses) -> list[float]`, one float per pair.
+
+Kinds: `judge` (LLM-as-a-judge through vLLM: the expected score over the score tokens' next-token
+probabilities, so it is continuous), `reward_model` (HF sequence classifier), `function` (user code),
+`relevance` (MiniLM prompt-response cosine), `wellformed` (cheap text heuristics) and `combined`.
+
+Rewards are pointwise on purpose: the same (prompt, response) always gets the same reward, whatever
+else is in the batch. Nothing here standardizes per batch. Combination uses a fixed map of each
+component's raw score onto [0, 1] (`Scorer.unit`), so a weight means "share of a [0, 1] reward":
+
+    judge        expected label value, linearly from [min label, max label] (1-9 digits, No/Yes 0/1)
+    relevance    cosine similarity, clipped at 0 (a negative cosine is as unrelated as 0)
+    wellformed   already in [0, 1]
+    reward_model sigmoid(logit): the Bradley-Terry probability of beating a reward-0 answer
+    function     as returned: return values in [0, 1] for the weights to compare
+
+A score that comes out non-finite is returned as nan, never replaced; `score_with_report` counts them
+and the pipeline excludes them (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from actors.models import MINILM_MODEL, resolve_model_path
+from eva.config import ModelSection, RewardSection, ScorerSpec
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreReport:
+    """Scores of one call (nan where a scorer failed) with the count of such failures."""
+
+    scores: tuple[float, ...]
+    nonfinite: int
+    seconds: float
+
+
+class Scorer:
+    """Base: subclasses implement `score` and set `name`; `lo`/`hi` bound the raw score for `unit`."""
+
+    name = "scorer"
+    lo, hi = 0.0, 1.0
+
+    def score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        raise NotImplementedError
+
+    def unit(self, raw: float) -> float:
+        """The raw score mapped onto [0, 1] by a fixed rule (never by the batch); nan stays nan."""
+        if not math.isfinite(raw):
+            return math.nan
+        return min(1.0, max(0.0, (raw - self.lo) / (self.hi - self.lo)))
+
+    def score_with_report(self, prompts: list[str], responses: list[str]) -> ScoreReport:
+        t0 = time.perf_counter()
+        scores = tuple(self.score(prompts, responses))
+        return ScoreReport(scores, sum(1 for s in scores if not math.isfinite(s)), time.perf_counter() - t0)
+
+    def describe(self) -> str:
+        return self.name
+
+
+def _check_pairs(prompts: Sequence[str], responses: Sequence[str]) -> None:
+    if len(prompts) != len(responses):
+        raise ValueError(f"prompts and responses differ in length: {len(prompts)} vs {len(responses)}")
+
+
+def _finite_or_nan(x: float) -> float:
+    return x if math.isfinite(x) else math.nan
+
+
+# ----------------------------------------------------------------------------------------- judge
+
+
+@dataclass(frozen=True, slots=True)
+class JudgeTemplate:
+    """A judge prompt. `user` has {prompt} and {response}; with `chat` it is sent through the judge's
+    chat template (with `system` if set), else as plain text. `suffix` is appended after that (e.g.
+    after the assistant turn opens); the next token is read there. `labels` maps each score token
+    (one token each) to its value: the reward is the expectation over the renormalized label mass.
+    """
+
+    user: str
+    suffix: str
+    labels: tuple[tuple[str, float], ...]
+    chat: bool = True
+    system: str | None = None
+
+
+_DIGITS = tuple((str(d), float(d)) for d in range(1, 10))
+_YES_NO = (("Yes", 1.0), ("yes", 1.0), ("No", 0.0), ("no", 0.0))
+
+# The prompt must end in "Score: " with the trailing space: SmolLM2 then puts 0.96-0.99 of the
+# next-token mass on 1-9; after "Score:" the mass goes to the space token.
+JUDGE_TEMPLATES: dict[str, JudgeTemplate] = {
+    "plain": JudgeTemplate(
+        user="Question: {prompt}\nAnswer: {response}\n\nRate the answer from 1 (very bad) to 9 (excellent).\n",
+        suffix="Score: ",
+        labels=_DIGITS,
+        chat=False,
+    ),
+    "rubric": JudgeTemplate(
+        system="You are a strict and fair grader of answers.",
+        user=(
+            "Rate how good the answer is on a scale from 1 to 9.\n"
+            "1 = off-topic, wrong, rude, unfinished or repetitive. 5 = partly helpful. "
+            "9 = on topic, correct, complete, polite and clear.\n\n"
+            "Question: {prompt}\nAnswer: {response}\n\nReply with one digit."
+        ),
+        suffix="Score: ",
+        labels=_DIGITS,
+    ),
+    "fewshot": JudgeTemplate(
+        user=(
+            "Rate each answer from 1 (very bad) to 9 (excellent).\n\n"
+            "Question: What color is grass?\nAnswer: Grass is green because it contains chlorophyll.\nScore: 9\n\n"
+            "Question: What color is grass?\nAnswer: Bananas are rich in potassium.\nScore: 1\n\n"
+            "Question: How do I open a jar?\nAnswer: Nobody cares, figure it out yourself.\nScore: 1\n\n"
+            "Question: How do I open a jar?\nAnswer: Run the lid under hot water for a minute, then twist it with a dry towel.\nScore: 9\n\n"
+            "Question: {prompt}\nAnswer: {response}\n"
+        ),
+        suffix="Score: ",
+        labels=_DIGITS,
+        chat=False,
+    ),
+    "yesno": JudgeTemplate(
+        user="Question: {prompt}\nAnswer: {response}\n\nIs this a good answer to the question: on topic, correct, complete and polite? Reply Yes or No.",
+        suffix="",
+        labels=_YES_NO,
+    ),
+    "yesno_plain": JudgeTemplate(
+        user="Question: {prompt}\nAnswer: {response}\n\nIs this a good, helpful and polite answer to the question (Yes or No)?\n",
+        suffix="Verdict: ",
+        labels=_YES_NO,
+        chat=False,
+    ),
+}
+
+
+def label_token_ids(tokenizer: Any, labels: Sequence[tuple[str, float]]) -> list[int]:
+    """Token id of each label; every label must be exactly one token of the judge's vocabulary."""
+    ids = []
+    for text, _ in labels:
+        tokens = tokenizer.encode(text, add_special_tokens=False)
+        if len(tokens) != 1:
+            raise ValueError(f"judge label {text!r} is {len(tokens)} tokens for this tokenizer; labels must be single tokens")
+        ids.append(tokens[0])
+    return ids
+
+
+def expected_label(logprobs: Sequence[float], values: Sequence[float]) -> float:
+    """E[value] under the label distribution renormalized over the labels (a softmax over their
+    logprobs, computed stably). nan when no label has finite logprob."""
+    finite = [(lp, v) for lp, v in zip(logprobs, values) if math.isfinite(lp)]
+    if not finite:
+        return math.nan
+    top = max(lp for lp, _ in finite)
+    weights = [(math.exp(lp - top), v) for lp, v in finite]
+    return sum(w * v for w, v in weights) / sum(w for w, _ in weights)
+
+
+def _clip_pair(tokenizer: Any, prompt: str, response: str, max_tokens: int) -> tuple[str, str]:
+    """Keep the head of prompt and response so together they are at most `max_tokens` tokens; the
+    prompt gets at most half when both are long. The judge's own instructions are never cut."""
+    p = tokenizer.encode(prompt, add_special_tokens=False)
+    r = tokenizer.encode(response, add_special_tokens=False)
+    if len(p) + len(r) <= max_tokens:
+        return prompt, response
+    keep_p = min(len(p), max(max_tokens // 2, max_tokens - len(r)))
+    return tokenizer.decode(p[:keep_p]), tokenizer.decode(r[: max_tokens - keep_p])
+
+
+class JudgeScorer(Scorer):
+    """LLM-as-a-judge on a frozen model through vLLM; reward = expected label value (continuous).
+
+    vLLM's `logprob_token_ids` returns the exact logprob of every label token, even when a label is
+    far outside the top-k (a random tiny model never puts digits in its top 20).
+    """
+
+    name = "judge"
+
+    def __init__(self, engine: Any, template: str = "rubric", max_length: int = 1024) -> None:
+        if template not in JUDGE_TEMPLATES:
+            raise ValueError(f"unknown judge template {template!r}; known: {', '.join(JUDGE_TEMPLATES)}")
+        self.engine, self.template_name, self.max_length = engine, template, max_length
+        self.template = JUDGE_TEMPLATES[template]
+        self.token_ids = label_token_ids(engine.tokenizer, self.template.labels)
+        self.values = [v for _, v in self.template.labels]
+        self.lo, self.hi = min(self.values), max(self.values)
+
+    def render(self, prompt: str, response: str) -> str:
+        prompt, response = _clip_pair(self.engine.tokenizer, prompt, response, self.max_length)
+        t = self.template
+        text = t.user.format(prompt=prompt, response=response)
+        if t.chat:
+            text = self.engine.apply_chat_template(text, t.system)
+        return text + t.suffix
+
+    def label_logprobs(self, prompts: list[str], responses: list[str]) -> list[list[float]]:
+        """For each pair, the next-token logprob of every label token (in template label order)."""
+        from vllm import SamplingParams
+
+        _check_pairs(prompts, responses)
+        if not prompts:
+            return []
+        params = SamplingParams(n=1, temperature=0.0, max_tokens=1, logprob_token_ids=self.token_ids)
+        texts = [self.render(p, r) for p, r in zip(prompts, responses)]
+        outputs = self.engine.llm.generate(texts, params, use_tqdm=False)
+        rows = []
+        for out in outputs:
+            step = out.outputs[0].logprobs[0] if out.outputs and out.outputs[0].logprobs else {}
+            rows.append([step[i].logprob if i in step else -math.inf for i in self.token_ids])
+        return rows
+
+    def score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        return [expected_label(row, self.values) for row in self.label_logprobs(prompts, responses)]
+
+    def describe(self) -> str:
+        return f"judge[{self.template_name}]({self.engine.model_path})"
+
+
+# ---------------------------------------------------------------------------- HF encoder scorers
+
+
+def _load_hf(model_path: str, kind: str, threads: int) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.set_num_threads(threads)  # one thread per actor: two cores are easily oversubscribed
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    cls = AutoModelForSequenceClassification if kind == "reward_model" else AutoModel
+    model = cls.from_pretrained(model_path, dtype="auto").eval()
+    return tokenizer, model
+
+
+class RewardModelScorer(Scorer):
+    """Any HF `AutoModelForSequenceClassification` reward model (one logit = the reward).
+
+    The pair is rendered with the tokenizer's chat template when it has one (user turn + assistant
+    turn, as reward models are trained), else encoded as a (prompt, response) text pair. Inputs fit
+    `max_length` tokens: the heads of prompt and response are kept (the prompt gets at most half when
+    both are long), the template is never cut. Two-label classifiers give logit[1] - logit[0].
+    """
+
+    name = "reward_model"
+
+    def __init__(self, model_path: str, batch_size: int = 16, max_length: int = 1024, threads: int = 1) -> None:
+        self.model_path, self.batch_size, self.max_length = model_path, batch_size, max_length
+        self.tokenizer, self.model = _load_hf(model_path, "reward_model", threads)
+        if self.tokenizer.pad_token is None:  # decoder reward models often ship without one
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        if self.model.config.num_labels not in (1, 2):
+            raise ValueError(f"reward model {model_path}: expected 1 or 2 output labels, got {self.model.config.num_labels}")
+
+    def unit(self, raw: float) -> float:
+        return 1.0 / (1.0 + math.exp(-raw)) if math.isfinite(raw) else math.nan
+
+    def _chat(self, prompt: str, response: str) -> str:
+        turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        return self.tokenizer.apply_chat_template(turns, tokenize=False)
+
+    def _encode(self, prompts: list[str], responses: list[str]) -> Any:
+        tok = self.tokenizer
+        common = dict(truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+        if not tok.chat_template:
+            return tok(prompts, responses, **common)
+        # Clip the contents, not the rendered text: cutting the end would drop the assistant turn.
+        overhead = len(tok.encode(self._chat("", ""), add_special_tokens=False))
+        budget = max(8, self.max_length - overhead)
+        texts = [self._chat(*_clip_pair(tok, p, r, budget)) for p, r in zip(prompts, responses)]
+        return tok(texts, add_special_tokens=False, **common)
+
+    def score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        import torch
+
+        _check_pairs(prompts, responses)
+        out: list[float] = []
+        with torch.inference_mode():
+            for i in range(0, len(prompts), self.batch_size):
+                batch = self._encode(prompts[i : i + self.batch_size], responses[i : i + self.batch_size])
+                logits = self.model(**batch).logits.float()
+                raw = logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
+                out.extend(_finite_or_nan(float(x)) for x in raw)
+        return out
+
+    def describe(self) -> str:
+        return f"reward_model({self.model_path})"
+
+
+class RelevanceScorer(Scorer):
+    """Cosine similarity of prompt and response embeddings (MiniLM, mean pooling), in [-1, 1].
+
+    Texts are embedded one at a time: padding in a batch changes the matrix shapes and with them the
+    last bits of the result, and a reward must not depend on its batch. MiniLM is small (a few ms
+    per text on one thread), so this costs little.
+    """
+
+    name = "relevance"
+    lo, hi = 0.0, 1.0
+
+    def __init__(self, model_path: str, max_length: int = 256, threads: int = 1) -> None:
+        self.model_path, self.max_length = model_path, max_length
+        self.tokenizer, self.model = _load_hf(model_path, "relevance", threads)
+
+    def embed(self, text: str) -> Any:
+        import torch
+
+        batch = self.tokenizer(text, truncation=True, max_length=self.max_length, return_tensors="pt")
+        with torch.inference_mode():
+            hidden = self.model(**batch).last_hidden_state[0].float()
+        return torch.nn.functional.normalize(hidden.mean(dim=0), dim=0)
+
+    def score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        _check_pairs(prompts, responses)
+        cache: dict[str, Any] = {}  # prompts repeat n times per call (n responses per prompt)
+        out = []
+        for p, r in zip(prompts, responses):
+            if p not in cache:
+                cache[p] = self.embed(p)
+            out.append(_finite_or_nan(float(cache[p] @ self.embed(r))) if r.strip() else 0.0)
+        return out
+
+    def describe(self) -> str:
+        return f"relevance({self.model_path})"
+
+
+# ------------------------------------------------------------------------------ wellformedness
+
+# A finished answer ends with one of these (sentence punctuation, a closing quote/bracket, code fence,
+# markdown emphasis); anything else reads as cut off mid-sentence.
+_TERMINAL = tuple(".!?…\"'”’)]}`*")
+MIN_WORDS = 4  # answers shorter than this many words lose proportionally
+ECHO_FREE = 0.6  # share of the response's word trigrams that may come from the prompt at no cost
+
+
+def _trigrams(words: list[str]) -> list[tuple[str, ...]]:
+    return [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
+
+
+def wellformed(prompt: str, response: str) -> float:
+    """Cheap, deterministic form score in [0, 1]: the product of four factors, each in [0, 1].
+
+    brevity     min(1, words / MIN_WORDS); empty -> the whole score is 0
+    repetition  distinct word trigrams / all word trigrams (a loop of one phrase -> near 0)
+    truncation  1 if the answer ends in terminal punctuation, else 0.5 (stopped mid-sentence)
+    echo        1 while at most ECHO_FREE of the trigrams copy the prompt, then linearly to 0 at 100%
+    """
+    words = re.findall(r"\w+", response.lower())
+    if not words:
+        return 0.0
+    brevity = min(1.0, len(words) / MIN_WORDS)
+    grams = _trigrams(words)
+    repetition = len(set(grams)) / len(grams) if grams else 1.0
+    truncation = 1.0 if response.rstrip().endswith(_TERMINAL) else 0.5
+    prompt_grams = set(_trigrams(re.findall(r"\w+", prompt.lower())))
+    copied = sum(g in prompt_grams for g in grams) / len(grams) if grams else 0.0
+    echo = min(1.0, (1.0 - copied) / (1.0 - ECHO_FREE))
+    return brevity * repetition * truncation * echo
+
+
+class WellformedScorer(Scorer):
+    """`wellformed` as a scorer: repetition, truncation, very short answers, echoing the prompt."""
+
+    name = "wellformed"
+
+    def score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        _check_pairs(prompts, responses)
+        return [wellformed(p, r) for p, r in zip(prompts, responses)]
+
+
+# -------------------------------------------------------------------------------- user function
+
+
+def load_function(spec: str) -> Callable[[list[str], list[str]], Sequence[float]]:
+    """Import `module:function`. This executes user code (the module's import and every call)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"reward function {spec!r}: expected 'module:function', e.g. my_rewards:exact_match")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # any import-time failure is the user's module, say so
+        raise ValueError(f"reward function {spec!r}: cannot import module {module_name!r}: {type(e).__name__}: {e}") from e
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"reward function {spec!r}: module {module_name!r} has no callable {attr!r}")
+    return fn
+
+
+class FunctionScorer(Scorer):
+    """A user `module:function` called as f(prompts, responses) -> one number per pair.
+
+    SECURITY: this imports and runs arbitrary user code in the reward actor's process. Verifiable
+    rewards (exact match, unit tests) belong here. Combined with others, return values in [0, 1].
+    """
+
+    name = "function"
+
+    def __init__(self, spec: str) -> None:
+        self.spec, self.fn = spec, load_function(spec)
+
+    def score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        _check_pairs(prompts, responses)
+        result = list(self.fn(list(prompts), list(responses)))
+        if len(result) != len(prompts):
+            raise ValueError(f"reward function {self.spec!r} returned {len(result)} scores for {len(prompts)} pairs")
+        try:
+            return [_finite_or_nan(float(x)) for x in result]
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"reward function {self.spec!r} returned a non-number: {e}") from e
+
+    def describe(self) -> str:
+        return f"function({self.spec})"
+
+
+# ------------------------------------------------------------------------------------ combined
+
+
+class CombinedScorer(Scorer):
+    """sum_i w_i * unit_i(raw_i): each component on its fixed [0, 1] scale (module docstring), so
+    with weights summing to 1 the reward is in [0, 1]. A nan in any component makes the pair nan."""
+
+    name = "combined"
+
+    def __init__(self, components: Sequence[tuple[float, Scorer]]) -> None:
+        if not components:
+            raise ValueError("combined scorer needs at least one component")
+        self.components = list(components)
+        self.lo = sum(min(w, 0.0) for w, _ in self.components)
+        self.hi = sum(max(w, 0.0) for w, _ in self.components)
+
+    def component_scores(self, prompts: list[str], responses: list[str]) -> list[list[float]]:
+        """Raw scores per component (rows follow `components`)."""
+        return [scorer.score(prompts, responses) for _, scorer in self.components]
+
+    def combine(self, raw: list[list[float]]) -> list[float]:
+        return [
+            math.fsum(w * s.unit(r[i]) for (w, s), r in zip(self.components, raw))
+            for i in range(len(raw[0]) if raw else 0)
+        ]
+
+    def score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        _check_pairs(prompts, responses)
+        return [_finite_or_nan(x) for x in self.combine(self.component_scores(prompts, responses))]
+
+    def describe(self) -> str:
+        return "combined(" + " + ".join(f"{w:g}*{s.describe()}" for w, s in self.components) + ")"
+
+
+# ------------------------------------------------------------------------------------- factory
+
+
+def judge_engine(model_path: str, max_length: int, workdir: str, dtype: str = "float32") -> Any:
+    """A vLLM engine for a frozen judge: room for the instructions + `max_length` tokens of pair.
+
+    float32 by default: SmolLM2's bf16 logits come in steps of 1/8, which makes many expected scores
+    tie and cost the CPU default ~5 points of pairwise accuracy (measured; RESULTS_reward.md).
+    """
+    from actors.engine import GenerationEngine
+
+    section = ModelSection(dtype=dtype, max_model_len=max_length + 512, kv_cache_gib=1)
+    return GenerationEngine(model_path, section, os.path.join(workdir, "judge"))
+
+
+def _model(name: str | None, default: str, initial_model_path: str) -> str:
+    name = name or default
+    return resolve_model_path(initial_model_path if name == "initial" else name)
+
+
+def build_scorer(reward: RewardSection, initial_model_path: str, workdir: str, engines: dict[str, Any] | None = None) -> Scorer:
+    """The scorer a RewardSection describes. `model: initial` is the frozen initial policy
+    (`initial_model_path`); builtin names resolve offline. Judges on one model share one engine;
+    pass `engines` (resolved model path -> GenerationEngine) to reuse engines that already run."""
+    engines = {} if engines is None else engines
+
+    def make(spec: ScorerSpec) -> Scorer:
+        if spec.kind == "judge":
+            path = _model(spec.model, reward.model, initial_model_path)
+            if path not in engines:
+                engines[path] = judge_engine(path, reward.max_length, workdir, reward.judge_dtype)
+            return JudgeScorer(engines[path], spec.judge_template or reward.judge_template, reward.max_length)
+        if spec.kind == "reward_model":
+            return RewardModelScorer(_model(spec.model, reward.model, initial_model_path), reward.batch_size, reward.max_length)
+        if spec.kind == "relevance":
+            return RelevanceScorer(_model(spec.model, MINILM_MODEL, initial_model_path))
+        if spec.kind == "wellformed":
+            return WellformedScorer()
+        function = spec.function or reward.function
+        if not function:
+            raise ValueError("reward component kind=function needs `function: module:function`")
+        return FunctionScorer(function)
+
+    if reward.kind == "combined":
+        return CombinedScorer([(c.weight, make(c)) for c in reward.components])
+    return make(ScorerSpec(kind=reward.kind, model=reward.model, function=reward.function))
+
+
+class RewardActor:
+    """The reward scorer behind a Ray actor (`ray.remote(RewardActor)`); plain class, no Ray import."""
+
+    def __init__(self, reward: RewardSection, initial_model_path: str, workdir: str) -> None:
+        t0 = time.perf_counter()
+        self.scorer = build_scorer(reward, initial_model_path, workdir)
+        self.kind = reward.kind
+        self.start_seconds = time.perf_counter() - t0
+        self.pairs = self.nonfinite = 0
+        self.seconds = 0.0
+
+    def score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        return list(self.score_with_report(prompts, responses).scores)
+
+    def score_with_report(self, prompts: list[str], responses: list[str]) -> ScoreReport:
+        report = self.scorer.score_with_report(prompts, responses)
+        self.pairs += len(report.scores)
+        self.nonfinite += report.nonfinite
+        self.seconds += report.seconds
+        return report
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "scorer": self.scorer.describe(),
+            "pid": os.getpid(),
+            "start_seconds": self.start_seconds,
+            "pairs_scored": self.pairs,
+            "nonfinite": self.nonfinite,
+            "score_seconds": self.seconds,
+        }
