@@ -218,8 +218,7 @@ def inspect(
         if lineage not in buf:
             _fail(f"prompt id {lineage!r} is not in iteration {t} of {rd.root}")
         table = Table(title=f"lineage of {lineage} (iteration {t})")
-        for col in ("depth", "id", "operator", "born", "gap/info", "mean reward", "text"):
-            table.add_column(col, overflow="fold")
+        _columns(table, ("depth", "id", "operator", "born", "info", "mean reward"))
         for p in buf.ancestry(lineage):
             st = buf.stats(p.id)
             table.add_row(str(p.depth), p.id, p.operator, str(p.iteration), _fmt(_nan_none(st["info"])), _fmt(_nan_none(st["mean_reward"])), p.text)
@@ -232,11 +231,17 @@ def inspect(
     key = keys[sort]
     rows.sort(key=lambda r: (_nan_none(r[1][key]) is None, -(_nan_none(r[1][key]) or 0)))
     table = Table(title=f"{rd.root} iteration {t}: {len(buf)} prompts, top {top} by {sort}")
-    for col in ("id", "depth", "operator", "born", "info", "mean reward", "sampled", "trained", "text"):
-        table.add_column(col, overflow="fold")
+    _columns(table, ("id", "depth", "operator", "born", "info", "mean reward", "sampled", "trained"))
     for p, st in rows[:top]:
         table.add_row(p.id, str(p.depth), p.operator, str(p.iteration), _fmt(_nan_none(st["info"])), _fmt(_nan_none(st["mean_reward"])), str(st["times_sampled"]), str(st["times_trained"]), p.text[:160])
     console.print(table)
+
+
+def _columns(table: Table, names: tuple[str, ...]) -> None:
+    """Stat columns never wrap; the prompt text takes the rest of the width."""
+    for name in names:
+        table.add_column(name, no_wrap=True)
+    table.add_column("text", overflow="fold", ratio=1, min_width=30)
 
 
 def _nan_none(x):

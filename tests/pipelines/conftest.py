@@ -13,7 +13,7 @@ EVA = [sys.executable, "-m", "pipelines.cli"]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def eva(*args: str, env: dict | None = None, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
+def run_eva(*args: str, env: dict | None = None, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
     """Run `eva ARGS` in a new session (so a SIGKILL fault takes its Ray processes with it)."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", **(env or {})}
     proc = subprocess.run([*EVA, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout, start_new_session=True)
@@ -26,5 +26,11 @@ def eva(*args: str, env: dict | None = None, timeout: float = 900, check: bool =
 def reference_run(tmp_path_factory) -> Path:
     """An uninterrupted two-iteration tiny run: the end-to-end test reads it, resume tests compare to it."""
     run_dir = tmp_path_factory.mktemp("runs") / "reference"
-    eva("run", "--preset", "tiny", "--run-dir", str(run_dir))
+    run_eva("run", "--preset", "tiny", "--run-dir", str(run_dir))
     return run_dir
+
+
+@pytest.fixture
+def eva():
+    """`eva(*args, env=None, check=True)`: the CLI in a subprocess."""
+    return run_eva

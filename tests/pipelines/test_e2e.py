@@ -12,12 +12,11 @@ from eva.buffer import PromptBuffer, load_pairs, load_prompts_table
 from eva.checkpoint import RunDir
 from eva.config import load_config
 
-from .conftest import eva
 
 pytestmark = pytest.mark.ray
 
 
-def test_two_iterations_commit_everything(reference_run: Path):
+def test_two_iterations_commit_everything(eva, reference_run: Path):
     run = RunDir(reference_run)
     cfg = load_config(preset="tiny")
     assert run.latest() == 2 and run.verify_all() == []
@@ -54,7 +53,7 @@ def test_two_iterations_commit_everything(reference_run: Path):
     assert events.count("iteration_end") == 2 and "actors_up" in events
 
 
-def test_status_inspect_diff_export(reference_run: Path, tmp_path: Path):
+def test_status_inspect_diff_export(eva, reference_run: Path, tmp_path: Path):
     status = eva("status", str(reference_run)).stdout
     assert "complete: 2 iterations committed" in status
     buffer = PromptBuffer.load(reference_run / "iterations/0002/prompts.parquet")
@@ -77,7 +76,7 @@ def test_status_inspect_diff_export(reference_run: Path, tmp_path: Path):
     assert ds.num_rows == len(buffer) and {"id", "text", "parent_id", "info"} <= set(ds.column_names)
 
 
-def test_bad_input_exits_2_and_leaves_the_run_alone(reference_run: Path, tmp_path: Path):
+def test_bad_input_exits_2_and_leaves_the_run_alone(eva, reference_run: Path, tmp_path: Path):
     before = RunDir(reference_run).manifest(2)
     proc = eva("run", "--preset", "tiny", "--run-dir", str(reference_run), "--set", "solver.beta=0.5", check=False)
     assert proc.returncode == 2 and "solver.beta" in proc.stderr
@@ -90,7 +89,7 @@ def test_bad_input_exits_2_and_leaves_the_run_alone(reference_run: Path, tmp_pat
     assert RunDir(reference_run).manifest(2) == before and RunDir(reference_run).verify_all() == []
 
 
-def test_verify_refuses_a_corrupted_run(reference_run: Path, tmp_path: Path):
+def test_verify_refuses_a_corrupted_run(eva, reference_run: Path, tmp_path: Path):
     import shutil
 
     copy = tmp_path / "copy"

@@ -10,7 +10,6 @@ import pytest
 
 from eva.checkpoint import RunDir
 
-from .conftest import eva
 
 pytestmark = pytest.mark.ray
 
@@ -24,7 +23,7 @@ def _tables(run_dir: Path, t: int) -> dict[str, list]:
     return {name: pq.read_table(folder / name).to_pylist() for name in ("prompts.parquet", "evolved.parquet", "pairs.parquet")}
 
 
-def test_sigkill_at_every_stage_then_resume_equals_uninterrupted(reference_run: Path, tmp_path: Path):
+def test_sigkill_at_every_stage_then_resume_equals_uninterrupted(eva, reference_run: Path, tmp_path: Path):
     run_dir = tmp_path / "killed"
     for i, fault in enumerate(FAULTS):
         args = ["run", "--preset", "tiny", "--run-dir", str(run_dir)] if i == 0 else ["resume", str(run_dir)]
@@ -42,7 +41,7 @@ def test_sigkill_at_every_stage_then_resume_equals_uninterrupted(reference_run: 
     assert len(resumed) > 8  # stages were started more than once: the faults really interrupted them
 
 
-def test_extend_a_finished_run(reference_run: Path, tmp_path: Path):
+def test_extend_a_finished_run(eva, reference_run: Path, tmp_path: Path):
     import shutil
 
     copy = tmp_path / "extend"
