@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import typer
 from rich.console import Console
@@ -348,6 +348,27 @@ def eval_(
         f"iteration {t} vs initial on {result['n']} prompts: win rate {result['win_rate']:.3f} (± {result['win_rate_se']:.3f}), "
         f"mean reward {result['mean_reward']:.4f} vs {result['mean_reward_initial']:.4f}  -> {result['path']}"
     )
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="Run directory (finished or still running: only committed iterations are read)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for index.html (default: RUN_DIR/report)."),
+    open_: bool = typer.Option(False, "--open", help="Open the report in the default web browser."),
+    iteration: Optional[int] = typer.Option(None, "--iteration", help="Iteration whose prompts fill the table (default: latest committed)."),
+    diff: Optional[Tuple[int, int]] = typer.Option(None, "--diff", help="Two committed iterations A B to compare (default: first vs last)."),
+    top: int = typer.Option(10, "--top", min=0, help="Lineage chains to show (the most informative prompts)."),
+    max_rows: int = typer.Option(2000, "--max-rows", min=1, help="Most rows of the prompt table; larger buffers are sampled uniformly."),
+) -> None:
+    """A self-contained HTML report: curves, prompt population, lineage, prompt table, diff, held-out eval."""
+    from pipelines.report import build_report
+
+    rd = _open(run_dir)
+    try:
+        path = build_report(rd.root, out, table_iteration=iteration, diff=diff, top_k=top, max_rows=max_rows, open_browser=open_)
+    except USER_ERRORS as e:
+        _fail(str(e))
+    console.print(f"report: {path}")
 
 
 @model_app.command("prepare")
