@@ -288,6 +288,7 @@ def sync_engines(ctx: Ctx, t: int, from_path: Path | None = None) -> float:
 def commit(ctx: Ctx, t: int, buffer: PromptBuffer, estimated: list[ScoredPrompt], sampled: list[Prompt], solved: list[ScoredPrompt], built: list, train_info: dict) -> None:
     """Step 7: the new buffer version, metrics.json, then MANIFEST.json (the commit) and LATEST."""
     folder = ctx.run.iteration_dir(t)
+    t_commit = time.perf_counter()
     with stage(ctx, t, "commit") as info:
         buffer.update_stats(estimated, t)
         buffer.update_stats(solved, t)
@@ -308,8 +309,8 @@ def commit(ctx: Ctx, t: int, buffer: PromptBuffer, estimated: list[ScoredPrompt]
         m.tokens_generated = {"estimate": _info(ctx, t, "estimate", "new_tokens"), "evolve": _info(ctx, t, "evolve", "new_tokens"), "solve": _info(ctx, t, "solve", "new_tokens")}
         m.extra = {"buffer_size": len(buffer), "sync_s": float(train_info.get("sync_s", 0.0))}
         info.update(buffer=len(buffer))
-        # The commit stage's own time is known only now; the marker then the manifest seal it.
-        m.stage_seconds["commit"] = 0.0
+        # metrics.json is part of the commit, so it records the commit's time up to this write.
+        m.stage_seconds["commit"] = round(time.perf_counter() - t_commit, 3)
         atomic_write_json(folder / "metrics.json", m.to_dict())
     fault_point(t, "commit:manifest")
     ctx.run.commit(t)
