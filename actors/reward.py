@@ -459,7 +459,7 @@ def judge_engine(model_path: str, max_length: int, workdir: str, dtype: str = "f
     """A vLLM engine for a frozen judge: room for the instructions + `max_length` tokens of pair.
 
     float32 by default: SmolLM2's bf16 logits come in steps of 1/8, which makes many expected scores
-    tie and cost the CPU default ~5 points of pairwise accuracy (measured; RESULTS_reward.md).
+    tie and cost the CPU default ~5 points of pairwise accuracy (measured; RESULTS.md).
     """
     from actors.engine import GenerationEngine
 

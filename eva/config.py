@@ -131,7 +131,7 @@ class ScorerSpec(_Section):
     judge_template: str | None = Field(None, description="Judge prompt template for kind=judge (see actors.reward.JUDGE_TEMPLATES); None: reward.judge_template.")
 
 
-# The CPU default reward, measured in benchmarks/RESULTS_reward.md (pairwise accuracy 0.91 on
+# The CPU default reward, measured in benchmarks/RESULTS.md (pairwise accuracy 0.91 on
 # eva/data/reward_eval.jsonl; weights chosen on the even lines, 0.86 on the held-out odd lines):
 # the few-shot SmolLM2 judge, MiniLM prompt-response relevance and the well-formedness heuristics.
 DEFAULT_REWARD_COMPONENTS: tuple[ScorerSpec, ...] = (
