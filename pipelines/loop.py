@@ -41,6 +41,7 @@ from eva.types import IterationMetrics, Prompt, ScoredPrompt
 STAGES = ("estimate", "sample", "evolve", "mix", "solve", "pairs", "train", "commit")
 BASELINE_STAGES = ("solve", "pairs", "train", "commit")
 TRAIN_PROMPTS = "train_prompts.json"
+SCORED_FILES = {"estimate": "estimate.parquet", "solve": "rollouts.parquet"}
 
 SCORED_SCHEMA = pa.schema(
     [
@@ -178,16 +179,21 @@ def _rollout_chunked(ctx: Ctx, prompts: list[Prompt], stage_name: str, t: int, v
     return with_informativeness(scored, ctx.cfg.creator.metric), stats
 
 
-def estimate(ctx: Ctx, t: int, buffer: PromptBuffer, current: list[Prompt]) -> list[ScoredPrompt]:
-    """Step 1: n responses of pi_{t-1} per prompt of X_{t-1}, their rewards, informativeness."""
-    path = ctx.run.iteration_dir(t) / "estimate.parquet"
-    if _done(ctx, t, "estimate") is not None:
+def _scored_stage(ctx: Ctx, t: int, name: str, buffer: PromptBuffer, prompts: list[Prompt], via_creator: bool) -> list[ScoredPrompt]:
+    """estimate and solve are one operation (rollout + score) on different prompts and actors."""
+    path = ctx.run.iteration_dir(t) / SCORED_FILES[name]
+    if _done(ctx, t, name) is not None:
         return load_scored(path, buffer)
-    with stage(ctx, t, "estimate") as info:
-        scored, stats = _rollout_chunked(ctx, current, "estimate", t, via_creator=True)
+    with stage(ctx, t, name) as info:
+        scored, stats = _rollout_chunked(ctx, prompts, name, t, via_creator=via_creator)
         save_scored(path, scored)
         info.update(prompts=len(scored), new_tokens=stats.new_tokens, nonfinite=stats.nonfinite_rewards, generate_s=round(stats.generate_seconds, 2), score_s=round(stats.score_seconds, 2))
     return scored
+
+
+def estimate(ctx: Ctx, t: int, buffer: PromptBuffer, current: list[Prompt]) -> list[ScoredPrompt]:
+    """Step 1: n responses of pi_{t-1} per prompt of X_{t-1}, their rewards (by the creator actor)."""
+    return _scored_stage(ctx, t, "estimate", buffer, current, via_creator=True)
 
 
 def sample(ctx: Ctx, t: int, buffer: PromptBuffer, scored: list[ScoredPrompt]) -> list[Prompt]:
@@ -230,14 +236,7 @@ def mix(ctx: Ctx, t: int, buffer: PromptBuffer, evolved: list[Prompt], current: 
 
 def solve(ctx: Ctx, t: int, buffer: PromptBuffer, train_prompts: list[Prompt]) -> list[ScoredPrompt]:
     """Step 5: n responses of pi_{t-1} per training prompt, scored."""
-    path = ctx.run.iteration_dir(t) / "rollouts.parquet"
-    if _done(ctx, t, "solve") is not None:
-        return load_scored(path, buffer)
-    with stage(ctx, t, "solve") as info:
-        scored, stats = _rollout_chunked(ctx, train_prompts, "solve", t, via_creator=False)
-        save_scored(path, scored)
-        info.update(prompts=len(scored), new_tokens=stats.new_tokens, nonfinite=stats.nonfinite_rewards, generate_s=round(stats.generate_seconds, 2), score_s=round(stats.score_seconds, 2))
-    return scored
+    return _scored_stage(ctx, t, "solve", buffer, train_prompts, via_creator=False)
 
 
 def pairs(ctx: Ctx, t: int, solved: list[ScoredPrompt]) -> list:
@@ -388,7 +387,7 @@ def run_loop(cfg: RunConfig, run: RunDir, report: Callable[..., None], baseline:
     start_policy = str(run.iteration_dir(last) / POLICY)
     actors = start_actors(cfg, start_policy, str(run.iteration_dir(0) / POLICY))
     report(f"actors up in {time.perf_counter() - t0:.1f}s")
-    run.log_event("actors_up", seconds=round(time.perf_counter() - t0, 2))
+    run.log_event("actors_up", seconds=round(time.perf_counter() - t0, 2), nodes=actors.nodes)
     ctx = Ctx(cfg=cfg, run=run, actors=actors, report=report, baseline=baseline, engines_hold=last)
     previous = signal.getsignal(signal.SIGINT)
 
