@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.creator import Creator
 from actors.engine import GenerationEngine
@@ -45,12 +47,38 @@ def init_ray(cfg: RunConfig) -> None:
     for passthrough in ("EVA_CACHE_DIR", "XDG_CACHE_HOME", "PYTHONPATH"):
         if os.environ.get(passthrough):
             env[passthrough] = os.environ[passthrough]
+    check_run_dir_writable(cfg.run.run_dir)
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(runtime_env={"env_vars": env}, log_to_driver=False, configure_logging=True, logging_level="WARNING")
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        # Inside a Ray Job (`eva submit`): the job's runtime_env already carries ACTOR_ENV, and Ray
+        # refuses to merge a second one that sets the same variables.
+        del kwargs["runtime_env"]
     if address:
         ray.init(address=address, **kwargs)
     else:  # "local": a fresh cluster, never silently joining one that `ray start` left running
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
+
+
+def check_run_dir_writable(run_dir: str | Path) -> None:
+    """The driver writes every checkpoint: fail before starting anything if it cannot.
+
+    Probes the run directory (or, before it exists, its nearest existing parent) with a temp file and
+    creates nothing. On a multi-node cluster run.dir must be storage all nodes share (NFS, a mounted
+    bucket): the actors read policies from it by path.
+    """
+    root = Path(run_dir).absolute()
+    probe = next((p for p in (root, *root.parents) if p.exists()), root)
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is not a folder")
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".eva-write-check-"):
+            pass
+    except OSError as e:
+        raise ClusterError(
+            f"run directory {root} is not writable by the driver ({e}): on a Ray cluster run.dir must be shared "
+            "storage that the driver and every node can write (e.g. an NFS or mounted-bucket path)"
+        ) from None
 
 
 def _check_fits(cfg: RunConfig, with_creator_engine: bool) -> None:
@@ -71,6 +99,30 @@ def _check_fits(cfg: RunConfig, with_creator_engine: bool) -> None:
             )
 
 
+def _engine_placement(res: ActorResources, strategy: str, timeout_s: float, what: str):
+    """A placement group of one {CPU, GPU} bundle per engine replica, ready within `timeout_s`."""
+    bundle = {"CPU": res.num_cpus, **({"GPU": res.num_gpus} if res.num_gpus else {})}
+    group = placement_group([dict(bundle) for _ in range(res.replicas)], strategy=strategy, name=f"eva-{what}-{os.getpid()}")
+    ready, _ = ray.wait([group.ready()], timeout=timeout_s)
+    if not ready:
+        remove_placement_group(group)
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        raise ClusterError(
+            f"ray.{what}: {res.replicas} replica(s) of {bundle} with placement {strategy} did not fit the cluster within "
+            f"{timeout_s:g}s ({len(nodes)} alive node(s): {[n.get('Resources', {}) for n in nodes]}); lower replicas or "
+            "num_cpus/num_gpus, add nodes, or use placement PACK/SPREAD (STRICT_SPREAD needs one node per replica)"
+        )
+    return group
+
+
+def _engines(cls, res: ActorResources, group, args: tuple) -> list:
+    """One engine actor per bundle of `group` (bundle i holds replica i)."""
+    return [
+        _remote(cls, res, scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i)).remote(*args)
+        for i in range(res.replicas)
+    ]
+
+
 def _remote(cls, res: ActorResources, **options):
     return ray.remote(cls).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_restarts=res.max_restarts, **options)
 
@@ -82,12 +134,19 @@ class Actors:
     creator: object  # ActorHandle[Creator]
     reward: object  # ActorHandle[RewardActor]
     trainer: object  # ActorHandle[PolicyTrainer]
+    groups: list = field(default_factory=list)  # placement groups of the engines
+    nodes: dict[str, list[str]] = field(default_factory=dict)  # actor kind -> Ray node id of each actor
 
     def shutdown(self) -> None:
         for handle in [*self.policy.engines, *self.creator_engines.engines, self.creator, self.reward, self.trainer]:
             try:
                 ray.kill(handle)
             except Exception:  # already gone
+                pass
+        for group in self.groups:
+            try:
+                remove_placement_group(group)
+            except Exception:
                 pass
 
 
@@ -107,12 +166,18 @@ def start_actors(cfg: RunConfig, policy_path: str, initial_path: str) -> Actors:
     _check_fits(cfg, own_creator)
     work = workdir_for(cfg)
     timeout = cfg.ray.timeout_s
-    engine_cls = _remote(GenerationEngine, cfg.ray.engine)
-    policy = EnginePool([engine_cls.remote(policy_path, cfg.model, work, cfg.run.seed) for _ in range(cfg.ray.engine.replicas)], timeout)
+    wait_pg = min(timeout, cfg.ray.placement_timeout_s)
+    groups = [_engine_placement(cfg.ray.engine, cfg.ray.placement, wait_pg, "engine")]
+    policy = EnginePool(_engines(GenerationEngine, cfg.ray.engine, groups[0], (policy_path, cfg.model, work, cfg.run.seed)), timeout, cfg.ray.retries)
     if own_creator:
         creator_path = initial_path if cfg.creator.model == "initial" else cfg.creator.model
-        cengine = _remote(GenerationEngine, cfg.ray.creator)
-        creator_engines = EnginePool([cengine.remote(creator_path, cfg.model, work, cfg.run.seed) for _ in range(cfg.ray.creator.replicas)], timeout)
+        try:
+            groups.append(_engine_placement(cfg.ray.creator, cfg.ray.placement, wait_pg, "creator"))
+        except ClusterError:
+            remove_placement_group(groups[0])
+            raise
+        engines = _engines(GenerationEngine, cfg.ray.creator, groups[1], (creator_path, cfg.model, work, cfg.run.seed))
+        creator_engines = EnginePool(engines, timeout, cfg.ray.retries)
     else:
         creator_engines = policy
     reward = _remote(RewardActor, cfg.ray.reward).remote(cfg.reward, initial_path, work)
@@ -120,12 +185,19 @@ def start_actors(cfg: RunConfig, policy_path: str, initial_path: str) -> Actors:
     creator = _remote(Creator, cfg.ray.creator, max_concurrency=4).remote(
         policy, creator_engines, reward, cfg.creator, cfg.solver, cfg.run.seed, timeout
     )
-    actors = Actors(policy, creator_engines, creator, reward, trainer)
-    pending = [e.ready.remote() for e in {*policy.engines, *creator_engines.engines}]
-    pending += [reward.info.remote(), creator.ready.remote(), trainer.ready.remote()]
+    actors = Actors(policy, creator_engines, creator, reward, trainer, groups)
+    kinds = {"engine": policy.engines, "creator_engine": creator_engines.engines if own_creator else [], "reward": [reward], "trainer": [trainer], "creator": [creator]}
+    pending = {kind: [_node_of(h) for h in handles] for kind, handles in kinds.items()}
     try:
-        ray.get(pending, timeout=timeout)
+        ray.get([e.ready.remote() for e in {*policy.engines, *creator_engines.engines}], timeout=timeout)
+        ray.get([reward.info.remote(), creator.ready.remote(), trainer.ready.remote()], timeout=timeout)
+        actors.nodes = {kind: ray.get(refs, timeout=timeout) for kind, refs in pending.items() if refs}
     except Exception:
         actors.shutdown()
         raise
     return actors
+
+
+def _node_of(handle):
+    """ObjectRef of the Ray node id the actor runs on (asked inside the actor itself)."""
+    return handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id())

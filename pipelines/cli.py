@@ -383,5 +383,77 @@ def model_prepare(force: bool = typer.Option(False, "--force", help="Convert aga
     console.print(str(path))
 
 
+# Names of environment variables that hold secrets: never put into a job's runtime_env (the dashboard
+# and `ray job` show it), run.yaml or events.jsonl. Secrets reach actors from the nodes' environment.
+SECRET_SUFFIXES = ("_TOKEN", "_KEY", "_SECRET", "_PASSWORD", "_CREDENTIALS")
+
+
+def is_secret_name(name: str) -> bool:
+    return name.upper().endswith(SECRET_SUFFIXES)
+
+
+def job_runtime_env(extra_env: list[str], working_dir: Optional[Path]) -> dict:
+    """runtime_env of a submitted run: the actors' environment (a job's runtime_env replaces the one
+    ray.init would give them) plus non-secret `KEY=VALUE` pairs; secrets are refused (ValueError)."""
+    from actors.cluster import ACTOR_ENV
+
+    env = dict(ACTOR_ENV)
+    for name in ("EVA_CACHE_DIR", "PYTHONPATH"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    for item in extra_env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--env {item!r}: expected KEY=VALUE")
+        if is_secret_name(key):
+            raise ValueError(f"--env {key}: secrets must not go into the job's runtime_env (visible in the dashboard and job API); set {key} in the nodes' environment (a Kubernetes Secret, the launcher's env)")
+        env[key] = value
+    runtime_env: dict = {"env_vars": env}
+    if working_dir is not None:
+        runtime_env["working_dir"] = str(working_dir)
+    return runtime_env
+
+
+@app.command()
+def submit(
+    config: Optional[Path] = typer.Argument(None, help="YAML config; its path must be readable on the head node (shared storage, or relative inside --working-dir)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Built-in preset to start from."),
+    set_: List[str] = typer.Option([], "--set", help="Override a field: section.field=value (repeatable)."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory on storage every node shares."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", help="Total iterations."),
+    baseline: bool = typer.Option(False, "--baseline", help="Plain iterative DPO on the fixed seed prompts."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray dashboard / job API (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS, http://127.0.0.1:8265)."),
+    env: List[str] = typer.Option([], "--env", help="KEY=VALUE for the job's processes (repeatable; no secrets)."),
+    working_dir: Optional[Path] = typer.Option(None, "--working-dir", help="Upload this folder as the job's working_dir (not needed when eva is installed on the nodes)."),
+    job_id: Optional[str] = typer.Option(None, "--job-id", help="Submission id (default: generated)."),
+) -> None:
+    """Submit `eva run ...` as a Ray Job on a cluster; prints the job id and how to follow its logs."""
+    import shlex
+
+    overrides = list(set_)
+    if run_dir is not None:
+        overrides.append(f"run.dir={run_dir}")
+    if iterations is not None:
+        overrides.append(f"run.iterations={iterations}")
+    try:
+        load_config(config, overrides, preset=preset)  # bad input fails here, not on the cluster
+        runtime_env = job_runtime_env(env, working_dir)
+    except (*USER_ERRORS, ValueError) as e:
+        _fail(str(e))
+    args = ["eva", "run", *([str(config)] if config else []), *(["--preset", preset] if preset else [])]
+    args += [a for o in overrides for a in ("--set", o)] + (["--baseline"] if baseline else [])
+    entrypoint = shlex.join(args)
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        client = JobSubmissionClient(address)
+        submitted = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        _fail(f"cannot submit to the Ray job API at {address}: {e}")
+    console.print(f"submitted job {submitted}: {entrypoint}")
+    console.print(f"follow its logs:  ray job logs -f {submitted} --address {address}")
+    console.print(f"its status:       ray job status {submitted} --address {address}")
+
 if __name__ == "__main__":
     app()
