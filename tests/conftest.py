@@ -28,6 +28,7 @@ def ray_session():
     env = dict(ACTOR_ENV)
     if os.environ.get("EVA_CACHE_DIR"):
         env["EVA_CACHE_DIR"] = os.environ["EVA_CACHE_DIR"]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    # address="local": a fresh cluster, never one a `ray start` left behind (/tmp/ray/ray_current_cluster)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     yield ray
     ray.shutdown()

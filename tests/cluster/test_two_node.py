@@ -66,47 +66,91 @@ def _alive_nodes(gcs: str, env: dict) -> int:
     return sum(1 for line in active.splitlines() if "node_" in line)
 
 
-@pytest.fixture
-def two_node_cluster(tmp_path):
-    """(dashboard address, env): a head node and a worker node, 2 CPUs each, token auth off (loopback only)."""
-    port, dash = _free_port(), _free_port()
-    env = {
-        **os.environ,
-        "RAY_AUTH_MODE": "disabled",
-        "OMP_NUM_THREADS": "1",
-        "EVA_CACHE_DIR": os.environ.get("EVA_CACHE_DIR", "/tmp/evacache"),
-        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-        "HF_TOKEN": SECRET,  # a secret in the nodes' environment, as a Kubernetes Secret would put it
-    }
-    env.pop("RAY_ADDRESS", None)
-    common = ["--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
-    logs = tmp_path / "raylogs"
-    logs.mkdir()
-    procs = [subprocess.Popen(
-        [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--resources", json.dumps({"head": 1}),
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true", *common],
-        env=env, stdout=open(logs / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)]
-    gcs = f"127.0.0.1:{port}"
-    try:
+class Cluster:
+    """A head node and worker nodes on loopback, 2 CPUs each, token auth off (loopback only)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port, self.dash_port = _free_port(), _free_port()
+        self.gcs = f"127.0.0.1:{self.port}"
+        self.dashboard = f"http://127.0.0.1:{self.dash_port}"
+        self.env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "disabled",
+            "OMP_NUM_THREADS": "1",
+            "EVA_CACHE_DIR": os.environ.get("EVA_CACHE_DIR", "/tmp/evacache"),
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+            "HF_TOKEN": SECRET,  # a secret in the nodes' environment, as a Kubernetes Secret would put it
+        }
+        self.env.pop("RAY_ADDRESS", None)
+        self.logs = tmp_path / "raylogs"
+        self.logs.mkdir()
+        self.procs: list[subprocess.Popen] = []
+        self.workers: list[subprocess.Popen] = []
+
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+        common = ["--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+        proc = subprocess.Popen([RAY, "start", *args, *common], env=self.env, stdout=open(self.logs / f"{name}.log", "w"),
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def _wait_nodes(self, n: int, name: str) -> None:
         deadline = time.time() + 120
-        while _alive_nodes(gcs, env) < 1:
-            assert time.time() < deadline, (logs / "head.log").read_text()[-3000:]
+        while _alive_nodes(self.gcs, self.env) < n:
+            assert time.time() < deadline, (self.logs / f"{name}.log").read_text()[-3000:]
             time.sleep(2)
-        procs.append(subprocess.Popen(
-            [RAY, "start", f"--address={gcs}", "--num-cpus=2", "--resources", json.dumps({"worker": 1}), *common],
-            env=env, stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
-        while _alive_nodes(gcs, env) < 2:
-            assert time.time() < deadline, (logs / "worker.log").read_text()[-3000:]
-            time.sleep(2)
-        yield f"http://127.0.0.1:{dash}", env
+
+    def start_head(self) -> None:
+        self._start("head", ["--head", f"--port={self.port}", "--num-cpus=2", "--resources", json.dumps({"head": 1}),
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dash_port}", "--include-dashboard=true"])
+        self._wait_nodes(1, "head")
+
+    def add_worker(self) -> None:
+        name = f"worker{len(self.workers)}"
+        self.workers.append(self._start(name, [f"--address={self.gcs}", "--num-cpus=2", "--resources", json.dumps({"worker": 1})]))
+        self._wait_nodes(1 + sum(1 for w in self.workers if w.poll() is None), name)
+
+    def kill_worker(self) -> None:
+        """Node loss: SIGKILL every process of the newest worker node (raylet, its workers, actors)."""
+        worker = self.workers[-1]
+        for pid in _session_pids(worker.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        worker.wait(timeout=30)
+
+    def close(self) -> None:
+        _end_sessions(self.procs)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path)
+    try:
+        c.start_head()
+        c.add_worker()
+        yield c
     finally:
-        _end_sessions(procs)
+        c.close()
 
 
-def test_tiny_run_as_ray_job_spreads_engines_over_both_nodes(two_node_cluster, tmp_path):
+def _wait_job(client, job_id: str, limit_s: float = 900):
+    from ray.job_submission import JobStatus
+
+    t0 = time.time()
+    while (status := client.get_job_status(job_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        if time.time() - t0 > limit_s:
+            client.stop_job(job_id)
+            pytest.fail(f"job {job_id} still {status} after {limit_s} s:\n{client.get_job_logs(job_id)[-4000:]}")
+        time.sleep(3)
+    return status
+
+
+def test_tiny_run_as_ray_job_spreads_engines_over_both_nodes(cluster, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    dash, env = two_node_cluster
+    dash, env = cluster.dashboard, cluster.env
     run = tmp_path / "run"
     t0 = time.time()
     proc = run_eva(
@@ -117,11 +161,7 @@ def test_tiny_run_as_ray_job_spreads_engines_over_both_nodes(two_node_cluster, t
     assert "ray job logs -f" in proc.stdout
     job_id = proc.stdout.split("submitted job ", 1)[1].split(":", 1)[0]
     client = JobSubmissionClient(dash)
-    while (status := client.get_job_status(job_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        if time.time() - t0 > 900:
-            client.stop_job(job_id)
-            pytest.fail(f"job {job_id} still {status} after 900 s:\n{client.get_job_logs(job_id)[-4000:]}")
-        time.sleep(5)
+    status = _wait_job(client, job_id)
     logs = client.get_job_logs(job_id)
     assert status == JobStatus.SUCCEEDED, logs[-4000:]
     print(f"job {job_id} succeeded in {time.time() - t0:.0f}s")
@@ -140,3 +180,35 @@ def test_tiny_run_as_ray_job_spreads_engines_over_both_nodes(two_node_cluster, t
         if path.is_file() and path.suffix in {".yaml", ".jsonl", ".json", ""}:
             assert SECRET not in path.read_text(errors="ignore"), path
     assert SECRET not in logs
+
+
+def test_worker_node_lost_mid_rollout_then_resume_finishes(cluster, tmp_path):
+    """Kill the worker node during the estimate stage: the run recovers through retries or stops with
+    no half-written iteration; `eva resume` on the cluster (a worker back) then finishes it."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    run = tmp_path / "run"
+    proc = run_eva(
+        "submit", "--preset", "tiny", "--run-dir", str(run), "--iterations", "1", "--address", cluster.dashboard,
+        "--set", "ray.engine.replicas=2", "--set", "ray.placement=SPREAD", "--set", "ray.timeout_s=300", env=cluster.env,
+    )
+    job_id = proc.stdout.split("submitted job ", 1)[1].split(":", 1)[0]
+    client = JobSubmissionClient(cluster.dashboard)
+    deadline = time.time() + 600
+    while not any(e.get("kind") == "stage_start" and e.get("stage") == "estimate" for e in RunDir(run).events()):
+        assert time.time() < deadline and client.get_job_status(job_id) not in {JobStatus.FAILED, JobStatus.STOPPED}, client.get_job_logs(job_id)[-4000:]
+        time.sleep(0.5)
+    cluster.kill_worker()
+    status = _wait_job(client, job_id)
+    rd = RunDir(run)
+    assert rd.verify_all() == []  # whatever happened, nothing committed is half-written
+    if status == JobStatus.SUCCEEDED:
+        assert rd.committed(1)
+        print("recovered through retries")
+        return
+    assert not rd.committed(1), "a failed job must not leave iteration 1 committed"
+    cluster.add_worker()
+    resumed = run_eva("resume", str(run), env={**cluster.env, "RAY_ADDRESS": cluster.gcs})
+    assert "1 iteration(s) committed" in resumed.stdout
+    assert rd.committed(1) and rd.verify_all() == []
+    print("stopped resumable; eva resume finished it")
