@@ -446,14 +446,26 @@ def submit(
     address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
     from ray.job_submission import JobSubmissionClient
 
-    try:
-        client = JobSubmissionClient(address)
-        submitted = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        _fail(f"cannot submit to the Ray job API at {address}: {e}")
+    import time
+
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            client = JobSubmissionClient(address)
+            submitted = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id)
+            break
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            # A freshly started head answers 500 "No available agent" until its dashboard agent is up:
+            # transient, so wait for it (bounded); anything else is final.
+            if "No available agent" in str(e) and time.monotonic() < deadline:
+                err.print("the cluster's job agent is not up yet; retrying in 3 s")
+                time.sleep(3)
+                continue
+            _fail(f"cannot submit to the Ray job API at {address}: {e}")
     console.print(f"submitted job {submitted}: {entrypoint}")
     console.print(f"follow its logs:  ray job logs -f {submitted} --address {address}")
     console.print(f"its status:       ray job status {submitted} --address {address}")
+
 
 if __name__ == "__main__":
     app()
