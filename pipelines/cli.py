@@ -461,7 +461,10 @@ def submit(
                 err.print("the cluster's job agent is not up yet; retrying in 3 s")
                 time.sleep(3)
                 continue
-            _fail(f"cannot submit to the Ray job API at {address}: {e}")
+            hint = ("\nthe head's dashboard agent serves no HTTP: is its port taken by another Ray instance on that"
+                    " machine? (`ray start --dashboard-agent-listen-port`, default 52365; see dashboard_agent.log)"
+                    if "No available agent" in str(e) else "")
+            _fail(f"cannot submit to the Ray job API at {address}: {e}{hint}")
     console.print(f"submitted job {submitted}: {entrypoint}")
     console.print(f"follow its logs:  ray job logs -f {submitted} --address {address}")
     console.print(f"its status:       ray job status {submitted} --address {address}")

@@ -88,7 +88,12 @@ class Cluster:
         self.workers: list[subprocess.Popen] = []
 
     def _start(self, name: str, args: list[str]) -> subprocess.Popen:
-        common = ["--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+        # Every per-node port chosen free: the defaults (52365 for the dashboard agent's HTTP server, ...)
+        # are shared by every Ray instance on the machine, and the test session's own local Ray already
+        # holds them. An agent that cannot bind serves no Job API ("No available agent to submit job").
+        ports = [f"--{flag}={_free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                        "runtime-env-agent-port", "metrics-export-port")]
+        common = ["--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats", *ports]
         proc = subprocess.Popen([RAY, "start", *args, *common], env=self.env, stdout=open(self.logs / f"{name}.log", "w"),
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
