@@ -137,6 +137,12 @@ class Actors:
     groups: list = field(default_factory=list)  # placement groups of the engines
     nodes: dict[str, list[str]] = field(default_factory=dict)  # actor kind -> Ray node id of each actor
 
+    def drain_busy(self, timeout_s: float) -> list:
+        """Every heavy actor's work spans since the last drain (actors.busy), for the overhead metric."""
+        engines = list({*self.policy.engines, *self.creator_engines.engines})
+        refs = [e.drain_busy.remote() for e in engines] + [self.reward.drain_busy.remote(), self.trainer.drain_busy.remote()]
+        return [span for spans in ray.get(refs, timeout=timeout_s) for span in spans]
+
     def shutdown(self) -> None:
         for handle in [*self.policy.engines, *self.creator_engines.engines, self.creator, self.reward, self.trainer]:
             try:

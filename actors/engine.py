@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from actors.busy import BusyLog, Span
 from eva.config import ModelSection
 from eva.types import Generation
 
@@ -72,6 +73,7 @@ class GenerationEngine:
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = model.max_model_len
         self.start_seconds = time.perf_counter() - t0
+        self.busy = BusyLog()
 
     def ready(self) -> dict[str, float | str]:
         return {"model_path": self.model_path, "start_seconds": self.start_seconds, "pid": os.getpid()}
@@ -105,7 +107,8 @@ class GenerationEngine:
             for s in seeds
         ]
         t0 = time.perf_counter()
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        with self.busy.span("generate"):
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
         seconds = time.perf_counter() - t0
         generations = tuple(
             Generation(
@@ -122,6 +125,10 @@ class GenerationEngine:
             prompt_tokens=sum(len(out.prompt_token_ids or ()) for out in outputs),
             new_tokens=sum(sum(g.num_tokens) for g in generations),
         )
+
+    def drain_busy(self) -> list[Span]:
+        """The generate spans since the last call (actors.busy)."""
+        return self.busy.drain()
 
     def next_token_logprobs(self, prompts: list[str], top_k: int = 20) -> list[dict[str, float]]:
         """Log-probabilities of the top-k next tokens after each raw prompt (decoded token -> logprob).

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from actors.busy import BusyLog, Span
 from actors.models import MINILM_MODEL, resolve_model_path
 from eva.config import ModelSection, RewardSection, ScorerSpec
 
@@ -510,16 +511,22 @@ class RewardActor:
         self.start_seconds = time.perf_counter() - t0
         self.pairs = self.nonfinite = 0
         self.seconds = 0.0
+        self.busy = BusyLog()
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
         return list(self.score_with_report(prompts, responses).scores)
 
     def score_with_report(self, prompts: list[str], responses: list[str]) -> ScoreReport:
-        report = self.scorer.score_with_report(prompts, responses)
+        with self.busy.span("score"):
+            report = self.scorer.score_with_report(prompts, responses)
         self.pairs += len(report.scores)
         self.nonfinite += report.nonfinite
         self.seconds += report.seconds
         return report
+
+    def drain_busy(self) -> list[Span]:
+        """The scoring spans since the last call (actors.busy)."""
+        return self.busy.drain()
 
     def info(self) -> dict[str, Any]:
         return {

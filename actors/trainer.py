@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from actors.busy import BusyLog, Span
 from eva.checkpoint import fsync_dir, make_dirs
 from eva.config import SolverSection
 from eva.types import PreferencePair
@@ -82,6 +83,7 @@ class PolicyTrainer:
         self.policy = self._load_model(policy_path)
         self._initial: torch.nn.Module | None = None  # pi_0, loaded on first use (reference: initial)
         self._reference: dict[str, torch.Tensor] | None = None
+        self.busy = BusyLog()
 
     # --- public API -------------------------------------------------------------------------
 
@@ -97,6 +99,14 @@ class PolicyTrainer:
         """
         if not pairs:
             return {"iteration": iteration, "loss_type": self.solver.loss_type, "num_pairs": 0, "steps": 0}
+        with self.busy.span("train"):  # the whole round: dataset, TRL trainer, steps, rounding
+            return self._train(pairs, iteration)
+
+    def drain_busy(self) -> list[Span]:
+        """The training spans since the last call (actors.busy)."""
+        return self.busy.drain()
+
+    def _train(self, pairs: list[PreferencePair], iteration: int) -> dict[str, Any]:
         from transformers.trainer_callback import PrinterCallback
 
         trainer = self._make_trainer(self._dataset(pairs), self._reference_model(), iteration)

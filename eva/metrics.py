@@ -132,3 +132,28 @@ def summarize(values: Sequence[float | None]) -> dict[str, float]:
         max=float(kept.max()),
     )
     return out
+
+
+def busy_summary(spans: Sequence[tuple[str, float, float]], start: float, end: float) -> dict[str, float]:
+    """How much of the wall interval [start, end] some actor spent on real work.
+
+    `spans` are (kind, t0, t1) from the actors (actors.busy); each is clipped to the interval. Per
+    kind the sum (replicas working at once count twice: engine-seconds), and `busy_s` the length of
+    the union of all spans (overlaps, e.g. one chunk generating while another is scored, count once).
+    `overhead_s` is the rest of the wall: Ray calls, serialization, checkpoint writes, weight sync.
+    """
+    wall = max(0.0, end - start)
+    clipped = sorted((max(t0, start), min(t1, end), kind) for kind, t0, t1 in spans if min(t1, end) > max(t0, start))
+    out: dict[str, float] = {}
+    for a, b, kind in clipped:
+        out[f"busy_{kind}_s"] = out.get(f"busy_{kind}_s", 0.0) + (b - a)
+    union, cur_a, cur_b = 0.0, None, None
+    for a, b, _ in clipped:
+        if cur_b is None or a > cur_b:
+            union += 0.0 if cur_b is None else cur_b - cur_a
+            cur_a, cur_b = a, b
+        else:
+            cur_b = max(cur_b, b)
+    union += 0.0 if cur_b is None else cur_b - cur_a
+    out.update(wall_s=wall, busy_s=union, overhead_s=wall - union, overhead_share=(wall - union) / wall if wall > 0 else 0.0)
+    return {k: round(v, 4) for k, v in out.items()}

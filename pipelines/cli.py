@@ -164,7 +164,7 @@ def status(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
     except USER_ERRORS as e:
         _fail(str(e))
     table = Table(title=f"{rd.root}  ({cfg.run.iterations} iterations planned)")
-    for col in ("iter", "state", "stages done", "wall s", "buffer", "evolved", "pairs", "mean reward", "loss"):
+    for col in ("iter", "state", "stages done", "wall s", "overhead", "buffer", "evolved", "pairs", "mean reward", "loss"):
         table.add_column(col)
     for t in rd.iterations():
         m = _metrics(rd, t) if rd.committed(t) else {}
@@ -172,8 +172,10 @@ def status(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
         state = "committed" if rd.committed(t) else "incomplete"
         wall = sum(m.get("stage_seconds", {}).values()) if m else sum(rd.stage_info(t, s).get("seconds", 0) for s in stages)
         rm = m.get("reward_summary", {}).get("mean")
+        share = m.get("extra", {}).get("overhead_share")  # time outside generate/score/train (actors.busy)
         table.add_row(
-            str(t), state, ",".join(stages) or "-", f"{wall:.1f}", str(m.get("extra", {}).get("buffer_size", "")),
+            str(t), state, ",".join(stages) or "-", f"{wall:.1f}", f"{share:.1%}" if share is not None else "",
+            str(m.get("extra", {}).get("buffer_size", "")),
             str(m.get("num_evolved", "")), str(m.get("num_pairs", "")), f"{rm:.3f}" if rm is not None else "", _fmt(m.get("train_loss")),
         )
     console.print(table)

@@ -33,7 +33,7 @@ from actors.models import resolve_model_path
 from eva.buffer import PromptBuffer, load_prompts_table, load_seed_prompts, read_table, save_pairs, load_pairs, save_prompts_table, write_table
 from eva.checkpoint import POLICY, RunDir, atomic_write_json
 from eva.config import RunConfig
-from eva.metrics import summarize
+from eva.metrics import busy_summary, summarize
 from eva.pairs import build_pairs, pair_stats
 from eva.seeding import derive_seed
 from eva.types import IterationMetrics, Prompt, ScoredPrompt
@@ -69,6 +69,7 @@ class Ctx:
     baseline: bool = False
     stop_requested: bool = False
     engines_hold: int = -1  # iteration whose policy the engines serve now
+    started: float = 0.0  # time.time() when this process began the current iteration
     metrics: IterationMetrics = field(default_factory=lambda: IterationMetrics(iteration=-1))
 
     @property
@@ -267,7 +268,9 @@ def train(ctx: Ctx, t: int, built: list) -> dict:
             info.update({k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         else:  # nothing to learn from: pi_t = pi_{t-1}, recorded honestly
             info.update(steps=0, skipped="no pairs")
+        t_save = time.perf_counter()
         ray.get(trainer.save.remote(str(policy_dir)), timeout=ctx.timeout)
+        info["save_s"] = round(time.perf_counter() - t_save, 3)
         fault_point(t, "train:saved")
         info["sync_s"] = round(sync_engines(ctx, t), 3)
     return info
@@ -306,7 +309,10 @@ def commit(ctx: Ctx, t: int, buffer: PromptBuffer, estimated: list[ScoredPrompt]
         m.reward_accuracy = train_info.get("reward_accuracy")
         m.train_steps = int(train_info.get("steps", 0))
         m.tokens_generated = {"estimate": _info(ctx, t, "estimate", "new_tokens"), "evolve": _info(ctx, t, "evolve", "new_tokens"), "solve": _info(ctx, t, "solve", "new_tokens")}
-        m.extra = {"buffer_size": len(buffer), "sync_s": float(train_info.get("sync_s", 0.0))}
+        m.extra = {"buffer_size": len(buffer), "sync_s": float(train_info.get("sync_s", 0.0)), "save_s": float(train_info.get("save_s", 0.0))}
+        # Orchestration overhead: the iteration's wall time (in this process, up to here) that no actor
+        # spent generating, scoring or training. The manifest below adds a little that this misses.
+        m.extra.update(busy_summary(ctx.actors.drain_busy(ctx.timeout), ctx.started, time.time()))
         info.update(buffer=len(buffer))
         # metrics.json is part of the commit, so it records the commit's time up to this write.
         m.stage_seconds["commit"] = round(time.perf_counter() - t_commit, 3)
@@ -326,6 +332,8 @@ def _info(ctx: Ctx, t: int, name: str, key: str) -> int:
 def run_iteration(ctx: Ctx, t: int) -> None:
     """One iteration of Algorithm 1 (or of the baseline), resuming from its finished stages."""
     ctx.metrics = IterationMetrics(iteration=t)
+    ctx.started = time.time()
+    ctx.actors.drain_busy(ctx.timeout)  # spans from before this iteration (actor start-up, an earlier resume) are not its work
     prev = ctx.run.iteration_dir(t - 1)
     buffer = PromptBuffer.load(prev / "prompts.parquet")
     current = buffer.prompts(_read_ids(prev / TRAIN_PROMPTS))

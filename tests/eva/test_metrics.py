@@ -4,7 +4,7 @@ import typing
 import pytest
 
 from eva.config import Metric
-from eva.metrics import METRICS, informativeness, informativeness_batch, metric_names, register, summarize
+from eva.metrics import busy_summary, METRICS, informativeness, informativeness_batch, metric_names, register, summarize
 
 NAN, INF = float("nan"), float("inf")
 
@@ -98,3 +98,23 @@ def test_summarize():
 def test_summarize_empty():
     assert summarize([]) == {"count": 0, "none_count": 0}
     assert summarize([None, None]) == {"count": 0, "none_count": 2}
+
+
+def test_busy_summary_unions_overlaps_and_clips_to_the_wall():
+    spans = [
+        ("generate", 10.0, 14.0),
+        ("score", 13.0, 15.0),  # overlaps generate by 1 s: counted once in busy_s
+        ("generate", 14.5, 16.0),  # inside the score span's tail and beyond
+        ("train", 18.0, 25.0),  # runs past the end: clipped at 20
+        ("train", 0.0, 1.0),  # before the start: dropped
+    ]
+    s = busy_summary(spans, start=9.0, end=20.0)
+    assert s["wall_s"] == 11.0
+    assert s["busy_generate_s"] == 5.5 and s["busy_score_s"] == 2.0 and s["busy_train_s"] == 2.0
+    assert s["busy_s"] == 8.0  # [10, 16] + [18, 20]
+    assert s["overhead_s"] == 3.0 and s["overhead_share"] == round(3.0 / 11.0, 4)
+
+
+def test_busy_summary_without_spans_is_all_overhead():
+    s = busy_summary([], start=0.0, end=4.0)
+    assert s == {"wall_s": 4.0, "busy_s": 0.0, "overhead_s": 4.0, "overhead_share": 1.0}

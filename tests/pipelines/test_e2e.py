@@ -48,6 +48,13 @@ def test_two_iterations_commit_everything(eva, reference_run: Path):
         assert all(p.chosen_reward > p.rejected_reward for p in pairs)
         assert metrics["train_steps"] > 0 and metrics["train_loss"] is not None
         assert metrics["reward_summary"]["count"] == metrics["num_train_prompts"] * cfg.solver.n_responses
+        # overhead accounting: every kind of work was seen inside the iteration, and none exceeds it
+        extra = metrics["extra"]
+        assert all(extra[f"busy_{k}_s"] > 0 for k in ("generate", "score", "train"))
+        stages_s = sum(metrics["stage_seconds"].values())
+        assert 0 < extra["busy_s"] <= extra["wall_s"] and stages_s - metrics["stage_seconds"]["commit"] <= extra["wall_s"] <= stages_s + 5.0
+        assert extra["busy_train_s"] <= metrics["stage_seconds"]["train"]
+        assert extra["overhead_s"] == pytest.approx(extra["wall_s"] - extra["busy_s"], abs=1e-3)
         previous = buffer
     events = [e["kind"] for e in run.events()]
     assert events.count("iteration_end") == 2 and "actors_up" in events

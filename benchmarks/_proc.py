@@ -1,0 +1,125 @@
+"""Run a command and measure it: wall time and the peak of the summed RSS of its process tree.
+
+The tree is the command and every descendant (a local Ray cluster started by `eva run` is: GCS,
+raylet, the actors' workers). Summed RSS over-counts pages that processes share (Ray workers map the
+same libraries), so it is an upper bound on the memory the job needs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tree_rss(pid: int) -> int:
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def measure(args: list[str], env: dict | None = None, every_s: float = 1.0, log: Path | None = None, also: tuple[int, ...] = ()) -> dict:
+    """Run `args` (from the repo root), sampling the tree's RSS every `every_s`; raise if it fails.
+    `env` adds to the environment (OMP_NUM_THREADS=1 unless given); a None value removes a variable.
+    `also`: more process trees to count (the nodes of a cluster the command joins)."""
+    merged = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    env = {k: v for k, v in merged.items() if v is not None}
+    out = open(log, "w") if log else subprocess.DEVNULL
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(every_s):
+            peak = max(peak, sum(tree_rss(pid) for pid in (proc.pid, *also)))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    rc = proc.wait()
+    done.set()
+    sampler.join()
+    wall = time.perf_counter() - t0
+    if rc != 0:
+        tail = log.read_text()[-3000:] if log else ""
+        raise RuntimeError(f"{' '.join(args)} exited {rc}\n{tail}")
+    return {"wall_s": round(wall, 2), "peak_rss_gb": round(peak / 1e9, 2)}
+
+
+def eva(*args: str) -> list[str]:
+    """The `eva` command line, run with this interpreter."""
+    return [sys.executable, "-m", "pipelines.cli", *args]
+
+
+class LocalCluster:
+    """A Ray head and worker nodes on loopback (`ray start`), each in its own session, every port free.
+
+    Ended by process id (never `ray stop`, which would stop every Ray instance on the machine).
+    """
+
+    def __init__(self, folder: Path, cpus_per_node: int = 2) -> None:
+        import socket
+
+        def free_port() -> int:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                return s.getsockname()[1]
+
+        self.free_port, self.cpus, self.folder = free_port, cpus_per_node, folder
+        self.address = f"127.0.0.1:{free_port()}"
+        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+        self.env.pop("RAY_ADDRESS", None)
+        self.nodes: list[subprocess.Popen] = []
+
+    def add_node(self) -> None:
+        name = "head" if not self.nodes else f"worker{len(self.nodes)}"
+        role = ["--head", f"--port={self.address.split(':')[1]}", "--include-dashboard=false"] if not self.nodes else [f"--address={self.address}"]
+        ports = [f"--{flag}={self.free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")]
+        cmd = [str(Path(sys.executable).with_name("ray")), "start", *role, f"--num-cpus={self.cpus}", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats", *ports]
+        self.nodes.append(subprocess.Popen(cmd, env=self.env, stdout=open(self.folder / f"{name}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
+        deadline = time.time() + 180
+        while self.alive_nodes() < len(self.nodes):
+            if time.time() > deadline:
+                raise RuntimeError(f"node {name} did not join: {(self.folder / f'{name}.log').read_text()[-2000:]}")
+            time.sleep(2)
+
+    def alive_nodes(self) -> int:
+        ray = str(Path(sys.executable).with_name("ray"))
+        out = subprocess.run([ray, "status", "--address", self.address], env=self.env, capture_output=True, text=True, timeout=60).stdout
+        return sum(1 for line in out.split("Active:", 1)[-1].split("Pending:", 1)[0].splitlines() if "node_" in line)
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        return tuple(p.pid for p in self.nodes)
+
+    def close(self) -> None:
+        import signal
+
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for node in self.nodes:
+                for p in psutil.process_iter(["pid"]):
+                    try:
+                        if os.getsid(p.pid) == node.pid:
+                            os.kill(p.pid, sig)
+                    except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
+                        pass
+            time.sleep(2)
+        for node in self.nodes:
+            node.wait(timeout=30)
