@@ -51,12 +51,22 @@ def configure_engine_env(workdir: str | Path, kv_cache_gib: int) -> None:
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
 
 
+# vLLM on CPU cannot rewind a seeded request's torch.Generator ("CPU Generator does not use offset"),
+# which chunked prefill does whenever a step's token budget cuts a prompt: a generate call whose
+# prompts exceed the budget (a few hundred prompts) then crashes. Without chunked prefill every
+# prompt is prefilled whole in one step; the budget (vLLM's CPU default, 4096) must hold the longest.
+def _cpu_scheduler(max_model_len: int) -> dict:
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}
+
+
+
 class GenerationEngine:
     """One vLLM engine. Ray wraps it as an actor (`ray.remote(GenerationEngine)`); usable directly too."""
 
     def __init__(self, model_path: str, model: ModelSection, workdir: str, seed: int = 0) -> None:
         configure_engine_env(workdir, model.kv_cache_gib)
         from vllm import LLM
+        from vllm.platforms import current_platform
 
         t0 = time.perf_counter()
         self.model_path = model_path
@@ -69,6 +79,7 @@ class GenerationEngine:
             gpu_memory_utilization=model.gpu_memory_utilization,
             tensor_parallel_size=model.tensor_parallel_size,
             seed=seed,
+            **(_cpu_scheduler(model.max_model_len) if current_platform.is_cpu() else {}),
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = model.max_model_len

@@ -54,7 +54,7 @@ def main() -> None:
     print("| stage | eva (s) | DIY script (s) | DIY / eva |\n|---|---:|---:|---:|")
     for s in STAGES:
         a, b = eva_cmp.get(s, 0.0), diy_stages[s]
-        print(f"| {s}{' + mix' if s == 'sample' else ''}{' + pairs' if s == 'train' else ''}{' (DIY: save)' if s == 'commit' else ''} | {a:.1f} | {b:.1f} | {b / a if a > 0.05 else float('nan'):.1f}x |")
+        print(f"| {s}{' + mix' if s == 'sample' else ''}{' + pairs' if s == 'train' else ''}{' (DIY: save)' if s == 'commit' else ''} | {a:.1f} | {b:.1f} | {f'{b / a:.1f}x' if a > 0.05 else '-'} |")
     print(f"| **iteration** | **{eva_iter:.1f}** | **{diy['iteration_s']:.1f}** | **{diy['iteration_s'] / eva_iter:.2f}x** |")
     print(f"| start-up (actors / model loading) | {eva_up:.1f} | {diy['load_s']:.1f} | |")
     if eva_run:

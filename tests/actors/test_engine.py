@@ -82,3 +82,18 @@ def test_prompt_longer_than_the_context_is_truncated_not_rejected(ray_session, e
     pool = EnginePool(engines[:1], timeout_s=120)
     out = pool.generate(["long"], ["word " * 2000], [1], GREEDY)
     assert len(out.generations[0].responses) == 1
+
+
+def test_a_batch_larger_than_one_step_budget_generates_and_reproduces(ray_session, engines):
+    """More prompt tokens than one scheduler step holds (vLLM CPU: 4096). With chunked prefill this
+    crashed on CPU ("CPU Generator does not use offset": a cut prompt rewinds its seeded generator)."""
+    from eva.buffer import load_seed_prompts
+
+    texts = [p.text for p in load_seed_prompts("builtin:seed")][:200]
+    spec = SamplingSpec(n=2, temperature=1.0, top_p=1.0, max_tokens=4)
+    pool = EnginePool(engines[:1], timeout_s=300)
+    batch = pool.generate([str(i) for i in range(len(texts))], texts, list(range(len(texts))), spec)
+    assert batch.prompt_tokens > 4096 and len(batch.generations) == 200
+    assert all(len(g.responses) == 2 for g in batch.generations)
+    alone = pool.generate(["199"], texts[199:], [199], spec)  # the last prompt, scheduled last in the big batch
+    assert alone.generations[0] == batch.generations[199]
