@@ -43,6 +43,7 @@ class RunSection(_Section):
     seed: int = Field(0, ge=0, description="Master seed: sampling, evolve requests and per-request generation seeds derive from it.")
     iterations: int = Field(2, ge=1, description="Number of self-play iterations to run (iteration 0 is the seed buffer and initial policy).")
     dir: str | None = Field(None, description="Run directory (local path or shared-storage path). Default: runs/<name>.")
+    baseline: bool = Field(False, description="The fixed-prompt baseline (plain iterative DPO: no estimate, sample, evolve or mix) for A/B comparisons at equal budget; `eva run --baseline` sets it. Part of the run's identity: a run never switches loops.")
 
     @property
     def run_dir(self) -> str:
@@ -64,6 +65,7 @@ class PromptsSection(_Section):
     path: str = Field("builtin:seed", description="Seed prompts: JSONL, Parquet, a saved `datasets` folder, or builtin:seed (200+ shipped instructions).")
     column: str = Field("prompt", min_length=1, description="Column (JSON key) that holds the prompt text.")
     limit: int | None = Field(None, ge=1, description="Use only the first N seed prompts (after dropping empties and duplicates).")
+    baseline_sample: int | None = Field(None, ge=1, description="Baseline runs only: train each iteration on a fresh uniform sample of this many fixed prompts (seeded by run.seed and the iteration), e.g. as many as the eva run it is compared with trains on. None: all of them every iteration.")
 
 
 class CreatorSection(_Section):

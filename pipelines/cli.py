@@ -19,7 +19,7 @@ from rich.table import Table
 
 from eva.buffer import DataError, PromptBuffer, load_pairs
 from eva.checkpoint import POLICY, RunDir, RunDirError
-from eva.config import ConfigError, RunConfig, load_config
+from eva.config import ConfigError, RunConfig, config_from_dict, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="eva: open-ended self-play RLHF (creator evolves prompts, solver learns on them).")
 model_app = typer.Typer(no_args_is_help=True, help="Offline models: prepare the embedded default.")
@@ -69,12 +69,12 @@ class Reporter:
             self.status = None
 
 
-def _run(cfg: RunConfig, run: RunDir, baseline: bool) -> None:
+def _run(cfg: RunConfig, run: RunDir) -> None:
     from pipelines.loop import Interrupted, run_loop
 
     reporter = Reporter()
     try:
-        last = run_loop(cfg, run, reporter, baseline=baseline)
+        last = run_loop(cfg, run, reporter)
     except Interrupted:
         reporter.close()
         err.print(f"stopped at a safe point. Resume with:\n    eva resume {run.root}")
@@ -98,7 +98,7 @@ def run(
     set_: List[str] = typer.Option([], "--set", help="Override a field: section.field=value (repeatable)."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default: runs/<run.name>)."),
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Total iterations; on an existing run this extends it."),
-    baseline: bool = typer.Option(False, "--baseline", help="Plain iterative DPO on the fixed seed prompts (no creator)."),
+    baseline: bool = typer.Option(False, "--baseline", help="Plain iterative DPO on the fixed seed prompts (no creator): sets run.baseline."),
     allow_change: List[str] = typer.Option([], "--allow-change", help="Accept a changed config field of an existing run (repeatable)."),
 ) -> None:
     """Run the self-play loop (or the baseline) on local Ray or a cluster (RAY_ADDRESS)."""
@@ -108,36 +108,36 @@ def run(
             overrides.append(f"run.dir={run_dir}")
         if iterations is not None:
             overrides.append(f"run.iterations={iterations}")
+        if baseline:
+            overrides.append("run.baseline=true")
         cfg = load_config(config, overrides, preset=preset)
         rd = RunDir(cfg.run.run_dir)
         rd.init(cfg, allow_changes=allow_change)
     except USER_ERRORS as e:
         _fail(str(e))
-    console.print(f"run directory: {rd.root}  (model {cfg.model.path}, {cfg.run.iterations} iterations{', baseline' if baseline else ''})")
-    _run(cfg, rd, baseline)
+    console.print(f"run directory: {rd.root}  (model {cfg.model.path}, {cfg.run.iterations} iterations{', baseline' if cfg.run.baseline else ''})")
+    _run(cfg, rd)
 
 
 @app.command()
 def resume(
     run_dir: Path = typer.Argument(..., help="Run directory to continue."),
-    iterations: Optional[int] = typer.Option(None, "--iterations", help="New total number of iterations."),
-    baseline: bool = typer.Option(False, "--baseline", help="The run is a baseline run."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", min=1, help="New total number of iterations."),
 ) -> None:
-    """Continue a run from the last finished stage, after verifying every committed iteration."""
+    """Continue a run (eva or baseline, as run.yaml says) from the last finished stage, after
+    verifying every committed iteration."""
     rd = _open(run_dir)
     try:
-        cfg = rd.config()
-        if iterations is not None:
-            cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"iterations": iterations})})
-        cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"dir": str(run_dir)})})
+        data = rd.config().to_dict()
+        data["run"].update({"dir": str(run_dir), **({"iterations": iterations} if iterations is not None else {})})
+        cfg = config_from_dict(data, str(rd.config_path))
         problems = rd.verify_all()
         if problems:
             _fail(f"{run_dir}: committed iterations fail verification (restore the files or start a new run):\n  " + "\n  ".join(problems))
         rd.init(cfg)
-        baseline = baseline or any(e.get("baseline") for e in rd.events() if e.get("kind") == "iteration_start")
     except USER_ERRORS as e:
         _fail(str(e))
-    _run(cfg, rd, baseline)
+    _run(cfg, rd)
 
 
 def _open(run_dir: Path) -> RunDir:
@@ -437,13 +437,15 @@ def submit(
         overrides.append(f"run.dir={run_dir}")
     if iterations is not None:
         overrides.append(f"run.iterations={iterations}")
+    if baseline:
+        overrides.append("run.baseline=true")
     try:
         load_config(config, overrides, preset=preset)  # bad input fails here, not on the cluster
         runtime_env = job_runtime_env(env, working_dir)
     except (*USER_ERRORS, ValueError) as e:
         _fail(str(e))
     args = ["eva", "run", *([str(config)] if config else []), *(["--preset", preset] if preset else [])]
-    args += [a for o in overrides for a in ("--set", o)] + (["--baseline"] if baseline else [])
+    args += [a for o in overrides for a in ("--set", o)]
     entrypoint = shlex.join(args)
     address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
     from ray.job_submission import JobSubmissionClient

@@ -66,7 +66,6 @@ class Ctx:
     run: RunDir
     actors: Actors
     report: Callable[[str], None]
-    baseline: bool = False
     stop_requested: bool = False
     engines_hold: int = -1  # iteration whose policy the engines serve now
     started: float = 0.0  # time.time() when this process began the current iteration
@@ -235,6 +234,15 @@ def mix(ctx: Ctx, t: int, buffer: PromptBuffer, evolved: list[Prompt], current: 
     return buffer.prompts(ids)
 
 
+def fixed_prompts(ctx: Ctx, t: int, buffer: PromptBuffer) -> list[Prompt]:
+    """The baseline's training prompts: the fixed set, or a fresh uniform sample of
+    prompts.baseline_sample of it (seeded per iteration, so a resumed iteration draws the same)."""
+    k = ctx.cfg.prompts.baseline_sample
+    ids = buffer.ids() if k is None else buffer.mix([], 1.0, derive_seed(ctx.cfg.run.seed, "baseline", t), fallback_size=k)
+    atomic_write_json(ctx.run.iteration_dir(t) / TRAIN_PROMPTS, {"ids": ids})
+    return buffer.prompts(ids)
+
+
 def solve(ctx: Ctx, t: int, buffer: PromptBuffer, train_prompts: list[Prompt]) -> list[ScoredPrompt]:
     """Step 5: n responses of pi_{t-1} per training prompt, scored."""
     return _scored_stage(ctx, t, "solve", buffer, train_prompts, via_creator=False)
@@ -339,11 +347,9 @@ def run_iteration(ctx: Ctx, t: int) -> None:
     current = buffer.prompts(_read_ids(prev / TRAIN_PROMPTS))
     if ctx.engines_hold != t - 1 and not ctx.run.stage_done(t, "train"):
         raise RuntimeError(f"engines serve the policy of iteration {ctx.engines_hold}, iteration {t} needs {t - 1}")
-    if ctx.baseline:
+    if ctx.cfg.run.baseline:
         estimated, sampled = [], []
-        train_prompts = current
-        if not ctx.run.stage_done(t, "mix"):
-            atomic_write_json(ctx.run.iteration_dir(t) / TRAIN_PROMPTS, {"ids": [p.id for p in current]})
+        train_prompts = fixed_prompts(ctx, t, buffer)
     else:
         estimated = estimate(ctx, t, buffer, current)
         sampled = sample(ctx, t, buffer, estimated)
@@ -376,7 +382,7 @@ def init_iteration_zero(cfg: RunConfig, run: RunDir, policy_path: str) -> None:
     run.log_event("init", seeds=len(seeds), policy=policy_path)
 
 
-def run_loop(cfg: RunConfig, run: RunDir, report: Callable[..., None], baseline: bool = False) -> int:
+def run_loop(cfg: RunConfig, run: RunDir, report: Callable[..., None]) -> int:
     """Run (or resume) iterations until `run.iterations` are committed; returns the last committed."""
     problems = run.verify_all()
     if problems:
@@ -396,7 +402,7 @@ def run_loop(cfg: RunConfig, run: RunDir, report: Callable[..., None], baseline:
     actors = start_actors(cfg, start_policy, str(run.iteration_dir(0) / POLICY))
     report(f"actors up in {time.perf_counter() - t0:.1f}s")
     run.log_event("actors_up", seconds=round(time.perf_counter() - t0, 2), nodes=actors.nodes)
-    ctx = Ctx(cfg=cfg, run=run, actors=actors, report=report, baseline=baseline, engines_hold=last)
+    ctx = Ctx(cfg=cfg, run=run, actors=actors, report=report, engines_hold=last)
     previous = signal.getsignal(signal.SIGINT)
 
     def on_sigint(signum, frame):  # first Ctrl-C: stop at the next stage boundary
@@ -408,7 +414,7 @@ def run_loop(cfg: RunConfig, run: RunDir, report: Callable[..., None], baseline:
     signal.signal(signal.SIGINT, on_sigint)
     try:
         for t in range(last + 1, cfg.run.iterations + 1):
-            run.log_event("iteration_start", iteration=t, baseline=baseline)
+            run.log_event("iteration_start", iteration=t, baseline=cfg.run.baseline)
             t_iter = time.perf_counter()
             run_iteration(ctx, t)
             run.log_event("iteration_end", iteration=t, seconds=round(time.perf_counter() - t_iter, 2))
