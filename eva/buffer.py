@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
@@ -373,8 +374,9 @@ def load_prompts_table(path: str | Path) -> list[Prompt]:
 # --- seed prompts -----------------------------------------------------------------------------------
 
 
-def load_seed_prompts(path: str, column: str = "prompt", limit: int | None = None) -> list[Prompt]:
-    """Seed prompts from JSONL, Parquet, a `datasets.save_to_disk` folder or "builtin:seed".
+def load_seed_prompts(path: str | Any, column: str = "prompt", limit: int | None = None) -> list[Prompt]:
+    """Seed prompts from JSONL, Parquet, a `datasets.save_to_disk` folder, "builtin:seed", or an
+    in-memory `datasets.Dataset` / `DatasetDict` (the Python API; configs name files).
 
     Texts are stripped; empty texts and exact duplicates (same normalized text, i.e. same id) are
     dropped, keeping the first; then the first `limit` are kept (reading stops there). Raises
@@ -398,6 +400,13 @@ def load_seed_prompts(path: str, column: str = "prompt", limit: int | None = Non
 
 def _column_values(path: str, column: str) -> tuple[str, Iterator[tuple[str, Any]]]:
     """(source name for messages, iterator of (location, value)) for one column of a seed source."""
+    if not isinstance(path, (str, os.PathLike)):
+        import datasets  # heavy import: only for this source
+
+        if not isinstance(path, (datasets.Dataset, datasets.DatasetDict)):
+            raise DataError(f"seed prompts: expected a path, {BUILTIN_SEED} or a datasets.Dataset, got {type(path).__name__}")
+        return "in-memory dataset", _dataset_column(path, "in-memory dataset", column)
+    path = str(path)
     if path.startswith("builtin:"):
         if path != BUILTIN_SEED:
             raise DataError(f"{path}: unknown builtin prompt set; available: {BUILTIN_SEED}")
@@ -448,13 +457,17 @@ def _dataset_values(path: Path, column: str) -> Iterator[tuple[str, Any]]:
 
     if not ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
         raise DataError(f"{path}: a folder, but not one written by datasets' save_to_disk (no state.json or dataset_dict.json)")
-    ds = datasets.load_from_disk(str(path))
-    if isinstance(ds, datasets.DatasetDict):
+    return _dataset_column(datasets.load_from_disk(str(path)), str(path), column)
+
+
+def _dataset_column(ds: Any, source: str, column: str) -> Iterator[tuple[str, Any]]:
+    """One column of a datasets.Dataset, or of the train (or only) split of a DatasetDict."""
+    if not hasattr(ds, "features"):  # a DatasetDict
         splits = list(ds)
         if "train" not in ds and len(splits) != 1:
-            raise DataError(f"{path}: a DatasetDict with splits {splits}; expected a 'train' split or a single split")
+            raise DataError(f"{source}: a DatasetDict with splits {splits}; expected a 'train' split or a single split")
         ds = ds["train"] if "train" in ds else ds[splits[0]]
     if column not in ds.column_names:
-        raise DataError(f"{path}: no column {column!r}; available columns: {ds.column_names}")
+        raise DataError(f"{source}: no column {column!r}; available columns: {ds.column_names}")
     values = list(ds[column])  # honours an indices mapping, unlike ds.data
     return ((f"row {i}", v) for i, v in enumerate(values))

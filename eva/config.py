@@ -261,6 +261,7 @@ def _merge(base: dict[str, Any], update: dict[str, Any], source: str, sources: d
             _merge(base[key], value, source, sources, path + ".")
         else:
             base[key] = value
+            sources.pop(path, None)  # re-insert: the dict's order is the order values were last set
             sources[path] = source
 
 
@@ -318,8 +319,7 @@ def _describe(error: ValidationError, sources: dict[str, str], default_source: s
     lines = []
     for err in error.errors():
         loc = ".".join(str(p) for p in err["loc"])
-        # The most specific recorded source for this path (or one of its parents).
-        src = next((sources[k] for k in _prefixes(loc) if k in sources), default_source)
+        src = _source_of(loc, sources, default_source)
         got = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
@@ -331,6 +331,16 @@ def _describe(error: ValidationError, sources: dict[str, str], default_source: s
             got = ""
         lines.append(f"{src}: {loc or '<root>'}: {msg}{got}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _source_of(loc: str, sources: dict[str, str], default: str) -> str:
+    """Where the value at `loc` came from. A section-level error (a cross-field check) blames the
+    source that last set anything inside the section; a field error the most specific source
+    recorded for the field or one of its parents."""
+    inside = [src for key, src in sources.items() if key.startswith(f"{loc}.")] if loc else []
+    if inside:
+        return inside[-1]
+    return next((sources[k] for k in _prefixes(loc) if k in sources), default)
 
 
 def _prefixes(loc: str) -> list[str]:

@@ -284,6 +284,17 @@ def test_seed_prompts_from_datasets_folder(tmp_path: Path) -> None:
     assert [p.text for p in load_seed_prompts(str(dict_folder), "question", 1)] == ["A?"]
 
 
+def test_seed_prompts_from_an_in_memory_dataset() -> None:
+    ds = datasets.Dataset.from_dict({"question": SEED_TEXTS})  # stripped, blanks and duplicates dropped
+    assert [p.text for p in load_seed_prompts(ds, "question")] == ["Write a haiku.", "Explain gravity.", "Name three rivers.", "Plan a trip."]
+    dsd = datasets.DatasetDict({"test": ds.select([2, 6])})
+    assert [p.text for p in load_seed_prompts(dsd, "question")] == ["Explain gravity.", "Plan a trip."]
+    with pytest.raises(DataError, match="in-memory dataset: no column 'prompt'; available columns: \\['question'\\]"):
+        load_seed_prompts(ds)
+    with pytest.raises(DataError, match="expected a path, builtin:seed or a datasets.Dataset, got list"):
+        load_seed_prompts(SEED_TEXTS)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("name", "content", "column", "message"),
     [

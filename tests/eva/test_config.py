@@ -113,9 +113,16 @@ def test_bad_override_syntax(item: str):
         parse_override(item)
 
 
-def test_cross_field_validation():
+def test_cross_field_validation(tmp_path: Path):
     with pytest.raises(ConfigError, match="max_prompt_length"):
         load_config(None, ["solver.max_prompt_length=900", "solver.max_length=512"], preset="tiny")
+    # The error blames what set the section last, not the preset that created it.
+    with pytest.raises(ConfigError, match=r"--set solver.max_prompt_length=900: solver: .*max_prompt_length \(900\)"):
+        load_config(None, ["solver.max_prompt_length=900"], preset="cpu-default")
+    path = tmp_path / "c.yaml"
+    path.write_text("creator:\n  min_prompt_chars: 2000\n")
+    with pytest.raises(ConfigError, match=rf"{path}: creator: .*min_prompt_chars \(2000\)"):
+        load_config(path, [], preset="tiny")
     with pytest.raises(ConfigError, match="needs `function"):
         load_config(None, ["reward.kind=function"], preset="tiny")
 

@@ -1,5 +1,4 @@
 import math
-import time
 from collections import Counter
 
 import numpy as np
@@ -120,12 +119,13 @@ def test_unknown_method():
         sample_prompts([1.0], 1, "topp", 0)
 
 
-def test_million_prompts_fast():
+def test_million_prompts():
+    # Its speed is benchmarks.buffer_ops' job; here: a valid draw at that size, tilted by weight.
     scores = np.random.default_rng(0).random(1_000_000)
-    start = time.perf_counter()
-    out = sample_prompts(scores, 250_000, "weighted", 0)
-    assert time.perf_counter() - start < 1.0
-    assert len(set(out)) == 250_000
+    out = np.array(sample_prompts(scores, 250_000, "weighted", 0))
+    assert len(np.unique(out)) == 250_000 and out.min() >= 0 and out.max() < 1_000_000
+    # min-max weights ~ U(0, 1): a weighted draw of a quarter prefers high scores (uniform: mean 0.5)
+    assert 0.6 < scores[out].mean() < 0.7
 
 
 @pytest.mark.parametrize(
