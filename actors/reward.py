@@ -21,15 +21,17 @@ and the pipeline excludes them (DESIGN.md).
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import os
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from actors.busy import BusyLog, Span
-from actors.models import MINILM_MODEL, resolve_model_path
+from actors.models import MINILM_MODEL, ModelError, resolve_model_path
 from eva.config import ModelSection, RewardSection, ScorerSpec
 
 
@@ -228,36 +230,111 @@ class JudgeScorer(Scorer):
 # ---------------------------------------------------------------------------- HF encoder scorers
 
 
-def _load_hf(model_path: str, kind: str, threads: int) -> tuple[Any, Any]:
+def _load_hf(model_path: str, kind: str, threads: int, *, trust_remote_code: bool = False, device: str = "cpu") -> tuple[Any, Any]:
     import torch
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
     torch.set_num_threads(threads)  # one thread per actor: two cores are easily oversubscribed
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     cls = AutoModelForSequenceClassification if kind == "reward_model" else AutoModel
-    model = cls.from_pretrained(model_path, dtype="auto").eval()
+    model = cls.from_pretrained(model_path, dtype="auto", trust_remote_code=trust_remote_code).to(device).eval()
     return tokenizer, model
 
 
+def assigned_device() -> str:
+    """"cuda" when Ray gave the calling actor GPUs (its `num_gpus` > 0), else "cpu".
+
+    Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for an actor that asked for no GPU, so
+    `torch.cuda.is_available()` would let a `num_gpus: 0` scorer take GPU 0 behind Ray's back.
+    Outside a Ray actor (tests, scripts) it is "cpu"."""
+    import ray
+
+    if not ray.is_initialized() or not ray.get_runtime_context().get_accelerator_ids().get("GPU"):
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ModelError("Ray assigned this reward actor a GPU but torch sees no CUDA device: install the GPU build (`.[gpu]`, deploy/Dockerfile)")
+    return "cuda"  # Ray set CUDA_VISIBLE_DEVICES to the assigned GPU(s): cuda:0 is ours
+
+
+def check_reward_model(model_path: str, trust_remote_code: bool, field: str = "reward.model") -> None:
+    """Refuse what is not a sequence-classification reward model, before any weights load.
+
+    AutoModelForSequenceClassification loads a causal LM too, with a randomly initialized score head:
+    scores would be noise. Accepted: config.json `architectures` naming a `*ForSequenceClassification`
+    class, or custom code registered for AutoModelForSequenceClassification in `auto_map` (ArmoRM),
+    which also needs `model.trust_remote_code: true`."""
+    config = json.loads((Path(model_path) / "config.json").read_text())
+    architectures = config.get("architectures") or []
+    custom = (config.get("auto_map") or {}).get("AutoModelForSequenceClassification")
+    if custom and not trust_remote_code:
+        raise ModelError(
+            f"{field}: {model_path} is a reward model with custom code ({custom}); it runs only with "
+            "model.trust_remote_code: true, which executes Python code from that folder"
+        )
+    if not custom and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise ModelError(
+            f"{field}: {model_path} is not a sequence-classification reward model (config.json architectures: "
+            f"{architectures}); kind reward_model needs one, e.g. Skywork-Reward-Llama-3.1-8B-v0.2 "
+            "(a causal LM would get a randomly initialized score head)"
+        )
+
+
+def reward_values(output: Any, n: int) -> Any:
+    """One reward per sequence (float tensor of shape [n]) from a sequence classifier's output.
+
+    `output.score` when the model returns one: ArmoRM-style custom heads put their gated preference
+    score there (its `logits` is the same tensor, its `rewards` the per-objective ones). Otherwise the
+    logits: one label is the reward, two labels give logit[1] - logit[0]."""
+    score = getattr(output, "score", None)
+    values = (output.logits if score is None else score).float().reshape(n, -1)
+    if values.shape[1] == 1:
+        return values[:, 0]
+    if values.shape[1] == 2 and score is None:
+        return values[:, 1] - values[:, 0]
+    what = "score" if score is not None else "logits"
+    raise ModelError(f"reward model gives {values.shape[1]} values per pair in `{what}`; expected 1 (or 2 logits)")
+
+
 class RewardModelScorer(Scorer):
-    """Any HF `AutoModelForSequenceClassification` reward model (one logit = the reward).
+    """Any HF sequence-classification reward model (Skywork-Reward, ArmoRM-style custom heads).
 
     The pair is rendered with the tokenizer's chat template when it has one (user turn + assistant
     turn, as reward models are trained), else encoded as a (prompt, response) text pair. Inputs fit
     `max_length` tokens: the heads of prompt and response are kept (the prompt gets at most half when
-    both are long), the template is never cut. Two-label classifiers give logit[1] - logit[0].
+    both are long), the template is never cut. The reward is `reward_values` of the forward's output.
+
+    The model runs on `device` (default: the GPU Ray assigned to this actor, else CPU) in its
+    checkpoint's dtype. Custom model code (`trust_remote_code`) locates its own last token and prompt
+    end, often by searching for the pad id, so it is fed one unpadded pair at a time, as its model card
+    does; built-in classes are batched with right padding.
     """
 
     name = "reward_model"
 
-    def __init__(self, model_path: str, batch_size: int = 16, max_length: int = 1024, threads: int = 1) -> None:
-        self.model_path, self.batch_size, self.max_length = model_path, batch_size, max_length
-        self.tokenizer, self.model = _load_hf(model_path, "reward_model", threads)
+    def __init__(
+        self,
+        model_path: str,
+        batch_size: int = 16,
+        max_length: int = 1024,
+        threads: int = 1,
+        *,
+        trust_remote_code: bool = False,
+        device: str | None = None,
+        field: str = "reward.model",
+    ) -> None:
+        check_reward_model(model_path, trust_remote_code, field)
+        self.model_path, self.max_length = model_path, max_length
+        self.device = device or assigned_device()
+        self.tokenizer, self.model = _load_hf(model_path, "reward_model", threads, trust_remote_code=trust_remote_code, device=self.device)
+        self.custom = not type(self.model).__module__.startswith("transformers.")
+        self.batch_size = 1 if self.custom else batch_size
         if self.tokenizer.pad_token is None:  # decoder reward models often ship without one
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        if self.model.config.num_labels not in (1, 2):
-            raise ValueError(f"reward model {model_path}: expected 1 or 2 output labels, got {self.model.config.num_labels}")
+        if not self.custom:  # built-in classes read the last non-pad token: pad ids must agree
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.score(["Say hi."], ["Hi."])  # fail now, not after the first rollout, if the output is no reward
 
     def unit(self, raw: float) -> float:
         return 1.0 / (1.0 + math.exp(-raw)) if math.isfinite(raw) else math.nan
@@ -284,10 +361,9 @@ class RewardModelScorer(Scorer):
         out: list[float] = []
         with torch.inference_mode():
             for i in range(0, len(prompts), self.batch_size):
-                batch = self._encode(prompts[i : i + self.batch_size], responses[i : i + self.batch_size])
-                logits = self.model(**batch).logits.float()
-                raw = logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
-                out.extend(_finite_or_nan(float(x)) for x in raw)
+                batch = self._encode(prompts[i : i + self.batch_size], responses[i : i + self.batch_size]).to(self.device)
+                raw = reward_values(self.model(**batch), batch["input_ids"].shape[0])
+                out.extend(_finite_or_nan(float(x)) for x in raw.cpu())
         return out
 
     def describe(self) -> str:
@@ -473,40 +549,48 @@ def _model(name: str | None, default: str, initial_model_path: str) -> str:
     return resolve_model_path(initial_model_path if name == "initial" else name)
 
 
-def build_scorer(reward: RewardSection, initial_model_path: str, workdir: str, engines: dict[str, Any] | None = None) -> Scorer:
+def build_scorer(
+    reward: RewardSection,
+    initial_model_path: str,
+    workdir: str,
+    engines: dict[str, Any] | None = None,
+    *,
+    trust_remote_code: bool = False,
+) -> Scorer:
     """The scorer a RewardSection describes. `model: initial` is the frozen initial policy
     (`initial_model_path`); builtin names resolve offline. Judges on one model share one engine;
-    pass `engines` (resolved model path -> GenerationEngine) to reuse engines that already run."""
+    pass `engines` (resolved model path -> GenerationEngine) to reuse engines that already run.
+    `trust_remote_code` (the config's `model.trust_remote_code`) lets a reward model run its own code."""
     engines = {} if engines is None else engines
 
-    def make(spec: ScorerSpec) -> Scorer:
+    def make(spec: ScorerSpec, field: str) -> Scorer:
         if spec.kind == "judge":
             path = _model(spec.model, reward.model, initial_model_path)
             if path not in engines:
                 engines[path] = judge_engine(path, reward.max_length, workdir, reward.judge_dtype)
             return JudgeScorer(engines[path], spec.judge_template or reward.judge_template, reward.max_length)
-        if spec.kind == "reward_model":
-            return RewardModelScorer(_model(spec.model, reward.model, initial_model_path), reward.batch_size, reward.max_length)
+        if spec.kind == "reward_model":  # eva.config refuses `initial` here: a causal LM is no reward model
+            path = _model(spec.model, reward.model, initial_model_path)
+            return RewardModelScorer(path, reward.batch_size, reward.max_length, trust_remote_code=trust_remote_code, field=field)
         if spec.kind == "relevance":
             return RelevanceScorer(_model(spec.model, MINILM_MODEL, initial_model_path))
         if spec.kind == "wellformed":
             return WellformedScorer()
-        function = spec.function or reward.function
-        if not function:
-            raise ValueError("reward component kind=function needs `function: module:function`")
-        return FunctionScorer(function)
+        return FunctionScorer(spec.function or reward.function)  # eva.config makes sure there is one
 
     if reward.kind == "combined":
-        return CombinedScorer([(c.weight, make(c)) for c in reward.components])
-    return make(ScorerSpec(kind=reward.kind, model=reward.model, function=reward.function))
+        return CombinedScorer(
+            [(c.weight, make(c, f"reward.components.{i}.model" if c.model else "reward.model")) for i, c in enumerate(reward.components)]
+        )
+    return make(ScorerSpec(kind=reward.kind, model=reward.model, function=reward.function), "reward.model")
 
 
 class RewardActor:
     """The reward scorer behind a Ray actor (`ray.remote(RewardActor)`); plain class, no Ray import."""
 
-    def __init__(self, reward: RewardSection, initial_model_path: str, workdir: str) -> None:
+    def __init__(self, reward: RewardSection, initial_model_path: str, workdir: str, *, trust_remote_code: bool = False) -> None:
         t0 = time.perf_counter()
-        self.scorer = build_scorer(reward, initial_model_path, workdir)
+        self.scorer = build_scorer(reward, initial_model_path, workdir, trust_remote_code=trust_remote_code)
         self.kind = reward.kind
         self.start_seconds = time.perf_counter() - t0
         self.pairs = self.nonfinite = 0

@@ -159,6 +159,17 @@ class RewardSection(_Section):
             raise ValueError("kind=function needs `function: module:function`")
         if self.kind == "combined" and not self.components:
             raise ValueError("kind=combined needs at least one entry in `components`")
+        scorers = [(f"components.{i}", c) for i, c in enumerate(self.components)] if self.kind == "combined" else [("", ScorerSpec(kind=self.kind))]
+        for where, spec in scorers:
+            field = f"{where}.model" if spec.model else "model"
+            if spec.kind == "reward_model" and (spec.model or self.model) == "initial":
+                raise ValueError(
+                    f"{field}{f' (of {where})' if where and not spec.model else ''} is 'initial', the policy: a causal LM, not a "
+                    "reward model. kind reward_model needs the path of a sequence-classification reward model (e.g. "
+                    "Skywork-Reward-Llama-3.1-8B-v0.2); kind judge scores with the initial policy"
+                )
+            if spec.kind == "function" and not (spec.function or self.function):
+                raise ValueError(f"{where or 'kind'}: kind=function needs `function: module:function`")
         return self
 
 

@@ -36,7 +36,7 @@ def evaluate(cfg: RunConfig, run: RunDir, iteration: int, prompts_path: str, col
     init_ray(cfg)
     work = workdir_for(cfg)
     engine = ray.remote(GenerationEngine).options(num_cpus=cfg.ray.engine.num_cpus, num_gpus=cfg.ray.engine.num_gpus).remote(str(initial_dir), cfg.model, work, cfg.run.seed)
-    reward = ray.remote(RewardActor).options(num_cpus=cfg.ray.reward.num_cpus, num_gpus=cfg.ray.reward.num_gpus).remote(cfg.reward, str(initial_dir), work)
+    reward = ray.remote(RewardActor).options(num_cpus=cfg.ray.reward.num_cpus, num_gpus=cfg.ray.reward.num_gpus).remote(cfg.reward, str(initial_dir), work, trust_remote_code=cfg.model.trust_remote_code)
     pool = EnginePool([engine], cfg.ray.timeout_s)
     t0 = time.perf_counter()
     try:

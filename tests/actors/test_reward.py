@@ -169,14 +169,6 @@ def test_reward_model_scores_batched_with_chat_template(tiny_reward_model: str) 
     assert scorer.unit(0.0) == 0.5
 
 
-def test_reward_model_without_chat_template_uses_text_pairs() -> None:
-    scorer = RewardModelScorer(resolve_model_path(MINILM_MODEL), max_length=64)  # BERT: random 1-logit head
-    assert scorer.tokenizer.chat_template is None
-    ids = scorer._encode(["a question"], ["an answer"])["input_ids"][0].tolist()
-    assert ids.count(scorer.tokenizer.sep_token_id) == 2  # [CLS] prompt [SEP] response [SEP]
-    assert all(math.isfinite(s) for s in scorer.score(PROMPTS, RESPONSES))
-
-
 # ---------------------------------------------------------------------------- user function
 
 
