@@ -73,6 +73,21 @@ class PromptRow:
 
 
 @dataclass
+class Chain:
+    """The lineage of one prompt, root first. `missing_parent` is set when the chain is cut: the
+    oldest step found names a parent that is not in the buffer (a damaged or hand-edited
+    prompts.parquet), so the steps before it are unknown; `cycle` when the parents loop."""
+
+    steps: list[PromptRow]
+    missing_parent: str | None = None
+    cycle: bool = False
+
+    @property
+    def broken(self) -> bool:
+        return self.missing_parent is not None or self.cycle
+
+
+@dataclass
 class Diff:
     """What changed in the buffer between two committed iterations."""
 
@@ -111,7 +126,7 @@ class Report:
     status: RunStatus
     iterations: list[IterationView]
     lineage_iteration: int
-    lineage: list[list[PromptRow]]
+    lineage: list[Chain]
     table_iteration: int
     table_rows: list[PromptRow]
     table_total: int
@@ -119,6 +134,7 @@ class Report:
     diff: Diff | None
     evals: list[dict[str, Any]]
     histogram_iterations: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # damage found while reading; shown at the top
 
 
 # --- entry point -------------------------------------------------------------------------------------
@@ -197,6 +213,7 @@ def collect(run: RunDir, *, table_iteration: int | None = None, diff: tuple[int,
         diff=iteration_diff(run, buffer(a), buffer(b), a, b) if a != b else None,
         evals=eval_results(run, committed),
         histogram_iterations=histogram_iterations([v.t for v in views if v.info]),
+        warnings=lineage_warnings(buffer(last), last),
     )
 
 
@@ -306,11 +323,15 @@ def stage_seconds(metrics: dict[str, Any], events: list[dict[str, Any]], t: int)
     return seconds
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a committed file; DataError (exit 2 in the CLI) for anything else."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: unreadable JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _read_columns(path: Path, columns: list[str]) -> pa.Table:
@@ -372,10 +393,40 @@ def table_rows(buffer: PromptBuffer, max_rows: int) -> tuple[list[PromptRow], in
     return [prompt_row(buffer, pid) for pid in _by_info(buffer, ids)], len(buffer)
 
 
-def lineage(buffer: PromptBuffer, top_k: int) -> list[list[PromptRow]]:
+def lineage(buffer: PromptBuffer, top_k: int) -> list[Chain]:
     """For the `top_k` most informative prompts: the chain seed -> ... -> prompt, one row per step."""
     top = [pid for pid in _by_info(buffer)[:top_k] if buffer.stats(pid)["info"] is not None]
-    return [[prompt_row(buffer, p.id) for p in buffer.ancestry(pid)] for pid in top]
+    return [lineage_chain(buffer, pid) for pid in top]
+
+
+def lineage_chain(buffer: PromptBuffer, pid: str) -> Chain:
+    """The chain of `pid` as far back as the buffer holds it.
+
+    Not `PromptBuffer.ancestry`: that raises on a missing parent or a cycle, which is right for the
+    loop but would cost the user the whole report of a damaged run. Here the chain stops where it
+    breaks and says so.
+    """
+    steps = [buffer.get(pid)]
+    seen = {pid}
+    while (parent := steps[-1].parent_id) is not None:
+        if parent not in buffer:
+            return Chain([prompt_row(buffer, p.id) for p in reversed(steps)], missing_parent=parent)
+        if parent in seen:  # ids are content hashes: only a corrupted file can hold a loop
+            return Chain([prompt_row(buffer, p.id) for p in reversed(steps)], cycle=True)
+        seen.add(parent)
+        steps.append(buffer.get(parent))
+    return Chain([prompt_row(buffer, p.id) for p in reversed(steps)])
+
+
+def lineage_warnings(buffer: PromptBuffer, t: int) -> list[str]:
+    """One line when prompts of buffer version t name a parent the buffer does not hold."""
+    orphans = [p for p in buffer.prompts() if p.parent_id is not None and p.parent_id not in buffer]
+    if not orphans:
+        return []
+    parents = sorted({p.parent_id for p in orphans if p.parent_id is not None})
+    named = ", ".join(parents[:5]) + (f" and {len(parents) - 5} more" if len(parents) > 5 else "")
+    return [f"Damaged lineage in iterations/{t:04d}/prompts.parquet: {len(orphans):,} prompt(s) name a parent that is not in the buffer "
+            f"({named}); their lineage chains are shown up to the break."]
 
 
 def iteration_diff(run: RunDir, a_buf: PromptBuffer, b_buf: PromptBuffer, a: int, b: int) -> Diff:
@@ -401,6 +452,10 @@ def iteration_diff(run: RunDir, a_buf: PromptBuffer, b_buf: PromptBuffer, a: int
 
 
 def _train_ids(run: RunDir, t: int) -> list[str]:
+    """Ids the solver trained on in iteration t. Iteration 0's file holds the seed set X_0 (what
+    iteration 1 estimates), and nobody trained on it: counting it would show seeds as trained in 0."""
+    if t == 0:
+        return []
     path = run.iteration_dir(t) / TRAIN_PROMPTS
     return list(_read_json(path).get("ids", [])) if path.is_file() else []
 

@@ -2,8 +2,8 @@
 
 One self-contained file: inline CSS, inline SVG charts, ~20 lines of script (the table search), a
 Content-Security-Policy that forbids every network load, and a JSON block with the numbers behind
-the charts (`<script type="application/json" id="eva-report-data">`) for tests and for anyone who
-wants to re-plot. Prompts and responses are user/model data: every text goes through `esc`, and the
+the charts (`<script type="application/json" id="eva-report-data">`) for anyone who wants to
+re-plot (tests check the visible text and the SVG marks, which carry their values in data-*). Prompts and responses are user/model data: every text goes through `esc`, and the
 JSON block escapes `<`, `>` and `&` so no text can close its script element.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.report import DIFF_LIST, MAX_HISTOGRAMS, Diff, IterationView, PromptRow, Report
+from pipelines.report import DIFF_LIST, MAX_HISTOGRAMS, Chain, Diff, IterationView, PromptRow, Report
 from pipelines.report_svg import PALETTE, Series, color, esc, histogram_rows, legend, line_chart, stacked_bars
 
 STAGE_ORDER = ("estimate", "sample", "evolve", "mix", "solve", "pairs", "train", "commit")
@@ -101,7 +101,9 @@ def data_json(r: Report) -> str:
             for v in r.iterations
         ],
         "table": {"iteration": r.table_iteration, "rows": len(r.table_rows), "total": r.table_total, "max_rows": r.max_rows},
-        "lineage": {"iteration": r.lineage_iteration, "chains": [[s.id for s in chain] for chain in r.lineage]},
+        "lineage": {"iteration": r.lineage_iteration, "chains": [[s.id for s in chain.steps] for chain in r.lineage],
+                    "missing_parents": [chain.missing_parent for chain in r.lineage]},
+        "warnings": r.warnings,
         "diff": None if r.diff is None else {"a": r.diff.a, "b": r.diff.b, "added": r.diff.num_added, "dropped": r.diff.num_dropped},
         "evals": r.evals,
     }
@@ -119,6 +121,7 @@ def header(r: Report) -> str:
     if s.current is not None:
         done = ", ".join(s.current_stages) or "no stage finished yet"
         live = f'<p class="live">Iteration {s.current} started and is not committed: {esc(done)}. This report shows committed iterations only.</p>'
+    live += "".join(f'<p class="warn">{esc(w)}</p>' for w in r.warnings)
     facts = "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in r.config.items())
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in NAV)
     return (
@@ -146,7 +149,7 @@ SUMMARY_COLUMNS: tuple[tuple[str, str, Callable[[IterationView], Any], int], ...
     ("train loss", "train_loss", lambda v: v.metrics.get("train_loss"), 4),
     ("reward acc.", "reward_accuracy", lambda v: v.metrics.get("reward_accuracy"), 3),
     ("steps", "train_steps", lambda v: v.metrics.get("train_steps"), 0),
-    ("wall time (s)", "wall_seconds", lambda v: round(sum(v.stage_seconds.values()), 3), 1),
+    ("wall time (s)", "wall_seconds", lambda v: round(float(sum(v.stage_seconds.values())), 3), 1),
 )
 
 
@@ -164,8 +167,22 @@ def summary_section(r: Report) -> str:
 # --- solver ----------------------------------------------------------------------------------------------
 
 
-def _metric_points(r: Report, get: Callable[[dict], Any]) -> list[tuple[float, float | None]]:
-    return [(v.t, get(v.metrics)) for v in r.iterations if v.t > 0]
+def _metric_points(r: Report, key: str) -> list[tuple[float, float | None]]:
+    return [(v.t, v.metrics.get(key)) for v in r.iterations if v.t > 0]
+
+
+# One-line charts of a top-level metrics.json field: (card id, title, note, series, y label, field,
+# colour index, fixed y range). A table, so a test can swap a field and see its chart check fail.
+METRIC_CHARTS: tuple[tuple[str, str, str, str, str, str, int, tuple[float, float] | None], ...] = (
+    ("chart-loss", "Train loss", "Mean preference loss of the training round.", "train loss", "loss", "train_loss", 2, None),
+    ("chart-accuracy", "Reward accuracy", "Share of pairs whose implicit reward ranks chosen above rejected.", "reward accuracy", "accuracy", "reward_accuracy", 4, (0.0, 1.0)),
+    ("chart-margin", "Pair margin", "Mean reward margin of the preference pairs (chosen − rejected).", "mean margin", "chosen − rejected reward", "mean_margin", 6, None),
+)
+
+
+def metric_card(r: Report, chart_id: str, title: str, note: str, name: str, y_label: str, key: str, color_index: int, y_domain: tuple[float, float] | None) -> str:
+    chart = line_chart([Series(name, _metric_points(r, key), color(color_index))], y_label, f"{title.lower()} per iteration", y_domain=y_domain)
+    return card(title, chart, note, chart_id=chart_id)
 
 
 def solver_section(r: Report) -> str:
@@ -176,9 +193,6 @@ def solver_section(r: Report) -> str:
         "reward", "reward of solver responses per iteration",
     )
     reward_keys = legend([("mean", color(0)), ("median", color(0)), ("p10–p90", "rgba(66,105,208,.25)")], dashed=["median"])
-    loss = line_chart([Series("train loss", _metric_points(r, lambda m: m.get("train_loss")), color(2))], "loss", "train loss per iteration")
-    acc = line_chart([Series("reward accuracy", _metric_points(r, lambda m: m.get("reward_accuracy")), color(4))], "accuracy", "reward accuracy per iteration", y_domain=(0.0, 1.0))
-    margin = line_chart([Series("mean margin", _metric_points(r, lambda m: m.get("mean_margin")), color(6))], "chosen − rejected reward", "mean pair margin per iteration")
     stages = [s for s in STAGE_ORDER if any(v.stage_seconds.get(s) for v in r.iterations)]
     stages += sorted({s for v in r.iterations for s in v.stage_seconds} - set(stages) - set(STAGE_ORDER))
     colors = {s: color(STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER) + i) for i, s in enumerate(stages)}  # fixed per stage across reports
@@ -186,9 +200,7 @@ def solver_section(r: Report) -> str:
     times = stacked_bars([v.t for v in timed], {s: [v.stage_seconds.get(s, 0.0) for v in timed] for s in stages}, colors, "seconds", "stage wall time per iteration", unit=" s")
     cards = [
         card("Reward of solver responses", reward, "Rewards of the responses sampled for the training prompts (solve stage).", reward_keys, "chart-reward"),
-        card("Train loss", loss, "Mean preference loss of the training round.", chart_id="chart-loss"),
-        card("Reward accuracy", acc, "Share of pairs whose implicit reward ranks chosen above rejected.", chart_id="chart-accuracy"),
-        card("Pair margin", margin, "Mean reward margin of the preference pairs (chosen − rejected).", chart_id="chart-margin"),
+        *(metric_card(r, *spec) for spec in METRIC_CHARTS),
         card("Stage wall time", times, "Seconds per stage, stacked (metrics.json; zeros filled from events.jsonl).", legend([(s, colors[s]) for s in stages]), "chart-stages"),
         tokens_card(timed, colors),
     ]
@@ -223,7 +235,7 @@ def info_histograms(r: Report) -> str:
     total = sum(1 for v in r.iterations if v.info)
     note = "Per iteration, informativeness of every prompt of the estimate stage; each row is scaled to its tallest bar."
     if shown < total:
-        note += f" Showing {shown} of {total} iterations, evenly spaced (limit {shown})."
+        note += f" Showing {shown} of {total} iterations, evenly spaced with the first and the last (limit: {MAX_HISTOGRAMS} histograms)."
     return card("Informativeness distribution", histogram_rows(rows, edges, "informativeness", "informativeness histogram per iteration"), note, chart_id="chart-info-hist")
 
 
@@ -290,27 +302,43 @@ def step_html(s: PromptRow) -> str:
     )
 
 
+def chain_html(i: int, chain: Chain) -> str:
+    last = chain.steps[-1]
+    head = f"#{i} · info {num(last.info)} · gap {num(last.gap)} · {_rewrites(chain)}"
+    steps = "".join(step_html(s) for s in chain.steps)
+    if chain.missing_parent is not None:  # the break goes first: it stands where the unknown older steps would be
+        steps = (f'<li class="step missing" data-missing="{esc(chain.missing_parent)}"><b>lineage broken:</b> parent '
+                 f"<code>{esc(chain.missing_parent)}</code> of <code>{esc(chain.steps[0].id)}</code> is not in the buffer; "
+                 f"the {chain.steps[0].depth} earlier step(s) are unknown</li>{steps}")
+    elif chain.cycle:
+        steps = f'<li class="step missing"><b>lineage broken:</b> the parents of <code>{esc(chain.steps[0].id)}</code> form a cycle</li>{steps}'
+    broken = " broken" if chain.broken else ""
+    return f'<article class="chain{broken}"><h3>{head}</h3><ol class="steps">{steps}</ol></article>'
+
+
 def lineage_section(r: Report) -> str:
     if not r.lineage:
         content = '<p class="empty">No prompt has an informativeness yet.</p>'
     else:
-        chains = "".join(
-            f'<article class="chain"><h3>#{i} · info {num(chain[-1].info)} · gap {num(chain[-1].gap)} · {_rewrites(len(chain) - 1)}</h3>'
-            f'<ol class="steps">{"".join(step_html(s) for s in chain)}</ol></article>'
-            for i, chain in enumerate(r.lineage, start=1)
-        )
-        content = f'<div class="lineage">{chains}</div>'
+        content = f'<div class="lineage">{"".join(chain_html(i, c) for i, c in enumerate(r.lineage, start=1))}</div>'
     intro = (f"The {len(r.lineage)} most informative prompts of iteration {r.lineage_iteration}, each with its chain from the seed prompt "
              "through every rewrite. Gap = max − min of the prompt's latest rewards; click a text to expand it.")
+    broken = sum(c.broken for c in r.lineage)
+    if broken:
+        intro += f' <b class="bad">{broken} of these chains are broken</b> (a parent is missing from the buffer): each shows the steps that exist.'
     return section("lineage", "Lineage of the most informative prompts", intro, content)
 
 
-def _rewrites(n: int) -> str:
+def _rewrites(chain: Chain) -> str:
+    if chain.broken:
+        return f"depth {chain.steps[-1].depth}, lineage broken"
+    n = len(chain.steps) - 1
     return "a seed prompt (no rewrite)" if n == 0 else f"{n} rewrite{'s' if n > 1 else ''} from its seed"
 
 
 def table_section(r: Report) -> str:
-    head = "".join(f"<th>{h}</th>" for h in ("id", "depth", "operator", "born", "info", "gap", "mean reward", "sampled", "trained", "text"))
+    numeric = {"depth", "born", "info", "gap", "mean reward", "sampled", "trained"}  # right-aligned over their right-aligned numbers
+    head = "".join(f'<th class="num">{h}</th>' if h in numeric else f"<th>{h}</th>" for h in ("id", "depth", "operator", "born", "info", "gap", "mean reward", "sampled", "trained", "text"))
     rows = "".join(
         f'<tr data-id="{esc(p.id)}"><td><code>{esc(p.id)}</code></td><td class="num">{p.depth}</td><td>{esc(p.operator)}</td><td class="num">{p.born}</td>'
         f'<td class="num">{num(p.info)}</td><td class="num">{num(p.gap)}</td><td class="num">{num(p.mean_reward)}</td>'
@@ -351,12 +379,18 @@ def diff_section(d: Diff | None) -> str:
         f'<b id="diff-dropped">−{d.num_dropped:,}</b> dropped</li><li>added by operator: {ops}</li><li>added by depth: {depths}</li>'
         f"<li>mean prompt length {num(d.mean_length[0], 1)} → {num(d.mean_length[1], 1)} characters</li>"
         f"<li>mean informativeness {num(d.mean_info[0])} → {num(d.mean_info[1])}</li>"
-        f"<li>training prompts: {d.train_added:,} new in iteration {d.b}, {d.train_dropped:,} of iteration {d.a} no longer trained on</li></ul>"
+        f"<li>{_train_change(d)}</li></ul>"
     )
     lists = (f'<div class="grid"><div class="card"><h3>Added</h3>{_prompt_list(d.added, d.num_added, "added")}</div>'
              f'<div class="card"><h3>Dropped</h3>{_prompt_list(d.dropped, d.num_dropped, "dropped")}</div></div>')
     intro = f"Buffer of iteration {d.a} against iteration {d.b} (<code>eva report --diff A B</code> picks others). Buffers only grow, so “dropped” is normally empty."
     return section("diff", f"Diff: iteration {d.a} → {d.b}", intro, stats + lists)
+
+
+def _train_change(d: Diff) -> str:
+    if d.a == 0:  # iteration 0 trains nothing: "no longer trained on" would be meaningless
+        return f"training prompts of iteration {d.b}: {d.train_added:,} (iteration 0 trains nothing)"
+    return f"training prompts: {d.train_added:,} new in iteration {d.b}, {d.train_dropped:,} of iteration {d.a} no longer trained on"
 
 
 def eval_section(evals: list[dict[str, Any]]) -> str:
@@ -399,6 +433,8 @@ header h1{font-size:24px;margin:0 0 4px}
 header .name{color:var(--accent)}
 .meta{color:var(--muted);margin:0 0 10px}
 .live{background:#fff6dc;border:1px solid #f0d68a;padding:8px 12px;border-radius:6px}
+.warn{background:#fdecea;border:1px solid #f1b5ae;color:#7a1f14;padding:8px 12px;border-radius:6px}
+.bad{color:#b3261e}
 dl.facts{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:6px 18px;margin:12px 0;padding:12px 14px;background:var(--card);border:1px solid var(--line);border-radius:8px}
 dl.facts div{min-width:0}
 dt{font-size:11px;text-transform:uppercase;letter-spacing:.04em;color:var(--muted)}
@@ -429,7 +465,7 @@ table{border-collapse:collapse;width:100%;background:var(--card);font-size:13px}
 th,td{padding:5px 8px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
 thead th{position:sticky;top:0;background:#eef1f6;font-weight:600;white-space:nowrap;z-index:1}
 td.num,table.numbers td{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-table.numbers th{text-align:right}
+table.numbers th,th.num{text-align:right}
 table.numbers thead th{white-space:normal;vertical-align:bottom;min-width:52px}
 .scroll{overflow:auto;border:1px solid var(--line);border-radius:8px}
 .scroll.tall{max-height:640px}
@@ -447,6 +483,8 @@ ol.steps{list-style:none;margin:0;padding:0}
 .step{position:relative;padding:6px 0 6px 16px;border-left:2px solid #c9d4f0;margin-left:6px}
 .step::before{content:"";position:absolute;left:-6px;top:12px;width:10px;height:10px;border-radius:50%;background:var(--accent)}
 .step:first-child::before{background:#9498a0}
+.step.missing{color:#b3261e;font-size:12.5px;border-left-style:dashed}
+.step.missing::before{background:#fff;border:2px solid #b3261e}
 .step-head{display:flex;flex-wrap:wrap;gap:4px 8px;align-items:center;font-size:12.5px}
 .step .text{margin-top:3px}
 .op{padding:1px 7px;border-radius:10px;background:#e8edf9;color:#2f4fa8;font-size:12px;font-weight:600}

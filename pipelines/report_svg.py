@@ -2,7 +2,9 @@
 
 Plain functions from numbers to an SVG string, so the report stays one self-contained file with no
 plotting dependency and no script needed to draw. Every piece of text goes through `esc`; every
-data mark carries a `<title>` (the browser shows it as a tooltip).
+data mark carries a `<title>` (the browser shows it as a tooltip) and its exact numbers in data
+attributes (`data-series`/`data-stack`, `data-x`, `data-y`/`data-value`), and every y grid line its
+tick value, so a test can check both what a point says and where it is drawn.
 """
 
 from __future__ import annotations
@@ -91,8 +93,8 @@ class Frame:
         parts = []
         for v in self.y_ticks:
             y = self.y(v)
-            parts.append(f'<line class="grid" x1="{self.left}" x2="{self.right}" y1="{y:.1f}" y2="{y:.1f}"/>')
-            parts.append(f'<text class="tick" x="{self.left - 6}" y="{y + 4:.1f}" text-anchor="end">{esc(fmt_tick(v, self.y_ticks))}</text>')
+            parts.append(f'<line class="grid" data-value="{v!r}" x1="{self.left}" x2="{self.right}" y1="{y:.1f}" y2="{y:.1f}"/>')
+            parts.append(f'<text class="tick y-tick" data-value="{v!r}" x="{self.left - 6}" y="{y + 4:.1f}" text-anchor="end">{esc(fmt_tick(v, self.y_ticks))}</text>')
         for v in self.x_ticks:
             label = (x_labels or {}).get(v, fmt_tick(v, self.x_ticks))
             parts.append(f'<text class="tick" x="{self.x(v):.1f}" y="{self.bottom + 16}" text-anchor="middle">{esc(label)}</text>')
@@ -127,27 +129,31 @@ def line_chart(
 ) -> str | None:
     """Lines over iterations; bands (e.g. p10–p90) drawn first. None when there is no point.
 
-    `y_domain` fixes the y range (e.g. 0..1 for an accuracy) instead of fitting it to the data.
+    `y_domain` fixes the y range (e.g. 0..1 for an accuracy) instead of fitting it to the data; it
+    widens to any value outside it, so a point is never drawn off the chart. The x axis spans the
+    data (no tick for an iteration that does not exist).
     """
     ys = [y for s in series for _, y in s.points if y is not None and math.isfinite(y)]
     if not ys:
         return None
     ys += [v for s in series for _, lo, hi in s.band for v in (lo, hi) if math.isfinite(v)]
     xs = [x for s in series for x, y in s.points if y is not None]
-    lo, hi = y_domain if y_domain is not None else (min(ys), max(ys))
-    frame = Frame(iteration_ticks(xs), nice_ticks(lo, hi))
+    lo, hi = (min(y_domain[0], *ys), max(y_domain[1], *ys)) if y_domain is not None else (min(ys), max(ys))
+    frame = Frame(iteration_ticks(xs), nice_ticks(lo, hi), x_domain=(min(xs), max(xs)) if max(xs) > min(xs) else None)
     parts = [frame.axes(x_label, y_label)]
     for s in series:
         if s.band:
             top = " ".join(f"{frame.x(x):.1f},{frame.y(hi):.1f}" for x, _, hi in s.band)
             bottom = " ".join(f"{frame.x(x):.1f},{frame.y(lo):.1f}" for x, lo, _ in reversed(s.band))
-            parts.append(f'<polygon class="band" points="{top} {bottom}" fill="{s.color}" fill-opacity="0.16"/>')
+            tip = f"{s.name}, p10–p90 band: " + "; ".join(f"{x_label} {x:g}: {fmt.format(lo)} – {fmt.format(hi)}" for x, lo, hi in s.band)
+            parts.append(f'<polygon class="band" data-series="{esc(s.name)}" points="{top} {bottom}" fill="{s.color}" fill-opacity="0.16"><title>{esc(tip)}</title></polygon>')
     for s in series:
         parts.append(_polyline(frame, s))
         for x, y in s.points:
             if y is not None and math.isfinite(y):
                 tip = f"{s.name}, {x_label} {x:g}: {fmt.format(y)}"
-                parts.append(f'<circle class="point" cx="{frame.x(x):.1f}" cy="{frame.y(y):.1f}" r="3.2" fill="{s.color}"><title>{esc(tip)}</title></circle>')
+                data = f'data-series="{esc(s.name)}" data-x="{x:g}" data-y="{float(y)!r}"'
+                parts.append(f'<circle class="point" {data} cx="{frame.x(x):.1f}" cy="{frame.y(y):.1f}" r="3.2" fill="{s.color}"><title>{esc(tip)}</title></circle>')
     return svg(frame, "".join(parts), label, "line")
 
 
@@ -180,7 +186,8 @@ def stacked_bars(xs: Sequence[int], stacks: dict[str, Sequence[float]], colors: 
                 continue
             y0, y1 = frame.y(base), frame.y(base + v)
             tip = f"{x_label} {x}: {name} {v:,.4g}{unit} (total {totals[i]:,.4g}{unit})"
-            parts.append(f'<rect class="bar" x="{frame.x(x) - bar / 2:.1f}" y="{y1:.1f}" width="{bar:.1f}" height="{max(0.5, y0 - y1):.1f}" fill="{colors[name]}"><title>{esc(tip)}</title></rect>')
+            data = f'data-stack="{esc(name)}" data-x="{x}" data-value="{float(v)!r}"'
+            parts.append(f'<rect class="bar" {data} x="{frame.x(x) - bar / 2:.1f}" y="{y1:.1f}" width="{bar:.1f}" height="{max(0.5, y0 - y1):.1f}" fill="{colors[name]}"><title>{esc(tip)}</title></rect>')
             base += v
     return svg(frame, "".join(parts), label, "bars")
 
@@ -202,6 +209,7 @@ def histogram_rows(rows: Sequence[tuple[str, str, Sequence[int]]], edges: Sequen
     for r, (name, sub, counts) in enumerate(rows):
         top = MARGIN_TOP + r * (row_h + gap)
         peak = max(counts, default=0) or 1
+        parts.append(f'<g class="hist-row" data-row="{esc(name)}">')
         parts.append(f'<text class="tick row-label" x="{frame.left - 8}" y="{top + row_h / 2:.1f}" text-anchor="end">{esc(name)}</text>')
         parts.append(f'<text class="tick" x="{frame.left - 8}" y="{top + row_h / 2 + 13:.1f}" text-anchor="end">{esc(sub)}</text>')
         parts.append(f'<line class="axis" x1="{frame.left}" x2="{frame.right}" y1="{top + row_h}" y2="{top + row_h}"/>')
@@ -212,6 +220,7 @@ def histogram_rows(rows: Sequence[tuple[str, str, Sequence[int]]], edges: Sequen
             h = row_h * c / peak
             tip = f"{name}: {c} prompt(s) with {x_label} in [{edges[i]:.4g}, {edges[i + 1]:.4g})"
             parts.append(f'<rect class="bar hist" x="{x0 + 0.5:.1f}" y="{top + row_h - h:.1f}" width="{max(1.0, x1 - x0 - 1):.1f}" height="{h:.1f}" fill="{color(0)}"><title>{esc(tip)}</title></rect>')
+        parts.append("</g>")
     for v in frame.x_ticks:
         parts.append(f'<text class="tick" x="{frame.x(v):.1f}" y="{frame.bottom + 16}" text-anchor="middle">{esc(fmt_tick(v, frame.x_ticks))}</text>')
     parts.append(f'<text class="axis-title" x="{(frame.left + frame.right) / 2:.1f}" y="{height - 6}" text-anchor="middle">{esc(x_label)}</text>')

@@ -7,7 +7,9 @@ larger than the table limit, a run stopped mid-iteration, held-out eval results.
 
 The browser tests need Debian's chromium and the playwright Python package (which must not download
 its own browser):  apt-get install -y chromium  &&  pip install playwright
-They skip, saying so, when either is missing.
+They skip, saying so, when either is missing, except under EVA_REQUIRE_BROWSER=1 (set by .ci/run),
+where a missing browser fails the test instead. The browser test keeps what a human should look at
+after CI in EVA_ARTIFACTS (default <repo>/artifacts/): the report itself and its screenshots.
 """
 
 from __future__ import annotations
@@ -15,12 +17,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import xml.etree.ElementTree as ET
+from collections import Counter
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from eva.buffer import PromptBuffer, save_prompts_table, write_table
@@ -28,10 +35,12 @@ from eva.checkpoint import RunDir, atomic_write_json
 from eva.config import load_config
 from eva.metrics import summarize
 from eva.types import IterationMetrics, Prompt, ScoredPrompt
-from pipelines.report import build_report
+from pipelines.report import DIFF_LIST, MAX_HISTOGRAMS, build_report
 
 HOSTILE = "<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned = 2\"> & </textarea> \"quoted\" 'single'"
 CHROMIUM = os.environ.get("EVA_CHROMIUM", "/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = Path(os.environ.get("EVA_ARTIFACTS") or REPO / "artifacts")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
@@ -73,7 +82,7 @@ def make_run(root: Path, iterations: int = 2, seeds: int = 12, extra_text: str =
             iteration=t, stage_seconds={"estimate": 2.0 + t, "evolve": 1.5, "solve": 3.0, "train": 4.0, "commit": 0.0},
             info_summary=summarize([s.info for s in scored]), reward_summary=summarize([r for s in solved for r in s.rewards]),
             num_sampled=len(parents), num_evolved=len(children), num_train_prompts=len(current), num_pairs=len(current),
-            mean_margin=0.1 * t, train_loss=0.69 - 0.01 * t, reward_accuracy=0.5 + 0.1 * t, train_steps=3, extra={"buffer_size": len(buffer), "sync_s": 0.01},
+            mean_margin=0.1 * t, train_loss=0.69 - 0.01 * t, reward_accuracy=0.5 + 0.03 * t, train_steps=3, extra={"buffer_size": len(buffer), "sync_s": 0.01},
         )
         run.log_event("stage_end", iteration=t, stage="commit", seconds=0.25)
         _commit(run, t, buffer, current, metrics)
@@ -90,6 +99,13 @@ def _commit(run: RunDir, t: int, buffer: PromptBuffer, train: list[Prompt], metr
 
 
 # --- reading the page back ------------------------------------------------------------------------------
+#
+# The checks read what a reader sees: the visible text of the tables and the marks of the SVG charts
+# (where a point is drawn on the y axis, not only the number it carries), and compare them with the
+# run's own files (metrics.json, events.jsonl, prompts.parquet, train_prompts.json). The page's JSON
+# data block is a copy of the same numbers and is not used as evidence.
+
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 class Cells(HTMLParser):
@@ -134,14 +150,196 @@ def summary_cells(html: str, table_id: str = "summary-table") -> dict[tuple[int,
     return parser.cells
 
 
+def shown(x, digits: int = 4) -> str:
+    """How the page prints a number (the spec, written out here rather than imported)."""
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "–"
+    return f"{x:,}" if isinstance(x, int) else f"{x:,.{digits}f}"
+
+
 def check_cell(cells: dict, t: int, key: str, expected, text: str) -> None:
     """The exact value sits in data-value, the formatted one is the visible text."""
-    value, shown = cells[(t, key)]
+    value, seen = cells[(t, key)]
     assert value == ("" if expected is None else repr(expected) if isinstance(expected, float) else str(expected)), (t, key)
-    assert shown == text, (t, key, shown, text)
+    assert seen == text, (t, key, seen, text)
 
 
-# --- (a) numbers of a real run ------------------------------------------------------------------------------
+def text_of(fragment: str) -> str:
+    return unescape(re.sub(r"<[^>]+>", "", fragment)).strip()
+
+
+# --- the run's own numbers, read independently of pipelines.report --------------------------------------------
+
+
+def committed(run: RunDir) -> list[int]:
+    return [t for t in run.iterations() if run.committed(t)]
+
+
+def metrics_of(run: RunDir) -> dict[int, dict]:
+    return {t: json.loads((run.iteration_dir(t) / "metrics.json").read_text()) for t in committed(run)}
+
+
+def stage_seconds_of(run: RunDir, t: int, metrics: dict) -> dict[str, float]:
+    """metrics.json's stage seconds, a zero replaced by the stage_end event (the rule the page states)."""
+    seconds = {s: float(v) for s, v in metrics["stage_seconds"].items()}
+    for e in run.events():
+        if e.get("kind") == "stage_end" and e.get("iteration") == t and not seconds.get(e["stage"]):
+            seconds[e["stage"]] = float(e["seconds"])
+    return {s: v for s, v in seconds.items() if v > 0}
+
+
+# --- reading the charts ------------------------------------------------------------------------------------------
+
+
+def charts(html: str) -> dict[str, ET.Element]:
+    """The SVG of every chart card, by the card's id (our SVG is well-formed XML)."""
+    out = {}
+    for m in re.finditer(r'<figure class="card" id="([\w-]+)">(.*?)</figure>', html, re.S):
+        svg = re.search(r"<svg .*?</svg>", m.group(2), re.S)
+        if svg is not None:
+            out[m.group(1)] = ET.fromstring(svg.group(0))
+    return out
+
+
+class YScale:
+    """Pixel -> value along a chart's y axis, from its grid lines; checks the tick labels on the way."""
+
+    def __init__(self, svg: ET.Element) -> None:
+        grid = [(float(g.get("data-value")), float(g.get("y1"))) for g in svg.iter(f"{SVG}line") if g.get("class") == "grid"]
+        labels = [(float(t.get("data-value")), t.text) for t in svg.iter(f"{SVG}text") if "y-tick" in (t.get("class") or "")]
+        assert len(grid) >= 2 and [v for v, _ in grid] == [v for v, _ in labels]
+        step = abs(grid[1][0] - grid[0][0])
+        for v, label in labels:  # the reader's axis: each label names the value of its grid line
+            assert abs(float(label.replace(",", "")) - v) <= step / 2, (label, v)
+        (self.v0, self.y0), (v1, y1) = grid[0], grid[-1]
+        self.per_px = (v1 - self.v0) / (y1 - self.y0)
+        self.tol = abs(self.per_px) * 0.15  # coordinates are printed to 0.1 px
+
+    def value(self, px: float) -> float:
+        return self.v0 + (px - self.y0) * self.per_px
+
+
+def plotted(svg: ET.Element, series: str) -> dict[int, float]:
+    """{iteration: y} of one line series: the exact value a point carries, after checking that its
+    position on the axis and its tooltip say the same."""
+    scale, out = YScale(svg), {}
+    for c in svg.iter(f"{SVG}circle"):
+        if c.get("data-series") == series:
+            t, y = int(c.get("data-x")), float(c.get("data-y"))
+            assert scale.value(float(c.get("cy"))) == pytest.approx(y, abs=scale.tol), (series, t)
+            tip = c.find(f"{SVG}title").text  # "<series>, iteration <t>: <value as printed>"
+            assert tip.startswith(f"{series}, iteration {t}: ") and float(tip.rsplit(": ", 1)[1]) == pytest.approx(y, rel=1e-3, abs=0.051), tip
+            out[t] = y
+    return out
+
+
+def band(svg: ET.Element, series: str) -> dict[int, tuple[float, float]]:
+    """{iteration: (lo, hi)} of the p10-p90 band under a series, read from the polygon's vertices."""
+    scale = YScale(svg)
+    x_of = {float(c.get("cx")): int(c.get("data-x")) for c in svg.iter(f"{SVG}circle") if c.get("data-series") == series}
+    poly = next(p for p in svg.iter(f"{SVG}polygon") if p.get("data-series") == series)
+    pts = [tuple(map(float, xy.split(","))) for xy in poly.get("points").split()]
+    top, bottom = pts[: len(pts) // 2], pts[len(pts) // 2:][::-1]
+    return {x_of[x]: (scale.value(lo), scale.value(hi)) for (x, hi), (_, lo) in zip(top, bottom)}
+
+
+def bars(svg: ET.Element) -> dict[int, dict[str, float]]:
+    """{iteration: {stack: value}} of a stacked bar chart; checks that the top of every segment sits
+    at the running total on the y axis."""
+    scale, out = YScale(svg), {}
+    for r in svg.iter(f"{SVG}rect"):
+        if r.get("data-stack") is not None:
+            stack = out.setdefault(int(r.get("data-x")), {})
+            stack[r.get("data-stack")] = float(r.get("data-value"))
+            assert scale.value(float(r.get("y"))) == pytest.approx(sum(stack.values()), abs=scale.tol), (r.get("data-x"), r.get("data-stack"))
+    return out
+
+
+def assert_band(svg: ET.Element, series: str, lo: dict[int, float], hi: dict[int, float]) -> None:
+    drawn = band(svg, series)
+    assert sorted(drawn) == sorted(lo) == sorted(hi), series
+    tol = YScale(svg).tol
+    for t, (d_lo, d_hi) in drawn.items():
+        assert (d_lo, d_hi) == (pytest.approx(lo[t], abs=tol), pytest.approx(hi[t], abs=tol)), (series, t)
+
+
+def check_charts(html: str, run: RunDir) -> None:
+    """Every curve and bar of the Solver and Creator sections against the run's files."""
+    svgs, metrics = charts(html), metrics_of(run)
+    trained = [t for t in metrics if t > 0]
+
+    def field(key: str) -> dict[int, float]:
+        return {t: metrics[t][key] for t in trained if metrics[t].get(key) is not None}
+
+    def summary(name: str, key: str) -> dict[int, float]:
+        return {t: m[name][key] for t, m in metrics.items() if m.get(name, {}).get("count")}
+
+    assert plotted(svgs["chart-loss"], "train loss") == field("train_loss") != {}
+    assert plotted(svgs["chart-accuracy"], "reward accuracy") == field("reward_accuracy") != {}
+    assert plotted(svgs["chart-margin"], "mean margin") == field("mean_margin") != {}
+    assert plotted(svgs["chart-reward"], "mean") == summary("reward_summary", "mean") != {}
+    assert plotted(svgs["chart-reward"], "median") == summary("reward_summary", "p50")
+    assert_band(svgs["chart-reward"], "mean", summary("reward_summary", "p10"), summary("reward_summary", "p90"))
+    assert plotted(svgs["chart-info"], "mean") == summary("info_summary", "mean") != {}
+    assert_band(svgs["chart-info"], "mean", summary("info_summary", "p10"), summary("info_summary", "p90"))
+    stages = bars(svgs["chart-stages"])
+    for t in trained:
+        expected = stage_seconds_of(run, t, metrics[t])
+        assert stages[t] == expected, t
+        assert sum(stages[t].values()) == pytest.approx(sum(expected.values()))
+    tokens = {t: {k: float(v) for k, v in metrics[t].get("tokens_generated", {}).items() if v} for t in trained}
+    assert bars(svgs["chart-tokens"]) == tokens if any(tokens.values()) else "chart-tokens" not in svgs
+    buffers = {t: PromptBuffer.load(run.iteration_dir(t) / "prompts.parquet").prompts() for t in metrics}
+    assert bars(svgs["chart-operators"]) == {t: {k: float(n) for k, n in Counter(p.operator for p in ps).items()} for t, ps in buffers.items()}
+    depth_name = lambda d: "seed (depth 0)" if d == 0 else f"depth {d}"  # noqa: E731
+    assert bars(svgs["chart-depths"]) == {t: {depth_name(d): float(n) for d, n in Counter(p.depth for p in ps).items()} for t, ps in buffers.items()}
+    trained_on = {t: [p for p in buffers[t] if p.id in set(json.loads((run.iteration_dir(t) / "train_prompts.json").read_text())["ids"])] for t in trained}
+    origin = lambda p, t: "seed" if p.depth == 0 else "evolved this iteration" if p.iteration == t else "evolved earlier"  # noqa: E731
+    assert bars(svgs["chart-train-mix"]) == {t: {k: float(n) for k, n in Counter(origin(p, t) for p in ps).items()} for t, ps in trained_on.items()}
+    mean_length = lambda ps: float(np.mean([len(p.text) for p in ps]))  # noqa: E731
+    length = svgs["chart-length"]
+    assert plotted(length, "buffer mean") == pytest.approx({t: mean_length(ps) for t, ps in buffers.items()})
+    assert plotted(length, "training prompts mean") == pytest.approx({t: mean_length(ps) for t, ps in trained_on.items()})  # none in iteration 0
+
+
+def check_summary_table(html: str, run: RunDir) -> None:
+    """Every cell of the summary table: its exact value and its visible text, from metrics.json."""
+    cells = summary_cells(html)
+    for t, m in metrics_of(run).items():
+        rs, info = m["reward_summary"], m["info_summary"]
+        expected = {
+            "buffer_size": (m["extra"]["buffer_size"], 0), "num_sampled": (m["num_sampled"], 0), "num_evolved": (m["num_evolved"], 0),
+            "num_train_prompts": (m["num_train_prompts"], 0), "num_pairs": (m["num_pairs"], 0), "train_steps": (m["train_steps"], 0),
+            "reward_mean": (rs.get("mean"), 4), "reward_p10": (rs.get("p10"), 4), "reward_p90": (rs.get("p90"), 4), "info_mean": (info.get("mean"), 4),
+            "mean_margin": (m["mean_margin"], 4), "train_loss": (m["train_loss"], 4), "reward_accuracy": (m["reward_accuracy"], 3),
+        }
+        for key, (value, digits) in expected.items():
+            check_cell(cells, t, key, value, shown(value, digits))
+        wall = round(float(sum(stage_seconds_of(run, t, m).values())), 3)
+        assert float(cells[(t, "wall_seconds")][0]) == pytest.approx(wall) and cells[(t, "wall_seconds")][1] == f"{wall:,.1f}"
+    assert sorted({t for t, _ in cells}) == committed(run)
+
+
+def check_lineage_and_table(html: str, run: RunDir, max_rows: int) -> None:
+    """The lineage chains are the buffer's own ancestry; the prompt table shows the buffer's stats."""
+    last = PromptBuffer.load(run.iteration_dir(committed(run)[-1]) / "prompts.parquet")
+    chains = re.findall(r'<article class="chain">(.*?)</article>', html, re.S)
+    assert len(chains) == min(10, int(np.isfinite(last.info_array()).sum())) > 0
+    for chain in chains:
+        ids = re.findall(r'<li class="step" data-id="(\w+)">', chain)
+        assert ids == [p.id for p in last.ancestry(ids[-1])]
+        assert f"info {shown(last.stats(ids[-1])['info'])}" in text_of(chain.split("</h3>")[0])
+    rows = re.findall(r'<tr data-id="(\w+)">(.*?)</tr>', html, re.S)
+    assert len(rows) == min(len(last), max_rows) and {pid for pid, _ in rows} <= set(last.ids())
+    for pid, row in rows:
+        st, p = last.stats(pid), last.get(pid)
+        texts = [text_of(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+        gap = max(st["rewards"]) - min(st["rewards"]) if len(st["rewards"]) >= 2 else None
+        assert texts[:9] == [pid, str(p.depth), p.operator, str(p.iteration), shown(st["info"]), shown(gap), shown(st["mean_reward"]),
+                             str(st["times_sampled"]), str(st["times_trained"])], pid
+
+
+# --- (a) the numbers on the page ----------------------------------------------------------------------------------
 
 
 @pytest.mark.ray
@@ -151,34 +349,43 @@ def test_report_of_the_tiny_run_matches_metrics_json(eva, reference_run: Path, t
     html = (out / "index.html").read_text(encoding="utf-8")
     assert str(out / "index.html") in proc.stdout.replace("\n", "")
     run = RunDir(reference_run)
-    committed = [t for t in run.iterations() if run.committed(t)]
-    data = page_data(html)
-    assert [it["iteration"] for it in data["iterations"]] == committed == [0, 1, 2]
-    cells = summary_cells(html)
-    for it in data["iterations"]:
-        t = it["iteration"]
-        metrics = json.loads((run.iteration_dir(t) / "metrics.json").read_text())
-        assert it["metrics"] == metrics  # the JSON block carries metrics.json unchanged
-        rs = metrics["reward_summary"]
-        if t > 0:
-            check_cell(cells, t, "reward_mean", rs["mean"], f"{rs['mean']:,.4f}")
-            check_cell(cells, t, "reward_p10", rs["p10"], f"{rs['p10']:,.4f}")
-            check_cell(cells, t, "train_loss", metrics["train_loss"], f"{metrics['train_loss']:,.4f}")
-            check_cell(cells, t, "mean_margin", metrics["mean_margin"], f"{metrics['mean_margin']:,.4f}")
-            assert metrics["train_loss"] is not None and rs["count"] > 0
-        check_cell(cells, t, "num_pairs", metrics["num_pairs"], f"{metrics['num_pairs']:,}")
-        check_cell(cells, t, "buffer_size", metrics["extra"]["buffer_size"], f"{metrics['extra']['buffer_size']:,}")
-        assert it["buffer_size"] == metrics["extra"]["buffer_size"]
-        assert sum(it["stage_seconds"].values()) >= sum(metrics["stage_seconds"].values())
-    last = PromptBuffer.load(run.iteration_dir(2) / "prompts.parquet")
-    assert data["table"] == {"iteration": 2, "rows": len(last), "total": len(last), "max_rows": 2000}
-    assert all(f'<tr data-id="{pid}">' in html for pid in last.ids())
-    for chain in data["lineage"]["chains"]:  # each chain is the buffer's own ancestry of its prompt
-        assert chain == [p.id for p in last.ancestry(chain[-1])]
-    assert len(data["lineage"]["chains"]) == min(10, int(np.isfinite(last.info_array()).sum()))
-    assert data["diff"] == {"a": 0, "b": 2, "added": len(last) - len(PromptBuffer.load(run.iteration_dir(0) / "prompts.parquet")), "dropped": 0}
-    assert f"+{data['diff']['added']}</b> added" in html
-    assert "No held-out evaluation yet" in html
+    assert committed(run) == [0, 1, 2]
+    assert "iterations committed: <b>2 of 2</b>" in html and '<b id="run-state">complete</b>' in html
+    check_summary_table(html, run)
+    check_charts(html, run)
+    check_lineage_and_table(html, run, max_rows=2000)
+    first, last = (PromptBuffer.load(run.iteration_dir(t) / "prompts.parquet") for t in (0, 2))
+    assert f'<b id="diff-added">+{len(last) - len(first)}</b> added' in html and len(last) > len(first)
+    assert f"All {len(last)} prompts of the buffer" in html
+    assert "No held-out evaluation yet" in html and 'class="warn"' not in html
+
+
+def test_every_chart_of_a_synthetic_run_plots_its_files(tmp_path: Path):
+    run = make_run(tmp_path / "run", iterations=3)
+    html = build_report(run.root, tmp_path / "out").read_text(encoding="utf-8")
+    check_summary_table(html, run)
+    check_charts(html, run)
+    check_lineage_and_table(html, run, max_rows=2000)
+
+
+def test_the_chart_check_fails_when_a_chart_plots_the_wrong_field(tmp_path: Path, monkeypatch):
+    """The checks above must be able to fail: a loss chart fed the pair margin, and a point drawn at
+    the wrong height while still labelled with the right value, are both caught."""
+    from pipelines import report_html
+
+    run = make_run(tmp_path / "run", iterations=2)
+    specs = [spec[:5] + ("mean_margin",) + spec[6:] if spec[0] == "chart-loss" else spec for spec in report_html.METRIC_CHARTS]
+    monkeypatch.setattr(report_html, "METRIC_CHARTS", tuple(specs))
+    wrong_field = build_report(run.root, tmp_path / "wrong").read_text(encoding="utf-8")
+    with pytest.raises(AssertionError):
+        check_charts(wrong_field, run)
+    monkeypatch.undo()
+    html = build_report(run.root, tmp_path / "right").read_text(encoding="utf-8")
+    check_charts(html, run)
+    point = re.search(r'(<circle class="point" data-series="train loss" [^>]*? cy=")([\d.]+)"', html)
+    moved = html.replace(point.group(0), f'{point.group(1)}{float(point.group(2)) + 9:.1f}"')
+    with pytest.raises(AssertionError):
+        check_charts(moved, run)
 
 
 # --- synthetic runs: escaping, limits, progress, eval, errors ----------------------------------------------------
@@ -196,15 +403,31 @@ def test_hostile_prompt_text_is_escaped_everywhere(tmp_path: Path):
     assert "Content-Security-Policy" in html and "default-src 'none'" in html
 
 
-def test_large_buffer_is_sampled_and_the_page_says_so(tmp_path: Path):
-    make_run(tmp_path / "run", iterations=1, seeds=120)
-    html = build_report(tmp_path / "run", tmp_path / "out", max_rows=50).read_text(encoding="utf-8")
-    data = page_data(html)
-    assert data["table"] == {"iteration": 1, "rows": 50, "total": 124, "max_rows": 50}
+def test_a_run_over_every_size_limit_renders_within_the_limits_and_says_so(tmp_path: Path):
+    """14 estimated iterations (> MAX_HISTOGRAMS), 176 prompts (> --max-rows 50), 56 added (> DIFF_LIST)."""
+    iterations = MAX_HISTOGRAMS + 2
+    run = make_run(tmp_path / "run", iterations=iterations, seeds=120)
+    html = build_report(run.root, tmp_path / "out", max_rows=50).read_text(encoding="utf-8")
+    size = len(PromptBuffer.load(run.iteration_dir(iterations) / "prompts.parquet"))
+    assert size == 120 + 4 * iterations
+    # histograms: at most the limit, evenly spread from the first estimated iteration to the last, each with its own count
+    rows = [(g.get("data-row"), g) for g in charts(html)["chart-info-hist"].iter(f"{SVG}g") if g.get("class") == "hist-row"]
+    picked = [int(name.removeprefix("iteration ")) for name, _ in rows]
+    assert len(picked) == MAX_HISTOGRAMS and picked[0] == 1 and picked[-1] == iterations and picked == sorted(set(picked))
+    for t, (_, g) in zip(picked, rows):
+        n = int(np.isfinite(pq.read_table(run.iteration_dir(t) / "estimate.parquet").column("info").to_numpy()).sum())
+        assert [x.text for x in g.iter(f"{SVG}text")][1] == f"n={n:,}"
+    assert f"Showing {MAX_HISTOGRAMS} of {iterations} iterations, evenly spaced with the first and the last (limit: {MAX_HISTOGRAMS} histograms)." in html
+    assert len(plotted(charts(html)["chart-loss"], "train loss")) == iterations  # the curves are never subsampled
+    # prompt table: a uniform sample of max_rows, the same one every time
     assert html.count("<tr data-id=") == 50
-    assert "holds 124 prompts; the table is capped at 50 rows and shows a uniform random sample of 50" in html
-    again = build_report(tmp_path / "run", tmp_path / "out2", max_rows=50).read_text(encoding="utf-8")
-    assert re.findall(r'<tr data-id="(\w+)"', html) == re.findall(r'<tr data-id="(\w+)"', again)  # same sample
+    assert f"holds {size} prompts; the table is capped at 50 rows and shows a uniform random sample of 50" in html
+    again = build_report(run.root, tmp_path / "out2", max_rows=50).read_text(encoding="utf-8")
+    assert re.findall(r'<tr data-id="(\w+)"', html) == re.findall(r'<tr data-id="(\w+)"', again)
+    # diff lists: at most DIFF_LIST prompts each
+    added = html.split("<h3>Added</h3>", 1)[1].split("</ul>", 1)[0]
+    assert added.count("<li>") == DIFF_LIST < size - 120 and f"Showing {DIFF_LIST} of {size - 120:,}, most informative first." in added
+    assert f"informativeness histograms for at most {MAX_HISTOGRAMS} iterations, diff lists {DIFF_LIST} prompts each" in html
 
 
 def test_very_long_prompts_are_cut_and_the_cut_is_said(tmp_path: Path):
@@ -257,18 +480,74 @@ def test_missing_or_uncommitted_run_exits_2(eva, tmp_path: Path):
     assert proc.returncode == 2 and "iteration 7 is not committed" in proc.stderr
     proc = eva("report", str(tmp_path / "run"), "--diff", "0", "1", "--iteration", "1")
     assert (tmp_path / "run" / "report" / "index.html").is_file() and "Diff: iteration 0 → 1" in (tmp_path / "run" / "report" / "index.html").read_text()
+    (tmp_path / "run" / "iterations" / "0001" / "metrics.json").write_text("[1, 2")  # a committed file torn after the fact
+    proc = eva("report", str(tmp_path / "run"), check=False)
+    assert proc.returncode == 2 and "iterations/0001/metrics.json: unreadable JSON" in proc.stderr.replace("\n", "") and "Traceback" not in proc.stderr
+
+
+def _drop_prompt(run: RunDir, t: int, pid: str) -> None:
+    """Damage committed iteration t the way a bad copy or a hand edit would: remove one row of its
+    prompts.parquet, then commit it again so the manifest matches (the damage is in the data, not
+    the checksums)."""
+    path = run.iteration_dir(t) / "prompts.parquet"
+    table = PromptBuffer.load(path).to_table()
+    write_table(table.filter(pc.not_equal(table.column("id"), pid)), path)
+    (run.iteration_dir(t) / "MANIFEST.json").unlink()
+    run.commit(t)
+
+
+def test_a_broken_lineage_is_reported_not_a_traceback(eva, tmp_path: Path):
+    run = make_run(tmp_path / "run", iterations=2)
+    buffer = PromptBuffer.load(run.iteration_dir(2) / "prompts.parquet")
+    orphan = next(p for p in buffer.prompts() if p.depth == 2)
+    missing = orphan.parent_id
+    _drop_prompt(run, 2, missing)
+    with pytest.raises(KeyError):  # what the report used to die of
+        PromptBuffer.load(run.iteration_dir(2) / "prompts.parquet").ancestry(orphan.id)
+    proc = eva("report", str(run.root), "--top", "100", check=False)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    html = (run.root / "report" / "index.html").read_text(encoding="utf-8")
+    chain = next(c for c in re.findall(r'<article class="chain broken">(.*?)</article>', html, re.S) if f'data-id="{orphan.id}"' in c)
+    assert re.findall(r'<li class="step[^"]*" data-(?:id|missing)="(\w+)"', chain) == [missing, orphan.id]  # the break first, then what exists
+    assert f"lineage broken: parent {missing} of {orphan.id} is not in the buffer; the 2 earlier step(s) are unknown" in text_of(chain)  # depth 2: parent and seed
+    warning = text_of(re.search(r'<p class="warn">(.*?)</p>', html).group(1))
+    assert warning.startswith("Damaged lineage in iterations/0002/prompts.parquet: ") and missing in warning
+    assert "of these chains are broken" in html
+    healthy = re.findall(r'<article class="chain">(.*?)</article>', html, re.S)
+    assert healthy and all('class="step missing"' not in c for c in healthy)
+
+
+def test_a_lineage_cycle_is_cut_and_marked():
+    from pipelines.report import lineage_chain
+
+    a = Prompt(id="a" * 16, text="a", parent_id="b" * 16, root_id="r", depth=2, operator="deepen", iteration=1)
+    b = Prompt(id="b" * 16, text="b", parent_id="a" * 16, root_id="r", depth=1, operator="deepen", iteration=1)
+    chain = lineage_chain(PromptBuffer.from_prompts([a, b]), a.id)
+    assert chain.cycle and chain.broken and chain.missing_parent is None
+    assert [s.id for s in chain.steps] == [b.id, a.id]
 
 
 # --- (b) a real headless browser --------------------------------------------------------------------------------
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip on a developer machine without a browser; fail where one is required (CI), so the
+    browser checks can never silently not run there."""
+    if os.environ.get("EVA_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"EVA_REQUIRE_BROWSER=1 but the browser test cannot run: {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture
 def browser_page(tmp_path: Path):
     """A Playwright page in Debian's chromium (headless, fresh profile); collects console errors and
     every request that is not a local file (a self-contained report makes none)."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package: pip install playwright")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        skip_or_fail("needs the playwright package: pip install playwright (PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1)")
     if not Path(CHROMIUM).is_file():
-        pytest.skip(f"needs Debian chromium at {CHROMIUM}: apt-get install -y chromium")
+        skip_or_fail(f"needs Debian chromium at {CHROMIUM} (or EVA_CHROMIUM=PATH): apt-get install -y chromium")
     with sync_api.sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
             str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS, viewport={"width": 1360, "height": 900}
@@ -283,8 +562,8 @@ def browser_page(tmp_path: Path):
 
 
 @pytest.mark.ray
-def test_report_renders_in_a_real_browser(browser_page, reference_run: Path, tmp_path: Path):
-    path = build_report(reference_run, tmp_path / "report")
+def test_report_renders_in_a_real_browser(browser_page, reference_run: Path):
+    path = build_report(reference_run, ARTIFACTS / "report")  # kept: a human can open it after CI
     page = browser_page.page
     page.goto(path.resolve().as_uri())
     page.wait_for_load_state("load")
@@ -297,13 +576,18 @@ def test_report_renders_in_a_real_browser(browser_page, reference_run: Path, tmp
         assert charts.nth(i).locator("circle, rect, polyline").count() > 0, i
     for chart_id in ("chart-reward", "chart-loss", "chart-margin", "chart-stages", "chart-tokens", "chart-info-hist", "chart-operators", "chart-depths", "chart-length", "chart-train-mix"):
         assert page.locator(f"#{chart_id} svg.chart").is_visible(), chart_id
-    data = json.loads(page.locator("#eva-report-data").text_content())
+    run = RunDir(reference_run)
+    for t, m in metrics_of(run).items():  # the numbers as rendered (inner_text: what CSS lets the reader see)
+        if t > 0:
+            assert page.inner_text(f'#summary-table tr[data-iteration="{t}"] td[data-key="reward_mean"]') == shown(m["reward_summary"]["mean"])
+            assert page.inner_text(f'#summary-table tr[data-iteration="{t}"] td[data-key="train_loss"]') == shown(m["train_loss"])
+    last = PromptBuffer.load(run.iteration_dir(committed(run)[-1]) / "prompts.parquet")
     chains = page.locator(".lineage .chain")
-    assert chains.count() == len(data["lineage"]["chains"]) > 0
-    assert chains.first.is_visible() and chains.first.locator(".step").count() == len(data["lineage"]["chains"][0])
+    assert chains.count() == min(10, int(np.isfinite(last.info_array()).sum())) > 0
+    target = chains.first.locator(".step").last.get_attribute("data-id")
+    assert chains.first.is_visible() and chains.first.locator(".step").count() == len(last.ancestry(target))
     rows = page.locator("#prompt-table tbody tr")
     total = rows.count()
-    target = data["lineage"]["chains"][0][-1]
     page.fill("#prompt-search", target)
     assert page.locator("#prompt-table tbody tr:visible").count() == 1
     assert page.locator(f'#prompt-table tr[data-id="{target}"]').is_visible()
@@ -311,10 +595,12 @@ def test_report_renders_in_a_real_browser(browser_page, reference_run: Path, tmp
     page.fill("#prompt-search", "no prompt contains this §§")
     assert page.locator("#prompt-table tbody tr:visible").count() == 0
     page.fill("#prompt-search", "")
-    assert page.locator("#prompt-table tbody tr:visible").count() == total == data["table"]["rows"]
-    shot = tmp_path / "report_screenshot.png"
+    assert page.locator("#prompt-table tbody tr:visible").count() == total == len(last)
+    shot = ARTIFACTS / "report_screenshot.png"
     page.screenshot(path=str(shot), full_page=True)
-    print(f"report screenshot: {shot}")
+    for anchor in ("solver", "creator", "lineage"):  # one readable picture per section; the full page is very tall
+        page.locator(f"#{anchor}").screenshot(path=str(ARTIFACTS / f"report_{anchor}.png"))
+    print(f"report and screenshots: {ARTIFACTS}")
     assert shot.stat().st_size > 50_000 and browser_page.errors == []
 
 
@@ -347,3 +633,24 @@ def test_chart_ticks_are_round_and_cover_the_data():
     one = nice_ticks(5.0, 5.0)  # a single value still gets a readable window around it
     assert one[0] < 5.0 < one[-1] and len(one) >= 3
     assert [fmt_tick(v, [0, 25_000, 50_000]) for v in (0, 25_000)] == ["0", "25,000"]
+
+
+def test_line_chart_keeps_every_point_on_the_chart():
+    from pipelines.report_svg import MARGIN_TOP, Series, line_chart
+
+    chart = ET.fromstring(line_chart([Series("s", [(1, 0.5), (7, 1.25), (14, -0.1)], "#000")], "y", "label", y_domain=(0.0, 1.0)))
+    cys = [float(c.get("cy")) for c in chart.iter(f"{SVG}circle")]
+    scale = YScale(chart)
+    assert scale.value(max(cys)) <= -0.1 + scale.tol and scale.value(min(cys)) >= 1.25 - scale.tol  # the range widened to the data
+    assert min(cys) >= MARGIN_TOP - 0.05
+    x_labels = [t.text for t in chart.iter(f"{SVG}text") if t.get("class") == "tick" and t.get("text-anchor") == "middle"]
+    assert x_labels[0] == "1" and int(x_labels[-1]) <= 14  # no tick for an iteration past the data
+
+
+def test_a_missing_browser_skips_on_a_laptop_and_fails_in_ci(monkeypatch):
+    monkeypatch.delenv("EVA_REQUIRE_BROWSER", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="needs chromium"):
+        skip_or_fail("needs chromium")
+    monkeypatch.setenv("EVA_REQUIRE_BROWSER", "1")
+    with pytest.raises(pytest.fail.Exception, match="EVA_REQUIRE_BROWSER=1 but the browser test cannot run: needs chromium"):
+        skip_or_fail("needs chromium")
