@@ -18,6 +18,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.creator import Creator
 from actors.engine import GenerationEngine
+from actors.models import resolve_model_path
 from actors.pool import EnginePool
 from eva.config import ActorResources, RunConfig
 
@@ -163,8 +164,11 @@ def workdir_for(cfg: RunConfig) -> str:
     return str(path)
 
 
-def start_actors(cfg: RunConfig, policy_path: str, initial_path: str) -> Actors:
-    """Create every actor and wait until all are up (the slow part is importing vLLM)."""
+def start_actors(cfg: RunConfig, policy_path: str, initial_path: str, start_iteration: int = 0) -> Actors:
+    """Create every actor and wait until all are up (the slow part is importing vLLM).
+
+    `policy_path` holds the policy of iteration `start_iteration`: the engines serve it labelled
+    policy-<t> (actors.pool) and the trainer knows which iteration it holds."""
     from actors.reward import RewardActor  # heavy imports (transformers, trl) only when starting a run
     from actors.trainer import PolicyTrainer
 
@@ -174,23 +178,28 @@ def start_actors(cfg: RunConfig, policy_path: str, initial_path: str) -> Actors:
     timeout = cfg.ray.timeout_s
     wait_pg = min(timeout, cfg.ray.placement_timeout_s)
     groups = [_engine_placement(cfg.ray.engine, cfg.ray.placement, wait_pg, "engine")]
-    policy = EnginePool(_engines(GenerationEngine, cfg.ray.engine, groups[0], (policy_path, cfg.model, work, cfg.run.seed)), timeout, cfg.ray.retries)
+    version = f"policy-{start_iteration}"
+    engines = _engines(GenerationEngine, cfg.ray.engine, groups[0], (policy_path, cfg.model, work, cfg.run.seed, version))
+    policy = EnginePool(engines, timeout, cfg.ray.retries, version=version)
     if own_creator:
-        creator_path = initial_path if cfg.creator.model == "initial" else cfg.creator.model
+        creator_path = initial_path if cfg.creator.model == "initial" else resolve_model_path(cfg.creator.model)
         try:
             groups.append(_engine_placement(cfg.ray.creator, cfg.ray.placement, wait_pg, "creator"))
         except ClusterError:
             remove_placement_group(groups[0])
             raise
-        engines = _engines(GenerationEngine, cfg.ray.creator, groups[1], (creator_path, cfg.model, work, cfg.run.seed))
-        creator_engines = EnginePool(engines, timeout, cfg.ray.retries)
+        engines = _engines(GenerationEngine, cfg.ray.creator, groups[1], (creator_path, cfg.model, work, cfg.run.seed, "creator"))
+        creator_engines = EnginePool(engines, timeout, cfg.ray.retries, version="creator")
     else:
-        creator_engines = policy
-    reward = _remote(RewardActor, cfg.ray.reward).remote(cfg.reward, initial_path, work)
-    trainer = _remote(PolicyTrainer, cfg.ray.trainer).remote(policy_path, initial_path, cfg.solver, cfg.model.dtype, work, cfg.run.seed, threads=cfg.ray.trainer.threads)
+        creator_engines = None  # the creator generates with the policy's engines
+    reward = _remote(RewardActor, cfg.ray.reward).remote(cfg.reward, initial_path, work, trust_remote_code=cfg.model.trust_remote_code)
+    trainer = _remote(PolicyTrainer, cfg.ray.trainer, max_concurrency=2).remote(  # 2: progress() answers while train() runs
+        policy_path, initial_path, cfg.solver, cfg.model.dtype, work, cfg.run.seed, threads=cfg.ray.trainer.threads, iteration=start_iteration
+    )
     creator = _remote(Creator, cfg.ray.creator, max_concurrency=4).remote(
         policy, creator_engines, reward, cfg.creator, cfg.solver, cfg.run.seed, timeout
     )
+    creator_engines = creator_engines or policy
     actors = Actors(policy, creator_engines, creator, reward, trainer, groups)
     kinds = {"engine": policy.engines, "creator_engine": creator_engines.engines if own_creator else [], "reward": [reward], "trainer": [trainer], "creator": [creator]}
     pending = {kind: [_node_of(h) for h in handles] for kind, handles in kinds.items()}

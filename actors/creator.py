@@ -9,10 +9,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import logging
+
 import ray
 
 from actors.engine import SamplingSpec
-from actors.pool import EnginePool
+from actors.pool import LOST, EnginePool, wait_until_available
 from eva.config import CreatorSection, SolverSection
 from eva.evolve import build_evolve_requests, filter_evolved, parse_evolved
 from eva.metrics import informativeness_batch
@@ -29,7 +31,26 @@ class RolloutStats:
     score_seconds: float = 0.0
     new_tokens: int = 0
     nonfinite_rewards: int = 0
+    retries: list[str] = field(default_factory=list)  # what had to be resent (generation or scoring), a line each
     extra: dict[str, float] = field(default_factory=dict)
+
+
+log = logging.getLogger("eva.creator")
+
+
+def score_with_retries(reward, prompts: list[str], responses: list[str], retries: int, timeout_s: float) -> tuple[list[float], list[str]]:
+    """The reward actor's scores, asking again (up to `retries` times) if the actor died: Ray
+    restarts it (`ray.reward.max_restarts`) with the same frozen models, so the scores are the same."""
+    lines: list[str] = []
+    for attempt in range(retries + 1):
+        try:
+            return ray.get(reward.score.remote(prompts, responses), timeout=timeout_s), lines
+        except LOST as e:
+            if attempt == retries or not wait_until_available(reward, timeout_s):
+                raise
+            lines.append(f"reward actor failed on a batch of {len(prompts)} responses ({type(e).__name__}); retry {attempt + 1}/{retries}")
+            log.warning(lines[-1])
+    raise AssertionError("unreachable")
 
 
 def rollout(
@@ -52,7 +73,7 @@ def rollout(
     flat_prompts = [p.text for p, g in zip(prompts, batch.generations) for _ in g.responses]
     flat_responses = [r for g in batch.generations for r in g.responses]
     t0 = time.perf_counter()
-    rewards: list[float] = ray.get(reward.score.remote(flat_prompts, flat_responses), timeout=timeout_s) if flat_responses else []
+    rewards, retried = score_with_retries(reward, flat_prompts, flat_responses, engines.retries, timeout_s) if flat_responses else ([], [])
     score_seconds = time.perf_counter() - t0
     scored, pos = [], 0
     for p, g in zip(prompts, batch.generations):
@@ -64,6 +85,7 @@ def rollout(
         score_seconds=score_seconds,
         new_tokens=batch.new_tokens,
         nonfinite_rewards=sum(s.num_nonfinite for s in scored),
+        retries=[*batch.retries, *retried],
     )
     return scored, stats
 
@@ -75,11 +97,11 @@ def with_informativeness(scored: list[ScoredPrompt], metric: str) -> list[Scored
 
 
 class Creator:
-    """estimate -> sample -> evolve. `creator_engines` is the creator LLM (the policy's pool by default)."""
+    """estimate -> sample -> evolve. `creator_engines` is the creator LLM; None: the policy's engines."""
 
-    def __init__(self, policy_engines: EnginePool, creator_engines: EnginePool, reward, creator: CreatorSection, solver: SolverSection, seed: int, timeout_s: float) -> None:
+    def __init__(self, policy_engines: EnginePool, creator_engines: EnginePool | None, reward, creator: CreatorSection, solver: SolverSection, seed: int, timeout_s: float) -> None:
         self.policy_engines = policy_engines
-        self.creator_engines = creator_engines
+        self.creator_engines = creator_engines or policy_engines  # one pool object: one weights label
         self.reward = reward
         self.cfg = creator
         self.solver = solver
@@ -88,6 +110,11 @@ class Creator:
 
     def ready(self) -> bool:
         return True
+
+    def adopt_policy_weights(self, weights: list, version: str) -> None:
+        """The driver pushed new policy weights to the engines (`weights`: [ObjectRef] or [path],
+        boxed so Ray passes the reference, not the tensors): generate only against those from now."""
+        self.policy_engines.adopt(weights[0], version)
 
     def estimate(self, prompts: list[Prompt], iteration: int) -> tuple[list[ScoredPrompt], RolloutStats]:
         """Rewards of n policy responses per prompt (no `info` yet: see `with_informativeness`)."""
@@ -115,4 +142,4 @@ class Creator:
             near_dup_threshold=self.cfg.near_duplicate_threshold,
             iteration=iteration,
         )
-        return children, report, RolloutStats(generate_seconds=batch.seconds, new_tokens=batch.new_tokens)
+        return children, report, RolloutStats(generate_seconds=batch.seconds, new_tokens=batch.new_tokens, retries=list(batch.retries))

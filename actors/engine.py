@@ -37,6 +37,12 @@ class GenerationBatch:
     seconds: float
     prompt_tokens: int
     new_tokens: int
+    retries: tuple[str, ...] = ()  # what actors.pool had to resend, one line each (for events.jsonl)
+
+
+class StaleWeightsError(RuntimeError):
+    """The engine does not hold the weights the caller expects: Ray restarted it (`max_restarts`)
+    with the weights it was started with, or a weight push never reached it."""
 
 
 def configure_engine_env(workdir: str | Path, kv_cache_gib: int) -> None:
@@ -61,9 +67,15 @@ def _cpu_scheduler(max_model_len: int) -> dict:
 
 
 class GenerationEngine:
-    """One vLLM engine. Ray wraps it as an actor (`ray.remote(GenerationEngine)`); usable directly too."""
+    """One vLLM engine. Ray wraps it as an actor (`ray.remote(GenerationEngine)`); usable directly too.
 
-    def __init__(self, model_path: str, model: ModelSection, workdir: str, seed: int = 0) -> None:
+    `weights_version` labels the weights it serves: the start weights get the label given here (a
+    restarted actor gets it again, with the start weights), every push sets the pushed label, and a
+    generate call that names another label fails with StaleWeightsError instead of answering with
+    the wrong policy (actors.pool then pushes the current weights and asks again).
+    """
+
+    def __init__(self, model_path: str, model: ModelSection, workdir: str, seed: int = 0, weights_version: str = "start") -> None:
         configure_engine_env(workdir, model.kv_cache_gib)
         from vllm import LLM
         from vllm.platforms import current_platform
@@ -83,11 +95,12 @@ class GenerationEngine:
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = model.max_model_len
+        self.weights_version = weights_version
         self.start_seconds = time.perf_counter() - t0
         self.busy = BusyLog()
 
     def ready(self) -> dict[str, float | str]:
-        return {"model_path": self.model_path, "start_seconds": self.start_seconds, "pid": os.getpid()}
+        return {"model_path": self.model_path, "start_seconds": self.start_seconds, "pid": os.getpid(), "weights_version": self.weights_version}
 
     def apply_chat_template(self, text: str, system: str | None = None) -> str:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
@@ -100,14 +113,18 @@ class GenerationEngine:
         seeds: list[int],
         spec: SamplingSpec,
         chat: bool = True,
+        expect_weights: str | None = None,
     ) -> GenerationBatch:
         """Sample `spec.n` responses for each text. `keys[i]` labels the answer for `texts[i]`.
 
         With `chat` the text is the user turn and the model's chat template is applied; otherwise it is
         sent as is. `seeds[i]` makes request i reproducible, whatever else is in the batch.
+        `expect_weights`: refuse (StaleWeightsError) unless the engine serves weights of that label.
         """
         from vllm import SamplingParams
 
+        if expect_weights is not None and expect_weights != self.weights_version:
+            raise StaleWeightsError(f"engine (pid {os.getpid()}) serves weights {self.weights_version!r}, the caller expects {expect_weights!r}")
         if not (len(keys) == len(texts) == len(seeds)):
             raise ValueError(f"keys/texts/seeds differ in length: {len(keys)}/{len(texts)}/{len(seeds)}")
         if not texts:
@@ -158,8 +175,9 @@ class GenerationEngine:
             result.append({lp.decoded_token: lp.logprob for lp in top.values() if lp.decoded_token is not None})
         return result
 
-    def update_weights(self, weights: Mapping[str, "object"] | Iterable[tuple[str, object]]) -> float:
-        """Push new weights (HF names -> CPU tensors) into the running engine; returns seconds.
+    def update_weights(self, weights: Mapping[str, "object"] | Iterable[tuple[str, object]], version: str | None = None) -> float:
+        """Push new weights (HF names -> CPU tensors) into the running engine, labelled `version`
+        (None: keep the label); returns seconds.
 
         `reload_weights` through collective_rpc is the path that works on CPU (oneDNN repacks weights,
         so a direct `model.load_weights` fails); the prefix cache is dropped because cached KV blocks
@@ -169,14 +187,18 @@ class GenerationEngine:
         items = list(weights.items()) if isinstance(weights, Mapping) else list(weights)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
+        if version is not None:
+            self.weights_version = version
         return time.perf_counter() - t0
 
-    def load_weights_from_path(self, path: str) -> float:
+    def load_weights_from_path(self, path: str, version: str | None = None) -> float:
         """Fallback weight sync: reload from a saved safetensors folder (e.g. the committed policy)."""
         t0 = time.perf_counter()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
         self.model_path = path
+        if version is not None:
+            self.weights_version = version
         return time.perf_counter() - t0
 
     def _fit(self, prompt: str, max_new: int) -> str:

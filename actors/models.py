@@ -86,6 +86,8 @@ def prepare_default_model(force: bool = False) -> Path:
     target = cache_dir() / "smollm2-135m-instruct"
     if force and target.exists():
         shutil.rmtree(target)
+    if _is_complete(target):  # converted before: the wheel is not even needed any more
+        return target
     gguf = smollm2_gguf_path()
 
     def build(out: Path) -> None:

@@ -3,23 +3,48 @@
 Per-request seeds make the split invisible: the same prompts give the same responses with 1 or N
 replicas (DESIGN.md, "Determinism"). That is also what makes retries safe: a chunk whose engine died
 (actor crash, node lost) is sent again, to the next replica, and gives the same responses.
+
+Weights carry a label (`version`; the loop labels them policy-<t>, ad-hoc pools may leave it None
+and skip the check). Every generate call names the label it expects, so a replica that
+Ray restarted (`max_restarts`: it comes back with its start weights) refuses instead of answering
+with the wrong policy; the pool then pushes it the current weights and asks again. A pool is a
+plain value that travels into other actors (the creator) and tasks: whoever pushes new weights
+tells the other copies with `adopt` (no second push).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from dataclasses import dataclass, field
 
 import ray
 from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError
 
-from actors.engine import GenerationBatch, SamplingSpec
+from actors.engine import GenerationBatch, SamplingSpec, StaleWeightsError
 
 
 log = logging.getLogger("eva.pool")
 
 # Errors that mean the engine (or the object holding its answer) is gone, not that the request was bad.
 LOST = (RayActorError, ActorUnavailableError, ObjectLostError)
+
+
+def wait_until_available(handle, timeout_s: float) -> bool:
+    """Wait (bounded) for an actor that is restarting (`max_restarts`) or briefly unreachable: Ray
+    fails calls to it fast with ActorUnavailableError meanwhile. False if it died for good or the
+    time ran out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(handle.__ray_call__.remote(lambda self: True), timeout=max(1.0, deadline - time.monotonic()))
+            return True
+        except ActorUnavailableError:
+            time.sleep(1.0)
+        except (RayActorError, ray.exceptions.GetTimeoutError):
+            return False
+    return False
 
 
 @dataclass
@@ -38,61 +63,81 @@ class EnginePool:
     engines: list  # ray ActorHandles of GenerationEngine
     timeout_s: float
     retries: int = 2  # resubmissions of a failed chunk before the call fails
-    _weights: object = field(default=None, repr=False)  # last weights pushed (ObjectRef or path), for restarted engines
+    version: str | None = None  # label of the weights every replica must serve (None: unchecked)
+    _weights: object = field(default=None, repr=False)  # the weights of `version` (ObjectRef or path); None: the start weights
 
     def generate_async(self, keys: list[str], texts: list[str], seeds: list[int], spec: SamplingSpec, chat: bool = True) -> list:
         """Start generation on all replicas (contiguous, near-equal chunks); returns handles in order for gather()."""
         n = len(self.engines)
         bounds = [round(i * len(texts) / n) for i in range(n + 1)]
-        return [
-            _Chunk(i, (keys[a:b], texts[a:b], seeds[a:b], spec, chat), self.engines[i].generate.remote(keys[a:b], texts[a:b], seeds[a:b], spec, chat))
-            for i, (a, b) in enumerate(zip(bounds, bounds[1:]))
-            if b > a
-        ]
+        chunks = []
+        for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            if b > a:
+                args = (keys[a:b], texts[a:b], seeds[a:b], spec, chat)
+                chunks.append(_Chunk(i, args, self._submit(i, args)))
+        return chunks
 
     def gather(self, chunks: list) -> GenerationBatch:
-        batches = [self._result(c) for c in chunks]
+        results = [self._result(c) for c in chunks]
+        batches = [b for b, _ in results]
         return GenerationBatch(
             generations=tuple(g for b in batches for g in b.generations),
             seconds=max((b.seconds for b in batches), default=0.0),
             prompt_tokens=sum(b.prompt_tokens for b in batches),
             new_tokens=sum(b.new_tokens for b in batches),
+            retries=tuple(line for _, lines in results for line in lines),
         )
 
-    def _result(self, chunk: _Chunk) -> GenerationBatch:
-        """The chunk's batch; if its engine died, resend it to the next replicas up to `retries` times."""
-        engine, ref = chunk.engine, chunk.ref
+    def _submit(self, engine: int, args: tuple):
+        return self.engines[engine].generate.remote(*args, expect_weights=self.version)
+
+    def _result(self, chunk: _Chunk) -> tuple[GenerationBatch, list[str]]:
+        """The chunk's batch, and a line per retry it needed: a dead engine's chunk goes to the next
+        replica, a stale one's (restarted with its start weights) gets the current weights first."""
+        engine, ref, retried = chunk.engine, chunk.ref, []
         for attempt in range(self.retries + 1):
             try:
-                return ray.get(ref, timeout=self.timeout_s)
-            except LOST as e:
+                return ray.get(ref, timeout=self.timeout_s), retried
+            except (StaleWeightsError, *LOST) as e:
                 if attempt == self.retries:
                     raise
-                engine = (engine + 1) % len(self.engines)
-                log.warning("engine replica %d failed on a batch of %d prompts (%s); retry %d/%d on replica %d",
-                            chunk.engine, len(chunk.args[0]), type(e).__name__, attempt + 1, self.retries, engine)
-                ref = self._resubmit(engine, chunk.args)
+                if isinstance(e, ActorUnavailableError):  # restarting: it comes back, with its start weights
+                    wait_until_available(self.engines[engine], self.timeout_s)
+                elif not isinstance(e, StaleWeightsError):  # dead, or its node is: the next replica
+                    engine = (engine + 1) % len(self.engines)
+                line = (f"engine replica {chunk.engine} failed on a batch of {len(chunk.args[0])} prompts ({type(e).__name__}); "
+                        f"retry {attempt + 1}/{self.retries} on replica {engine} with weights {self.version!r}")
+                log.warning(line)
+                retried.append(line)
+                self._push(engine)
+                ref = self._submit(engine, chunk.args)
         raise AssertionError("unreachable")
 
-    def _resubmit(self, engine: int, args: tuple):
-        """Send a chunk to `engine`, first giving it the current weights (a restarted actor has its start weights)."""
+    def _push(self, engine: int) -> None:
+        """Give one replica the current weights (before resending it a chunk)."""
+        if self._weights is None:  # the start weights: a restarted replica has them already
+            return
         handle = self.engines[engine]
-        if self._weights is not None:
-            try:
-                push = handle.update_weights if isinstance(self._weights, ray.ObjectRef) else handle.load_weights_from_path
-                ray.get(push.remote(self._weights), timeout=self.timeout_s)
-            except LOST as e:  # let the generate call below fail (and count) on its own
-                log.warning("engine replica %d: weight re-sync before retry failed (%s)", engine, type(e).__name__)
-        return handle.generate.remote(*args)
+        push = handle.update_weights if isinstance(self._weights, ray.ObjectRef) else handle.load_weights_from_path
+        try:
+            ray.get(push.remote(self._weights, self.version), timeout=self.timeout_s)
+        except LOST as e:  # let the generate call that follows fail (and count) on its own
+            log.warning("engine replica %d: weight re-sync before retry failed (%s)", engine, type(e).__name__)
 
     def generate(self, keys: list[str], texts: list[str], seeds: list[int], spec: SamplingSpec, chat: bool = True) -> GenerationBatch:
         return self.gather(self.generate_async(keys, texts, seeds, spec, chat))
 
-    def update_weights(self, weights_ref) -> float:
-        """Push one state dict (an ObjectRef, put once) into every replica; returns the slowest time."""
-        self._weights = weights_ref
-        return max(ray.get([e.update_weights.remote(weights_ref) for e in self.engines], timeout=self.timeout_s))
+    def update_weights(self, weights_ref, version: str | None = None) -> float:
+        """Push one state dict (an ObjectRef, put once) into every replica as `version` (default: a
+        fresh label); returns the slowest replica's seconds."""
+        self.adopt(weights_ref, version or uuid.uuid4().hex[:12])
+        return max(ray.get([e.update_weights.remote(weights_ref, self.version) for e in self.engines], timeout=self.timeout_s))
 
-    def load_weights_from_path(self, path: str) -> float:
-        self._weights = path
-        return max(ray.get([e.load_weights_from_path.remote(path) for e in self.engines], timeout=self.timeout_s))
+    def load_weights_from_path(self, path: str, version: str | None = None) -> float:
+        """Every replica reloads a saved policy folder, as `version` (default: a fresh label)."""
+        self.adopt(path, version or uuid.uuid4().hex[:12])
+        return max(ray.get([e.load_weights_from_path.remote(path, self.version) for e in self.engines], timeout=self.timeout_s))
+
+    def adopt(self, weights, version: str) -> None:
+        """Record weights another copy of this pool pushed already (ObjectRef or path, and its label)."""
+        self._weights, self.version = weights, version

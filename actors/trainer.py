@@ -2,8 +2,11 @@
 
 It runs in its own process (the lead wraps it with `ray.remote`), never next to a vLLM engine: vLLM
 rebinds torch threads in its process. Training is fp32 on CPU (bf16 training on CPU is slow or
-unsupported in places); weights leave in `dtype` (`state_dict()` for weight sync, `save()` for the
-iteration's policy/).
+unsupported in places). On a GPU it is mixed precision in `dtype` (bf16/fp16 autocast): weights the
+optimizer updates stay fp32 masters (pure-bf16 AdamW would drop updates of lr ~1e-6, far below bf16's
+resolution), weights it never updates (a LoRA base, a frozen reference) are held in `dtype`, which are
+the same values at half the memory. Weights leave in `dtype` (`state_dict()` for weight sync, `save()`
+for the iteration's policy/). One process uses one GPU: more would be DataParallel replicas, not sharding.
 
 Reference model (DESIGN.md gotcha: TRL's `ref_model=None` reloads the reference from
 `model.config._name_or_path` on disk, not from memory). We never let TRL pick it:
@@ -62,6 +65,7 @@ class PolicyTrainer:
         *,
         capture_reference: bool = False,
         threads: int = 1,
+        iteration: int | None = None,
     ) -> None:
         # One thread by default: two cores shared by every actor (DESIGN.md). The loop's stages run
         # one after another, so while this trains the engines are idle and it may take more.
@@ -73,6 +77,7 @@ class PolicyTrainer:
         disable_progress_bar()  # per-round dataset.map bars; the trainer prints one line per step instead
         self.solver = solver
         self.dtype = DTYPES[dtype]
+        self.gpu = torch.cuda.is_available()
         self.workdir = Path(workdir)
         self.seed = seed
         self.initial_path = initial_path
@@ -81,6 +86,11 @@ class PolicyTrainer:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.policy = self._load_model(policy_path)
+        # The iteration whose policy this actor holds (policy_path's). If Ray restarts the actor
+        # (max_restarts) it comes back holding policy_path again, and calls that name a later
+        # iteration fail instead of training on, saving or syncing the wrong policy.
+        self.iteration = iteration
+        self._progress: list[int] = [0, 0]  # [steps done, steps] of the round in progress (see progress())
         self._initial: torch.nn.Module | None = None  # pi_0, loaded on first use (reference: initial)
         self._reference: dict[str, torch.Tensor] | None = None
         self.busy = BusyLog()
@@ -97,10 +107,25 @@ class PolicyTrainer:
         An empty pair list trains nothing (steps 0). Each round gets a fresh optimizer and the seed
         `seed + iteration`, so a resumed run repeats the round exactly.
         """
+        self._expect(iteration - 1, "train")
         if not pairs:
-            return {"iteration": iteration, "loss_type": self.solver.loss_type, "num_pairs": 0, "steps": 0}
-        with self.busy.span("train"):  # the whole round: dataset, TRL trainer, steps, rounding
-            return self._train(pairs, iteration)
+            metrics = {"iteration": iteration, "loss_type": self.solver.loss_type, "num_pairs": 0, "steps": 0}
+        else:
+            with self.busy.span("train"):  # the whole round: dataset, TRL trainer, steps, rounding
+                metrics = self._train(pairs, iteration)
+        if self.iteration is not None:  # tracking is on when the actor was told what it starts from
+            self.iteration = iteration
+        return metrics
+
+    def _expect(self, iteration: int | None, call: str) -> None:
+        if iteration is not None and self.iteration is not None and iteration != self.iteration:
+            raise RuntimeError(f"trainer.{call}: the trainer holds the policy of iteration {self.iteration}, not {iteration} "
+                               "(it was restarted and lost its state): the stage fails, resume redoes it")
+
+    def progress(self) -> tuple[int, int]:
+        """(steps done, steps) of the round in progress: the actor runs with max_concurrency 2 so the
+        driver can ask while train() runs."""
+        return self._progress[0], self._progress[1]
 
     def drain_busy(self) -> list[Span]:
         """The training spans since the last call (actors.busy)."""
@@ -118,14 +143,18 @@ class PolicyTrainer:
         seconds = time.perf_counter() - t0
         metrics = _round_metrics(trainer.state.log_history, seconds)
         metrics.update(iteration=iteration, loss_type=self.solver.loss_type, num_pairs=len(trainer.train_dataset))
+        # what TRL actually ran, for the record (and the tests): SimPO is CPO with loss simpo and no BC term
+        metrics.update(trl_trainer=type(trainer).__name__, trl_loss_type=str(getattr(trainer.args, "loss_type", None)), trl_cpo_alpha=getattr(trainer.args, "cpo_alpha", None))
         self.policy = self._finish(trainer)
         del trainer
         gc.collect()
         return metrics
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def state_dict(self, iteration: int | None = None) -> dict[str, torch.Tensor]:
         """The policy's weights under HF checkpoint names (what vLLM's reload_weights expects), as
-        contiguous CPU tensors in `dtype`; tied weights appear once (vLLM re-ties lm_head itself)."""
+        contiguous CPU tensors in `dtype`; tied weights appear once (vLLM re-ties lm_head itself).
+        `iteration`: fail unless the trainer holds that iteration's policy."""
+        self._expect(iteration, "state_dict")
         return _revert_names(self.policy, _weights(self.policy, self.dtype))
 
     def reference_state(self) -> dict[str, torch.Tensor]:
@@ -135,9 +164,10 @@ class PolicyTrainer:
             raise RuntimeError("no reference captured: construct with capture_reference=True and call train()")
         return self._reference
 
-    def save(self, path: str) -> None:
+    def save(self, path: str, iteration: int | None = None) -> None:
         """Write the policy (safetensors in `dtype`) and tokenizer to `path`, atomically: built in a
-        temp sibling folder, fsynced, then renamed over `path`."""
+        temp sibling folder, fsynced, then renamed over `path`. `iteration`: as in state_dict."""
+        self._expect(iteration, "save")
         target = Path(path)
         make_dirs(target.parent)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
@@ -159,16 +189,19 @@ class PolicyTrainer:
             self.policy.config.dtype = config_dtype
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def load(self, path: str) -> None:
-        """Restore the policy from a committed policy/ folder (resume). With `reference: previous` the
-        next round's reference is taken from this policy at round start, so nothing else to restore."""
+    def load(self, path: str, iteration: int | None = None) -> None:
+        """Restore the policy of `iteration` from its policy/ folder (resume). With `reference: previous`
+        the next round's reference is taken from this policy at round start, so nothing else to restore."""
         self.policy = self._load_model(path)
+        self.iteration = iteration
 
     # --- internals --------------------------------------------------------------------------
 
-    def _load_model(self, path: str) -> torch.nn.Module:
+    def _load_model(self, path: str, frozen: bool = False) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
+        if self.gpu and (frozen or self.solver.finetune == "lora"):  # never updated: `dtype` holds them exactly
+            return AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         _round_to(model, self.dtype)  # same weights as the engines serve (see module docstring)
         return model
@@ -180,11 +213,12 @@ class PolicyTrainer:
             return None
         if s.reference == "initial":
             if self._initial is None:
-                self._initial = _frozen(self._load_model(self.initial_path))
+                self._initial = _frozen(self._load_model(self.initial_path, frozen=True))
             return self._initial
         if s.finetune == "lora":
             return None  # adapter disabled = merged base = pi_{t-1}
-        return _frozen(copy.deepcopy(self.policy))
+        reference = _frozen(copy.deepcopy(self.policy))
+        return reference.to(self.dtype) if self.gpu else reference  # the fp32 masters hold dtype values
 
     def _dataset(self, pairs: list[PreferencePair]):
         """Conversational pairs, so TRL applies the chat template the engines use. TRL 1.16 has no
@@ -217,8 +251,10 @@ class PolicyTrainer:
             max_length=s.max_length,
             beta=s.beta,
             seed=self.seed + iteration,
-            bf16=False,  # TRL defaults to bf16=True, which raises on CPU
-            use_cpu=not torch.cuda.is_available(),
+            # Mixed precision on GPU (module docstring); TRL defaults to bf16=True, which raises on CPU.
+            bf16=self.gpu and self.dtype == torch.bfloat16,
+            fp16=self.gpu and self.dtype == torch.float16,
+            use_cpu=not self.gpu,
             report_to=[],
             save_strategy="no",
             gradient_checkpointing=False,  # small models; avoids per-step deprecation warnings
@@ -239,7 +275,7 @@ class PolicyTrainer:
                 task_type="CAUSAL_LM",
             )
         kwargs = dict(model=self.policy, train_dataset=dataset, processing_class=self.tokenizer, peft_config=peft_config)
-        callbacks = [_step_logger(iteration)]
+        callbacks = [_step_logger(iteration, self._progress)]
         if s.loss_type in DPO_LOSSES:
             from trl import DPOConfig, DPOTrainer
 
@@ -345,13 +381,18 @@ def _round_metrics(log_history: list[dict[str, float]], seconds: float) -> dict[
     }
 
 
-def _step_logger(iteration: int):
-    """A callback printing one short line per optimizer step (Ray forwards actor prints to the driver)."""
+def _step_logger(iteration: int, progress: list[int]):
+    """A callback that keeps `progress` = [steps done, steps in the round] (the driver polls it for
+    its progress bar) and prints a short line per logged step (into the actor's Ray log)."""
     from transformers import TrainerCallback
 
     class StepLine(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
             self.t0 = time.perf_counter()
+            progress[:] = [0, state.max_steps]
+
+        def on_step_end(self, args, state, control, **kwargs):
+            progress[:] = [state.global_step, state.max_steps]
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:

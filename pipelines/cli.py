@@ -8,13 +8,16 @@ already committed in a run directory.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional, Tuple
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from eva.buffer import DataError, PromptBuffer, load_pairs
@@ -35,6 +38,16 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+@contextmanager
+def _reading(rd: RunDir):
+    """Read-only commands on a run directory: a damaged or unreadable file there (bad Parquet or
+    JSON, a broken lineage link, no permission) ends in one line naming it and exit 2."""
+    try:
+        yield
+    except (*USER_ERRORS, ValueError, KeyError, OSError) as e:
+        _fail(f"{rd.root}: {e}" if str(rd.root) not in str(e) else str(e))
+
+
 def _user_errors():
     """Exception types that mean bad input (exit 2), including the actor layer's, imported lazily."""
     from actors.models import ModelError
@@ -47,26 +60,35 @@ def _user_errors():
 
 
 class Reporter:
-    """One summary line per stage; a transient status line while a stage is running."""
+    """One summary line per stage, and a progress bar (rich) while a stage runs.
+
+    The loop calls `reporter(line)` for summary lines and `reporter.progress(stage, done, total)`
+    while a stage works (total None: no count known, the bar pulses); a summary line ends the bar.
+    """
 
     def __init__(self) -> None:
-        self.status = None
+        self.bar: Progress | None = None
+        self.task = None
 
-    def __call__(self, message: str, transient: bool = False) -> None:
-        if transient:
-            if self.status is None:
-                self.status = console.status(message)
-                self.status.start()
-            else:
-                self.status.update(message)
-            return
+    def __call__(self, message: str) -> None:
         self.close()
         console.print(message)
 
+    def progress(self, description: str, done: int, total: int | None, unit: str = "") -> None:
+        if self.bar is None:
+            self.bar = Progress(
+                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[unit]}"),
+                TimeElapsedColumn(), console=console, transient=True,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task(description, total=total, completed=done, unit=unit)
+        else:
+            self.bar.update(self.task, description=description, completed=done, total=total, unit=unit)
+
     def close(self) -> None:
-        if self.status is not None:
-            self.status.stop()
-            self.status = None
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
 
 def _run(cfg: RunConfig, run: RunDir) -> None:
@@ -159,10 +181,12 @@ def _metrics(rd: RunDir, t: int) -> dict:
 def status(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
     """Iterations, stages, timings, and where the run stopped."""
     rd = _open(run_dir)
-    try:
-        cfg = rd.config()
-    except USER_ERRORS as e:
-        _fail(str(e))
+    with _reading(rd):
+        _status(rd)
+
+
+def _status(rd: RunDir) -> None:
+    cfg = rd.config()
     table = Table(title=f"{rd.root}  ({cfg.run.iterations} iterations planned)")
     for col in ("iter", "state", "stages done", "wall s", "overhead", "buffer", "evolved", "pairs", "mean reward", "loss"):
         table.add_column(col)
@@ -215,23 +239,38 @@ def inspect(
 ) -> None:
     """A table of the prompt buffer with stats, or the lineage of one prompt."""
     rd = _open(run_dir)
-    t, buf = _buffer(rd, iteration)
-    if lineage is not None:
-        if lineage not in buf:
-            _fail(f"prompt id {lineage!r} is not in iteration {t} of {rd.root}")
-        table = Table(title=f"lineage of {lineage} (iteration {t})")
-        _columns(table, ("depth", "id", "operator", "born", "info", "mean reward"))
-        for p in buf.ancestry(lineage):
-            st = buf.stats(p.id)
-            table.add_row(str(p.depth), p.id, p.operator, str(p.iteration), _fmt(_nan_none(st["info"])), _fmt(_nan_none(st["mean_reward"])), p.text)
-        console.print(table)
-        return
-    keys = {"informativeness": "info", "reward": "mean_reward", "depth": "depth"}
+    with _reading(rd):
+        t, buf = _buffer(rd, iteration)
+        if lineage is not None:
+            _lineage(rd, t, buf, lineage)
+        else:
+            _top(rd, t, buf, top, sort)
+
+
+def _lineage(rd: RunDir, t: int, buf: PromptBuffer, pid: str) -> None:
+    """The chain from the seed to `pid`, with each prompt's reward gap (max - min of its latest rewards)."""
+    if pid not in buf:
+        _fail(f"prompt id {pid!r} is not in iteration {t} of {rd.root}")
+    table = Table(title=f"lineage of {pid} (iteration {t})")
+    _columns(table, ("depth", "id", "operator", "born", "reward gap", "info", "mean reward"))
+    for p in buf.ancestry(pid):
+        st = buf.stats(p.id)
+        table.add_row(str(p.depth), p.id, p.operator, str(p.iteration), _fmt(_reward_gap(st["rewards"])), _fmt(_nan_none(st["info"])), _fmt(_nan_none(st["mean_reward"])), p.text)
+    console.print(table)
+
+
+def _reward_gap(rewards: list[float]) -> float | None:
+    finite = [r for r in rewards if math.isfinite(r)]
+    return max(finite) - min(finite) if len(finite) >= 2 else None
+
+
+def _top(rd: RunDir, t: int, buf: PromptBuffer, top: int, sort: str) -> None:
+    keys = {"informativeness": lambda p, st: _nan_none(st["info"]), "reward": lambda p, st: _nan_none(st["mean_reward"]), "depth": lambda p, st: p.depth}
     if sort not in keys:
         _fail(f"--sort must be one of {', '.join(keys)}, got {sort!r}")
+    value = keys[sort]
     rows = [(p, buf.stats(p.id)) for p in buf.prompts()]
-    key = keys[sort]
-    rows.sort(key=lambda r: (_nan_none(r[1][key]) is None, -(_nan_none(r[1][key]) or 0)))
+    rows.sort(key=lambda r: (value(*r) is None, -(value(*r) or 0)))  # highest first, missing values last; stable
     table = Table(title=f"{rd.root} iteration {t}: {len(buf)} prompts, top {top} by {sort}")
     _columns(table, ("id", "depth", "operator", "born", "info", "mean reward", "sampled", "trained"))
     for p, st in rows[:top]:
@@ -258,6 +297,13 @@ def diff(
 ) -> None:
     """What the creator added and dropped between two iterations (counts by operator, shifts)."""
     rd = _open(run_dir)
+    with _reading(rd):
+        _diff(rd, a, b)
+
+
+def _diff(rd: RunDir, a: int, b: int) -> None:
+    import numpy as np
+
     _, ba = _buffer(rd, a)
     _, bb = _buffer(rd, b)
     added = [p for p in bb.prompts() if p.id not in ba]
@@ -272,7 +318,6 @@ def diff(
     for op, n in sorted(ops.items(), key=lambda kv: -kv[1]):
         table.add_row(op, str(n))
     console.print(table)
-    import numpy as np
 
     def stats(buf: PromptBuffer) -> tuple[float, float]:
         lengths = [len(p.text) for p in buf.prompts()]
@@ -293,10 +338,19 @@ def export(
     out: Path = typer.Option(..., "--out", help="Output file: .jsonl or .parquet"),
 ) -> None:
     """Export prompts (with lineage and stats) or pairs (TRL columns prompt/chosen/rejected) of an iteration."""
+    rd = _open(run_dir)
+    if what not in ("prompts", "pairs"):
+        _fail(f"--what must be prompts or pairs, got {what!r}")
+    if out.suffix.lower() not in (".jsonl", ".parquet"):
+        _fail(f"--out {out}: use a .jsonl or .parquet file name")
+    with _reading(rd):
+        _export(rd, iteration, what, out)
+
+
+def _export(rd: RunDir, iteration: Optional[int], what: str, out: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rd = _open(run_dir)
     t, buf = _buffer(rd, iteration)
     if what == "prompts":
         table = buf.to_table()
@@ -310,23 +364,27 @@ def export(
             for p in load_pairs(path)
         ]
         table = pa.Table.from_pylist(rows) if rows else pa.table({k: [] for k in ("prompt", "chosen", "rejected")})
-    else:
-        _fail(f"--what must be prompts or pairs, got {what!r}")
     suffix = out.suffix.lower()
-    if suffix not in (".jsonl", ".parquet"):
-        _fail(f"--out {out}: use a .jsonl or .parquet file name")
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".parquet":
         pq.write_table(table, out)
     else:
         with open(out, "w", encoding="utf-8") as f:
             for row in table.to_pylist():
-                f.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+                f.write(json.dumps(_json_safe(row), ensure_ascii=False, allow_nan=False, default=str) + "\n")
     console.print(f"wrote {table.num_rows} {what} of iteration {t} to {out}")
 
 
-def _json_default(x):
-    return None if isinstance(x, float) and x != x else str(x)
+def _json_safe(x):
+    """Non-finite floats (a reward the scorer could not give, a stat never computed) become null
+    at any depth: JSON has no NaN, and `datasets` refuses the bare NaN tokens json.dumps writes."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
 
 
 @app.command("eval")

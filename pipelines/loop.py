@@ -21,7 +21,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator, Protocol
 
 import pyarrow as pa
 import ray
@@ -32,7 +32,7 @@ from actors.engine import SamplingSpec
 from actors.models import resolve_model_path
 from eva.buffer import PromptBuffer, load_prompts_table, load_seed_prompts, read_table, save_pairs, load_pairs, save_prompts_table, write_table
 from eva.checkpoint import POLICY, RunDir, atomic_write_json
-from eva.config import RunConfig
+from eva.config import RunConfig, flatten
 from eva.metrics import busy_summary, summarize
 from eva.pairs import build_pairs, pair_stats
 from eva.seeding import derive_seed
@@ -58,6 +58,14 @@ class Interrupted(Exception):
     """Ctrl-C arrived; the loop stopped at a safe point and the run is resumable."""
 
 
+class Reporter(Protocol):
+    """Where the loop tells what it does: a summary line per stage, progress while one runs."""
+
+    def __call__(self, message: str) -> None: ...
+
+    def progress(self, description: str, done: int, total: int | None, unit: str = "") -> None: ...
+
+
 @dataclass
 class Ctx:
     """What every stage needs: the config, the run directory, the actors and a reporter."""
@@ -65,10 +73,11 @@ class Ctx:
     cfg: RunConfig
     run: RunDir
     actors: Actors
-    report: Callable[[str], None]
+    report: Reporter
     stop_requested: bool = False
     engines_hold: int = -1  # iteration whose policy the engines serve now
     started: float = 0.0  # time.time() when this process began the current iteration
+    tensorboard: object = None  # SummaryWriter when tensorboard is installed
     metrics: IterationMetrics = field(default_factory=lambda: IterationMetrics(iteration=-1))
 
     @property
@@ -160,6 +169,7 @@ def _rollout_chunked(ctx: Ctx, prompts: list[Prompt], stage_name: str, t: int, v
         return task.remote(ctx.actors.policy, ctx.actors.reward, chunk, spec, ctx.cfg.run.seed, stage_name, t, ctx.timeout)
 
     results: list[tuple[list[ScoredPrompt], RolloutStats]] = []
+    ctx.report.progress(f"[{t}] {stage_name}", 0, len(prompts), "prompts")
     inflight = [submit(c) for c in chunks[:2]]
     nxt = 2
     while inflight:
@@ -167,16 +177,25 @@ def _rollout_chunked(ctx: Ctx, prompts: list[Prompt], stage_name: str, t: int, v
         if nxt < len(chunks):
             inflight.append(submit(chunks[nxt]))
             nxt += 1
-        done = sum(len(r[0]) for r in results)
-        ctx.report(f"[{t}] {stage_name:<8} {done}/{len(prompts)} prompts", transient=True)  # type: ignore[call-arg]
+        ctx.report.progress(f"[{t}] {stage_name}", sum(len(r[0]) for r in results), len(prompts), "prompts")
     scored = [sp for r, _ in results for sp in r]
     stats = RolloutStats(
         generate_seconds=sum(st.generate_seconds for _, st in results),
         score_seconds=sum(st.score_seconds for _, st in results),
         new_tokens=sum(st.new_tokens for _, st in results),
         nonfinite_rewards=sum(st.nonfinite_rewards for _, st in results),
+        retries=[line for _, st in results for line in st.retries],
     )
+    log_retries(ctx, t, stage_name, stats.retries)
     return with_informativeness(scored, ctx.cfg.creator.metric), stats
+
+
+def log_retries(ctx: Ctx, t: int, stage_name: str, lines: list[str]) -> None:
+    """Batches that had to be resent (a replica or the scorer died, or came back stale): they happen
+    in actors and tasks whose logs the driver does not show, so they are reported here."""
+    for line in lines:
+        ctx.run.log_event("retry", iteration=t, stage=stage_name, message=line)
+        ctx.report(f"[{t}] {stage_name:<8} retried: {line}")
 
 
 def _scored_stage(ctx: Ctx, t: int, name: str, buffer: PromptBuffer, prompts: list[Prompt], via_creator: bool) -> list[ScoredPrompt]:
@@ -187,7 +206,8 @@ def _scored_stage(ctx: Ctx, t: int, name: str, buffer: PromptBuffer, prompts: li
     with stage(ctx, t, name) as info:
         scored, stats = _rollout_chunked(ctx, prompts, name, t, via_creator=via_creator)
         save_scored(path, scored)
-        info.update(prompts=len(scored), new_tokens=stats.new_tokens, nonfinite=stats.nonfinite_rewards, generate_s=round(stats.generate_seconds, 2), score_s=round(stats.score_seconds, 2))
+        info.update(prompts=len(scored), new_tokens=stats.new_tokens, nonfinite=stats.nonfinite_rewards, retries=len(stats.retries),
+                    generate_s=round(stats.generate_seconds, 2), score_s=round(stats.score_seconds, 2))
     return scored
 
 
@@ -215,7 +235,9 @@ def evolve(ctx: Ctx, t: int, buffer: PromptBuffer, parents: list[Prompt]) -> lis
         ctx.metrics.filter_counts = info.get("dropped", {})
         return load_prompts_table(path)
     with stage(ctx, t, "evolve") as info:
+        ctx.report.progress(f"[{t}] evolve", 0, len(parents), "parents")  # one creator call: the bar shows it runs
         children, report, stats = ray.get(ctx.actors.creator.evolve.remote(parents, buffer.texts(), t), timeout=ctx.timeout)
+        log_retries(ctx, t, "evolve", stats.retries)
         save_prompts_table(path, children)
         info.update(requested=report.total, kept=report.kept, new_tokens=stats.new_tokens, dropped=report.dropped)
         ctx.metrics.filter_counts = report.dropped
@@ -267,30 +289,44 @@ def train(ctx: Ctx, t: int, built: list) -> dict:
     policy_dir = ctx.run.iteration_dir(t) / POLICY
     trainer = ctx.actors.trainer
     if (info := _done(ctx, t, "train")) is not None:
-        ray.get(trainer.load.remote(str(policy_dir)), timeout=ctx.timeout)
+        ray.get(trainer.load.remote(str(policy_dir), t), timeout=ctx.timeout)
         sync_engines(ctx, t, from_path=policy_dir)
         return info
     with stage(ctx, t, "train") as info:
-        if built:
-            result = ray.get(trainer.train.remote(built, t), timeout=ctx.timeout)
-            info.update({k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        else:  # nothing to learn from: pi_t = pi_{t-1}, recorded honestly
-            info.update(steps=0, skipped="no pairs")
+        result = _wait_training(ctx, t, trainer.train.remote(built, t))  # no pairs: pi_t = pi_{t-1}, steps 0
+        info.update({k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        if not built:
+            info["skipped"] = "no pairs"
         t_save = time.perf_counter()
-        ray.get(trainer.save.remote(str(policy_dir)), timeout=ctx.timeout)
+        ray.get(trainer.save.remote(str(policy_dir), t), timeout=ctx.timeout)
         info["save_s"] = round(time.perf_counter() - t_save, 3)
         fault_point(t, "train:saved")
         info["sync_s"] = round(sync_engines(ctx, t), 3)
     return info
 
 
+def _wait_training(ctx: Ctx, t: int, ref) -> dict:
+    """The training round's result; meanwhile the trainer's step count feeds the progress bar."""
+    deadline = time.monotonic() + ctx.timeout
+    while not ray.wait([ref], timeout=2.0)[0]:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"iteration {t}: training took longer than ray.timeout_s = {ctx.timeout:g}s")
+        done, total = ray.get(ctx.actors.trainer.progress.remote(), timeout=60)
+        ctx.report.progress(f"[{t}] train", done, total or None, "steps")
+    return ray.get(ref)
+
+
 def sync_engines(ctx: Ctx, t: int, from_path: Path | None = None) -> float:
-    """Weight sync: the trainer's state dict, put once in the object store, to every engine replica."""
+    """Weight sync: the trainer's state dict, put once in the object store, to every engine replica;
+    the creator's copy of the engine pool learns the new weights' label (actors.pool)."""
+    version = f"policy-{t}"
     if from_path is not None:
-        seconds = ctx.actors.policy.load_weights_from_path(str(from_path))
+        weights: object = str(from_path)
+        seconds = ctx.actors.policy.load_weights_from_path(str(from_path), version)
     else:
-        weights = ctx.actors.trainer.state_dict.remote()
-        seconds = ctx.actors.policy.update_weights(weights)
+        weights = ctx.actors.trainer.state_dict.remote(t)
+        seconds = ctx.actors.policy.update_weights(weights, version)
+    ray.get(ctx.actors.creator.adopt_policy_weights.remote([weights], version), timeout=ctx.timeout)
     ctx.engines_hold = t
     return seconds
 
@@ -328,6 +364,26 @@ def commit(ctx: Ctx, t: int, buffer: PromptBuffer, estimated: list[ScoredPrompt]
     fault_point(t, "commit:manifest")
     ctx.run.commit(t)
     ctx.run.prune_policies(ctx.cfg.checkpoint.keep_policies)
+    if ctx.tensorboard is not None:
+        log_scalars(ctx.tensorboard, t, m.to_dict())
+
+
+def tensorboard_writer(run: RunDir):
+    """A TensorBoard SummaryWriter on <run>/tensorboard/ if the tensorboard package is installed
+    (optional: `pip install tensorboard`), else None. Outside iterations/: never part of a commit."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(run.root / "tensorboard"))
+
+
+def log_scalars(writer, t: int, metrics: dict) -> None:
+    """Every finite number of an iteration's metrics.json as a scalar at step t (tag: the key path)."""
+    for key, value in flatten(metrics).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and key != "iteration":
+            writer.add_scalar(key.replace(".", "/"), value, t)
+    writer.flush()
 
 
 def _info(ctx: Ctx, t: int, name: str, key: str) -> int:
@@ -382,7 +438,7 @@ def init_iteration_zero(cfg: RunConfig, run: RunDir, policy_path: str) -> None:
     run.log_event("init", seeds=len(seeds), policy=policy_path)
 
 
-def run_loop(cfg: RunConfig, run: RunDir, report: Callable[..., None]) -> int:
+def run_loop(cfg: RunConfig, run: RunDir, report: Reporter) -> int:
     """Run (or resume) iterations until `run.iterations` are committed; returns the last committed."""
     problems = run.verify_all()
     if problems:
@@ -399,10 +455,10 @@ def run_loop(cfg: RunConfig, run: RunDir, report: Callable[..., None]) -> int:
     report("starting actors (vLLM engines, reward, trainer, creator) ...")
     t0 = time.perf_counter()
     start_policy = str(run.iteration_dir(last) / POLICY)
-    actors = start_actors(cfg, start_policy, str(run.iteration_dir(0) / POLICY))
+    actors = start_actors(cfg, start_policy, str(run.iteration_dir(0) / POLICY), start_iteration=last)
     report(f"actors up in {time.perf_counter() - t0:.1f}s")
     run.log_event("actors_up", seconds=round(time.perf_counter() - t0, 2), nodes=actors.nodes)
-    ctx = Ctx(cfg=cfg, run=run, actors=actors, report=report, engines_hold=last)
+    ctx = Ctx(cfg=cfg, run=run, actors=actors, report=report, engines_hold=last, tensorboard=tensorboard_writer(run))
     previous = signal.getsignal(signal.SIGINT)
 
     def on_sigint(signum, frame):  # first Ctrl-C: stop at the next stage boundary
@@ -422,4 +478,6 @@ def run_loop(cfg: RunConfig, run: RunDir, report: Callable[..., None]) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
         actors.shutdown()
+        if ctx.tensorboard is not None:
+            ctx.tensorboard.close()
     return last

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import time
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from actors.engine import GenerationEngine, SamplingSpec
+from actors.engine import GenerationEngine, SamplingSpec, StaleWeightsError
 from actors.pool import EnginePool
 from eva.config import ModelSection
 
@@ -59,8 +62,7 @@ def test_weight_update_changes_greedy_output_and_restore_is_exact(ray_session, e
     before = pool.generate(["x", "y"], TEXTS[:2], [0, 0], GREEDY).generations
     gen = torch.Generator().manual_seed(0)
     perturbed = {k: v + 0.5 * torch.randn(v.shape, generator=gen) for k, v in original.items()}
-    seconds = pool.update_weights(ray.put(perturbed))
-    assert seconds > 0
+    pool.update_weights(ray.put(perturbed))
     changed = pool.generate(["x", "y"], TEXTS[:2], [0, 0], GREEDY).generations
     assert [g.responses for g in changed] != [g.responses for g in before]
     pool.update_weights(ray.put(original))
@@ -71,11 +73,56 @@ def test_weight_update_changes_greedy_output_and_restore_is_exact(ray_session, e
     assert pool.generate(["x", "y"], TEXTS[:2], [0, 0], GREEDY).generations == before
 
 
+def _wait_for_restart(ray, engine, old_pid: int, timeout_s: float = 300) -> dict:
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            info = ray.get(engine.ready.remote(), timeout=60)
+            if info["pid"] != old_pid:
+                return info
+        except (ActorUnavailableError, RayActorError):
+            pass
+        time.sleep(1)
+    raise AssertionError(f"the engine did not restart within {timeout_s}s")
+
+
+def test_a_restarted_replica_is_given_the_current_weights(ray_session, tiny_model_path, tmp_path):
+    """Ray restarts a crashed engine (max_restarts) with its start weights: the pool notices (the
+    engine refuses a call that expects other weights), pushes the current ones and asks again."""
+    ray = ray_session
+    model = ModelSection(path=tiny_model_path, dtype="float32", max_model_len=256)
+    engine = ray.remote(num_cpus=0.5, max_restarts=1)(GenerationEngine).remote(tiny_model_path, model, str(tmp_path), 0, "policy-0")
+    pool = EnginePool([engine], timeout_s=300, retries=2, version="policy-0")
+    try:
+        start = pool.generate(["x", "y"], TEXTS[:2], [0, 0], GREEDY)
+        gen = torch.Generator().manual_seed(1)
+        trained = {k: v + 0.5 * torch.randn(v.shape, generator=gen) for k, v in load_file(f"{tiny_model_path}/model.safetensors").items()}
+        pool.update_weights(ray.put(trained), "policy-1")
+        after = pool.generate(["x", "y"], TEXTS[:2], [0, 0], GREEDY)
+        assert [g.responses for g in after.generations] != [g.responses for g in start.generations] and after.retries == ()
+        pid = ray.get(engine.ready.remote(), timeout=120)["pid"]
+        ray.kill(engine, no_restart=False)  # a crash: Ray brings it back with policy-0's weights
+        restarted = _wait_for_restart(ray, engine, pid)
+        assert restarted["weights_version"] == "policy-0"
+        again = pool.generate(["x", "y"], TEXTS[:2], [0, 0], GREEDY)
+        assert again.generations == after.generations  # served policy-1, not what it restarted with
+        assert again.retries and "policy-1" in again.retries[-1]
+        with pytest.raises(StaleWeightsError, match="serves weights 'policy-1'.*expects 'policy-7'"):
+            ray.get(engine.generate.remote(["x"], TEXTS[:1], [0], GREEDY, True, expect_weights="policy-7"), timeout=120)
+    finally:
+        ray.kill(engine)
+
+
 def test_next_token_logprobs_are_a_distribution(ray_session, engines):
     ray = ray_session
     [top] = ray.get(engines[0].next_token_logprobs.remote(["The answer is"], 5), timeout=120)
     assert len(top) == 5
     assert all(lp <= 0 for lp in top.values())
+    # the top 5 of a distribution: their probabilities sum to at most 1, and are not all equal
+    mass = sum(math.exp(lp) for lp in top.values())
+    assert 0 < mass <= 1 + 1e-6 and len({round(lp, 6) for lp in top.values()}) > 1
 
 
 def test_prompt_longer_than_the_context_is_truncated_not_rejected(ray_session, engines):

@@ -70,12 +70,18 @@ def test_dpo_sigmoid_loss_goes_down(tiny_model_path, tmp_path):
 
 # First-step loss where policy == reference (margin 0), by hand, beta = 0.05:
 # ipo (margin - 1/(2 beta))^2 = 100; hinge relu(1 - beta*0) = 1. SimPO/ORPO have no reference: finite only.
-@pytest.mark.parametrize("loss_type, first", [("ipo", 100.0), ("hinge", 1.0), ("simpo", None), ("orpo", None)])
-def test_other_losses_run_one_round(tiny_model_path, tmp_path, loss_type, first):
+# And which TRL trainer ran, with which loss: SimPO is CPO with loss simpo and cpo_alpha 0 (no BC term).
+@pytest.mark.parametrize(
+    "loss_type, first, trl",
+    [("ipo", 100.0, ("DPOTrainer", "['ipo']", None)), ("hinge", 1.0, ("DPOTrainer", "['hinge']", None)),
+     ("simpo", None, ("CPOTrainer", "simpo", 0.0)), ("orpo", None, ("ORPOTrainer", "None", None))],
+)
+def test_other_losses_run_one_round(tiny_model_path, tmp_path, loss_type, first, trl):
     trainer = make(tiny_model_path, tmp_path, loss_type=loss_type)
     before = trainer.state_dict()
     m = trainer.train(PAIRS, iteration=1)
     assert m["steps"] == 4 and all(math.isfinite(x) for x in m["losses"])
+    assert m["trl_trainer"] == trl[0] and m["trl_loss_type"] == trl[1] and m["trl_cpo_alpha"] == trl[2]
     if first is not None:
         assert m["losses"][0] == pytest.approx(first, rel=1e-5)
     else:

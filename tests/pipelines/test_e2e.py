@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+import re
+import shutil
 from pathlib import Path
 
 import datasets
@@ -67,11 +70,22 @@ def test_status_inspect_diff_export(eva, reference_run: Path, tmp_path: Path):
     child = next(p for p in buffer.prompts() if p.depth >= 1)
     lineage = eva("inspect", str(reference_run), "--lineage", child.id).stdout
     assert child.id in lineage and child.parent_id in lineage
-    table = eva("inspect", str(reference_run), "--iteration", "1", "--top", "3", "--sort", "reward").stdout
-    assert "iteration 1" in table
+    assert f"reward gap" in lineage and child.operator in lineage
+    one = PromptBuffer.load(reference_run / "iterations/0001/prompts.parquet")
+    for sort, value in (("reward", lambda p: one.stats(p.id)["mean_reward"]), ("informativeness", lambda p: one.stats(p.id)["info"]), ("depth", lambda p: p.depth)):
+        table = eva("inspect", str(reference_run), "--iteration", "1", "--top", "3", "--sort", sort).stdout
+        shown = [p for p in one.prompts() if f" {p.id} " in table]
+        assert len(shown) == 3, f"--sort {sort}: {len(shown)} rows"
+        ranked = sorted((value(p) for p in one.prompts() if value(p) is not None), reverse=True)
+        assert sorted((value(p) for p in shown), reverse=True) == ranked[:3], f"--sort {sort}: not the top 3"
+    proc = eva("inspect", str(reference_run), "--sort", "length", check=False)
+    assert proc.returncode == 2 and "--sort must be one of" in proc.stderr
     diff = eva("diff", str(reference_run), "0", "2").stdout
-    added = len(buffer) - len(PromptBuffer.load(reference_run / "iterations/0000/prompts.parquet"))
-    assert f"+{added} added, -0 dropped" in diff
+    seeds = PromptBuffer.load(reference_run / "iterations/0000/prompts.parquet")
+    added = [p for p in buffer.prompts() if p.id not in seeds]
+    assert f"+{len(added)} added, -0 dropped" in diff
+    for op in {p.operator for p in added}:  # the table of counts by operator
+        assert re.search(rf"{op}\s*│\s*{sum(p.operator == op for p in added)}\s", diff), f"{op} count missing:\n{diff}"
     out = tmp_path / "pairs.jsonl"
     eva("export", str(reference_run), "--iteration", "2", "--what", "pairs", "--out", str(out))
     ds = datasets.load_dataset("json", data_files=str(out), split="train")
@@ -81,6 +95,58 @@ def test_status_inspect_diff_export(eva, reference_run: Path, tmp_path: Path):
     eva("export", str(reference_run), "--what", "prompts", "--out", str(out))
     ds = datasets.load_dataset("parquet", data_files=str(out), split="train")
     assert ds.num_rows == len(buffer) and {"id", "text", "parent_id", "info"} <= set(ds.column_names)
+    # JSONL too; prompts never estimated have no stats yet: null, never a bare NaN datasets refuses
+    out = tmp_path / "prompts.jsonl"
+    eva("export", str(reference_run), "--what", "prompts", "--out", str(out))
+    assert "NaN" not in out.read_text()
+    ds = datasets.load_dataset("json", data_files=str(out), split="train")
+    assert ds.num_rows == len(buffer) and sorted(ds["id"]) == sorted(buffer.ids())
+    eva("export", str(reference_run), "--iteration", "0", "--what", "prompts", "--out", str(out))  # the seeds: no stats yet
+    assert "NaN" not in out.read_text()
+    ds = datasets.load_dataset("json", data_files=str(out), split="train")
+    assert ds.num_rows == cfg_limit(reference_run) and all(row["info"] is None and row["rewards"] == [] for row in ds)
+
+
+def cfg_limit(run_dir: Path) -> int:
+    return RunDir(run_dir).config().prompts.limit
+
+
+def test_export_json_has_no_nan():
+    from pipelines.cli import _json_safe
+
+    row = {"rewards": [0.5, float("nan"), float("inf")], "info": float("nan"), "stats": {"m": float("-inf")}, "n": 3, "t": "x"}
+    assert _json_safe(row) == {"rewards": [0.5, None, None], "info": None, "stats": {"m": None}, "n": 3, "t": "x"}
+
+
+def test_tensorboard_scalars_match_metrics(reference_run: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(reference_run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for t in (1, 2):
+        metrics = json.loads((reference_run / f"iterations/{t:04d}/metrics.json").read_text())
+        for tag, expected in (("train_loss", metrics["train_loss"]), ("num_pairs", metrics["num_pairs"]), ("reward_summary/mean", metrics["reward_summary"]["mean"]), ("stage_seconds/solve", metrics["stage_seconds"]["solve"])):
+            assert tag in tags
+            [value] = [e.value for e in events.Scalars(tag) if e.step == t]
+            assert value == pytest.approx(expected, rel=1e-6)
+
+
+def test_eval_against_the_initial_policy_leaves_the_run_alone(eva, reference_run: Path, tmp_path: Path):
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("".join(json.dumps({"question": q}) + "\n" for q in ("What is rain?", "Name a color.", "Count to three.", "Say hello.", "Unused.")))
+    copy = tmp_path / "run"  # a copy: other tests read the reference run's eval/ folder
+    shutil.copytree(reference_run, copy)
+    run = RunDir(copy)
+    before = [run.manifest(t) for t in (0, 1, 2)]
+    out = eva("eval", str(copy), "--prompts", str(heldout), "--column", "question", "--limit", "4").stdout
+    result = json.loads((copy / "eval/iteration_0002.json").read_text())
+    assert result["n"] + result["nonfinite"] == 4 and result["n"] > 0 and result["iteration"] == 2
+    assert 0 <= result["win_rate"] <= 1 and math.isfinite(result["mean_reward"]) and math.isfinite(result["mean_reward_initial"])
+    assert f"win rate {result['win_rate']:.3f}" in out
+    assert [run.manifest(t) for t in (0, 1, 2)] == before and run.verify_all() == []
+    proc = eva("eval", str(copy), "--prompts", str(tmp_path / "missing.jsonl"), check=False)
+    assert proc.returncode == 2 and "missing.jsonl" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_bad_input_exits_2_and_leaves_the_run_alone(eva, reference_run: Path, tmp_path: Path):

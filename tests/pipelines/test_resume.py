@@ -3,12 +3,22 @@ uninterrupted run ends — same committed prompt buffers, evolved prompts and pa
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from eva.checkpoint import RunDir
+from pipelines.loop import STAGES
+
+EVA_CLI = [sys.executable, "-m", "pipelines.cli"]  # as conftest.run_eva, but as a process we can signal
+REPO = Path(__file__).resolve().parents[2]
 
 
 pytestmark = pytest.mark.ray
@@ -37,17 +47,42 @@ def test_sigkill_at_every_stage_then_resume_equals_uninterrupted(eva, reference_
     assert run.latest() == 2 and run.verify_all() == []
     for t in (1, 2):
         assert _tables(run_dir, t) == _tables(reference_run, t), f"iteration {t} differs after resume"
-    resumed = [e for e in run.events() if e["kind"] == "stage_start"]
-    assert len(resumed) > 8  # stages were started more than once: the faults really interrupted them
+    started = [e for e in run.events() if e["kind"] == "stage_start"]
+    # every stage of both iterations once, plus once more for each stage a fault cut short
+    assert len(started) == 2 * len(STAGES) + len(FAULTS)
 
 
 def test_extend_a_finished_run(eva, reference_run: Path, tmp_path: Path):
-    import shutil
-
     copy = tmp_path / "extend"
     shutil.copytree(reference_run, copy)
-    eva("resume", str(copy), "--iterations", "3")
+    before = RunDir(copy).manifest(2)
+    eva("run", "--preset", "tiny", "--run-dir", str(copy), "--iterations", "3")  # `eva run` on an existing run extends it
     run = RunDir(copy)
-    assert run.latest() == 3 and run.verify_all() == []
+    assert run.latest() == 3 and run.verify_all() == [] and run.config().run.iterations == 3
+    assert run.manifest(2) == before
     for t in (1, 2):
         assert _tables(copy, t) == _tables(reference_run, t)
+    proc = eva("resume", str(copy), "--iterations", "0", check=False)
+    assert proc.returncode == 2 and "--iterations" in proc.stderr and run.config().run.iterations == 3
+
+
+def test_ctrl_c_stops_at_a_safe_point_and_resume_finishes_the_same_run(reference_run: Path, tmp_path: Path):
+    run_dir = tmp_path / "interrupted"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    proc = subprocess.Popen([*EVA_CLI, "run", "--preset", "tiny", "--run-dir", str(run_dir)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    events = run_dir / "events.jsonl"
+    deadline = time.monotonic() + 600
+    while not (events.is_file() and '"stage": "solve"' in events.read_text()):  # inside iteration 1
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it reached the solve stage"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "stopped at a safe point" in stderr and f"eva resume {run_dir}" in stderr
+    run = RunDir(run_dir)
+    assert not run.committed(1) and "solve" in run.stages_done(1) and run.verify_all() == []
+    subprocess.run([*EVA_CLI, "resume", str(run_dir)], cwd=REPO, env=env, check=True, capture_output=True, timeout=900)
+    assert run.latest() == 2
+    for t in (1, 2):
+        assert _tables(run_dir, t) == _tables(reference_run, t)
