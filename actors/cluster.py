@@ -20,6 +20,7 @@ from actors.creator import Creator
 from actors.engine import GenerationEngine
 from actors.models import resolve_model_path
 from actors.pool import EnginePool
+from eva.checkpoint import check_writable
 from eva.config import ActorResources, RunConfig
 
 # Environment every actor process gets: one thread each (two cores are easily oversubscribed),
@@ -48,7 +49,7 @@ def init_ray(cfg: RunConfig) -> None:
     for passthrough in ("EVA_CACHE_DIR", "XDG_CACHE_HOME", "PYTHONPATH"):
         if os.environ.get(passthrough):
             env[passthrough] = os.environ[passthrough]
-    check_run_dir_writable(cfg.run.run_dir)
+    check_writable(cfg.run.run_dir)  # eva run checked it already; a Ray Job's driver checks it here
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(runtime_env={"env_vars": env}, log_to_driver=False, configure_logging=True, logging_level="WARNING")
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
@@ -59,27 +60,6 @@ def init_ray(cfg: RunConfig) -> None:
         ray.init(address=address, **kwargs)
     else:  # "local": a fresh cluster, never silently joining one that `ray start` left running
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
-
-
-def check_run_dir_writable(run_dir: str | Path) -> None:
-    """The driver writes every checkpoint: fail before starting anything if it cannot.
-
-    Probes the run directory (or, before it exists, its nearest existing parent) with a temp file and
-    creates nothing. On a multi-node cluster run.dir must be storage all nodes share (NFS, a mounted
-    bucket): the actors read policies from it by path.
-    """
-    root = Path(run_dir).absolute()
-    probe = next((p for p in (root, *root.parents) if p.exists()), root)
-    try:
-        if not probe.is_dir():
-            raise NotADirectoryError(f"{probe} is not a folder")
-        with tempfile.NamedTemporaryFile(dir=probe, prefix=".eva-write-check-"):
-            pass
-    except OSError as e:
-        raise ClusterError(
-            f"run directory {root} is not writable by the driver ({e}): on a Ray cluster run.dir must be shared "
-            "storage that the driver and every node can write (e.g. an NFS or mounted-bucket path)"
-        ) from None
 
 
 def _check_fits(cfg: RunConfig, with_creator_engine: bool) -> None:
@@ -100,32 +80,54 @@ def _check_fits(cfg: RunConfig, with_creator_engine: bool) -> None:
             )
 
 
-def _engine_placement(res: ActorResources, strategy: str, timeout_s: float, what: str):
-    """A placement group of one {CPU, GPU} bundle per engine replica, ready within `timeout_s`."""
-    bundle = {"CPU": res.num_cpus, **({"GPU": res.num_gpus} if res.num_gpus else {})}
-    group = placement_group([dict(bundle) for _ in range(res.replicas)], strategy=strategy, name=f"eva-{what}-{os.getpid()}")
-    ready, _ = ray.wait([group.ready()], timeout=timeout_s)
-    if not ready:
-        remove_placement_group(group)
+def engine_bundles(res: ActorResources, tensor_parallel: int, strategy: str) -> list[tuple[list[dict[str, float]], str]]:
+    """The placement groups of one kind of engine: (bundles, strategy) per group.
+
+    Tensor parallel 1: one group, one {CPU, GPU} bundle per replica, placed by `ray.placement`.
+    Tensor parallel k > 1: vLLM's Ray executor starts one worker per rank in the placement group of
+    the actor that creates the engine (captured), each worker one whole GPU from its own bundle. So
+    each replica gets a group of its own (vLLM takes the first k GPU bundles of the group it sees),
+    STRICT_PACK (a replica's ranks on one node, on its fast interconnect): bundle 0 holds the engine
+    actor's CPUs and rank 0's GPU, bundles 1..k-1 a GPU each.
+    """
+    if tensor_parallel == 1:
+        bundle = {"CPU": res.num_cpus, **({"GPU": res.num_gpus} if res.num_gpus else {})}
+        return [([dict(bundle) for _ in range(res.replicas)], strategy)]
+    ranks = [{"CPU": res.num_cpus, "GPU": 1.0}] + [{"GPU": 1.0} for _ in range(tensor_parallel - 1)]
+    return [([dict(b) for b in ranks], "STRICT_PACK") for _ in range(res.replicas)]
+
+
+def _engine_placement(res: ActorResources, tensor_parallel: int, strategy: str, timeout_s: float, what: str) -> list:
+    """engine_bundles as placement groups, all ready within `timeout_s` (else none is left behind)."""
+    groups = [placement_group(bundles, strategy=how, name=f"eva-{what}-{os.getpid()}-{i}") for i, (bundles, how) in enumerate(engine_bundles(res, tensor_parallel, strategy))]
+    ready, _ = ray.wait([g.ready() for g in groups], num_returns=len(groups), timeout=timeout_s)
+    if len(ready) < len(groups):
+        for group in groups:
+            remove_placement_group(group)
         nodes = [n for n in ray.nodes() if n.get("Alive")]
+        layout = f"{len(groups)} group(s) of {groups[0].bundle_specs} ({'STRICT_PACK per replica' if tensor_parallel > 1 else strategy})"
         raise ClusterError(
-            f"ray.{what}: {res.replicas} replica(s) of {bundle} with placement {strategy} did not fit the cluster within "
-            f"{timeout_s:g}s ({len(nodes)} alive node(s): {[n.get('Resources', {}) for n in nodes]}); lower replicas or "
-            "num_cpus/num_gpus, add nodes, or use placement PACK/SPREAD (STRICT_SPREAD needs one node per replica)"
+            f"ray.{what}: {res.replicas} replica(s) as {layout} did not fit the cluster within {timeout_s:g}s ({len(nodes)} alive "
+            f"node(s): {[n.get('Resources', {}) for n in nodes]}); lower replicas, num_cpus/num_gpus or tensor_parallel_size, add "
+            "nodes, or use placement PACK/SPREAD (STRICT_SPREAD needs one node per replica)"
         )
-    return group
+    return groups
 
 
-def _engines(cls, res: ActorResources, group, args: tuple) -> list:
-    """One engine actor per bundle of `group` (bundle i holds replica i)."""
+def _engines(cls, res: ActorResources, groups: list, tensor_parallel: int, args: tuple) -> list:
+    """One engine actor per replica: bundle i of the one group (TP 1), or bundle 0 of group i, asking
+    no GPU itself and capturing its child tasks, so vLLM's rank workers land in the group (TP > 1)."""
+    if tensor_parallel == 1:
+        where = [PlacementGroupSchedulingStrategy(groups[0], placement_group_bundle_index=i) for i in range(res.replicas)]
+        return [_remote(cls, res, scheduling_strategy=w).remote(*args) for w in where]
     return [
-        _remote(cls, res, scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i)).remote(*args)
-        for i in range(res.replicas)
+        _remote(cls, res, num_gpus=0, scheduling_strategy=PlacementGroupSchedulingStrategy(g, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)).remote(*args)
+        for g in groups
     ]
 
 
 def _remote(cls, res: ActorResources, **options):
-    return ray.remote(cls).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_restarts=res.max_restarts, **options)
+    return ray.remote(cls).options(**{"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "max_restarts": res.max_restarts, **options})
 
 
 @dataclass
@@ -177,18 +179,21 @@ def start_actors(cfg: RunConfig, policy_path: str, initial_path: str, start_iter
     work = workdir_for(cfg)
     timeout = cfg.ray.timeout_s
     wait_pg = min(timeout, cfg.ray.placement_timeout_s)
-    groups = [_engine_placement(cfg.ray.engine, cfg.ray.placement, wait_pg, "engine")]
+    tp = cfg.model.tensor_parallel_size
+    groups = _engine_placement(cfg.ray.engine, tp, cfg.ray.placement, wait_pg, "engine")
     version = f"policy-{start_iteration}"
-    engines = _engines(GenerationEngine, cfg.ray.engine, groups[0], (policy_path, cfg.model, work, cfg.run.seed, version))
+    engines = _engines(GenerationEngine, cfg.ray.engine, groups, tp, (policy_path, cfg.model, work, cfg.run.seed, version))
     policy = EnginePool(engines, timeout, cfg.ray.retries, version=version)
     if own_creator:
         creator_path = initial_path if cfg.creator.model == "initial" else resolve_model_path(cfg.creator.model)
         try:
-            groups.append(_engine_placement(cfg.ray.creator, cfg.ray.placement, wait_pg, "creator"))
+            creator_groups = _engine_placement(cfg.ray.creator, tp, cfg.ray.placement, wait_pg, "creator")
         except ClusterError:
-            remove_placement_group(groups[0])
+            for group in groups:
+                remove_placement_group(group)
             raise
-        engines = _engines(GenerationEngine, cfg.ray.creator, groups[1], (creator_path, cfg.model, work, cfg.run.seed, "creator"))
+        groups += creator_groups
+        engines = _engines(GenerationEngine, cfg.ray.creator, creator_groups, tp, (creator_path, cfg.model, work, cfg.run.seed, "creator"))
         creator_engines = EnginePool(engines, timeout, cfg.ray.retries, version="creator")
     else:
         creator_engines = None  # the creator generates with the policy's engines

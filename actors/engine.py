@@ -90,6 +90,9 @@ class GenerationEngine:
             trust_remote_code=model.trust_remote_code,
             gpu_memory_utilization=model.gpu_memory_utilization,
             tensor_parallel_size=model.tensor_parallel_size,
+            # TP > 1: vLLM's own Ray executor, one worker per rank in this actor's placement group
+            # (actors.cluster.engine_bundles); the in-process engine core stays in this actor.
+            **({"distributed_executor_backend": "ray"} if model.tensor_parallel_size > 1 else {}),
             seed=seed,
             **(_cpu_scheduler(model.max_model_len) if current_platform.is_cpu() else {}),
         )

@@ -63,6 +63,27 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+def check_writable(run_dir: str | Path) -> None:
+    """Fail (RunDirError) before anything is written if the run directory cannot be written.
+
+    Probes the run directory (or, before it exists, its nearest existing parent) with a temp file and
+    creates nothing. On a multi-node cluster run.dir must be storage all nodes share (NFS, a mounted
+    bucket): the actors read policies from it by path.
+    """
+    root = Path(run_dir).absolute()
+    probe = next((p for p in (root, *root.parents) if p.exists()), root)
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is not a folder")
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".eva-write-check-"):
+            pass
+    except OSError as e:
+        raise RunDirError(
+            f"run directory {root} is not writable ({e}): run.dir must be a folder this process can write; on a Ray "
+            "cluster, shared storage that the driver and every node can write (e.g. an NFS or mounted-bucket path)"
+        ) from None
+
+
 def make_dirs(path: str | Path) -> Path:
     """mkdir -p that also fsyncs the parent of every folder it creates (new entries are durable)."""
     path = Path(path)
@@ -165,6 +186,7 @@ class RunDir:
         count. run.yaml is then rewritten with `config`, so it always holds the config the run goes
         on with. Returns the changed (non-mutable) fields that were accepted; [] for a new run.
         """
+        check_writable(self.root)
         changed: list[str] = []
         if self.config_path.exists():
             old = self.config()

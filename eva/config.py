@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +45,15 @@ class RunSection(_Section):
     iterations: int = Field(2, ge=1, description="Number of self-play iterations to run (iteration 0 is the seed buffer and initial policy).")
     dir: str | None = Field(None, description="Run directory (local path or shared-storage path). Default: runs/<name>.")
     baseline: bool = Field(False, description="The fixed-prompt baseline (plain iterative DPO: no estimate, sample, evolve or mix) for A/B comparisons at equal budget; `eva run --baseline` sets it. Part of the run's identity: a run never switches loops.")
+
+    @model_validator(mode="after")
+    def _local_path(self) -> RunSection:
+        if self.dir is not None and re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", self.dir):  # s3://, gs://, hdfs:/ ...
+            raise ValueError(
+                f"dir {self.dir!r}: object-store URIs are not supported (actors and vLLM load policies by file path); "
+                "mount the bucket (s3fs, gcsfuse, a CSI driver) on every node and give its path"
+            )
+        return self
 
     @property
     def run_dir(self) -> str:
@@ -208,6 +218,18 @@ class RunConfig(_Section):
     ray: RaySection = Field(default_factory=RaySection, description="Ray cluster and per-actor resources.")
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection, description="Checkpoint retention.")
 
+    @model_validator(mode="after")
+    def _engine_gpus(self) -> RunConfig:
+        tp = self.model.tensor_parallel_size
+        engines = [("ray.engine", self.ray.engine)] + ([("ray.creator", self.ray.creator)] if self.creator.model != "policy" else [])
+        for name, res in engines:
+            if tp > 1 and res.num_gpus != tp:
+                raise ValueError(
+                    f"{name}.num_gpus is {res.num_gpus:g} but model.tensor_parallel_size is {tp}: a tensor-parallel engine "
+                    f"replica takes one whole GPU per rank, set {name}.num_gpus: {tp}"
+                )
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -348,7 +370,7 @@ def _source_of(loc: str, sources: dict[str, str], default: str) -> str:
     """Where the value at `loc` came from. A section-level error (a cross-field check) blames the
     source that last set anything inside the section; a field error the most specific source
     recorded for the field or one of its parents."""
-    inside = [src for key, src in sources.items() if key.startswith(f"{loc}.")] if loc else []
+    inside = [src for key, src in sources.items() if not loc or key.startswith(f"{loc}.")]  # loc "": a check across sections
     if inside:
         return inside[-1]
     return next((sources[k] for k in _prefixes(loc) if k in sources), default)

@@ -118,7 +118,7 @@ def run(
     config: Optional[Path] = typer.Argument(None, help="YAML config; default: the cpu-default preset."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Built-in preset to start from (cpu-default, tiny)."),
     set_: List[str] = typer.Option([], "--set", help="Override a field: section.field=value (repeatable)."),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default: runs/<run.name>)."),
+    run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Run directory (default: runs/<run.name>)."),
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Total iterations; on an existing run this extends it."),
     baseline: bool = typer.Option(False, "--baseline", help="Plain iterative DPO on the fixed seed prompts (no creator): sets run.baseline."),
     allow_change: List[str] = typer.Option([], "--allow-change", help="Accept a changed config field of an existing run (repeatable)."),
@@ -479,43 +479,72 @@ def submit(
     config: Optional[Path] = typer.Argument(None, help="YAML config; its path must be readable on the head node (shared storage, or relative inside --working-dir)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Built-in preset to start from."),
     set_: List[str] = typer.Option([], "--set", help="Override a field: section.field=value (repeatable)."),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory on storage every node shares."),
-    iterations: Optional[int] = typer.Option(None, "--iterations", help="Total iterations."),
+    run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Run directory on storage every node shares."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", min=1, help="Total iterations (with --resume: the new total)."),
     baseline: bool = typer.Option(False, "--baseline", help="Plain iterative DPO on the fixed seed prompts."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Submit `eva resume RUN_DIR` instead: continue that run (after a crash, a lost node, or to extend it)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray dashboard / job API (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS, http://127.0.0.1:8265)."),
     env: List[str] = typer.Option([], "--env", help="KEY=VALUE for the job's processes (repeatable; no secrets)."),
     working_dir: Optional[Path] = typer.Option(None, "--working-dir", help="Upload this folder as the job's working_dir (not needed when eva is installed on the nodes)."),
     job_id: Optional[str] = typer.Option(None, "--job-id", help="Submission id (default: generated)."),
 ) -> None:
-    """Submit `eva run ...` as a Ray Job on a cluster; prints the job id and how to follow its logs."""
+    """Submit `eva run ...` (or `eva resume RUN_DIR`) as a Ray Job on a cluster; prints the job id and how to follow its logs."""
     import shlex
 
-    overrides = list(set_)
+    try:
+        runtime_env = job_runtime_env(env, working_dir)
+        args = _resume_args(resume, iterations, config, preset, set_, run_dir, baseline) if resume else _run_args(config, preset, set_, run_dir, iterations, baseline)
+    except (*USER_ERRORS, ValueError) as e:
+        _fail(str(e))
+    entrypoint = shlex.join(args)
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
+    submitted = _submit_job(address, entrypoint, runtime_env, job_id)
+    console.print(f"submitted job {submitted}: {entrypoint}")
+    console.print(f"follow its logs:  ray job logs -f {submitted} --address {address}")
+    console.print(f"its status:       ray job status {submitted} --address {address}")
+
+
+def _run_args(config: Optional[Path], preset: Optional[str], sets: List[str], run_dir: Optional[str], iterations: Optional[int], baseline: bool) -> list[str]:
+    """`eva run ...` for the job, after resolving the config here: bad input fails now, not on the cluster."""
+    overrides = list(sets)
     if run_dir is not None:
         overrides.append(f"run.dir={run_dir}")
     if iterations is not None:
         overrides.append(f"run.iterations={iterations}")
     if baseline:
         overrides.append("run.baseline=true")
-    try:
-        load_config(config, overrides, preset=preset)  # bad input fails here, not on the cluster
-        runtime_env = job_runtime_env(env, working_dir)
-    except (*USER_ERRORS, ValueError) as e:
-        _fail(str(e))
+    load_config(config, overrides, preset=preset)
     args = ["eva", "run", *([str(config)] if config else []), *(["--preset", preset] if preset else [])]
-    args += [a for o in overrides for a in ("--set", o)]
-    entrypoint = shlex.join(args)
-    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
-    from ray.job_submission import JobSubmissionClient
+    return args + [a for o in overrides for a in ("--set", o)]
 
+
+def _resume_args(resume: str, iterations: Optional[int], config: Optional[Path], preset: Optional[str], sets: List[str], run_dir: Optional[str], baseline: bool) -> list[str]:
+    """`eva resume RUN_DIR [--iterations N]`: the run's own run.yaml is its config, so nothing else may be given.
+    A run directory this machine can see is checked here; one only the cluster mounts, by the job."""
+    given = [name for name, value in (("CONFIG", config), ("--preset", preset), ("--set", sets), ("--run-dir", run_dir), ("--baseline", baseline)) if value]
+    if given:
+        raise ValueError(f"--resume continues a run with the config in its run.yaml; drop {', '.join(given)}")
+    local = Path(resume)
+    if local.exists() and not (local / "run.yaml").is_file():
+        raise ValueError(f"--resume {resume}: not a run directory (no run.yaml)")
+    if (local / "run.yaml").is_file():
+        RunDir(local).config()  # a damaged run.yaml fails here
+    return ["eva", "resume", resume, *(["--iterations", str(iterations)] if iterations is not None else [])]
+
+
+def _submit_job(address: str, entrypoint: str, runtime_env: dict, job_id: Optional[str]) -> str:
     import time
+
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
 
     deadline = time.monotonic() + 90
     while True:
         try:
-            client = JobSubmissionClient(address)
-            submitted = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id)
-            break
+            return JobSubmissionClient(address).submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id)
+        except AuthenticationError as e:
+            _fail(f"the Ray job API at {address} refused the submission: {str(e).splitlines()[0]}\nthe cluster uses token "
+                  "authentication: set RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN (or ~/.ray/auth_token, or RAY_AUTH_TOKEN_PATH)")
         except (ConnectionError, RuntimeError, ValueError) as e:
             # A freshly started head answers 500 "No available agent" until its dashboard agent is up:
             # transient, so wait for it (bounded); anything else is final.
@@ -527,9 +556,6 @@ def submit(
                     " machine? (`ray start --dashboard-agent-listen-port`, default 52365; see dashboard_agent.log)"
                     if "No available agent" in str(e) else "")
             _fail(f"cannot submit to the Ray job API at {address}: {e}{hint}")
-    console.print(f"submitted job {submitted}: {entrypoint}")
-    console.print(f"follow its logs:  ray job logs -f {submitted} --address {address}")
-    console.print(f"its status:       ray job status {submitted} --address {address}")
 
 
 if __name__ == "__main__":

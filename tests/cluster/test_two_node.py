@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -24,14 +25,15 @@ from eva.checkpoint import RunDir
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_eva(*args: str, env: dict) -> subprocess.CompletedProcess:
+def run_eva(*args: str, env: dict, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO, env={**env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"eva {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert not check or proc.returncode == 0, f"eva {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 SECRET = "hf_do_not_leak_7c1e9a"
+TOKEN = secrets.token_hex(16)  # the cluster's Ray auth token: auth on, as the manifests keep it
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
@@ -67,7 +69,7 @@ def _alive_nodes(gcs: str, env: dict) -> int:
 
 
 class Cluster:
-    """A head node and worker nodes on loopback, 2 CPUs each, token auth off (loopback only)."""
+    """A head node and worker nodes on loopback, 2 CPUs each, with Ray's token authentication on."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.port, self.dash_port = _free_port(), _free_port()
@@ -75,7 +77,8 @@ class Cluster:
         self.dashboard = f"http://127.0.0.1:{self.dash_port}"
         self.env = {
             **os.environ,
-            "RAY_AUTH_MODE": "disabled",
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": TOKEN,  # every node and every client of this cluster needs it
             "OMP_NUM_THREADS": "1",
             "EVA_CACHE_DIR": os.environ.get("EVA_CACHE_DIR", "/tmp/evacache"),
             "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
@@ -140,6 +143,14 @@ def cluster(tmp_path):
         c.close()
 
 
+def _client(address: str):
+    """A job client of this test process, with the cluster's token in its own header: Ray caches the
+    token a process first loaded (the test session's local Ray has another one)."""
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(address, headers={"Authorization": f"Bearer {TOKEN}"})
+
+
 def _wait_job(client, job_id: str, limit_s: float = 900):
     from ray.job_submission import JobStatus
 
@@ -153,7 +164,7 @@ def _wait_job(client, job_id: str, limit_s: float = 900):
 
 
 def test_tiny_run_as_ray_job_spreads_engines_over_both_nodes(cluster, tmp_path):
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobStatus
 
     dash, env = cluster.dashboard, cluster.env
     run = tmp_path / "run"
@@ -164,11 +175,23 @@ def test_tiny_run_as_ray_job_spreads_engines_over_both_nodes(cluster, tmp_path):
         "--set", "ray.timeout_s=600", env=env,
     )
     assert "ray job logs -f" in proc.stdout
+    # Token auth is on: a client without the token, or with another one, is turned away (exit 2, no traceback).
+    for bad in ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token"}, {"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": ""}):
+        refused = run_eva("submit", "--preset", "tiny", "--run-dir", str(tmp_path / "nope"), "--address", dash, env={**env, **bad}, check=False)
+        assert refused.returncode == 2 and "authentication" in refused.stderr.lower() and "Traceback" not in refused.stderr, refused.stderr[-2000:]
     job_id = proc.stdout.split("submitted job ", 1)[1].split(":", 1)[0]
-    client = JobSubmissionClient(dash)
+    client = _client(dash)
+    # `eva status` on the shared run directory while the job runs: it reads, never waits or writes.
+    deadline = time.time() + 600
+    while not any(e.get("kind") == "stage_end" for e in RunDir(run).events()):
+        assert time.time() < deadline and client.get_job_status(job_id) not in {JobStatus.FAILED, JobStatus.STOPPED}, client.get_job_logs(job_id)[-4000:]
+        time.sleep(0.5)
+    during = run_eva("status", str(run), env=env)
+    assert "incomplete" in during.stdout and "stopped in iteration 1 after stage" in during.stdout, during.stdout
     status = _wait_job(client, job_id)
     logs = client.get_job_logs(job_id)
     assert status == JobStatus.SUCCEEDED, logs[-4000:]
+    assert "complete: 1 iterations committed" in run_eva("status", str(run), env=env).stdout
     print(f"job {job_id} succeeded in {time.time() - t0:.0f}s")
 
     rd = RunDir(run)
@@ -184,13 +207,16 @@ def test_tiny_run_as_ray_job_spreads_engines_over_both_nodes(cluster, tmp_path):
     for path in run.rglob("*"):
         if path.is_file() and path.suffix in {".yaml", ".jsonl", ".json", ""}:
             assert SECRET not in path.read_text(errors="ignore"), path
-    assert SECRET not in logs
+    assert SECRET not in logs and TOKEN not in logs
+    for path in run.rglob("*"):
+        if path.is_file() and path.suffix in {".yaml", ".jsonl", ".json", ""}:
+            assert TOKEN not in path.read_text(errors="ignore"), path
 
 
 def test_worker_node_lost_mid_rollout_then_resume_finishes(cluster, tmp_path):
     """Kill the worker node during the estimate stage: the run recovers through retries or stops with
     no half-written iteration; `eva resume` on the cluster (a worker back) then finishes it."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobStatus
 
     run = tmp_path / "run"
     proc = run_eva(
@@ -198,7 +224,7 @@ def test_worker_node_lost_mid_rollout_then_resume_finishes(cluster, tmp_path):
         "--set", "ray.engine.replicas=2", "--set", "ray.placement=SPREAD", "--set", "ray.timeout_s=300", env=cluster.env,
     )
     job_id = proc.stdout.split("submitted job ", 1)[1].split(":", 1)[0]
-    client = JobSubmissionClient(cluster.dashboard)
+    client = _client(cluster.dashboard)
     deadline = time.time() + 600
     while not any(e.get("kind") == "stage_start" and e.get("stage") == "estimate" for e in RunDir(run).events()):
         assert time.time() < deadline and client.get_job_status(job_id) not in {JobStatus.FAILED, JobStatus.STOPPED}, client.get_job_logs(job_id)[-4000:]
@@ -208,12 +234,15 @@ def test_worker_node_lost_mid_rollout_then_resume_finishes(cluster, tmp_path):
     rd = RunDir(run)
     assert rd.verify_all() == []  # whatever happened, nothing committed is half-written
     if status == JobStatus.SUCCEEDED:
-        assert rd.committed(1)
+        assert rd.committed(1) and any(e["kind"] == "retry" for e in rd.events()), "a recovery must log its retries"
         print("recovered through retries")
         return
     assert not rd.committed(1), "a failed job must not leave iteration 1 committed"
     cluster.add_worker()
-    resumed = run_eva("resume", str(run), env={**cluster.env, "RAY_ADDRESS": cluster.gcs})
-    assert "1 iteration(s) committed" in resumed.stdout
+    proc = run_eva("submit", "--resume", str(run), "--address", cluster.dashboard, env=cluster.env)  # resume, as a Ray Job again
+    assert f"eva resume {run}" in proc.stdout
+    resumed = proc.stdout.split("submitted job ", 1)[1].split(":", 1)[0]
+    assert _wait_job(client, resumed) == JobStatus.SUCCEEDED, client.get_job_logs(resumed)[-4000:]
+    assert "1 iteration(s) committed" in client.get_job_logs(resumed)
     assert rd.committed(1) and rd.verify_all() == []
-    print("stopped resumable; eva resume finished it")
+    print("stopped resumable; eva submit --resume finished it")
