@@ -91,6 +91,12 @@ class Reporter:
             self.bar = None
 
 
+def _overrides(sets: List[str], run_dir: Optional[str], iterations: Optional[int], baseline: bool) -> list[str]:
+    """The --set list, then what the dedicated options set (they win)."""
+    extra = {"run.dir": run_dir, "run.iterations": iterations, "run.baseline": "true" if baseline else None}
+    return [*sets, *(f"{k}={v}" for k, v in extra.items() if v is not None)]
+
+
 def _run(cfg: RunConfig, run: RunDir) -> None:
     from pipelines.loop import Interrupted, run_loop
 
@@ -125,14 +131,7 @@ def run(
 ) -> None:
     """Run the self-play loop (or the baseline) on local Ray or a cluster (RAY_ADDRESS)."""
     try:
-        overrides = list(set_)
-        if run_dir is not None:
-            overrides.append(f"run.dir={run_dir}")
-        if iterations is not None:
-            overrides.append(f"run.iterations={iterations}")
-        if baseline:
-            overrides.append("run.baseline=true")
-        cfg = load_config(config, overrides, preset=preset)
+        cfg = load_config(config, _overrides(set_, run_dir, iterations, baseline), preset=preset)
         rd = RunDir(cfg.run.run_dir)
         rd.init(cfg, allow_changes=allow_change)
     except USER_ERRORS as e:
@@ -506,13 +505,7 @@ def submit(
 
 def _run_args(config: Optional[Path], preset: Optional[str], sets: List[str], run_dir: Optional[str], iterations: Optional[int], baseline: bool) -> list[str]:
     """`eva run ...` for the job, after resolving the config here: bad input fails now, not on the cluster."""
-    overrides = list(sets)
-    if run_dir is not None:
-        overrides.append(f"run.dir={run_dir}")
-    if iterations is not None:
-        overrides.append(f"run.iterations={iterations}")
-    if baseline:
-        overrides.append("run.baseline=true")
+    overrides = _overrides(sets, run_dir, iterations, baseline)
     load_config(config, overrides, preset=preset)
     args = ["eva", "run", *([str(config)] if config else []), *(["--preset", preset] if preset else [])]
     return args + [a for o in overrides for a in ("--set", o)]
