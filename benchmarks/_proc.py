@@ -34,15 +34,15 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def measure(args: list[str], env: dict | None = None, every_s: float = 1.0, log: Path | None = None, also: tuple[int, ...] = ()) -> dict:
-    """Run `args` (from the repo root), sampling the tree's RSS every `every_s`; raise if it fails.
-    `env` adds to the environment (OMP_NUM_THREADS=1 unless given); a None value removes a variable.
-    `also`: more process trees to count (the nodes of a cluster the command joins)."""
+def measure(args: list[str], env: dict | None = None, every_s: float = 1.0, log: Path | None = None, also: tuple[int, ...] = (), cwd: Path = REPO) -> dict:
+    """Run `args` (from `cwd`, default the repo root), sampling the tree's RSS every `every_s`; raise if
+    it fails. `env` adds to the environment (OMP_NUM_THREADS=1 unless given); a None value removes a
+    variable. `also`: more process trees to count (the nodes of a cluster the command joins)."""
     merged = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     env = {k: v for k, v in merged.items() if v is not None}
     out = open(log, "w") if log else subprocess.DEVNULL
     t0 = time.perf_counter()
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     peak = 0
     done = threading.Event()
 
