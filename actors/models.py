@@ -26,6 +26,23 @@ class ModelError(RuntimeError):
     """A model that cannot be found or built; the message says how to fix it."""
 
 
+def assigned_device(who: str = "reward actor") -> str:
+    """"cuda" when Ray gave the calling actor GPUs (its `num_gpus` > 0), else "cpu".
+
+    Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for an actor that asked for no GPU, so
+    `torch.cuda.is_available()` would let a `num_gpus: 0` actor take GPU 0 behind Ray's back.
+    Outside a Ray actor (tests, scripts) it is "cpu". `who` names the actor in the error."""
+    import ray
+
+    if not ray.is_initialized() or not ray.get_runtime_context().get_accelerator_ids().get("GPU"):
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ModelError(f"Ray assigned this {who} a GPU but torch sees no CUDA device: install the GPU build (`.[gpu]`, deploy/Dockerfile)")
+    return "cuda"  # Ray set CUDA_VISIBLE_DEVICES to the assigned GPU(s): cuda:0 is ours
+
+
 def cache_dir() -> Path:
     """Where converted models live: $EVA_CACHE_DIR, else $XDG_CACHE_HOME/eva, else ~/.cache/eva."""
     if os.environ.get("EVA_CACHE_DIR"):

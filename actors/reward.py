@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from actors.busy import BusyLog, Span
-from actors.models import MINILM_MODEL, ModelError, resolve_model_path
+from actors.models import MINILM_MODEL, ModelError, assigned_device, resolve_model_path
 from eva.config import ModelSection, RewardSection, ScorerSpec
 
 
@@ -239,23 +239,6 @@ def _load_hf(model_path: str, kind: str, threads: int, *, trust_remote_code: boo
     cls = AutoModelForSequenceClassification if kind == "reward_model" else AutoModel
     model = cls.from_pretrained(model_path, dtype="auto", trust_remote_code=trust_remote_code).to(device).eval()
     return tokenizer, model
-
-
-def assigned_device() -> str:
-    """"cuda" when Ray gave the calling actor GPUs (its `num_gpus` > 0), else "cpu".
-
-    Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for an actor that asked for no GPU, so
-    `torch.cuda.is_available()` would let a `num_gpus: 0` scorer take GPU 0 behind Ray's back.
-    Outside a Ray actor (tests, scripts) it is "cpu"."""
-    import ray
-
-    if not ray.is_initialized() or not ray.get_runtime_context().get_accelerator_ids().get("GPU"):
-        return "cpu"
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ModelError("Ray assigned this reward actor a GPU but torch sees no CUDA device: install the GPU build (`.[gpu]`, deploy/Dockerfile)")
-    return "cuda"  # Ray set CUDA_VISIBLE_DEVICES to the assigned GPU(s): cuda:0 is ours
 
 
 def check_reward_model(model_path: str, trust_remote_code: bool, field: str = "reward.model") -> None:

@@ -35,9 +35,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 
 from actors.busy import BusyLog, Span
+from actors.models import assigned_device
 from eva.checkpoint import fsync_dir, make_dirs
 from eva.config import SolverSection
 from eva.types import PreferencePair
@@ -77,7 +79,8 @@ class PolicyTrainer:
         disable_progress_bar()  # per-round dataset.map bars; the trainer prints one line per step instead
         self.solver = solver
         self.dtype = DTYPES[dtype]
-        self.gpu = torch.cuda.is_available()
+        # On a GPU when Ray assigned one (not merely when the node has one); outside Ray, when torch sees one.
+        self.gpu = assigned_device("trainer") == "cuda" if ray.is_initialized() else torch.cuda.is_available()
         self.workdir = Path(workdir)
         self.seed = seed
         self.initial_path = initial_path
