@@ -20,7 +20,6 @@ from actors.creator import Creator
 from actors.engine import GenerationEngine
 from actors.models import resolve_model_path
 from actors.pool import EnginePool
-from eva.checkpoint import check_writable
 from eva.config import ActorResources, RunConfig
 
 # Environment every actor process gets: one thread each (two cores are easily oversubscribed),
@@ -49,7 +48,6 @@ def init_ray(cfg: RunConfig) -> None:
     for passthrough in ("EVA_CACHE_DIR", "XDG_CACHE_HOME", "PYTHONPATH"):
         if os.environ.get(passthrough):
             env[passthrough] = os.environ[passthrough]
-    check_writable(cfg.run.run_dir)  # eva run checked it already; a Ray Job's driver checks it here
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(runtime_env={"env_vars": env}, log_to_driver=False, configure_logging=True, logging_level="WARNING")
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
@@ -196,15 +194,14 @@ def start_actors(cfg: RunConfig, policy_path: str, initial_path: str, start_iter
         engines = _engines(GenerationEngine, cfg.ray.creator, creator_groups, tp, (creator_path, cfg.model, work, cfg.run.seed, "creator"))
         creator_engines = EnginePool(engines, timeout, cfg.ray.retries, version="creator")
     else:
-        creator_engines = None  # the creator generates with the policy's engines
+        creator_engines = policy  # the creator generates with the policy's engines
     reward = _remote(RewardActor, cfg.ray.reward).remote(cfg.reward, initial_path, work, trust_remote_code=cfg.model.trust_remote_code)
     trainer = _remote(PolicyTrainer, cfg.ray.trainer, max_concurrency=2).remote(  # 2: progress() answers while train() runs
         policy_path, initial_path, cfg.solver, cfg.model.dtype, work, cfg.run.seed, threads=cfg.ray.trainer.threads, iteration=start_iteration
     )
-    creator = _remote(Creator, cfg.ray.creator, max_concurrency=4).remote(
-        policy, creator_engines, reward, cfg.creator, cfg.solver, cfg.run.seed, timeout
+    creator = _remote(Creator, cfg.ray.creator, max_concurrency=4).remote(  # None: it uses (one copy of) the policy pool
+        policy, creator_engines if own_creator else None, reward, cfg.creator, cfg.solver, cfg.run.seed, timeout
     )
-    creator_engines = creator_engines or policy
     actors = Actors(policy, creator_engines, creator, reward, trainer, groups)
     kinds = {"engine": policy.engines, "creator_engine": creator_engines.engines if own_creator else [], "reward": [reward], "trainer": [trainer], "creator": [creator]}
     pending = {kind: [_node_of(h) for h in handles] for kind, handles in kinds.items()}

@@ -6,10 +6,9 @@ A Ray actor that talks to the policy's engines and the reward actor through thei
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
-
-import logging
 
 import ray
 

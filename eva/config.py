@@ -165,8 +165,6 @@ class RewardSection(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> RewardSection:
-        if self.kind == "function" and not self.function:
-            raise ValueError("kind=function needs `function: module:function`")
         if self.kind == "combined" and not self.components:
             raise ValueError("kind=combined needs at least one entry in `components`")
         scorers = [(f"components.{i}", c) for i, c in enumerate(self.components)] if self.kind == "combined" else [("", ScorerSpec(kind=self.kind))]
@@ -179,7 +177,7 @@ class RewardSection(_Section):
                     "Skywork-Reward-Llama-3.1-8B-v0.2); kind judge scores with the initial policy"
                 )
             if spec.kind == "function" and not (spec.function or self.function):
-                raise ValueError(f"{where or 'kind'}: kind=function needs `function: module:function`")
+                raise ValueError(f"{where + ': ' if where else ''}kind=function needs `function: module:function`")
         return self
 
 

@@ -23,6 +23,7 @@ from rich.table import Table
 from eva.buffer import DataError, PromptBuffer, load_pairs
 from eva.checkpoint import POLICY, RunDir, RunDirError
 from eva.config import ConfigError, RunConfig, config_from_dict, load_config
+from eva.metrics import informativeness
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="eva: open-ended self-play RLHF (creator evolves prompts, solver learns on them).")
 model_app = typer.Typer(no_args_is_help=True, help="Offline models: prepare the embedded default.")
@@ -254,13 +255,8 @@ def _lineage(rd: RunDir, t: int, buf: PromptBuffer, pid: str) -> None:
     _columns(table, ("depth", "id", "operator", "born", "reward gap", "info", "mean reward"))
     for p in buf.ancestry(pid):
         st = buf.stats(p.id)
-        table.add_row(str(p.depth), p.id, p.operator, str(p.iteration), _fmt(_reward_gap(st["rewards"])), _fmt(_nan_none(st["info"])), _fmt(_nan_none(st["mean_reward"])), p.text)
+        table.add_row(str(p.depth), p.id, p.operator, str(p.iteration), _fmt(informativeness(st["rewards"], "gap")), _fmt(_nan_none(st["info"])), _fmt(_nan_none(st["mean_reward"])), p.text)
     console.print(table)
-
-
-def _reward_gap(rewards: list[float]) -> float | None:
-    finite = [r for r in rewards if math.isfinite(r)]
-    return max(finite) - min(finite) if len(finite) >= 2 else None
 
 
 def _top(rd: RunDir, t: int, buf: PromptBuffer, top: int, sort: str) -> None:

@@ -18,7 +18,7 @@ from actors.cluster import init_ray, workdir_for
 from actors.engine import GenerationEngine, SamplingSpec
 from actors.pool import EnginePool
 from eva.buffer import load_seed_prompts
-from eva.checkpoint import POLICY, RunDir, atomic_write_json
+from eva.checkpoint import POLICY, RunDir, atomic_write_json, check_writable
 from eva.config import RunConfig
 from eva.seeding import derive_seed
 
@@ -33,6 +33,7 @@ def evaluate(cfg: RunConfig, run: RunDir, iteration: int, prompts_path: str, col
         if not (d / "config.json").is_file():
             raise FileNotFoundError(f"{d} has no policy (pruned by checkpoint.keep_policies, or not committed)")
     prompts = load_seed_prompts(prompts_path, column, limit)
+    check_writable(run.root)  # the result goes to <run>/eval/: fail before the engines start
     init_ray(cfg)
     work = workdir_for(cfg)
     engine = ray.remote(GenerationEngine).options(num_cpus=cfg.ray.engine.num_cpus, num_gpus=cfg.ray.engine.num_gpus).remote(str(initial_dir), cfg.model, work, cfg.run.seed)

@@ -322,7 +322,7 @@ def sync_engines(ctx: Ctx, t: int, from_path: Path | None = None) -> float:
     version = f"policy-{t}"
     if from_path is not None:
         weights: object = str(from_path)
-        seconds = ctx.actors.policy.load_weights_from_path(str(from_path), version)
+        seconds = ctx.actors.policy.load_weights_from_path(weights, version)
     else:
         weights = ctx.actors.trainer.state_dict.remote(t)
         seconds = ctx.actors.policy.update_weights(weights, version)
@@ -400,13 +400,13 @@ def run_iteration(ctx: Ctx, t: int) -> None:
     ctx.actors.drain_busy(ctx.timeout)  # spans from before this iteration (actor start-up, an earlier resume) are not its work
     prev = ctx.run.iteration_dir(t - 1)
     buffer = PromptBuffer.load(prev / "prompts.parquet")
-    current = buffer.prompts(_read_ids(prev / TRAIN_PROMPTS))
     if ctx.engines_hold != t - 1 and not ctx.run.stage_done(t, "train"):
         raise RuntimeError(f"engines serve the policy of iteration {ctx.engines_hold}, iteration {t} needs {t - 1}")
     if ctx.cfg.run.baseline:
         estimated, sampled = [], []
         train_prompts = fixed_prompts(ctx, t, buffer)
     else:
+        current = buffer.prompts(_read_ids(prev / TRAIN_PROMPTS))  # X_{t-1}: what iteration t-1 trained on
         estimated = estimate(ctx, t, buffer, current)
         sampled = sample(ctx, t, buffer, estimated)
         evolved = evolve(ctx, t, buffer, sampled)

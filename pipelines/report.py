@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from eva.buffer import DataError, PromptBuffer
 from eva.checkpoint import RunDir, RunDirError, atomic_write_text
 from eva.config import RunConfig
+from eva.metrics import informativeness
 
 DEFAULT_MAX_ROWS = 2000
 DEFAULT_TOP_K = 10
@@ -367,10 +368,9 @@ def histogram_iterations(ts: list[int], limit: int = MAX_HISTOGRAMS) -> list[int
 
 def prompt_row(buffer: PromptBuffer, pid: str) -> PromptRow:
     p, st = buffer.get(pid), buffer.stats(pid)
-    rewards = st["rewards"]
     return PromptRow(
         id=p.id, text=p.text, depth=p.depth, operator=p.operator, born=p.iteration,
-        info=st["info"], mean_reward=st["mean_reward"], gap=(max(rewards) - min(rewards)) if len(rewards) >= 2 else None,
+        info=st["info"], mean_reward=st["mean_reward"], gap=informativeness(st["rewards"], "gap"),
         times_sampled=st["times_sampled"], times_trained=st["times_trained"],
     )
 
