@@ -189,7 +189,7 @@ class GenerationEngine:
         t0 = time.perf_counter()
         items = list(weights.items()) if isinstance(weights, Mapping) else list(weights)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items, "is_checkpoint_format": True})
-        self.llm.reset_prefix_cache()
+        self._after_reload()
         if version is not None:
             self.weights_version = version
         return time.perf_counter() - t0
@@ -198,11 +198,25 @@ class GenerationEngine:
         """Fallback weight sync: reload from a saved safetensors folder (e.g. the committed policy)."""
         t0 = time.perf_counter()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path, "is_checkpoint_format": True})
-        self.llm.reset_prefix_cache()
+        self._after_reload()
         self.model_path = path
         if version is not None:
             self.weights_version = version
         return time.perf_counter() - t0
+
+    def _after_reload(self) -> None:
+        """What vLLM's reload leaves undone: the output head of a tied-embedding model, and the prefix cache.
+
+        vLLM 0.32's layerwise reload gives a tied LM head (SmolLM2, Llama-3.2, Gemma) no weights of
+        its own, so it puts the head's start-time kernel tensors back instead of re-processing it: on
+        CPU the head keeps computing logits from a packed copy of the *start* weights. An engine
+        that received pushed weights then served a different policy than one started from the same
+        weights (logprobs 2e-3 apart in fp32; the cause of resumed runs diverging from iteration 2).
+        Re-running the head's weight post-processing on every rank makes it use the current weights.
+        The prefix cache is dropped because its KV blocks belong to the old weights.
+        """
+        self.llm.apply_model(refresh_output_heads)
+        self.llm.reset_prefix_cache()
 
     def _fit(self, prompt: str, max_new: int) -> str:
         """Left-truncate a prompt so prompt + max_new tokens fit the engine; vLLM rejects longer ones."""
@@ -211,3 +225,15 @@ class GenerationEngine:
         if len(ids) <= budget:
             return prompt
         return self.tokenizer.decode(ids[len(ids) - budget :])
+
+
+def refresh_output_heads(model) -> int:
+    """Re-run the weight post-processing of every LM head (in a vLLM worker, via `apply_model`), so
+    a head tied to the input embeddings computes from the weights just reloaded; returns how many.
+    Idempotent: unquantized heads keep their weight (`remove_weight=False`) and only re-pack it."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
+
+    heads = [m for m in model.modules() if isinstance(m, ParallelLMHead) and getattr(m, "quant_method", None) is not None]
+    for head in heads:
+        head.quant_method.process_weights_after_loading(head)
+    return len(heads)

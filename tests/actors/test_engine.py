@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import shutil
 import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from actors.engine import GenerationEngine, SamplingSpec, StaleWeightsError
 from actors.pool import EnginePool
@@ -71,6 +72,31 @@ def test_weight_update_changes_greedy_output_and_restore_is_exact(ray_session, e
     pool.update_weights(ray.put(perturbed))
     pool.load_weights_from_path(tiny_model_path)
     assert pool.generate(["x", "y"], TEXTS[:2], [0, 0], GREEDY).generations == before
+
+
+def test_pushed_weights_serve_what_an_engine_started_from_them_serves(ray_session, engines, tiny_model_path, tmp_path):
+    """The served policy is the pushed one, output head included: the tiny model ties its LM head to
+    the embeddings, which vLLM's reload used to leave computing from the start weights (a resumed run,
+    whose engines start from the committed policy, then diverged from the uninterrupted one)."""
+    ray = ray_session
+    original = load_file(f"{tiny_model_path}/model.safetensors")
+    gen = torch.Generator().manual_seed(1)
+    moved = {k: v + 0.01 * torch.randn(v.shape, generator=gen) for k, v in original.items()}
+    folder = tmp_path / "moved"
+    shutil.copytree(tiny_model_path, folder)
+    save_file(moved, str(folder / "model.safetensors"))
+    prompts = [ray.get(engines[0].apply_chat_template.remote(t)) for t in TEXTS]
+    model = ModelSection(path=str(folder), dtype="float32", max_model_len=256)
+    fresh = ray.remote(num_cpus=0.5)(GenerationEngine).remote(str(folder), model, str(tmp_path / "work"))
+    try:
+        want = ray.get(fresh.next_token_logprobs.remote(prompts, 5), timeout=300)
+    finally:
+        ray.kill(fresh)
+    pool = EnginePool(engines[:1], timeout_s=120)
+    for push in (lambda: pool.update_weights(ray.put(moved)), lambda: pool.load_weights_from_path(str(folder))):
+        push()
+        assert ray.get(engines[0].next_token_logprobs.remote(prompts, 5), timeout=120) == want
+    pool.update_weights(ray.put(original))
 
 
 def _wait_for_restart(ray, engine, old_pid: int, timeout_s: float = 300) -> dict:
