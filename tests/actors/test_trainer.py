@@ -70,18 +70,25 @@ def test_dpo_sigmoid_loss_goes_down(tiny_model_path, tmp_path):
 
 # First-step loss where policy == reference (margin 0), by hand, beta = 0.05:
 # ipo (margin - 1/(2 beta))^2 = 100; hinge relu(1 - beta*0) = 1. SimPO/ORPO have no reference: finite only.
-# And which TRL trainer ran, with which loss: SimPO is CPO with loss simpo and cpo_alpha 0 (no BC term).
+# And which TRL trainer ran, with which arguments under TRL's names: SimPO is CPO with loss simpo and
+# cpo_alpha 0 (no BC term), its beta CPOConfig.beta; ORPO's lambda is ORPOConfig.beta. The other
+# losses' parameters are set to values of their own, to show each loss reads only its own.
+OTHERS = dict(beta=0.05, simpo_beta=2.0, simpo_gamma=1.0, orpo_lambda=0.2)
+
+
 @pytest.mark.parametrize(
-    "loss_type, first, trl",
-    [("ipo", 100.0, ("DPOTrainer", "['ipo']", None)), ("hinge", 1.0, ("DPOTrainer", "['hinge']", None)),
-     ("simpo", None, ("CPOTrainer", "simpo", 0.0)), ("orpo", None, ("ORPOTrainer", "None", None))],
+    "loss_type, first, trl_trainer, trl_args",
+    [("ipo", 100.0, "DPOTrainer", {"loss_type": ["ipo"], "beta": 0.05}),
+     ("hinge", 1.0, "DPOTrainer", {"loss_type": ["hinge"], "beta": 0.05}),
+     ("simpo", None, "CPOTrainer", {"loss_type": "simpo", "beta": 2.0, "simpo_gamma": 1.0, "cpo_alpha": 0.0}),
+     ("orpo", None, "ORPOTrainer", {"beta": 0.2})],
 )
-def test_other_losses_run_one_round(tiny_model_path, tmp_path, loss_type, first, trl):
-    trainer = make(tiny_model_path, tmp_path, loss_type=loss_type)
+def test_other_losses_run_one_round(tiny_model_path, tmp_path, loss_type, first, trl_trainer, trl_args):
+    trainer = make(tiny_model_path, tmp_path, loss_type=loss_type, **OTHERS)
     before = trainer.state_dict()
     m = trainer.train(PAIRS, iteration=1)
     assert m["steps"] == 4 and all(math.isfinite(x) for x in m["losses"])
-    assert m["trl_trainer"] == trl[0] and m["trl_loss_type"] == trl[1] and m["trl_cpo_alpha"] == trl[2]
+    assert m["trl_trainer"] == trl_trainer and m["trl_args"] == trl_args
     if first is not None:
         assert m["losses"][0] == pytest.approx(first, rel=1e-5)
     else:
