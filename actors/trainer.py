@@ -258,7 +258,10 @@ class PolicyTrainer:
             num_train_epochs=s.epochs,
             per_device_train_batch_size=s.per_device_batch_size,
             gradient_accumulation_steps=s.gradient_accumulation_steps,
-            warmup_steps=s.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the steps
+            # transformers 5.19 has no `warmup_ratio` argument; `warmup_steps` below 1 is the ratio:
+            # TrainingArguments.get_warmup_steps (transformers 5.19, training_args.py:2122-2129) takes
+            # math.ceil(num_training_steps * warmup_steps). solver.warmup_ratio is < 1 by its schema.
+            warmup_steps=s.warmup_ratio,
             weight_decay=s.weight_decay,
             max_length=s.max_length,
             seed=self.seed + iteration,
@@ -373,6 +376,7 @@ def _round_metrics(log_history: list[dict[str, float]], seconds: float) -> dict[
     return {
         "steps": len(losses),
         "losses": losses,
+        "learning_rates": [float(h["learning_rate"]) for h in steps if "learning_rate" in h],
         "train_loss": sum(losses) / len(losses) if losses else math.nan,
         "last_loss": losses[-1] if losses else math.nan,
         "reward_accuracy": mean_of("rewards/accuracies"),

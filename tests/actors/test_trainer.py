@@ -96,6 +96,19 @@ def test_other_losses_run_one_round(tiny_model_path, tmp_path, loss_type, first,
     assert changed(before, trainer.state_dict())
 
 
+# 8 pairs, batch 2: 4 steps, learning rate 1e-3, linear schedule (TRL's default). Logged per step is
+# the rate that step trained with. warmup_ratio 0.5 warms up over 2 of the 4 steps (0, lr/2), peaks
+# at step 3, then decays linearly to 0 over the remaining 2; without warmup it decays from the start.
+@pytest.mark.parametrize(
+    "warmup_ratio, rates",
+    [(0.5, [0.0, 0.5e-3, 1e-3, 0.5e-3]), (0.0, [1e-3, 0.75e-3, 0.5e-3, 0.25e-3])],
+)
+def test_warmup_ratio_is_a_share_of_the_round_steps(tiny_model_path, tmp_path, warmup_ratio, rates):
+    trainer = make(tiny_model_path, tmp_path, warmup_ratio=warmup_ratio)
+    m = trainer.train(PAIRS, iteration=1)
+    assert m["steps"] == 4 and m["learning_rates"] == pytest.approx(rates, abs=1e-12)
+
+
 def test_lora_merges_into_the_base_names(tiny_model_path, tmp_path):
     trainer = make(tiny_model_path, tmp_path, finetune="lora", learning_rate=1e-2)
     before = trainer.state_dict()
