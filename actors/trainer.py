@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import importlib
 import math
 import os
 import shutil
@@ -42,10 +43,16 @@ from actors.busy import BusyLog, Span
 from actors.models import assigned_device
 from eva.checkpoint import fsync_dir, make_dirs
 from eva.config import SolverSection
+from eva.losses import loss_spec, trl_arguments
 from eva.types import PreferencePair
 
-DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust")  # TRL DPOTrainer; simpo -> CPOTrainer, orpo -> ORPOTrainer
-REFERENCE_FREE = ("simpo", "orpo")
+# The TRL classes of each loss family (eva.losses.Family): module, config, trainer, and the config
+# arguments the family needs (CPO and ORPO want the raw prompt/chosen/rejected columns kept).
+TRL_TRAINERS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
+    "dpo": ("trl", "DPOConfig", "DPOTrainer", {}),
+    "cpo": ("trl.experimental.cpo", "CPOConfig", "CPOTrainer", {"remove_unused_columns": False}),
+    "orpo": ("trl.experimental.orpo", "ORPOConfig", "ORPOTrainer", {"remove_unused_columns": False}),
+}
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -146,8 +153,10 @@ class PolicyTrainer:
         seconds = time.perf_counter() - t0
         metrics = _round_metrics(trainer.state.log_history, seconds)
         metrics.update(iteration=iteration, loss_type=self.solver.loss_type, num_pairs=len(trainer.train_dataset))
-        # what TRL actually ran, for the record (and the tests): SimPO is CPO with loss simpo and no BC term
-        metrics.update(trl_trainer=type(trainer).__name__, trl_loss_type=str(getattr(trainer.args, "loss_type", None)), trl_cpo_alpha=getattr(trainer.args, "cpo_alpha", None))
+        # what TRL actually ran, for the record (and the tests): the trainer class and the loss's
+        # arguments read back from its config, under TRL's names (SimPO's beta is CPOConfig.beta)
+        trl_args = {name: getattr(trainer.args, name) for name in trl_arguments(self.solver)}
+        metrics.update(trl_trainer=type(trainer).__name__, trl_args=trl_args)
         self.policy = self._finish(trainer)
         del trainer
         gc.collect()
@@ -212,7 +221,7 @@ class PolicyTrainer:
     def _reference_model(self) -> torch.nn.Module | None:
         """The module handed to TRL as `ref_model`; None only where TRL needs none (see module docstring)."""
         s = self.solver
-        if s.loss_type in REFERENCE_FREE:
+        if loss_spec(s.loss_type).reference_free:
             return None
         if s.reference == "initial":
             if self._initial is None:
@@ -249,10 +258,12 @@ class PolicyTrainer:
             num_train_epochs=s.epochs,
             per_device_train_batch_size=s.per_device_batch_size,
             gradient_accumulation_steps=s.gradient_accumulation_steps,
-            warmup_steps=s.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the steps
+            # transformers 5.19 has no `warmup_ratio` argument; `warmup_steps` below 1 is the ratio:
+            # TrainingArguments.get_warmup_steps (transformers 5.19, training_args.py:2122-2129) takes
+            # math.ceil(num_training_steps * warmup_steps). solver.warmup_ratio is < 1 by its schema.
+            warmup_steps=s.warmup_ratio,
             weight_decay=s.weight_decay,
             max_length=s.max_length,
-            beta=s.beta,
             seed=self.seed + iteration,
             # Mixed precision on GPU (module docstring); TRL defaults to bf16=True, which raises on CPU.
             bf16=self.gpu and self.dtype == torch.bfloat16,
@@ -277,24 +288,14 @@ class PolicyTrainer:
                 target_modules=list(lora.target_modules),
                 task_type="CAUSAL_LM",
             )
+        spec = loss_spec(s.loss_type)
+        module, config_class, trainer_class, family_args = TRL_TRAINERS[spec.family]
+        trl = importlib.import_module(module)
+        args = getattr(trl, config_class)(**common, **family_args, **trl_arguments(s))
         kwargs = dict(model=self.policy, train_dataset=dataset, processing_class=self.tokenizer, peft_config=peft_config)
-        callbacks = [_step_logger(iteration, self._progress)]
-        if s.loss_type in DPO_LOSSES:
-            from trl import DPOConfig, DPOTrainer
-
-            args = DPOConfig(loss_type=[s.loss_type], **common)
-            return DPOTrainer(ref_model=ref_model, args=args, callbacks=callbacks, **kwargs)
-        if s.loss_type == "simpo":  # SimPO = CPO with the simpo loss and no BC term
-            from trl.experimental.cpo import CPOConfig, CPOTrainer
-
-            args = CPOConfig(loss_type="simpo", cpo_alpha=0.0, simpo_gamma=s.simpo_gamma, remove_unused_columns=False, **common)
-            return CPOTrainer(args=args, callbacks=callbacks, **kwargs)
-        if s.loss_type == "orpo":  # beta is ORPO's lambda (weight of the odds-ratio term)
-            from trl.experimental.orpo import ORPOConfig, ORPOTrainer
-
-            args = ORPOConfig(remove_unused_columns=False, **common)
-            return ORPOTrainer(args=args, callbacks=callbacks, **kwargs)
-        raise ValueError(f"solver.loss_type: unknown {s.loss_type!r}; expected one of {DPO_LOSSES + REFERENCE_FREE}")
+        if not spec.reference_free:
+            kwargs["ref_model"] = ref_model
+        return getattr(trl, trainer_class)(args=args, callbacks=[_step_logger(iteration, self._progress)], **kwargs)
 
     def _finish(self, trainer) -> torch.nn.Module:
         """The trained policy as a plain model: LoRA merged, TRL's patches removed, rounded to dtype."""
@@ -375,6 +376,7 @@ def _round_metrics(log_history: list[dict[str, float]], seconds: float) -> dict[
     return {
         "steps": len(losses),
         "losses": losses,
+        "learning_rates": [float(h["learning_rate"]) for h in steps if "learning_rate" in h],
         "train_loss": sum(losses) / len(losses) if losses else math.nan,
         "last_loss": losses[-1] if losses else math.nan,
         "reward_accuracy": mean_of("rewards/accuracies"),

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from eva.losses import LOSSES, loss_spec
 
 Metric = Literal["gap", "maxmean", "dts", "var", "mean_inv", "uniform"]
 SampleMethod = Literal["weighted", "greedy", "uniform"]
 Operator = Literal["constraints", "deepen", "concretize", "reasoning", "expand", "breadth"]
-LossType = Literal["sigmoid", "ipo", "hinge", "robust", "simpo", "orpo"]
 DType = Literal["bfloat16", "float16", "float32"]
 
 ALL_OPERATORS: tuple[Operator, ...] = ("constraints", "deepen", "concretize", "reasoning", "expand", "breadth")
@@ -113,9 +114,15 @@ class SolverSection(_Section):
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling of the policy.")
     max_new_tokens: int = Field(256, ge=1, description="Max new tokens of one response.")
     min_margin: float = Field(0.0, ge=0, description="Pairs whose reward margin is not above this are dropped (ties carry no signal).")
-    loss_type: LossType = Field("sigmoid", description="Preference loss: DPO sigmoid/ipo/hinge/robust (TRL DPOTrainer), simpo (TRL CPO), orpo (TRL ORPO).")
-    beta: float = Field(0.05, gt=0, description="DPO beta (inverse temperature of the implicit reward).")
-    simpo_gamma: float = Field(0.5, ge=0, description="SimPO target reward margin gamma (TRL's CPO divides it by beta internally). SimPO uses solver.beta on its own scale (the SimPO paper: 2-2.5).")
+    loss_type: str = Field(
+        "sigmoid",
+        description="Preference loss (eva.losses.LOSSES), with the TRL trainer that runs it and the solver fields it reads: "
+        + ", ".join(f"{s.name} (TRL {s.family.upper()}: {', '.join(s.params)})" for s in LOSSES.values()) + ".",
+    )
+    beta: float = Field(0.05, gt=0, description="DPO beta of sigmoid/ipo/hinge/robust (inverse temperature of the implicit reward; IPO's tau). simpo and orpo do not read it.")
+    simpo_beta: float = Field(0.05, gt=0, description="SimPO's beta (TRL CPOConfig.beta): scale of the length-normalized log-likelihood reward, on its own scale, not DPO's: the SimPO paper uses 2-2.5 (10 for gemma-2-9b-it). The default 0.05 is what simpo got before it had its own field (solver.beta).")
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO's target reward margin gamma (TRL CPOConfig.simpo_gamma; the loss subtracts gamma/simpo_beta from the log-likelihood difference). The SimPO paper tunes the ratio gamma/beta rather than gamma.")
+    orpo_lambda: float = Field(0.05, gt=0, description="ORPO's lambda (TRL ORPOConfig.beta): weight of the odds-ratio term added to the SFT loss. The ORPO authors train with 0.1 (TRL's default too). The default 0.05 is what orpo got before it had its own field (solver.beta).")
     learning_rate: float = Field(1e-6, gt=0, description="Learning rate.")
     epochs: float = Field(1.0, gt=0, description="Epochs over the iteration's pairs.")
     per_device_batch_size: int = Field(2, ge=1, description="Pairs per device per step.")
@@ -127,6 +134,12 @@ class SolverSection(_Section):
     finetune: Literal["full", "lora"] = Field("full", description="Full fine-tuning or LoRA adapters (peft).")
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA settings (used when finetune=lora).")
     reference: Literal["previous", "initial"] = Field("previous", description="Reference policy of iteration t: pi_{t-1} (previous) or pi_0 (initial).")
+
+    @field_validator("loss_type")
+    @classmethod
+    def _known_loss(cls, name: str) -> str:
+        loss_spec(name)  # ValueError naming the known losses
+        return name
 
     @model_validator(mode="after")
     def _prompt_fits(self) -> SolverSection:

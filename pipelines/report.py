@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from eva.buffer import DataError, PromptBuffer
 from eva.checkpoint import RunDir, RunDirError, atomic_write_text
 from eva.config import RunConfig
+from eva.losses import loss_parameters
 from eva.metrics import informativeness
 
 DEFAULT_MAX_ROWS = 2000
@@ -241,7 +242,7 @@ def config_summary(cfg: RunConfig | None) -> dict[str, Any]:
         "variants per prompt": cfg.creator.num_variants,
         "evolved ratio": cfg.creator.evolved_ratio,
         "responses per prompt": cfg.solver.n_responses,
-        "loss": f"{cfg.solver.loss_type} (beta {cfg.solver.beta:g}, {cfg.solver.finetune}, reference {cfg.solver.reference})",
+        "loss": f"{cfg.solver.loss_type} ({', '.join(f'{k} {v:g}' for k, v in loss_parameters(cfg.solver).items())}, {cfg.solver.finetune}, reference {cfg.solver.reference})",
         "reward": cfg.reward.kind,
         "iterations planned": cfg.run.iterations,
     }

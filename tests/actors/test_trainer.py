@@ -70,23 +70,43 @@ def test_dpo_sigmoid_loss_goes_down(tiny_model_path, tmp_path):
 
 # First-step loss where policy == reference (margin 0), by hand, beta = 0.05:
 # ipo (margin - 1/(2 beta))^2 = 100; hinge relu(1 - beta*0) = 1. SimPO/ORPO have no reference: finite only.
-# And which TRL trainer ran, with which loss: SimPO is CPO with loss simpo and cpo_alpha 0 (no BC term).
+# And which TRL trainer ran, with which arguments under TRL's names: SimPO is CPO with loss simpo and
+# cpo_alpha 0 (no BC term), its beta CPOConfig.beta; ORPO's lambda is ORPOConfig.beta. The other
+# losses' parameters are set to values of their own, to show each loss reads only its own.
+OTHERS = dict(beta=0.05, simpo_beta=2.0, simpo_gamma=1.0, orpo_lambda=0.2)
+
+
 @pytest.mark.parametrize(
-    "loss_type, first, trl",
-    [("ipo", 100.0, ("DPOTrainer", "['ipo']", None)), ("hinge", 1.0, ("DPOTrainer", "['hinge']", None)),
-     ("simpo", None, ("CPOTrainer", "simpo", 0.0)), ("orpo", None, ("ORPOTrainer", "None", None))],
+    "loss_type, first, trl_trainer, trl_args",
+    [("ipo", 100.0, "DPOTrainer", {"loss_type": ["ipo"], "beta": 0.05}),
+     ("hinge", 1.0, "DPOTrainer", {"loss_type": ["hinge"], "beta": 0.05}),
+     ("simpo", None, "CPOTrainer", {"loss_type": "simpo", "beta": 2.0, "simpo_gamma": 1.0, "cpo_alpha": 0.0}),
+     ("orpo", None, "ORPOTrainer", {"beta": 0.2})],
 )
-def test_other_losses_run_one_round(tiny_model_path, tmp_path, loss_type, first, trl):
-    trainer = make(tiny_model_path, tmp_path, loss_type=loss_type)
+def test_other_losses_run_one_round(tiny_model_path, tmp_path, loss_type, first, trl_trainer, trl_args):
+    trainer = make(tiny_model_path, tmp_path, loss_type=loss_type, **OTHERS)
     before = trainer.state_dict()
     m = trainer.train(PAIRS, iteration=1)
     assert m["steps"] == 4 and all(math.isfinite(x) for x in m["losses"])
-    assert m["trl_trainer"] == trl[0] and m["trl_loss_type"] == trl[1] and m["trl_cpo_alpha"] == trl[2]
+    assert m["trl_trainer"] == trl_trainer and m["trl_args"] == trl_args
     if first is not None:
         assert m["losses"][0] == pytest.approx(first, rel=1e-5)
     else:
         assert trainer.reference_state() == {}  # reference-free
     assert changed(before, trainer.state_dict())
+
+
+# 8 pairs, batch 2: 4 steps, learning rate 1e-3, linear schedule (TRL's default). Logged per step is
+# the rate that step trained with. warmup_ratio 0.5 warms up over 2 of the 4 steps (0, lr/2), peaks
+# at step 3, then decays linearly to 0 over the remaining 2; without warmup it decays from the start.
+@pytest.mark.parametrize(
+    "warmup_ratio, rates",
+    [(0.5, [0.0, 0.5e-3, 1e-3, 0.5e-3]), (0.0, [1e-3, 0.75e-3, 0.5e-3, 0.25e-3])],
+)
+def test_warmup_ratio_is_a_share_of_the_round_steps(tiny_model_path, tmp_path, warmup_ratio, rates):
+    trainer = make(tiny_model_path, tmp_path, warmup_ratio=warmup_ratio)
+    m = trainer.train(PAIRS, iteration=1)
+    assert m["steps"] == 4 and m["learning_rates"] == pytest.approx(rates, abs=1e-12)
 
 
 def test_lora_merges_into_the_base_names(tiny_model_path, tmp_path):

@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from eva.config import load_config
+from eva.losses import LOSSES, loss_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -267,6 +268,16 @@ def test_example_configs_load_and_are_gpu_sized(path: Path) -> None:
 def test_examples_cover_dpo_and_simpo() -> None:
     losses = {load_config(p, []).solver.loss_type for p in CONFIGS}
     assert {"sigmoid", "simpo"} <= losses
+
+
+def test_examples_set_only_parameters_their_loss_reads() -> None:
+    """A loss parameter set for another loss is silently unused (e.g. `beta` on a simpo run: simpo_beta)."""
+    loss_params = {field for spec in LOSSES.values() for field in spec.params}
+    for path in CONFIGS:
+        cfg = load_config(path, [])
+        given = loss_params & (yaml.safe_load(path.read_text()).get("solver") or {}).keys()
+        unread = given - loss_spec(cfg.solver.loss_type).params.keys()
+        assert not unread, f"{path.name}: solver.loss_type {cfg.solver.loss_type} does not read {sorted(unread)}"
 
 
 def test_docs_and_manifests_name_existing_configs() -> None:
