@@ -1,4 +1,5 @@
-"""Start Ray and the actors of a run from its config: engines, reward scorer, creator, trainer.
+"""Start Ray and the actors of a run from its config: engines (the policy's, and the creator model's when
+it has its own), the reward scorer and the trainer.
 
 Each actor declares the resources its config section asks for. Requests must fit the cluster: Ray
 waits forever, silently, for an actor it cannot place, so every wait here has a timeout and the
@@ -16,7 +17,6 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from actors.creator import Creator
 from actors.engine import GenerationEngine
 from actors.models import resolve_model_path
 from actors.pool import EnginePool
@@ -62,11 +62,10 @@ def init_ray(cfg: RunConfig) -> None:
 
 def _check_fits(cfg: RunConfig, with_creator_engine: bool) -> None:
     wanted = {"CPU": 0.0, "GPU": 0.0}
-    groups: list[tuple[str, ActorResources]] = [("engine", cfg.ray.engine), ("reward", cfg.ray.reward), ("trainer", cfg.ray.trainer), ("creator", cfg.ray.creator)]
-    for name, res in groups:
-        count = res.replicas if name == "engine" else 1
-        if name == "creator" and with_creator_engine:
-            count += res.replicas  # the creator's own engine replicas
+    groups: list[tuple[ActorResources, int]] = [(cfg.ray.engine, cfg.ray.engine.replicas), (cfg.ray.reward, 1), (cfg.ray.trainer, 1)]
+    if with_creator_engine:
+        groups.append((cfg.ray.creator, cfg.ray.creator.replicas))  # the creator model's own engine replicas
+    for res, count in groups:
         wanted["CPU"] += res.num_cpus * count
         wanted["GPU"] += res.num_gpus * count
     have = ray.cluster_resources()
@@ -130,9 +129,12 @@ def _remote(cls, res: ActorResources, **options):
 
 @dataclass
 class Actors:
+    """The run's actors. One engine pool per model, owned by the driver: `creator_engines` is the
+    policy pool itself when the creator generates with the policy (creator.model: policy), so a
+    weight push reaches the creator with no second copy to keep in step."""
+
     policy: EnginePool
     creator_engines: EnginePool
-    creator: object  # ActorHandle[Creator]
     reward: object  # ActorHandle[RewardActor]
     trainer: object  # ActorHandle[PolicyTrainer]
     groups: list = field(default_factory=list)  # placement groups of the engines
@@ -145,7 +147,7 @@ class Actors:
         return [span for spans in ray.get(refs, timeout=timeout_s) for span in spans]
 
     def shutdown(self) -> None:
-        for handle in [*self.policy.engines, *self.creator_engines.engines, self.creator, self.reward, self.trainer]:
+        for handle in [*self.policy.engines, *self.creator_engines.engines, self.reward, self.trainer]:
             try:
                 ray.kill(handle)
             except Exception:  # already gone
@@ -199,15 +201,12 @@ def start_actors(cfg: RunConfig, policy_path: str, initial_path: str, start_iter
     trainer = _remote(PolicyTrainer, cfg.ray.trainer, max_concurrency=2).remote(  # 2: progress() answers while train() runs
         policy_path, initial_path, cfg.solver, cfg.model.dtype, work, cfg.run.seed, threads=cfg.ray.trainer.threads, iteration=start_iteration
     )
-    creator = _remote(Creator, cfg.ray.creator, max_concurrency=4).remote(  # None: it uses (one copy of) the policy pool
-        policy, creator_engines if own_creator else None, reward, cfg.creator, cfg.solver, cfg.run.seed, timeout
-    )
-    actors = Actors(policy, creator_engines, creator, reward, trainer, groups)
-    kinds = {"engine": policy.engines, "creator_engine": creator_engines.engines if own_creator else [], "reward": [reward], "trainer": [trainer], "creator": [creator]}
+    actors = Actors(policy, creator_engines, reward, trainer, groups)
+    kinds = {"engine": policy.engines, "creator_engine": creator_engines.engines if own_creator else [], "reward": [reward], "trainer": [trainer]}
     pending = {kind: [_node_of(h) for h in handles] for kind, handles in kinds.items()}
     try:
         ray.get([e.ready.remote() for e in {*policy.engines, *creator_engines.engines}], timeout=timeout)
-        ray.get([reward.info.remote(), creator.ready.remote(), trainer.ready.remote()], timeout=timeout)
+        ray.get([reward.info.remote(), trainer.ready.remote()], timeout=timeout)
         actors.nodes = {kind: ray.get(refs, timeout=timeout) for kind, refs in pending.items() if refs}
     except Exception:
         actors.shutdown()

@@ -8,8 +8,7 @@ Weights carry a label (`version`; the loop labels them policy-<t>, ad-hoc pools 
 and skip the check). Every generate call names the label it expects, so a replica that
 Ray restarted (`max_restarts`: it comes back with its start weights) refuses instead of answering
 with the wrong policy; the pool then pushes it the current weights and asks again. A pool is a
-plain value that travels into other actors (the creator) and tasks: whoever pushes new weights
-tells the other copies with `adopt` (no second push).
+plain value owned by the driver; the rollout tasks get a copy made after the last push.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ import torch
 
 from actors.busy import BusyLog, Span
 from actors.models import assigned_device
-from eva.checkpoint import fsync_dir, make_dirs
+from eva.atomic import fsync_dir, make_dirs
 from eva.config import SolverSection
 from eva.losses import loss_spec, trl_arguments
 from eva.types import PreferencePair

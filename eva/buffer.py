@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from eva.checkpoint import atomic_path
+from eva.atomic import atomic_path
 from eva.types import PreferencePair, Prompt, ScoredPrompt, prompt_id
 
 BUILTIN_SEED = "builtin:seed"

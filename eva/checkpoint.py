@@ -17,25 +17,33 @@ only the stages after the last marker, or `clear_iteration` drops the folder ent
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from eva.atomic import (  # noqa: F401  (re-exported: the run directory's writers)
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    fsync_dir,
+    is_temp_file,
+    make_dirs,
+    sha256_file,
+)
+from eva.iteration import POLICY, IterationDir
 from eva.config import MUTABLE_FIELDS, ConfigError, RunConfig, config_from_dict, fingerprint, flatten
 
 MANIFEST = "MANIFEST.json"
 STAGES = "stages"
-POLICY = "policy"
-_TMP_SUFFIX = ".tmp"
 _HASH_KEY = "config_hash"
 
 
@@ -49,18 +57,6 @@ class CorruptCheckpointError(RunDirError):
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
         super().__init__(message)
         self.problems = problems or [message]
-
-
-# --- atomic writes ---------------------------------------------------------------------------
-
-
-def fsync_dir(path: str | Path) -> None:
-    """fsync a directory so a rename or a new entry in it survives a power loss."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def check_writable(run_dir: str | Path) -> None:
@@ -82,70 +78,6 @@ def check_writable(run_dir: str | Path) -> None:
             f"run directory {root} is not writable ({e}): run.dir must be a folder this process can write; on a Ray "
             "cluster, shared storage that the driver and every node can write (e.g. an NFS or mounted-bucket path)"
         ) from None
-
-
-def make_dirs(path: str | Path) -> Path:
-    """mkdir -p that also fsyncs the parent of every folder it creates (new entries are durable)."""
-    path = Path(path)
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        d.mkdir(exist_ok=True)
-        fsync_dir(d.parent)
-    return path
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path next to `path`; on success fsync it and rename it over `path`.
-
-    For writers that want a file name (pyarrow, safetensors). On an exception the temp file is
-    removed and `path` is untouched.
-    """
-    path = Path(path)
-    make_dirs(path.parent)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:  # writers may have closed without fsync
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Replace `path` with `data` atomically (temp file in the same folder, fsync, rename, fsync dir)."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def is_temp_file(path: Path) -> bool:
-    """True for a leftover of an interrupted atomic write."""
-    return path.name.startswith(".") and path.name.endswith(_TMP_SUFFIX)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _now() -> str:
@@ -235,6 +167,20 @@ class RunDir:
         if t < 0:
             raise ValueError(f"iteration must be >= 0, got {t}")
         return self.root / "iterations" / f"{t:04d}"
+
+    def iteration(self, t: int) -> IterationDir:
+        """The files of iteration t (eva.iteration owns their names and formats)."""
+        return IterationDir(self.iteration_dir(t), t)
+
+    def eval_path(self, t: int) -> Path:
+        """Where `eva eval` writes its result for iteration t: outside the committed iterations."""
+        return self.root / "eval" / f"iteration_{t:04d}.json"
+
+    def eval_paths(self) -> dict[int, Path]:
+        """The `eva eval` results present, by iteration."""
+        folder = self.root / "eval"
+        found = folder.glob("iteration_*.json") if folder.is_dir() else []
+        return {int(p.stem.split("_")[1]): p for p in sorted(found) if p.stem.split("_")[1].isdigit()}
 
     def iterations(self) -> list[int]:
         """Numbers of all iteration folders present, committed or not, ascending."""

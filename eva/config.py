@@ -208,7 +208,7 @@ class RaySection(_Section):
     engine: ActorResources = Field(default_factory=ActorResources, description="Policy generation engines (vLLM).")
     trainer: ActorResources = Field(default_factory=ActorResources, description="The TRL training actor.")
     reward: ActorResources = Field(default_factory=ActorResources, description="Reward scorer actors.")
-    creator: ActorResources = Field(default_factory=ActorResources, description="Creator actor (its own engine when creator.model is not `policy`).")
+    creator: ActorResources = Field(default_factory=ActorResources, description="The creator model's own engine replicas (only when creator.model is not `policy`; otherwise the creator generates with the policy's engines).")
     placement: Literal["PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"] = Field("PACK", description="Placement-group strategy for engine replicas (one bundle of {CPU: num_cpus, GPU: num_gpus} per replica); STRICT_SPREAD puts each replica on its own node.")
     placement_timeout_s: float = Field(300.0, gt=0, description="Longest wait for the engines' placement group before the run stops with what did not fit.")
     retries: int = Field(2, ge=0, description="Retries of a failed generation batch (engine actor died or its node was lost) before the stage fails.")

@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from eva.types import ScoredPrompt, Timing
+
 MetricFn = Callable[[np.ndarray], float]
 
 METRICS: dict[str, MetricFn] = {}
@@ -111,6 +113,12 @@ def informativeness_batch(reward_lists: Sequence[Sequence[float]], metric: str) 
     return [None if m is None else 1.0 - (m - lo) / (hi - lo) for m in means]
 
 
+def with_informativeness(scored: Sequence[ScoredPrompt], metric: str) -> list[ScoredPrompt]:
+    """The records with `info` attached, computed over the whole set (mean_inv needs the set's range)."""
+    infos = informativeness_batch([s.rewards for s in scored], metric)
+    return [ScoredPrompt(s.prompt, s.responses, s.rewards, info) for s, info in zip(scored, infos)]
+
+
 def summarize(values: Sequence[float | None]) -> dict[str, float]:
     """count/none_count/mean/std/min/p10/p50/p90/max over the finite values (for metrics.json).
 
@@ -134,7 +142,7 @@ def summarize(values: Sequence[float | None]) -> dict[str, float]:
     return out
 
 
-def busy_summary(spans: Sequence[tuple[str, float, float]], start: float, end: float) -> dict[str, float]:
+def busy_summary(spans: Sequence[tuple[str, float, float]], start: float, end: float) -> Timing:
     """How much of the wall interval [start, end] some actor spent on real work.
 
     `spans` are (kind, t0, t1) from the actors (actors.busy); each is clipped to the interval. Per
@@ -144,9 +152,9 @@ def busy_summary(spans: Sequence[tuple[str, float, float]], start: float, end: f
     """
     wall = max(0.0, end - start)
     clipped = sorted((max(t0, start), min(t1, end), kind) for kind, t0, t1 in spans if min(t1, end) > max(t0, start))
-    out: dict[str, float] = {}
+    by_kind: dict[str, float] = {}
     for a, b, kind in clipped:
-        out[f"busy_{kind}_s"] = out.get(f"busy_{kind}_s", 0.0) + (b - a)
+        by_kind[kind] = by_kind.get(kind, 0.0) + (b - a)
     union, cur_a, cur_b = 0.0, None, None
     for a, b, _ in clipped:
         if cur_b is None or a > cur_b:
@@ -155,5 +163,10 @@ def busy_summary(spans: Sequence[tuple[str, float, float]], start: float, end: f
         else:
             cur_b = max(cur_b, b)
     union += 0.0 if cur_b is None else cur_b - cur_a
-    out.update(wall_s=wall, busy_s=union, overhead_s=wall - union, overhead_share=(wall - union) / wall if wall > 0 else 0.0)
-    return {k: round(v, 4) for k, v in out.items()}
+    return Timing(
+        wall_s=round(wall, 4),
+        busy_s=round(union, 4),
+        overhead_s=round(wall - union, 4),
+        overhead_share=round((wall - union) / wall, 4) if wall > 0 else 0.0,
+        busy_by_kind={k: round(v, 4) for k, v in by_kind.items()},
+    )

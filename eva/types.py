@@ -7,6 +7,7 @@ pipelines pass them on. Large collections (the prompt buffer) are stored column-
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import unicodedata
@@ -133,11 +134,30 @@ class FilterReport:
 
 
 @dataclass(slots=True)
-class IterationMetrics:
-    """What one iteration measured; written as `metrics.json` of the iteration.
+class Timing:
+    """Where the wall time of an iteration went, in seconds (`eva.metrics.busy_summary`).
 
-    Times in seconds; `info_summary` and `reward_summary` hold count/mean/std/min/p10/p50/p90/max.
-    Mutable on purpose: the loop fills it stage by stage.
+    `busy_by_kind` sums the work spans of the actors per kind (generate, score, train; replicas
+    working at once count twice), `busy_s` is the length of their union, `overhead_s` the rest of
+    `wall_s` (Ray calls, serialization, checkpoint writes); `save_s`/`sync_s`: the policy save and
+    the weight push to the engines.
+    """
+
+    wall_s: float = 0.0
+    busy_s: float = 0.0
+    overhead_s: float = 0.0
+    overhead_share: float = 0.0
+    busy_by_kind: dict[str, float] = field(default_factory=dict)
+    save_s: float = 0.0
+    sync_s: float = 0.0
+
+
+@dataclass(slots=True)
+class IterationMetrics:
+    """What one iteration measured; written as `metrics.json` of the iteration (`eva.iteration`).
+
+    Built once per iteration by `eva.results.iteration_metrics` from the stages' results. Times in
+    seconds; `info_summary` and `reward_summary` hold count/mean/std/min/p10/p50/p90/max.
     """
 
     iteration: int
@@ -156,11 +176,24 @@ class IterationMetrics:
     reward_accuracy: float | None = None
     train_steps: int = 0
     nonfinite_rewards: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
+    buffer_size: int = 0
+    timing: Timing = field(default_factory=Timing)
 
     def to_dict(self) -> dict:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> IterationMetrics:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        """Read metrics.json; unknown keys are ignored, and the layout before `timing` (an `extra`
+        dict holding buffer_size, the busy_<kind>_s spans and the overhead figures) is understood."""
+        data = dict(data)
+        legacy = data.pop("extra", None) or {}
+        timing = dict(data.pop("timing", None) or {})
+        if legacy:
+            data.setdefault("buffer_size", int(legacy.get("buffer_size", 0)))
+            kinds = {k[len("busy_") : -len("_s")]: v for k, v in legacy.items() if k.startswith("busy_") and k.endswith("_s") and k != "busy_s"}
+            names = {f.name for f in dataclasses.fields(Timing)}
+            timing = {**{k: v for k, v in legacy.items() if k in names}, "busy_by_kind": kinds, **timing}
+        known = {f.name for f in dataclasses.fields(Timing)}
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**fields, timing=Timing(**{k: v for k, v in timing.items() if k in known}))

@@ -1,5 +1,6 @@
-"""The creator as a real Ray actor beside real engine, reward and trainer actors (tiny model):
-estimate through the policy's engines and the reward actor, evolve with its own creator model."""
+"""Estimate and evolve against real engine, reward and trainer actors (tiny model): the rollout that
+estimate and solve share, through the policy's engines and the reward actor, and evolve with the
+creator model's own engine."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ import math
 import pytest
 
 from actors.cluster import start_actors
+from actors.creator import evolve_prompts
+from actors.engine import SamplingSpec
 from actors.models import TINY_MODEL, resolve_model_path
+from actors.rollout import rollout
 from eva.buffer import load_seed_prompts
 from eva.config import load_config
 
 pytestmark = pytest.mark.ray
 
 
-def test_creator_with_its_own_model_estimates_and_evolves_with_lineage(ray_session, tmp_path):
+def test_rollout_and_evolve_with_the_creators_own_model_keep_lineage(ray_session, tmp_path):
     ray = ray_session
     cfg = load_config(None, [
         "creator.model=builtin:tiny",  # a builtin name: resolved offline, a separate engine
@@ -27,15 +31,21 @@ def test_creator_with_its_own_model_estimates_and_evolves_with_lineage(ray_sessi
     actors = start_actors(cfg, tiny, tiny)
     try:
         assert actors.creator_engines is not actors.policy and len(actors.nodes["creator_engine"]) == 1
+        assert set(actors.nodes) == {"engine", "creator_engine", "reward", "trainer"}  # no creator actor: evolve is a function
         seeds = load_seed_prompts("builtin:seed", limit=8)
-        scored, stats = ray.get(actors.creator.estimate.remote(seeds, 1), timeout=600)
-        assert [s.prompt.id for s in scored] == [p.id for p in seeds]
-        assert all(len(s.responses) == len(s.rewards) == cfg.solver.n_responses for s in scored)
-        assert all(math.isfinite(r) for s in scored for r in s.rewards) and stats.new_tokens > 0 and stats.retries == []
-        assert len({r for s in scored for r in s.rewards}) > len(seeds)  # continuous scores, not a few levels
+        s = cfg.solver
+        spec = SamplingSpec(s.n_responses, s.temperature, s.top_p, s.max_new_tokens)
+        task = ray.remote(num_cpus=0)(rollout)
+        scored, stats = ray.get(task.remote(actors.policy, actors.reward, seeds, spec, 0, "estimate", 1, 600), timeout=600)
+        assert [p.prompt.id for p in scored] == [p.id for p in seeds]
+        assert all(len(p.responses) == len(p.rewards) == s.n_responses for p in scored)
+        assert all(math.isfinite(r) for p in scored for r in p.rewards) and stats.new_tokens > 0 and stats.retries == ()
+        assert len({r for p in scored for r in p.rewards}) > len(seeds)  # continuous scores, not a few levels
+        again, _ = rollout(actors.policy, actors.reward, seeds, spec, 0, "estimate", 1, 600)  # in the driver: same seeds, same rollouts
+        assert again == scored
 
         parents = seeds[:4]
-        children, report, stats = ray.get(actors.creator.evolve.remote(parents, [p.text for p in seeds], 1), timeout=600)
+        children, report, stats = evolve_prompts(actors.creator_engines, parents, [p.text for p in seeds], cfg.creator, 0, 1)
         assert report.total == len(parents) * 4 and report.kept == len(children) > 0 and stats.new_tokens > 0
         by_id = {p.id: p for p in parents}
         seen = {p.id for p in seeds}  # ids hash the normalized text: equal ids = exact duplicates

@@ -242,14 +242,19 @@ def test_no_secret_values_or_public_endpoints(path: Path) -> None:
 # ------------------------------------------------------------------------------ example configs
 
 
+def _creator_replicas(cfg) -> int:
+    """The creator model's own engines exist only when it is not the policy (actors.cluster)."""
+    return 0 if cfg.creator.model == "policy" else cfg.ray.creator.replicas
+
+
 def _actor_cpus(cfg) -> float:
     r = cfg.ray
-    return r.engine.num_cpus * r.engine.replicas + r.trainer.num_cpus + r.reward.num_cpus + r.creator.num_cpus
+    return r.engine.num_cpus * r.engine.replicas + r.trainer.num_cpus + r.reward.num_cpus + r.creator.num_cpus * _creator_replicas(cfg)
 
 
 def _actor_gpus(cfg) -> float:
     r = cfg.ray
-    return r.engine.num_gpus * r.engine.replicas + r.trainer.num_gpus + r.reward.num_gpus + r.creator.num_gpus
+    return r.engine.num_gpus * r.engine.replicas + r.trainer.num_gpus + r.reward.num_gpus + r.creator.num_gpus * _creator_replicas(cfg)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

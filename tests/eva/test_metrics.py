@@ -4,6 +4,7 @@ import typing
 import pytest
 
 from eva.config import Metric
+from eva.types import Timing
 from eva.metrics import busy_summary, METRICS, informativeness, informativeness_batch, metric_names, register, summarize
 
 NAN, INF = float("nan"), float("inf")
@@ -109,12 +110,12 @@ def test_busy_summary_unions_overlaps_and_clips_to_the_wall():
         ("train", 0.0, 1.0),  # before the start: dropped
     ]
     s = busy_summary(spans, start=9.0, end=20.0)
-    assert s["wall_s"] == 11.0
-    assert s["busy_generate_s"] == 5.5 and s["busy_score_s"] == 2.0 and s["busy_train_s"] == 2.0
-    assert s["busy_s"] == 8.0  # [10, 16] + [18, 20]
-    assert s["overhead_s"] == 3.0 and s["overhead_share"] == round(3.0 / 11.0, 4)
+    assert s.wall_s == 11.0
+    assert s.busy_by_kind == {"generate": 5.5, "score": 2.0, "train": 2.0}
+    assert s.busy_s == 8.0  # [10, 16] + [18, 20]
+    assert s.overhead_s == 3.0 and s.overhead_share == round(3.0 / 11.0, 4)
 
 
 def test_busy_summary_without_spans_is_all_overhead():
     s = busy_summary([], start=0.0, end=4.0)
-    assert s == {"wall_s": 4.0, "busy_s": 0.0, "overhead_s": 4.0, "overhead_share": 1.0}
+    assert s == Timing(wall_s=4.0, busy_s=0.0, overhead_s=4.0, overhead_share=1.0, busy_by_kind={})

@@ -26,11 +26,39 @@ pytestmark = pytest.mark.ray
 # Crash points, in the order one run meets them: before a stage's output, after the trainer saved
 # the policy but before the stage marker, and after metrics.json but before the MANIFEST commit.
 FAULTS = ["1:estimate", "1:evolve", "1:train:saved", "2:commit:manifest"]
+# Every stage of iterations 2 and 3: each resumed process starts its engines from a committed
+# policy >= 1, which an uninterrupted run's engines never do (they receive every policy by push).
+LATE_FAULTS = [f"{t}:{where}" for t in (2, 3) for where in (*STAGES[:-1], "train:saved", "commit", "commit:manifest")]
+COMPARED = ("prompts.parquet", "estimate.parquet", "evolved.parquet", "rollouts.parquet", "pairs.parquet")
 
 
-def _tables(run_dir: Path, t: int) -> dict[str, list]:
+def _tables(run_dir: Path, t: int, names: tuple[str, ...] = ("prompts.parquet", "evolved.parquet", "pairs.parquet")) -> dict[str, list]:
     folder = RunDir(run_dir).iteration_dir(t)
-    return {name: pq.read_table(folder / name).to_pylist() for name in ("prompts.parquet", "evolved.parquet", "pairs.parquet")}
+    return {name: pq.read_table(folder / name).to_pylist() for name in names}
+
+
+def _policy(run_dir: Path, t: int) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(RunDir(run_dir).iteration(t).policy / "model.safetensors"))
+
+
+def _assert_same_run(run_dir: Path, reference: Path, iterations: range) -> None:
+    """Every committed table and the policy weights of each iteration equal the reference's."""
+    for t in iterations:
+        assert _tables(run_dir, t, COMPARED) == _tables(reference, t, COMPARED), f"iteration {t} differs"
+        mine, ref = _policy(run_dir, t), _policy(reference, t)
+        assert mine.keys() == ref.keys() and all(mine[k].equal(ref[k]) for k in ref), f"policy of iteration {t} differs"
+
+
+@pytest.fixture(scope="module")
+def reference_run_3(tmp_path_factory) -> Path:
+    """An uninterrupted three-iteration tiny run, in one process."""
+    run_dir = tmp_path_factory.mktemp("runs3") / "reference3"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    subprocess.run([*EVA_CLI, "run", "--preset", "tiny", "--run-dir", str(run_dir), "--iterations", "3"], cwd=REPO, env=env,
+                   check=True, capture_output=True, timeout=900, start_new_session=True)
+    return run_dir
 
 
 def test_sigkill_at_every_stage_then_resume_equals_uninterrupted(eva, reference_run: Path, tmp_path: Path):
@@ -86,3 +114,44 @@ def test_ctrl_c_stops_at_a_safe_point_and_resume_finishes_the_same_run(reference
     assert run.latest() == 2
     for t in (1, 2):
         assert _tables(run_dir, t) == _tables(reference_run, t)
+
+
+def test_sigkill_at_every_stage_of_later_iterations_then_resume_equals_uninterrupted(eva, reference_run_3: Path, tmp_path: Path):
+    """Iterations 2 and 3 killed at every stage (and between stages and commits), each time resumed in a
+    fresh process: the committed tables and policy weights equal the uninterrupted run's."""
+    run_dir = tmp_path / "killed-late"
+    for i, fault in enumerate(LATE_FAULTS):
+        args = ["run", "--preset", "tiny", "--run-dir", str(run_dir), "--iterations", "3"] if i == 0 else ["resume", str(run_dir)]
+        proc = eva(*args, env={"EVA_FAULT_AT": fault}, check=False)
+        assert proc.returncode == -9, f"{fault}: expected SIGKILL, got {proc.returncode}\n{proc.stderr[-2000:]}"
+        assert not RunDir(run_dir).committed(int(fault.split(":")[0])), f"{fault}: must not be committed"
+    eva("resume", str(run_dir))
+    run = RunDir(run_dir)
+    assert run.latest() == 3 and run.verify_all() == []
+    _assert_same_run(run_dir, reference_run_3, range(1, 4))
+
+
+def test_sigkill_at_random_times_then_resume_equals_uninterrupted(reference_run_3: Path, tmp_path: Path):
+    """Kills at (seeded) random moments after the actors are up, wherever the run happens to be."""
+    import random
+
+    run_dir = tmp_path / "killed-random"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    rng = random.Random(7)
+    for i in range(3):
+        args = ["run", "--preset", "tiny", "--run-dir", str(run_dir), "--iterations", "3"] if i == 0 else ["resume", str(run_dir)]
+        proc = subprocess.Popen([*EVA_CLI, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        events = run_dir / "events.jsonl"
+        ups = events.read_text().count('"actors_up"') if events.is_file() else 0
+        deadline = time.monotonic() + 600
+        while not (events.is_file() and events.read_text().count('"actors_up"') > ups):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its actors were up"
+            time.sleep(0.2)
+        time.sleep(rng.uniform(0.0, 25.0))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    subprocess.run([*EVA_CLI, "resume", str(run_dir)], cwd=REPO, env=env, check=True, capture_output=True, timeout=900)
+    run = RunDir(run_dir)
+    assert run.latest() == 3 and run.verify_all() == []
+    _assert_same_run(run_dir, reference_run_3, range(1, 4))

@@ -1,0 +1,164 @@
+"""One iteration folder of a run directory, `iterations/<t:04d>/`: the only code that knows the names
+and formats of the files in it. The loop, the CLI, the report, `eva eval` and the benchmarks read and
+write an iteration through `IterationDir`, so a new artifact is one change in this file.
+
+```
+prompts.parquet     the buffer version t (PromptBuffer)       evolved.parquet   the children born in t
+estimate.parquet    rollouts of X_{t-1} (ScoredPrompt)        rollouts.parquet  rollouts of X'_t (solve)
+sampled.json        ids of the prompts sampled for evolving   train_prompts.json  ids of X'_t
+pairs.parquet       the preference pairs                      metrics.json      IterationMetrics
+policy/             the policy pi_t (safetensors or adapter + tokenizer)
+```
+
+Iteration 0 holds the seed buffer, `train_prompts.json` (the seeds: X_0), `metrics.json` and the
+initial policy. Every write is atomic (`eva.atomic`); markers and the MANIFEST are `eva.checkpoint`'s.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+
+from eva.atomic import atomic_write_json
+from eva.buffer import DataError, PromptBuffer, load_pairs, load_prompts_table, read_table, save_pairs, save_prompts_table, write_table
+from eva.types import IterationMetrics, PreferencePair, Prompt, ScoredPrompt
+
+PROMPTS = "prompts.parquet"
+EVOLVED = "evolved.parquet"
+PAIRS = "pairs.parquet"
+SAMPLED = "sampled.json"
+TRAIN_PROMPTS = "train_prompts.json"
+METRICS = "metrics.json"
+POLICY = "policy"
+# The two rollout stages write the same table: estimate scores X_{t-1}, solve scores X'_t.
+SCORED = {"estimate": "estimate.parquet", "solve": "rollouts.parquet"}
+
+SCORED_SCHEMA = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("prompt", pa.string()),
+        ("responses", pa.list_(pa.string())),
+        ("rewards", pa.list_(pa.float64())),
+        ("info", pa.float64()),
+    ]
+)
+
+
+class IterationDir:
+    """iterations/<t:04d> of a run directory (not created until something is written)."""
+
+    def __init__(self, path: str | Path, t: int) -> None:
+        self.path = Path(path)
+        self.t = t
+
+    def __repr__(self) -> str:
+        return f"IterationDir({str(self.path)!r})"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def policy(self) -> Path:
+        return self.path / POLICY
+
+    def has_policy(self) -> bool:
+        """A policy folder that a model loader can open (absent when pruned or never written)."""
+        return (self.policy / "config.json").is_file()
+
+    # the buffer and the prompts born in this iteration --------------------------------------------
+
+    def buffer(self) -> PromptBuffer:
+        return PromptBuffer.load(self.path / PROMPTS)
+
+    def write_buffer(self, buffer: PromptBuffer) -> None:
+        buffer.save(self.path / PROMPTS)
+
+    def evolved(self) -> list[Prompt]:
+        return load_prompts_table(self.path / EVOLVED)
+
+    def write_evolved(self, prompts: list[Prompt]) -> None:
+        save_prompts_table(self.path / EVOLVED, prompts)
+
+    # rollouts --------------------------------------------------------------------------------------
+
+    def has_scored(self, stage: str) -> bool:
+        """estimate.parquet is absent in baseline runs and in iteration 0."""
+        return (self.path / SCORED[stage]).is_file()
+
+    def scored_table(self, stage: str) -> pa.Table:
+        """The rollouts of `stage` as an Arrow table (SCORED_SCHEMA), e.g. for the report's histograms."""
+        return read_table(self.path / SCORED[stage], SCORED_SCHEMA)
+
+    def scored(self, stage: str, buffer: PromptBuffer) -> list[ScoredPrompt]:
+        """The rollouts of `stage` ("estimate" or "solve"); prompts are looked up in `buffer`."""
+        rows = self.scored_table(stage).to_pylist()
+        return [ScoredPrompt(buffer.get(r["prompt_id"]), tuple(r["responses"]), tuple(r["rewards"]), r["info"]) for r in rows]
+
+    def write_scored(self, stage: str, scored: list[ScoredPrompt]) -> None:
+        # Non-finite rewards are stored as they are (null would hide that the scorer failed).
+        columns = {
+            "prompt_id": [s.prompt.id for s in scored],
+            "prompt": [s.prompt.text for s in scored],
+            "responses": [list(s.responses) for s in scored],
+            "rewards": [list(s.rewards) for s in scored],
+            "info": [s.info for s in scored],
+        }
+        write_table(pa.Table.from_pydict(columns, schema=SCORED_SCHEMA), self.path / SCORED[stage])
+
+    # id lists --------------------------------------------------------------------------------------
+
+    def sampled_ids(self) -> list[str]:
+        return self._ids(SAMPLED)
+
+    def write_sampled_ids(self, ids: list[str]) -> None:
+        atomic_write_json(self.path / SAMPLED, {"ids": list(ids)})
+
+    def train_ids(self) -> list[str]:
+        """The ids of X'_t, the prompts iteration t trained on (X_0: the seeds)."""
+        return self._ids(TRAIN_PROMPTS)
+
+    def has_train_ids(self) -> bool:
+        return (self.path / TRAIN_PROMPTS).is_file()
+
+    def write_train_ids(self, ids: list[str]) -> None:
+        atomic_write_json(self.path / TRAIN_PROMPTS, {"ids": list(ids)})
+
+    def _ids(self, name: str) -> list[str]:
+        path = self.path / name
+        try:
+            ids = json.loads(path.read_text())["ids"]
+        except FileNotFoundError:
+            raise DataError(f"{path}: file does not exist") from None
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{path}: expected a JSON object with a list of prompt ids under 'ids'") from None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise DataError(f"{path}: 'ids' must be a list of prompt-id strings")
+        return ids
+
+    # pairs and metrics -------------------------------------------------------------------------------
+
+    def pairs(self) -> list[PreferencePair]:
+        return load_pairs(self.path / PAIRS)
+
+    def write_pairs(self, pairs: list[PreferencePair]) -> None:
+        save_pairs(self.path / PAIRS, pairs)
+
+    def has_metrics(self) -> bool:
+        return (self.path / METRICS).is_file()
+
+    def metrics(self) -> IterationMetrics:
+        path = self.path / METRICS
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DataError(f"{path}: file does not exist") from None
+        except ValueError as e:
+            raise DataError(f"{path}: not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        return IterationMetrics.from_dict(data)
+
+    def write_metrics(self, metrics: IterationMetrics) -> None:
+        atomic_write_json(self.path / METRICS, metrics.to_dict())
