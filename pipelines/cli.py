@@ -20,10 +20,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from eva.buffer import DataError, PromptBuffer, load_pairs
+from eva.buffer import PromptBuffer, load_pairs
 from eva.checkpoint import POLICY, RunDir, RunDirError
 from eva.config import ConfigError, RunConfig, config_from_dict, load_config
 from eva.metrics import informativeness
+from eva.tables import DataError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="eva: open-ended self-play RLHF (creator evolves prompts, solver learns on them).")
 model_app = typer.Typer(no_args_is_help=True, help="Offline models: prepare the embedded default.")

@@ -30,12 +30,13 @@ from actors.cluster import Actors, init_ray, start_actors
 from actors.creator import RolloutStats, rollout, with_informativeness
 from actors.engine import SamplingSpec
 from actors.models import resolve_model_path
-from eva.buffer import PromptBuffer, load_prompts_table, load_seed_prompts, read_table, save_pairs, load_pairs, save_prompts_table, write_table
+from eva.buffer import PromptBuffer, load_prompts_table, load_seed_prompts, save_pairs, load_pairs, save_prompts_table
 from eva.checkpoint import POLICY, RunDir, atomic_write_json
 from eva.config import RunConfig, flatten
 from eva.metrics import busy_summary, summarize
 from eva.pairs import build_pairs, pair_stats
 from eva.seeding import derive_seed
+from eva.tables import read_table, write_table
 from eva.types import IterationMetrics, Prompt, ScoredPrompt
 
 STAGES = ("estimate", "sample", "evolve", "mix", "solve", "pairs", "train", "commit")

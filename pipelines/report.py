@@ -29,10 +29,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from eva.buffer import DataError, PromptBuffer
+from eva.buffer import PromptBuffer
 from eva.checkpoint import RunDir, RunDirError, atomic_write_text
 from eva.config import RunConfig
 from eva.metrics import informativeness
+from eva.tables import DataError
 
 DEFAULT_MAX_ROWS = 2000
 DEFAULT_TOP_K = 10

@@ -30,10 +30,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from eva.buffer import PromptBuffer, save_prompts_table, write_table
+from eva.buffer import PromptBuffer, save_prompts_table
 from eva.checkpoint import RunDir, atomic_write_json
 from eva.config import load_config
 from eva.metrics import summarize
+from eva.tables import write_table
 from eva.types import IterationMetrics, Prompt, ScoredPrompt
 from pipelines.report import DIFF_LIST, MAX_HISTOGRAMS, build_report
 
