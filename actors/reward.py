@@ -24,7 +24,6 @@ import importlib
 import json
 import math
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,8 @@ from typing import Any, Callable, Sequence
 from actors.busy import BusyLog, Span
 from actors.models import MINILM_MODEL, ModelError, assigned_device, resolve_model_path
 from eva.config import ModelSection, RewardSection, ScorerSpec
+from eva.judge import expected_label
+from eva.wellformed import wellformed
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,17 +155,6 @@ def label_token_ids(tokenizer: Any, labels: Sequence[tuple[str, float]]) -> list
             raise ValueError(f"judge label {text!r} is {len(tokens)} tokens for this tokenizer; labels must be single tokens")
         ids.append(tokens[0])
     return ids
-
-
-def expected_label(logprobs: Sequence[float], values: Sequence[float]) -> float:
-    """E[value] under the label distribution renormalized over the labels (a softmax over their
-    logprobs, computed stably). nan when no label has finite logprob."""
-    finite = [(lp, v) for lp, v in zip(logprobs, values) if math.isfinite(lp)]
-    if not finite:
-        return math.nan
-    top = max(lp for lp, _ in finite)
-    weights = [(math.exp(lp - top), v) for lp, v in finite]
-    return sum(w * v for w, v in weights) / sum(w for w, _ in weights)
 
 
 def _clip_pair(tokenizer: Any, prompt: str, response: str, max_tokens: int) -> tuple[str, str]:
@@ -392,40 +382,9 @@ class RelevanceScorer(Scorer):
 
 # ------------------------------------------------------------------------------ wellformedness
 
-# A finished answer ends with one of these (sentence punctuation, a closing quote/bracket, code fence,
-# markdown emphasis); anything else reads as cut off mid-sentence.
-_TERMINAL = tuple(".!?…\"'”’)]}`*")
-MIN_WORDS = 4  # answers shorter than this many words lose proportionally
-ECHO_FREE = 0.6  # share of the response's word trigrams that may come from the prompt at no cost
-
-
-def _trigrams(words: list[str]) -> list[tuple[str, ...]]:
-    return [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
-
-
-def wellformed(prompt: str, response: str) -> float:
-    """Cheap, deterministic form score in [0, 1]: the product of four factors, each in [0, 1].
-
-    brevity     min(1, words / MIN_WORDS); empty -> the whole score is 0
-    repetition  distinct word trigrams / all word trigrams (a loop of one phrase -> near 0)
-    truncation  1 if the answer ends in terminal punctuation, else 0.5 (stopped mid-sentence)
-    echo        1 while at most ECHO_FREE of the trigrams copy the prompt, then linearly to 0 at 100%
-    """
-    words = re.findall(r"\w+", response.lower())
-    if not words:
-        return 0.0
-    brevity = min(1.0, len(words) / MIN_WORDS)
-    grams = _trigrams(words)
-    repetition = len(set(grams)) / len(grams) if grams else 1.0
-    truncation = 1.0 if response.rstrip().endswith(_TERMINAL) else 0.5
-    prompt_grams = set(_trigrams(re.findall(r"\w+", prompt.lower())))
-    copied = sum(g in prompt_grams for g in grams) / len(grams) if grams else 0.0
-    echo = min(1.0, (1.0 - copied) / (1.0 - ECHO_FREE))
-    return brevity * repetition * truncation * echo
-
 
 class WellformedScorer(Scorer):
-    """`wellformed` as a scorer: repetition, truncation, very short answers, echoing the prompt."""
+    """`eva.wellformed` as a scorer: repetition, truncation, very short answers, echoing the prompt."""
 
     name = "wellformed"
 

@@ -30,10 +30,10 @@ from actors.reward import (
     RelevanceScorer,
     Scorer,
     WellformedScorer,
-    expected_label,
     judge_engine,
 )
 from eva.config import RewardSection
+from eva.judge import expected_label
 
 KINDS = ("off_topic", "wrong", "truncated", "repetitive", "rude", "unhelpful")
 GRID = [round(0.1 * i, 1) for i in range(11)]
