@@ -34,9 +34,10 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from actors.models import MINILM_MODEL, resolve_model_path
-from actors.reward import JUDGE_TEMPLATES, RelevanceScorer
+from actors.reward import RelevanceScorer
 from eva.checkpoint import RunDir
 from eva.evolve import render_meta_prompt
+from eva.judge import JUDGE_TEMPLATES
 from eva.wellformed import wellformed
 
 

@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from eva.judge import JUDGE_TEMPLATES, judge_template
+from eva.scorers import SCORER_KINDS, component_kinds, reward_kinds, scorer_kind
 
 Metric = Literal["gap", "maxmean", "dts", "var", "mean_inv", "uniform"]
 SampleMethod = Literal["weighted", "greedy", "uniform"]
@@ -135,12 +138,26 @@ class SolverSection(_Section):
         return self
 
 
+def _judge_template(name: str | None) -> str | None:
+    if name is not None:
+        judge_template(name)  # ValueError listing the known templates
+    return name
+
+
 class ScorerSpec(_Section):
-    kind: Literal["judge", "reward_model", "function", "relevance", "wellformed"] = Field(description="Scorer kind.")
-    weight: float = Field(1.0, description="Weight of this scorer's score in the combination, after its fixed map onto [0, 1] (judge labels linearly, relevance cosine clipped at 0, reward_model sigmoid, wellformed as is, function as returned); never standardized per batch.")
-    model: str | None = Field(None, description="Model of judge/reward_model/relevance: path, builtin name, or initial (the frozen initial policy).")
+    kind: str = Field(description=f"Scorer kind (eva.scorers): {', '.join(component_kinds())}.")
+    weight: float = Field(1.0, description="Weight of this scorer's score in the combination, after its fixed map onto [0, 1] (judge labels linearly, relevance cosine clipped at 0, reward_model sigmoid, wellformed as is, function clipped; eva.scorers); never standardized per batch.")
+    model: str | None = Field(None, description=f"Model of {'/'.join(k for k, v in SCORER_KINDS.items() if v.model)}: path, builtin name, or initial (the frozen initial policy).")
     function: str | None = Field(None, description="module:function for kind=function. This executes user code.")
-    judge_template: str | None = Field(None, description="Judge prompt template for kind=judge (see actors.reward.JUDGE_TEMPLATES); None: reward.judge_template.")
+    judge_template: str | None = Field(None, description=f"Judge prompt template for kind=judge ({', '.join(JUDGE_TEMPLATES)}; eva.judge); None: reward.judge_template.")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        scorer_kind(kind, component=True)  # ValueError listing the known kinds
+        return kind
+
+    _known_template = field_validator("judge_template")(_judge_template)
 
 
 # The CPU default reward, measured in benchmarks/RESULTS.md (pairwise accuracy 0.91 on
@@ -154,14 +171,22 @@ DEFAULT_REWARD_COMPONENTS: tuple[ScorerSpec, ...] = (
 
 
 class RewardSection(_Section):
-    kind: Literal["judge", "reward_model", "function", "combined"] = Field("combined", description="judge (LLM-as-a-judge via vLLM logprobs), reward_model (HF sequence classifier), function (module:function), combined (weighted sum of `components`).")
+    kind: str = Field("combined", description="Scorer kind (eva.scorers): " + "; ".join(f"{name} ({SCORER_KINDS[name].about})" for name in reward_kinds()) + ".")
     model: str = Field("initial", description="Judge LLM or reward model: a path, a builtin name, or initial (the frozen initial policy).")
     function: str | None = Field(None, description="module:function for kind=function: called as f(prompts, responses) -> list[float]. Runs user code.")
-    judge_template: str = Field("fewshot", description="Judge prompt template (actors.reward.JUDGE_TEMPLATES: plain, rubric, fewshot, yesno, yesno_plain); the reward is the expected label value.")
+    judge_template: str = Field("fewshot", description=f"Judge prompt template ({', '.join(JUDGE_TEMPLATES)}; eva.judge); the reward is the expected label value.")
     judge_dtype: DType = Field("float32", description="Judge engine dtype. float32 by default: bf16 logits are coarse (ties) and cost SmolLM2's judge ~5 points of accuracy.")
     batch_size: int = Field(16, ge=1, description="Scoring batch size (reward_model).")
     max_length: int = Field(1024, ge=16, description="Max tokens a scorer reads of prompt + response.")
-    components: tuple[ScorerSpec, ...] = Field(DEFAULT_REWARD_COMPONENTS, description="Scorers and weights for kind=combined; each scorer's score is mapped onto [0, 1] by a fixed rule before weighting (actors/reward.py).")
+    components: tuple[ScorerSpec, ...] = Field(DEFAULT_REWARD_COMPONENTS, description="Scorers and weights for kind=combined; each scorer's score is mapped onto [0, 1] by a fixed rule before weighting (eva.scorers).")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        scorer_kind(kind)  # ValueError listing the known kinds
+        return kind
+
+    _known_template = field_validator("judge_template")(_judge_template)
 
     @model_validator(mode="after")
     def _consistent(self) -> RewardSection:
@@ -176,7 +201,7 @@ class RewardSection(_Section):
                     "reward model. kind reward_model needs the path of a sequence-classification reward model (e.g. "
                     "Skywork-Reward-Llama-3.1-8B-v0.2); kind judge scores with the initial policy"
                 )
-            if spec.kind == "function" and not (spec.function or self.function):
+            if SCORER_KINDS[spec.kind].function and not (spec.function or self.function):
                 raise ValueError(f"{where + ': ' if where else ''}kind=function needs `function: module:function`")
         return self
 

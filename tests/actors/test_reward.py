@@ -26,6 +26,7 @@ from actors.reward import (
     label_token_ids,
 )
 from eva.config import RewardSection, ScorerSpec, load_config
+from eva.scorers import SCORER_KINDS
 
 PROMPTS = ["What is 2 + 2?", "Name a color.", "Why is the sky blue?", "How do I boil an egg?"]
 RESPONSES = ["2 + 2 is 4.", "Blue.", "Sunlight scatters off air molecules, blue the most.", "Bananas are yellow and"]
@@ -215,6 +216,11 @@ def test_combined_weighting_by_hand() -> None:
     assert report.scores[:3] == pytest.approx(expected)
     assert math.isnan(report.scores[3]) and report.nonfinite == 1  # reported, not replaced
     assert "0.3*scorer + 0.1*scorer + 0.6*wellformed" in scorer.describe()
+
+
+def test_every_scorer_kind_has_one_scorer_class() -> None:
+    classes = [cls for cls in Scorer.__subclasses__() if cls.__module__ == "actors.reward"]
+    assert sorted(cls.name for cls in classes) == sorted(SCORER_KINDS)  # the class's name is its kind
 
 
 def test_reward_actor_counts_pairs_and_nonfinite(user_module: str, tmp_path: Path) -> None:
