@@ -17,16 +17,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from eva.evolve import OPERATORS, check_operators
 from eva.judge import JUDGE_TEMPLATES, judge_template
+from eva.metrics import check_metric, metric_names
+from eva.sampling import check_sample_method
 from eva.scorers import SCORER_KINDS, component_kinds, reward_kinds, scorer_kind
 
-Metric = Literal["gap", "maxmean", "dts", "var", "mean_inv", "uniform"]
-SampleMethod = Literal["weighted", "greedy", "uniform"]
-Operator = Literal["constraints", "deepen", "concretize", "reasoning", "expand", "breadth"]
 LossType = Literal["sigmoid", "ipo", "hinge", "robust", "simpo", "orpo"]
 DType = Literal["bfloat16", "float16", "float32"]
 
-ALL_OPERATORS: tuple[Operator, ...] = ("constraints", "deepen", "concretize", "reasoning", "expand", "breadth")
 DEFAULT_PRESET = "cpu-default"
 
 # Fields that may differ between a run directory's config and the one it is resumed/extended with:
@@ -82,11 +81,11 @@ class PromptsSection(_Section):
 
 
 class CreatorSection(_Section):
-    metric: Metric = Field("gap", description="Informativeness of a prompt from its reward vector (DESIGN.md table).")
+    metric: str = Field("gap", description=f"Informativeness of a prompt from its reward vector: {', '.join(metric_names())} (eva.metrics; DESIGN.md table).")
     sample_frac: float = Field(0.25, gt=0, le=1, description="Fraction of the current prompt set sampled for evolving each iteration.")
-    sample_method: SampleMethod = Field("weighted", description="weighted (without replacement, prob. proportional to min-max normalized info), greedy (top-k) or uniform.")
+    sample_method: str = Field("weighted", description="weighted (without replacement, prob. proportional to min-max normalized info), greedy (top-k) or uniform.")
     num_variants: int = Field(4, ge=1, description="Rewrites requested per sampled prompt.")
-    operators: tuple[Operator, ...] = Field(ALL_OPERATORS, min_length=1, description="Evolve operators drawn from: in-depth (constraints, deepen, concretize, reasoning, expand) and in-breadth (breadth).")
+    operators: tuple[str, ...] = Field(tuple(OPERATORS), min_length=1, description=f"Evolve operators drawn from: {', '.join(OPERATORS)} (eva.evolve; breadth writes a new prompt in the same domain, the others make the same one harder).")
     model: str = Field("policy", description="Creator LLM: policy (shares the solver's engine), initial (frozen initial policy) or a model path.")
     temperature: float = Field(0.8, ge=0, description="Sampling temperature of the creator.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling of the creator.")
@@ -95,6 +94,24 @@ class CreatorSection(_Section):
     max_prompt_chars: int = Field(1500, ge=16, description="Evolved prompts longer than this are dropped.")
     near_duplicate_threshold: float = Field(0.85, gt=0, le=1, description="Character 3-gram Jaccard at or above which an evolved prompt counts as a near duplicate.")
     evolved_ratio: float = Field(0.8, ge=0, le=1, description="Share of evolved prompts in the training mix; the rest is a uniform sample of the buffer.")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        check_metric(metric)  # ValueError listing the known metrics
+        return metric
+
+    @field_validator("sample_method")
+    @classmethod
+    def _known_sample_method(cls, method: str) -> str:
+        check_sample_method(method)
+        return method
+
+    @field_validator("operators")
+    @classmethod
+    def _known_operators(cls, operators: tuple[str, ...]) -> tuple[str, ...]:
+        check_operators(operators)
+        return operators
 
     @model_validator(mode="after")
     def _lengths(self) -> CreatorSection:

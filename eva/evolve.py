@@ -73,12 +73,13 @@ OPERATORS: dict[str, str] = {
 
 def render_meta_prompt(operator: str, prompt_text: str) -> str:
     """The creator's input for one rewrite of `prompt_text` with `operator`."""
-    _check_operators([operator])
+    check_operators([operator])
     # str.format does not re-read the substituted value, so braces in the prompt are safe.
     return OPERATORS[operator].format(prompt=prompt_text)
 
 
-def _check_operators(operators: Sequence[str]) -> None:
+def check_operators(operators: Sequence[str]) -> None:
+    """ValueError listing the known operators unless `operators` is a non-empty list of them."""
     if not operators:
         raise ValueError(f"no evolve operators given; known operators: {', '.join(OPERATORS)}")
     unknown = [op for op in operators if op not in OPERATORS]
@@ -129,7 +130,7 @@ def build_evolve_requests(prompts: Sequence[Prompt], num_variants: int, operator
     A prompt gets the same operators and seeds whatever else is in the batch (all randomness is
     keyed by the parent id), so a resumed or re-batched iteration asks the creator the same things.
     """
-    _check_operators(operators)
+    check_operators(operators)
     if num_variants < 0:
         raise ValueError(f"num_variants must be >= 0, got {num_variants}")
     requests = []

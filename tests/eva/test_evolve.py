@@ -18,6 +18,7 @@ from eva.evolve import (
     parse_evolved,
     render_meta_prompt,
 )
+from eva.config import ConfigError, load_config
 from eva.dedup import NearDuplicateIndex, char_ngrams, jaccard
 from eva.types import Prompt, normalize_text
 
@@ -30,6 +31,9 @@ PARENTS = [Prompt.seed(t) for t in ("Explain how a bicycle gear system works.", 
 
 def test_operators_are_the_six_config_operators():
     assert set(OPERATORS) == {"constraints", "deepen", "concretize", "reasoning", "expand", "breadth"}
+    assert load_config(preset="tiny").creator.operators == tuple(OPERATORS)  # the default: all of them
+    with pytest.raises(ConfigError, match=r"creator.operators: .*unknown evolve operator\(s\) 'widen'; known operators: constraints"):
+        load_config(None, ["creator.operators=[deepen, widen]"], preset="tiny")
 
 
 @pytest.mark.parametrize("op", OPS)
