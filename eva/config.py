@@ -219,7 +219,7 @@ class RewardSection(_Section):
                     "Skywork-Reward-Llama-3.1-8B-v0.2); kind judge scores with the initial policy"
                 )
             if SCORER_KINDS[spec.kind].function and not (spec.function or self.function):
-                raise ValueError(f"{where + ': ' if where else ''}kind=function needs `function: module:function`")
+                raise ValueError(f"{where + ': ' if where else ''}kind={spec.kind} needs `function: module:function`")
         return self
 
 
