@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,17 @@ ACTOR_ENV = {
     "TRL_EXPERIMENTAL_SILENCE": "1",
     "RAY_DEDUP_LOGS": "1",
 }
+# Variables of the launching shell that actors need too, when set: where converted models are
+# cached (actors.models.cache_dir) and where eva's code is.
+PASSTHROUGH_ENV = ("EVA_CACHE_DIR", "XDG_CACHE_HOME", "PYTHONPATH")
+
+
+def actor_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment variables every actor gets: ACTOR_ENV plus those of PASSTHROUGH_ENV that are
+    set (non-empty) in `environ` (default os.environ). The one source for `init_ray`, `eva submit`'s
+    job runtime_env and the tests' Ray session."""
+    environ = os.environ if environ is None else environ
+    return {**ACTOR_ENV, **{name: environ[name] for name in PASSTHROUGH_ENV if environ.get(name)}}
 
 
 class ClusterError(RuntimeError):
@@ -44,14 +56,10 @@ def init_ray(cfg: RunConfig) -> None:
     """Join `ray.address` / RAY_ADDRESS, else start a local cluster of `ray.num_cpus` CPUs."""
     if ray.is_initialized():
         return
-    env = dict(ACTOR_ENV)
-    for passthrough in ("EVA_CACHE_DIR", "XDG_CACHE_HOME", "PYTHONPATH"):
-        if os.environ.get(passthrough):
-            env[passthrough] = os.environ[passthrough]
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    kwargs = dict(runtime_env={"env_vars": env}, log_to_driver=False, configure_logging=True, logging_level="WARNING")
+    kwargs = dict(runtime_env={"env_vars": actor_env()}, log_to_driver=False, configure_logging=True, logging_level="WARNING")
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
-        # Inside a Ray Job (`eva submit`): the job's runtime_env already carries ACTOR_ENV, and Ray
+        # Inside a Ray Job (`eva submit`): the job's runtime_env already carries actor_env(), and Ray
         # refuses to merge a second one that sets the same variables.
         del kwargs["runtime_env"]
     if address:

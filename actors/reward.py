@@ -1,18 +1,14 @@
 """Reward scorers: one interface, `score(prompts, responses) -> list[float]`, one float per pair.
 
-Kinds: `judge` (LLM-as-a-judge through vLLM: the expected score over the score tokens' next-token
-probabilities, so it is continuous), `reward_model` (HF sequence classifier), `function` (user code),
-`relevance` (MiniLM prompt-response cosine), `wellformed` (cheap text heuristics) and `combined`.
+One class per kind of `eva.scorers.SCORER_KINDS` (its `name` is the kind): `judge` (LLM-as-a-judge
+through vLLM: the expected score over the score tokens' next-token probabilities, so it is
+continuous; templates in `eva.judge`), `reward_model` (HF sequence classifier), `function` (user
+code), `relevance` (MiniLM prompt-response cosine), `wellformed` (`eva.wellformed`) and `combined`.
 
 Rewards are pointwise on purpose: the same (prompt, response) always gets the same reward, whatever
-else is in the batch. Nothing here standardizes per batch. Combination uses a fixed map of each
-component's raw score onto [0, 1] (`Scorer.unit`), so a weight means "share of a [0, 1] reward":
-
-    judge        expected label value, linearly from [min label, max label] (1-9 digits, No/Yes 0/1)
-    relevance    cosine similarity, clipped at 0 (a negative cosine is as unrelated as 0)
-    wellformed   already in [0, 1]
-    reward_model sigmoid(logit): the Bradley-Terry probability of beating a reward-0 answer
-    function     as returned: return values in [0, 1] for the weights to compare
+else is in the batch. Nothing here standardizes per batch. Combination uses the fixed map of each
+kind's raw score onto [0, 1] that `eva.scorers` gives (`Scorer.unit`), so a weight means "share of
+a [0, 1] reward".
 
 A score that comes out non-finite is returned as nan, never replaced; `score_with_report` counts them
 and the pipeline excludes them (DESIGN.md).
@@ -24,7 +20,6 @@ import importlib
 import json
 import math
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +28,9 @@ from typing import Any, Callable, Sequence
 from actors.busy import BusyLog, Span
 from actors.models import MINILM_MODEL, ModelError, assigned_device, resolve_model_path
 from eva.config import ModelSection, RewardSection, ScorerSpec
+from eva.judge import expected_label, judge_template
+from eva.scorers import scorer_kind, to_unit
+from eva.wellformed import wellformed
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +43,7 @@ class ScoreReport:
 
 
 class Scorer:
-    """Base: subclasses implement `score` and set `name`; `lo`/`hi` bound the raw score for `unit`."""
+    """Base: subclasses implement `score` and set `name` (their kind); `lo`/`hi` bound the raw score for `unit`."""
 
     name = "scorer"
     lo, hi = 0.0, 1.0
@@ -54,10 +52,8 @@ class Scorer:
         raise NotImplementedError
 
     def unit(self, raw: float) -> float:
-        """The raw score mapped onto [0, 1] by a fixed rule (never by the batch); nan stays nan."""
-        if not math.isfinite(raw):
-            return math.nan
-        return min(1.0, max(0.0, (raw - self.lo) / (self.hi - self.lo)))
+        """The raw score mapped onto [0, 1] by its kind's fixed rule (never by the batch); nan stays nan."""
+        return to_unit(self.name, raw, self.lo, self.hi)
 
     def score_with_report(self, prompts: list[str], responses: list[str]) -> ScoreReport:
         t0 = time.perf_counter()
@@ -80,71 +76,6 @@ def _finite_or_nan(x: float) -> float:
 # ----------------------------------------------------------------------------------------- judge
 
 
-@dataclass(frozen=True, slots=True)
-class JudgeTemplate:
-    """A judge prompt. `user` has {prompt} and {response}; with `chat` it is sent through the judge's
-    chat template (with `system` if set), else as plain text. `suffix` is appended after that (e.g.
-    after the assistant turn opens); the next token is read there. `labels` maps each score token
-    (one token each) to its value: the reward is the expectation over the renormalized label mass.
-    """
-
-    user: str
-    suffix: str
-    labels: tuple[tuple[str, float], ...]
-    chat: bool = True
-    system: str | None = None
-
-
-_DIGITS = tuple((str(d), float(d)) for d in range(1, 10))
-_YES_NO = (("Yes", 1.0), ("yes", 1.0), ("No", 0.0), ("no", 0.0))
-
-# The prompt must end in "Score: " with the trailing space: SmolLM2 then puts 0.96-0.99 of the
-# next-token mass on 1-9; after "Score:" the mass goes to the space token.
-JUDGE_TEMPLATES: dict[str, JudgeTemplate] = {
-    "plain": JudgeTemplate(
-        user="Question: {prompt}\nAnswer: {response}\n\nRate the answer from 1 (very bad) to 9 (excellent).\n",
-        suffix="Score: ",
-        labels=_DIGITS,
-        chat=False,
-    ),
-    "rubric": JudgeTemplate(
-        system="You are a strict and fair grader of answers.",
-        user=(
-            "Rate how good the answer is on a scale from 1 to 9.\n"
-            "1 = off-topic, wrong, rude, unfinished or repetitive. 5 = partly helpful. "
-            "9 = on topic, correct, complete, polite and clear.\n\n"
-            "Question: {prompt}\nAnswer: {response}\n\nReply with one digit."
-        ),
-        suffix="Score: ",
-        labels=_DIGITS,
-    ),
-    "fewshot": JudgeTemplate(
-        user=(
-            "Rate each answer from 1 (very bad) to 9 (excellent).\n\n"
-            "Question: What color is grass?\nAnswer: Grass is green because it contains chlorophyll.\nScore: 9\n\n"
-            "Question: What color is grass?\nAnswer: Bananas are rich in potassium.\nScore: 1\n\n"
-            "Question: How do I open a jar?\nAnswer: Nobody cares, figure it out yourself.\nScore: 1\n\n"
-            "Question: How do I open a jar?\nAnswer: Run the lid under hot water for a minute, then twist it with a dry towel.\nScore: 9\n\n"
-            "Question: {prompt}\nAnswer: {response}\n"
-        ),
-        suffix="Score: ",
-        labels=_DIGITS,
-        chat=False,
-    ),
-    "yesno": JudgeTemplate(
-        user="Question: {prompt}\nAnswer: {response}\n\nIs this a good answer to the question: on topic, correct, complete and polite? Reply Yes or No.",
-        suffix="",
-        labels=_YES_NO,
-    ),
-    "yesno_plain": JudgeTemplate(
-        user="Question: {prompt}\nAnswer: {response}\n\nIs this a good, helpful and polite answer to the question (Yes or No)?\n",
-        suffix="Verdict: ",
-        labels=_YES_NO,
-        chat=False,
-    ),
-}
-
-
 def label_token_ids(tokenizer: Any, labels: Sequence[tuple[str, float]]) -> list[int]:
     """Token id of each label; every label must be exactly one token of the judge's vocabulary."""
     ids = []
@@ -154,17 +85,6 @@ def label_token_ids(tokenizer: Any, labels: Sequence[tuple[str, float]]) -> list
             raise ValueError(f"judge label {text!r} is {len(tokens)} tokens for this tokenizer; labels must be single tokens")
         ids.append(tokens[0])
     return ids
-
-
-def expected_label(logprobs: Sequence[float], values: Sequence[float]) -> float:
-    """E[value] under the label distribution renormalized over the labels (a softmax over their
-    logprobs, computed stably). nan when no label has finite logprob."""
-    finite = [(lp, v) for lp, v in zip(logprobs, values) if math.isfinite(lp)]
-    if not finite:
-        return math.nan
-    top = max(lp for lp, _ in finite)
-    weights = [(math.exp(lp - top), v) for lp, v in finite]
-    return sum(w * v for w, v in weights) / sum(w for w, _ in weights)
 
 
 def _clip_pair(tokenizer: Any, prompt: str, response: str, max_tokens: int) -> tuple[str, str]:
@@ -188,10 +108,8 @@ class JudgeScorer(Scorer):
     name = "judge"
 
     def __init__(self, engine: Any, template: str = "rubric", max_length: int = 1024) -> None:
-        if template not in JUDGE_TEMPLATES:
-            raise ValueError(f"unknown judge template {template!r}; known: {', '.join(JUDGE_TEMPLATES)}")
+        self.template = judge_template(template)
         self.engine, self.template_name, self.max_length = engine, template, max_length
-        self.template = JUDGE_TEMPLATES[template]
         self.token_ids = label_token_ids(engine.tokenizer, self.template.labels)
         self.values = [v for _, v in self.template.labels]
         self.lo, self.hi = min(self.values), max(self.values)
@@ -319,9 +237,6 @@ class RewardModelScorer(Scorer):
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.score(["Say hi."], ["Hi."])  # fail now, not after the first rollout, if the output is no reward
 
-    def unit(self, raw: float) -> float:
-        return 1.0 / (1.0 + math.exp(-raw)) if math.isfinite(raw) else math.nan
-
     def _chat(self, prompt: str, response: str) -> str:
         turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         return self.tokenizer.apply_chat_template(turns, tokenize=False)
@@ -392,40 +307,9 @@ class RelevanceScorer(Scorer):
 
 # ------------------------------------------------------------------------------ wellformedness
 
-# A finished answer ends with one of these (sentence punctuation, a closing quote/bracket, code fence,
-# markdown emphasis); anything else reads as cut off mid-sentence.
-_TERMINAL = tuple(".!?…\"'”’)]}`*")
-MIN_WORDS = 4  # answers shorter than this many words lose proportionally
-ECHO_FREE = 0.6  # share of the response's word trigrams that may come from the prompt at no cost
-
-
-def _trigrams(words: list[str]) -> list[tuple[str, ...]]:
-    return [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
-
-
-def wellformed(prompt: str, response: str) -> float:
-    """Cheap, deterministic form score in [0, 1]: the product of four factors, each in [0, 1].
-
-    brevity     min(1, words / MIN_WORDS); empty -> the whole score is 0
-    repetition  distinct word trigrams / all word trigrams (a loop of one phrase -> near 0)
-    truncation  1 if the answer ends in terminal punctuation, else 0.5 (stopped mid-sentence)
-    echo        1 while at most ECHO_FREE of the trigrams copy the prompt, then linearly to 0 at 100%
-    """
-    words = re.findall(r"\w+", response.lower())
-    if not words:
-        return 0.0
-    brevity = min(1.0, len(words) / MIN_WORDS)
-    grams = _trigrams(words)
-    repetition = len(set(grams)) / len(grams) if grams else 1.0
-    truncation = 1.0 if response.rstrip().endswith(_TERMINAL) else 0.5
-    prompt_grams = set(_trigrams(re.findall(r"\w+", prompt.lower())))
-    copied = sum(g in prompt_grams for g in grams) / len(grams) if grams else 0.0
-    echo = min(1.0, (1.0 - copied) / (1.0 - ECHO_FREE))
-    return brevity * repetition * truncation * echo
-
 
 class WellformedScorer(Scorer):
-    """`wellformed` as a scorer: repetition, truncation, very short answers, echoing the prompt."""
+    """`eva.wellformed` as a scorer: repetition, truncation, very short answers, echoing the prompt."""
 
     name = "wellformed"
 
@@ -547,21 +431,23 @@ def build_scorer(
     engines = {} if engines is None else engines
 
     def make(spec: ScorerSpec, field: str) -> Scorer:
-        if spec.kind == "judge":
-            path = _model(spec.model, reward.model, initial_model_path)
+        kind = scorer_kind(spec.kind, component=True)  # eva.config checked the name when it loaded
+        if kind.function:
+            return FunctionScorer(spec.function or reward.function)  # eva.config makes sure there is one
+        path = _model(spec.model, MINILM_MODEL if spec.kind == RelevanceScorer.name else reward.model, initial_model_path) if kind.model else ""
+        if spec.kind == JudgeScorer.name:
             if path not in engines:
                 engines[path] = judge_engine(path, reward.max_length, workdir, reward.judge_dtype)
             return JudgeScorer(engines[path], spec.judge_template or reward.judge_template, reward.max_length)
-        if spec.kind == "reward_model":  # eva.config refuses `initial` here: a causal LM is no reward model
-            path = _model(spec.model, reward.model, initial_model_path)
+        if spec.kind == RewardModelScorer.name:  # eva.config refuses `initial` here: a causal LM is no reward model
             return RewardModelScorer(path, reward.batch_size, reward.max_length, trust_remote_code=trust_remote_code, field=field)
-        if spec.kind == "relevance":
-            return RelevanceScorer(_model(spec.model, MINILM_MODEL, initial_model_path))
-        if spec.kind == "wellformed":
+        if spec.kind == RelevanceScorer.name:
+            return RelevanceScorer(path)
+        if spec.kind == WellformedScorer.name:
             return WellformedScorer()
-        return FunctionScorer(spec.function or reward.function)  # eva.config makes sure there is one
+        raise ValueError(f"scorer kind {spec.kind!r} of eva.scorers has no scorer class in actors.reward")
 
-    if reward.kind == "combined":
+    if reward.kind == CombinedScorer.name:
         return CombinedScorer(
             [(c.weight, make(c, f"reward.components.{i}.model" if c.model else "reward.model")) for i, c in enumerate(reward.components)]
         )

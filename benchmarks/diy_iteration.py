@@ -34,9 +34,11 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from actors.models import MINILM_MODEL, resolve_model_path
-from actors.reward import JUDGE_TEMPLATES, RelevanceScorer, wellformed
+from actors.reward import RelevanceScorer
 from eva.checkpoint import RunDir
 from eva.evolve import render_meta_prompt
+from eva.judge import JUDGE_TEMPLATES
+from eva.wellformed import wellformed
 
 
 def generate(model, tok, texts: list[str], n: int, temperature: float, top_p: float, max_new_tokens: int, batch_size: int = 8) -> list[list[str]]:

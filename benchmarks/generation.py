@@ -72,7 +72,7 @@ def bench_sync(model: str, steps_pairs: int = 8) -> dict:
     """Trainer actor: one DPO round; engine actor: push the trainer's weights (as the loop does)."""
     import ray
 
-    from actors.cluster import ACTOR_ENV
+    from actors.cluster import actor_env
     from actors.engine import GenerationEngine
     from actors.models import resolve_model_path
     from actors.trainer import PolicyTrainer
@@ -80,7 +80,7 @@ def bench_sync(model: str, steps_pairs: int = 8) -> dict:
     from eva.types import PreferencePair
 
     path = resolve_model_path(model)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": dict(ACTOR_ENV)})
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": actor_env()})
     try:
         engine = ray.remote(num_cpus=1)(GenerationEngine).remote(path, ModelSection(path=path, max_model_len=1024), "/tmp/eva-bench")
         solver = SolverSection(per_device_batch_size=2, max_length=512, max_prompt_length=256, learning_rate=1e-6)

@@ -24,16 +24,15 @@ from typing import Any
 
 from actors.models import DEFAULT_MODEL, MINILM_MODEL, resolve_model_path
 from actors.reward import (
-    JUDGE_TEMPLATES,
     CombinedScorer,
     JudgeScorer,
     RelevanceScorer,
     Scorer,
     WellformedScorer,
-    expected_label,
     judge_engine,
 )
 from eva.config import RewardSection
+from eva.judge import JUDGE_TEMPLATES, expected_label
 
 KINDS = ("off_topic", "wrong", "truncated", "repetitive", "rude", "unhelpful")
 GRID = [round(0.1 * i, 1) for i in range(11)]

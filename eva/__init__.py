@@ -1,7 +1,9 @@
 """eva: open-ended self-play RLHF.
 
 The pure core: config schemas, records, informativeness metrics, sampling, evolve templates and
-parsing, preference pairs, the prompt buffer and the run directory. No ray, vllm or trl imports here.
+parsing, near-duplicate detection, preference pairs, the prompt buffer, Parquet tables, the run
+directory, and what the reward scorers and the evaluation compute without a model (scorer kinds,
+judge templates, well-formedness rules, win rate). No ray, vllm or trl imports here.
 """
 
 __version__ = "0.1.0"

@@ -6,25 +6,25 @@ costs a few hundred MB and whole-column operations (sampling, mixing, saving) st
 (`BUFFER_SCHEMA`) that `datasets.load_dataset("parquet", ...)` opens as is.
 
 Also here: seed prompt loading (JSONL, Parquet, a `datasets.save_to_disk` folder, builtin:seed) and
-the Parquet helpers for an iteration's `evolved.parquet` and `pairs.parquet`.
+the schemas of an iteration's `evolved.parquet` and `pairs.parquet`; the Parquet reading and
+writing itself is `eva.tables`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from eva.atomic import atomic_path
+from eva.tables import DataError, load_records, read_table, save_records, write_table
 from eva.types import PreferencePair, Prompt, ScoredPrompt, prompt_id
 
 BUILTIN_SEED = "builtin:seed"
@@ -81,13 +81,6 @@ _NUM_COLUMNS: dict[str, tuple[type, float]] = {
     "times_sampled": (np.int64, 0),
     "times_trained": (np.int64, 0),
 }
-
-R = TypeVar("R")
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, the line/row and the problem."""
-
 
 class PromptBuffer:
     """A versioned set of prompts with lineage and per-prompt stats (one version per iteration).
@@ -312,45 +305,7 @@ def _list_values(column: pa.ChunkedArray) -> list[Sequence[float]]:
     return [tuple(flat[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
 
 
-# --- Parquet tables ---------------------------------------------------------------------------------
-
-
-def write_table(table: pa.Table, path: str | Path) -> None:
-    """Write a Parquet file atomically (temp file in the same folder, fsync, rename)."""
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-
-
-def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
-    """Read a Parquet file as `schema` (columns selected and cast); DataError names the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file does not exist")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{path}: not a readable Parquet file: {e}") from None
-    missing = [n for n in schema.names if n not in table.column_names]
-    if missing:
-        raise DataError(f"{path}: missing columns {missing}; it has {table.column_names}")
-    try:
-        return table.select(schema.names).cast(schema)
-    except (pa.ArrowException, ValueError) as e:
-        raise DataError(f"{path}: columns do not match the expected types {schema}: {e}") from None
-
-
-def save_records(path: str | Path, records: Sequence[Any], schema: pa.Schema) -> None:
-    """Write dataclass records as Parquet: one column per schema field, read with getattr
-    (so properties such as PreferencePair.margin become columns too)."""
-    data = {name: [getattr(r, name) for r in records] for name in schema.names}
-    write_table(pa.Table.from_pydict(data, schema=schema), path)
-
-
-def load_records(path: str | Path, cls: type[R], schema: pa.Schema) -> list[R]:
-    """Read records written by `save_records`; columns that are not fields of `cls` are skipped."""
-    fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    rows = read_table(path, schema).select(fields).to_pylist()
-    return [cls(**row) for row in rows]
+# --- an iteration's tables (eva.tables writes and reads them) -----------------------------------------
 
 
 def save_pairs(path: str | Path, pairs: Sequence[PreferencePair]) -> None:

@@ -17,14 +17,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from eva.evolve import OPERATORS, check_operators
+from eva.judge import JUDGE_TEMPLATES, judge_template
 from eva.losses import LOSSES, loss_spec
+from eva.metrics import check_metric, metric_names
+from eva.sampling import check_sample_method
+from eva.scorers import SCORER_KINDS, component_kinds, reward_kinds, scorer_kind
 
-Metric = Literal["gap", "maxmean", "dts", "var", "mean_inv", "uniform"]
-SampleMethod = Literal["weighted", "greedy", "uniform"]
-Operator = Literal["constraints", "deepen", "concretize", "reasoning", "expand", "breadth"]
 DType = Literal["bfloat16", "float16", "float32"]
 
-ALL_OPERATORS: tuple[Operator, ...] = ("constraints", "deepen", "concretize", "reasoning", "expand", "breadth")
 DEFAULT_PRESET = "cpu-default"
 
 # Fields that may differ between a run directory's config and the one it is resumed/extended with:
@@ -80,11 +81,11 @@ class PromptsSection(_Section):
 
 
 class CreatorSection(_Section):
-    metric: Metric = Field("gap", description="Informativeness of a prompt from its reward vector (DESIGN.md table).")
+    metric: str = Field("gap", description=f"Informativeness of a prompt from its reward vector: {', '.join(metric_names())} (eva.metrics; DESIGN.md table).")
     sample_frac: float = Field(0.25, gt=0, le=1, description="Fraction of the current prompt set sampled for evolving each iteration.")
-    sample_method: SampleMethod = Field("weighted", description="weighted (without replacement, prob. proportional to min-max normalized info), greedy (top-k) or uniform.")
+    sample_method: str = Field("weighted", description="weighted (without replacement, prob. proportional to min-max normalized info), greedy (top-k) or uniform.")
     num_variants: int = Field(4, ge=1, description="Rewrites requested per sampled prompt.")
-    operators: tuple[Operator, ...] = Field(ALL_OPERATORS, min_length=1, description="Evolve operators drawn from: in-depth (constraints, deepen, concretize, reasoning, expand) and in-breadth (breadth).")
+    operators: tuple[str, ...] = Field(tuple(OPERATORS), min_length=1, description=f"Evolve operators drawn from: {', '.join(OPERATORS)} (eva.evolve; breadth writes a new prompt in the same domain, the others make the same one harder).")
     model: str = Field("policy", description="Creator LLM: policy (shares the solver's engine), initial (frozen initial policy) or a model path.")
     temperature: float = Field(0.8, ge=0, description="Sampling temperature of the creator.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling of the creator.")
@@ -93,6 +94,24 @@ class CreatorSection(_Section):
     max_prompt_chars: int = Field(1500, ge=16, description="Evolved prompts longer than this are dropped.")
     near_duplicate_threshold: float = Field(0.85, gt=0, le=1, description="Character 3-gram Jaccard at or above which an evolved prompt counts as a near duplicate.")
     evolved_ratio: float = Field(0.8, ge=0, le=1, description="Share of evolved prompts in the training mix; the rest is a uniform sample of the buffer.")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        check_metric(metric)  # ValueError listing the known metrics
+        return metric
+
+    @field_validator("sample_method")
+    @classmethod
+    def _known_sample_method(cls, method: str) -> str:
+        check_sample_method(method)
+        return method
+
+    @field_validator("operators")
+    @classmethod
+    def _known_operators(cls, operators: tuple[str, ...]) -> tuple[str, ...]:
+        check_operators(operators)
+        return operators
 
     @model_validator(mode="after")
     def _lengths(self) -> CreatorSection:
@@ -148,12 +167,26 @@ class SolverSection(_Section):
         return self
 
 
+def _judge_template(name: str | None) -> str | None:
+    if name is not None:
+        judge_template(name)  # ValueError listing the known templates
+    return name
+
+
 class ScorerSpec(_Section):
-    kind: Literal["judge", "reward_model", "function", "relevance", "wellformed"] = Field(description="Scorer kind.")
-    weight: float = Field(1.0, description="Weight of this scorer's score in the combination, after its fixed map onto [0, 1] (judge labels linearly, relevance cosine clipped at 0, reward_model sigmoid, wellformed as is, function as returned); never standardized per batch.")
-    model: str | None = Field(None, description="Model of judge/reward_model/relevance: path, builtin name, or initial (the frozen initial policy).")
+    kind: str = Field(description=f"Scorer kind (eva.scorers): {', '.join(component_kinds())}.")
+    weight: float = Field(1.0, description="Weight of this scorer's score in the combination, after its fixed map onto [0, 1] (judge labels linearly, relevance cosine clipped at 0, reward_model sigmoid, wellformed as is, function clipped; eva.scorers); never standardized per batch.")
+    model: str | None = Field(None, description=f"Model of {'/'.join(k for k, v in SCORER_KINDS.items() if v.model)}: path, builtin name, or initial (the frozen initial policy).")
     function: str | None = Field(None, description="module:function for kind=function. This executes user code.")
-    judge_template: str | None = Field(None, description="Judge prompt template for kind=judge (see actors.reward.JUDGE_TEMPLATES); None: reward.judge_template.")
+    judge_template: str | None = Field(None, description=f"Judge prompt template for kind=judge ({', '.join(JUDGE_TEMPLATES)}; eva.judge); None: reward.judge_template.")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        scorer_kind(kind, component=True)  # ValueError listing the known kinds
+        return kind
+
+    _known_template = field_validator("judge_template")(_judge_template)
 
 
 # The CPU default reward, measured in benchmarks/RESULTS.md (pairwise accuracy 0.91 on
@@ -167,14 +200,22 @@ DEFAULT_REWARD_COMPONENTS: tuple[ScorerSpec, ...] = (
 
 
 class RewardSection(_Section):
-    kind: Literal["judge", "reward_model", "function", "combined"] = Field("combined", description="judge (LLM-as-a-judge via vLLM logprobs), reward_model (HF sequence classifier), function (module:function), combined (weighted sum of `components`).")
+    kind: str = Field("combined", description="Scorer kind (eva.scorers): " + "; ".join(f"{name} ({SCORER_KINDS[name].about})" for name in reward_kinds()) + ".")
     model: str = Field("initial", description="Judge LLM or reward model: a path, a builtin name, or initial (the frozen initial policy).")
     function: str | None = Field(None, description="module:function for kind=function: called as f(prompts, responses) -> list[float]. Runs user code.")
-    judge_template: str = Field("fewshot", description="Judge prompt template (actors.reward.JUDGE_TEMPLATES: plain, rubric, fewshot, yesno, yesno_plain); the reward is the expected label value.")
+    judge_template: str = Field("fewshot", description=f"Judge prompt template ({', '.join(JUDGE_TEMPLATES)}; eva.judge); the reward is the expected label value.")
     judge_dtype: DType = Field("float32", description="Judge engine dtype. float32 by default: bf16 logits are coarse (ties) and cost SmolLM2's judge ~5 points of accuracy.")
     batch_size: int = Field(16, ge=1, description="Scoring batch size (reward_model).")
     max_length: int = Field(1024, ge=16, description="Max tokens a scorer reads of prompt + response.")
-    components: tuple[ScorerSpec, ...] = Field(DEFAULT_REWARD_COMPONENTS, description="Scorers and weights for kind=combined; each scorer's score is mapped onto [0, 1] by a fixed rule before weighting (actors/reward.py).")
+    components: tuple[ScorerSpec, ...] = Field(DEFAULT_REWARD_COMPONENTS, description="Scorers and weights for kind=combined; each scorer's score is mapped onto [0, 1] by a fixed rule before weighting (eva.scorers).")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        scorer_kind(kind)  # ValueError listing the known kinds
+        return kind
+
+    _known_template = field_validator("judge_template")(_judge_template)
 
     @model_validator(mode="after")
     def _consistent(self) -> RewardSection:
@@ -189,8 +230,8 @@ class RewardSection(_Section):
                     "reward model. kind reward_model needs the path of a sequence-classification reward model (e.g. "
                     "Skywork-Reward-Llama-3.1-8B-v0.2); kind judge scores with the initial policy"
                 )
-            if spec.kind == "function" and not (spec.function or self.function):
-                raise ValueError(f"{where + ': ' if where else ''}kind=function needs `function: module:function`")
+            if SCORER_KINDS[spec.kind].function and not (spec.function or self.function):
+                raise ValueError(f"{where + ': ' if where else ''}kind={spec.kind} needs `function: module:function`")
         return self
 
 

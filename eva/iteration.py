@@ -22,7 +22,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from eva.atomic import atomic_write_json
-from eva.buffer import DataError, PromptBuffer, load_pairs, load_prompts_table, read_table, save_pairs, save_prompts_table, write_table
+from eva.buffer import PromptBuffer, load_pairs, load_prompts_table, save_pairs, save_prompts_table
+from eva.tables import DataError, read_table, write_table
 from eva.types import IterationMetrics, PreferencePair, Prompt, ScoredPrompt
 
 PROMPTS = "prompts.parquet"

@@ -68,7 +68,8 @@ def metric_names() -> tuple[str, ...]:
     return (*METRICS, *BATCH_ONLY)
 
 
-def _check_metric(metric: str) -> None:
+def check_metric(metric: str) -> None:
+    """ValueError listing the known metrics unless `metric` is one."""
     if metric not in metric_names():
         raise ValueError(f"unknown informativeness metric {metric!r}; known: {', '.join(metric_names())}")
 
@@ -85,7 +86,7 @@ def informativeness(rewards: Sequence[float], metric: str) -> float | None:
     Non-finite rewards are excluded; None when fewer than 2 finite rewards remain (one reward says
     nothing about spread). `mean_inv` needs the whole prompt set: use `informativeness_batch`.
     """
-    _check_metric(metric)
+    check_metric(metric)
     if metric in BATCH_ONLY:
         raise ValueError(f"metric {metric!r} is normalized over the whole prompt set; use informativeness_batch")
     r = finite_rewards(rewards)
@@ -98,7 +99,7 @@ def informativeness_batch(reward_lists: Sequence[Sequence[float]], metric: str) 
     `mean_inv` = 1 - (mean - min_mean) / (max_mean - min_mean), min/max taken over the prompts that
     have >= 2 finite rewards (the others get None and take no part).
     """
-    _check_metric(metric)
+    check_metric(metric)
     if metric not in BATCH_ONLY:
         return [informativeness(r, metric) for r in reward_lists]
     finite = [finite_rewards(r) for r in reward_lists]

@@ -15,6 +15,12 @@ import numpy as np
 SAMPLE_METHODS: tuple[str, ...] = ("weighted", "greedy", "uniform")
 
 
+def check_sample_method(method: str) -> None:
+    """ValueError listing the known methods unless `method` is one."""
+    if method not in SAMPLE_METHODS:
+        raise ValueError(f"unknown sample method {method!r}; known: {', '.join(SAMPLE_METHODS)}")
+
+
 def sample_size(n: int, frac: float) -> int:
     """k = ceil(frac * n) prompts out of n, at least 1 when n > 0 (and at most n)."""
     if not 0 < frac <= 1:
@@ -44,8 +50,7 @@ def sample_prompts(scores: Sequence[float | None] | np.ndarray, k: int, method: 
 
     k is clipped to the number of candidates; k <= 0 gives []. Deterministic for a given seed.
     """
-    if method not in SAMPLE_METHODS:
-        raise ValueError(f"unknown sample method {method!r}; known: {', '.join(SAMPLE_METHODS)}")
+    check_sample_method(method)
     s = _as_scores(scores)
     candidates = np.flatnonzero(np.isfinite(s))
     k = min(k, candidates.size)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -20,10 +18,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from eva.buffer import DataError, PromptBuffer, load_pairs
-from eva.checkpoint import POLICY, RunDir, RunDirError
+from eva.buffer import PromptBuffer, load_pairs
+from eva.checkpoint import RunDir, RunDirError
 from eva.config import ConfigError, RunConfig, config_from_dict, load_config
 from eva.metrics import informativeness
+from eva.tables import DataError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="eva: open-ended self-play RLHF (creator evolves prompts, solver learns on them).")
 model_app = typer.Typer(no_args_is_help=True, help="Offline models: prepare the embedded default.")
@@ -438,37 +437,6 @@ def model_prepare(force: bool = typer.Option(False, "--force", help="Convert aga
     console.print(str(path))
 
 
-# Names of environment variables that hold secrets: never put into a job's runtime_env (the dashboard
-# and `ray job` show it), run.yaml or events.jsonl. Secrets reach actors from the nodes' environment.
-SECRET_SUFFIXES = ("_TOKEN", "_KEY", "_SECRET", "_PASSWORD", "_CREDENTIALS")
-
-
-def is_secret_name(name: str) -> bool:
-    return name.upper().endswith(SECRET_SUFFIXES)
-
-
-def job_runtime_env(extra_env: list[str], working_dir: Optional[Path]) -> dict:
-    """runtime_env of a submitted run: the actors' environment (a job's runtime_env replaces the one
-    ray.init would give them) plus non-secret `KEY=VALUE` pairs; secrets are refused (ValueError)."""
-    from actors.cluster import ACTOR_ENV
-
-    env = dict(ACTOR_ENV)
-    for name in ("EVA_CACHE_DIR", "PYTHONPATH"):
-        if os.environ.get(name):
-            env[name] = os.environ[name]
-    for item in extra_env:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--env {item!r}: expected KEY=VALUE")
-        if is_secret_name(key):
-            raise ValueError(f"--env {key}: secrets must not go into the job's runtime_env (visible in the dashboard and job API); set {key} in the nodes' environment (a Kubernetes Secret, the launcher's env)")
-        env[key] = value
-    runtime_env: dict = {"env_vars": env}
-    if working_dir is not None:
-        runtime_env["working_dir"] = str(working_dir)
-    return runtime_env
-
-
 @app.command()
 def submit(
     config: Optional[Path] = typer.Argument(None, help="YAML config; its path must be readable on the head node (shared storage, or relative inside --working-dir)."),
@@ -486,65 +454,25 @@ def submit(
     """Submit `eva run ...` (or `eva resume RUN_DIR`) as a Ray Job on a cluster; prints the job id and how to follow its logs."""
     import shlex
 
+    from pipelines.submit import SubmitError, job_address, job_runtime_env, resume_args, run_args, submit_job
+
     try:
         runtime_env = job_runtime_env(env, working_dir)
-        args = _resume_args(resume, iterations, config, preset, set_, run_dir, baseline) if resume else _run_args(config, preset, set_, run_dir, iterations, baseline)
+        if resume:
+            args = resume_args(resume, iterations, {"CONFIG": config, "--preset": preset, "--set": set_, "--run-dir": run_dir, "--baseline": baseline})
+        else:
+            args = run_args(config, preset, _overrides(set_, run_dir, iterations, baseline))
     except (*USER_ERRORS, ValueError) as e:
         _fail(str(e))
     entrypoint = shlex.join(args)
-    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
-    submitted = _submit_job(address, entrypoint, runtime_env, job_id)
+    address = job_address(address)
+    try:
+        submitted = submit_job(address, entrypoint, runtime_env, job_id, on_wait=err.print)
+    except SubmitError as e:
+        _fail(str(e))
     console.print(f"submitted job {submitted}: {entrypoint}")
     console.print(f"follow its logs:  ray job logs -f {submitted} --address {address}")
     console.print(f"its status:       ray job status {submitted} --address {address}")
-
-
-def _run_args(config: Optional[Path], preset: Optional[str], sets: List[str], run_dir: Optional[str], iterations: Optional[int], baseline: bool) -> list[str]:
-    """`eva run ...` for the job, after resolving the config here: bad input fails now, not on the cluster."""
-    overrides = _overrides(sets, run_dir, iterations, baseline)
-    load_config(config, overrides, preset=preset)
-    args = ["eva", "run", *([str(config)] if config else []), *(["--preset", preset] if preset else [])]
-    return args + [a for o in overrides for a in ("--set", o)]
-
-
-def _resume_args(resume: str, iterations: Optional[int], config: Optional[Path], preset: Optional[str], sets: List[str], run_dir: Optional[str], baseline: bool) -> list[str]:
-    """`eva resume RUN_DIR [--iterations N]`: the run's own run.yaml is its config, so nothing else may be given.
-    A run directory this machine can see is checked here; one only the cluster mounts, by the job."""
-    given = [name for name, value in (("CONFIG", config), ("--preset", preset), ("--set", sets), ("--run-dir", run_dir), ("--baseline", baseline)) if value]
-    if given:
-        raise ValueError(f"--resume continues a run with the config in its run.yaml; drop {', '.join(given)}")
-    local = Path(resume)
-    if local.exists() and not (local / "run.yaml").is_file():
-        raise ValueError(f"--resume {resume}: not a run directory (no run.yaml)")
-    if (local / "run.yaml").is_file():
-        RunDir(local).config()  # a damaged run.yaml fails here
-    return ["eva", "resume", resume, *(["--iterations", str(iterations)] if iterations is not None else [])]
-
-
-def _submit_job(address: str, entrypoint: str, runtime_env: dict, job_id: Optional[str]) -> str:
-    import time
-
-    from ray.exceptions import AuthenticationError
-    from ray.job_submission import JobSubmissionClient
-
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            return JobSubmissionClient(address).submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id)
-        except AuthenticationError as e:
-            _fail(f"the Ray job API at {address} refused the submission: {str(e).splitlines()[0]}\nthe cluster uses token "
-                  "authentication: set RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN (or ~/.ray/auth_token, or RAY_AUTH_TOKEN_PATH)")
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            # A freshly started head answers 500 "No available agent" until its dashboard agent is up:
-            # transient, so wait for it (bounded); anything else is final.
-            if "No available agent" in str(e) and time.monotonic() < deadline:
-                err.print("the cluster's job agent is not up yet; retrying in 3 s")
-                time.sleep(3)
-                continue
-            hint = ("\nthe head's dashboard agent serves no HTTP: is its port taken by another Ray instance on that"
-                    " machine? (`ray start --dashboard-agent-listen-port`, default 52365; see dashboard_agent.log)"
-                    if "No available agent" in str(e) else "")
-            _fail(f"cannot submit to the Ray job API at {address}: {e}{hint}")
 
 
 if __name__ == "__main__":

@@ -7,11 +7,8 @@ committed iterations, so evaluating never changes what a run committed.
 
 from __future__ import annotations
 
-import math
 import time
-from pathlib import Path
 
-import numpy as np
 import ray
 
 from actors.cluster import init_ray, workdir_for
@@ -20,6 +17,7 @@ from actors.pool import EnginePool
 from eva.buffer import load_seed_prompts
 from eva.checkpoint import POLICY, RunDir, atomic_write_json, check_writable
 from eva.config import RunConfig
+from eva.evaluation import win_rate
 from eva.seeding import derive_seed
 
 
@@ -52,18 +50,10 @@ def evaluate(cfg: RunConfig, run: RunDir, iteration: int, prompts_path: str, col
     finally:
         ray.kill(engine)
         ray.kill(reward)
-    r0, rt = np.array(scores[: len(texts)], dtype=float), np.array(scores[len(texts) :], dtype=float)
-    ok = np.isfinite(r0) & np.isfinite(rt)
-    wins = np.where(rt[ok] > r0[ok], 1.0, np.where(rt[ok] == r0[ok], 0.5, 0.0))
     result = {
         "iteration": iteration,
         "prompts": prompts_path,
-        "n": int(ok.sum()),
-        "nonfinite": int((~ok).sum()),
-        "win_rate": float(wins.mean()) if wins.size else math.nan,
-        "win_rate_se": float(wins.std(ddof=1) / math.sqrt(wins.size)) if wins.size > 1 else math.nan,
-        "mean_reward": float(rt[ok].mean()) if ok.any() else math.nan,
-        "mean_reward_initial": float(r0[ok].mean()) if ok.any() else math.nan,
+        **win_rate(scores[len(texts) :], scores[: len(texts)]),
         "seconds": round(time.perf_counter() - t0, 2),
     }
     out = run.root / "eval" / f"iteration_{iteration:04d}.json"

@@ -10,7 +10,7 @@ regenerated at any time while a run is going on. What it reads per iteration:
     ../eval/*.json        held-out results of `eva eval`, when present
 
 The page is built in `pipelines.report_html` with the SVG helpers of `pipelines.report_svg`; this
-module only gathers numbers into the typed records below. Sizes are bounded for runs of any size:
+module only gathers numbers into the typed records of `pipelines.report_data`, which both read. Sizes are bounded for runs of any size:
 the prompt table shows at most `max_rows` rows (a uniform sample beyond that, said on the page), the
 informativeness histograms at most MAX_HISTOGRAMS iterations, the diff lists at most DIFF_LIST rows.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import webbrowser
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,114 +28,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from eva.buffer import DataError, PromptBuffer
+from eva.buffer import PromptBuffer
 from eva.checkpoint import RunDir, RunDirError, atomic_write_text
 from eva.config import RunConfig
 from eva.losses import loss_parameters
 from eva.metrics import informativeness
+from eva.tables import DataError
+from pipelines.report_data import DIFF_LIST, MAX_HISTOGRAMS, Chain, Diff, IterationView, PromptRow, Report, RunStatus
+from pipelines.report_html import render_page
 
 DEFAULT_MAX_ROWS = 2000
 DEFAULT_TOP_K = 10
-MAX_HISTOGRAMS = 12
-DIFF_LIST = 50
 TRAIN_PROMPTS = "train_prompts.json"  # same name as pipelines.loop.TRAIN_PROMPTS (not imported: loop pulls in Ray)
-
-
-@dataclass
-class IterationView:
-    """What the curves and population charts need from one committed iteration."""
-
-    t: int
-    metrics: dict[str, Any]
-    stage_seconds: dict[str, float]
-    info: list[float]  # informativeness of the prompts estimated in this iteration (finite only)
-    buffer_size: int
-    by_operator: dict[str, int]
-    by_depth: dict[int, int]
-    length: dict[str, float]  # buffer prompt length in characters: p10, mean, p90
-    train_length: float | None  # mean length of the training prompts
-    train_mix: dict[str, int]  # seed / evolved this iteration / evolved earlier
-
-
-@dataclass
-class PromptRow:
-    """One prompt of a buffer version with its latest stats (a table row or a lineage step)."""
-
-    id: str
-    text: str
-    depth: int
-    operator: str
-    born: int
-    info: float | None
-    mean_reward: float | None
-    gap: float | None  # max - min of the latest finite reward vector
-    times_sampled: int
-    times_trained: int
-
-
-@dataclass
-class Chain:
-    """The lineage of one prompt, root first. `missing_parent` is set when the chain is cut: the
-    oldest step found names a parent that is not in the buffer (a damaged or hand-edited
-    prompts.parquet), so the steps before it are unknown; `cycle` when the parents loop."""
-
-    steps: list[PromptRow]
-    missing_parent: str | None = None
-    cycle: bool = False
-
-    @property
-    def broken(self) -> bool:
-        return self.missing_parent is not None or self.cycle
-
-
-@dataclass
-class Diff:
-    """What changed in the buffer between two committed iterations."""
-
-    a: int
-    b: int
-    size_a: int
-    size_b: int
-    added: list[PromptRow]  # at most DIFF_LIST, most informative first
-    dropped: list[PromptRow]
-    num_added: int
-    num_dropped: int
-    added_by_operator: dict[str, int]
-    added_by_depth: dict[int, int]
-    mean_length: tuple[float | None, float | None]
-    mean_info: tuple[float | None, float | None]
-    train_added: int  # training prompts of b not trained on in a
-    train_dropped: int
-
-
-@dataclass
-class RunStatus:
-    state: str  # "complete", "in progress", "stopped"
-    committed: list[int]
-    planned: int | None
-    current: int | None  # iteration being worked on (started, not committed)
-    current_stages: list[str]  # stages of `current` finished so far
-    last_event: str | None
-
-
-@dataclass
-class Report:
-    run_dir: str
-    name: str
-    generated_at: str
-    config: dict[str, Any]
-    status: RunStatus
-    iterations: list[IterationView]
-    lineage_iteration: int
-    lineage: list[Chain]
-    table_iteration: int
-    table_rows: list[PromptRow]
-    table_total: int
-    max_rows: int
-    diff: Diff | None
-    evals: list[dict[str, Any]]
-    histogram_iterations: list[int] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)  # damage found while reading; shown at the top
 
 
 # --- entry point -------------------------------------------------------------------------------------
@@ -159,8 +62,6 @@ def build_report(
     RunDirError for a missing run directory, one without a committed iteration, or a named
     iteration that is not committed.
     """
-    from pipelines.report_html import render_page  # the page layer; kept apart from the numbers
-
     report = collect(RunDir(run_dir), table_iteration=table_iteration, diff=diff, top_k=top_k, max_rows=max_rows)
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
     path = out / "index.html"

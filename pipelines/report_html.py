@@ -1,4 +1,4 @@
-"""The page of `eva report`: sections of HTML built from a `pipelines.report.Report`.
+"""The page of `eva report`: sections of HTML built from a `pipelines.report_data.Report`.
 
 One self-contained file: inline CSS, inline SVG charts, ~20 lines of script (the table search), a
 Content-Security-Policy that forbids every network load, and a JSON block with the numbers behind
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.report import DIFF_LIST, MAX_HISTOGRAMS, Chain, Diff, IterationView, PromptRow, Report
+from pipelines.report_data import DIFF_LIST, MAX_HISTOGRAMS, Chain, Diff, IterationView, PromptRow, Report
 from pipelines.report_svg import PALETTE, Series, color, esc, histogram_rows, legend, line_chart, stacked_bars
 
 STAGE_ORDER = ("estimate", "sample", "evolve", "mix", "solve", "pairs", "train", "commit")

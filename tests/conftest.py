@@ -23,12 +23,9 @@ def ray_session():
     """A real local Ray cluster (2 CPUs), started once and shut down at the end of the session."""
     import ray
 
-    from actors.cluster import ACTOR_ENV
+    from actors.cluster import actor_env
 
-    env = dict(ACTOR_ENV)
-    if os.environ.get("EVA_CACHE_DIR"):
-        env["EVA_CACHE_DIR"] = os.environ["EVA_CACHE_DIR"]
     # address="local": a fresh cluster, never one a `ray start` left behind (/tmp/ray/ray_current_cluster)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": actor_env()})
     yield ray
     ray.shutdown()

@@ -22,12 +22,11 @@ from actors.reward import (
     Scorer,
     WellformedScorer,
     build_scorer,
-    expected_label,
     judge_engine,
     label_token_ids,
-    wellformed,
 )
 from eva.config import RewardSection, ScorerSpec, load_config
+from eva.scorers import SCORER_KINDS
 
 PROMPTS = ["What is 2 + 2?", "Name a color.", "Why is the sky blue?", "How do I boil an egg?"]
 RESPONSES = ["2 + 2 is 4.", "Blue.", "Sunlight scatters off air molecules, blue the most.", "Bananas are yellow and"]
@@ -50,13 +49,6 @@ def minilm() -> RelevanceScorer:
 
 
 # ------------------------------------------------------------------------------------ judge
-
-
-def test_expected_label_renormalizes_over_labels() -> None:
-    # Labels carry 0.1 + 0.3 of the mass: renormalized 0.25 / 0.75 -> E = 0.25*1 + 0.75*9 = 7.
-    assert expected_label([math.log(0.1), math.log(0.3)], [1.0, 9.0]) == pytest.approx(7.0)
-    assert expected_label([math.log(0.2), -math.inf], [0.0, 1.0]) == 0.0  # a label with no mass
-    assert math.isnan(expected_label([-math.inf, -math.inf], [0.0, 1.0]))  # nothing: nan, reported
 
 
 def test_judge_on_tiny_model_is_finite_continuous(tiny_engine) -> None:
@@ -101,24 +93,6 @@ def test_tiny_preset_reward_builds_and_scores(tiny_engine, tiny_path: str, tmp_p
 
 
 # ----------------------------------------------------------------------------- wellformed
-
-
-@pytest.mark.parametrize(
-    ("prompt", "response", "expected"),
-    [
-        ("Name a city.", "", 0.0),  # empty
-        ("Name a city.", "Paris.", 0.25),  # 1 word of MIN_WORDS=4
-        ("Name a city.", "Yes", 0.125),  # short and no terminal punctuation: 0.25 * 0.5
-        ("What is the capital of France?", "The capital of France is Paris.", 1.0),  # 2/4 trigrams copied: free
-        ("Name a big city.", "The biggest city in the world is", 0.5),  # stops mid-sentence
-        ("Say something.", "go go go go go go.", 0.25),  # 1 distinct trigram of 4
-        ("Tell me about the history of Rome.", "Tell me about the history of Rome.", 0.0),  # pure echo
-        ("Describe the water cycle briefly.", "Describe the water cycle now.", 5 / 6),  # 2/3 copied: (1/3)/0.4
-        ("Write code.", "```\nprint(1)\n```", 0.5),  # 2 words; a closing code fence is an ending
-    ],
-)
-def test_wellformed_hand_cases(prompt: str, response: str, expected: float) -> None:
-    assert wellformed(prompt, response) == pytest.approx(expected)
 
 
 def test_wellformed_scorer_maps_pairs() -> None:
@@ -242,6 +216,11 @@ def test_combined_weighting_by_hand() -> None:
     assert report.scores[:3] == pytest.approx(expected)
     assert math.isnan(report.scores[3]) and report.nonfinite == 1  # reported, not replaced
     assert "0.3*scorer + 0.1*scorer + 0.6*wellformed" in scorer.describe()
+
+
+def test_every_scorer_kind_has_one_scorer_class() -> None:
+    classes = [cls for cls in Scorer.__subclasses__() if cls.__module__ == "actors.reward"]
+    assert sorted(cls.name for cls in classes) == sorted(SCORER_KINDS)  # the class's name is its kind
 
 
 def test_reward_actor_counts_pairs_and_nonfinite(user_module: str, tmp_path: Path) -> None:

@@ -32,13 +32,13 @@ import yaml
 
 from eva.config import load_config
 from eva.losses import LOSSES, loss_spec
+from pipelines.submit import is_secret_name
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 CONFIGS = sorted((DEPLOY / "configs").glob("*.yaml"))
 KUBERAY = sorted((DEPLOY / "kuberay").glob("*.yaml"))
 SECRET_VALUE = re.compile(r"(hf_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|sk-[A-Za-z0-9]{20,})")
-SECRET_NAME = ("_TOKEN", "_KEY", "_SECRET")
 K8S_VERSION = "1.33"  # pod fields used here are stable for many releases; strict = unknown fields fail
 INSTALL = "install the dev extra: pip install -e '.[cpu,dev]' (scripts/install.sh does)"
 
@@ -187,14 +187,14 @@ def test_kuberay_fields_outside_the_schemas(path: Path) -> None:
         assert template["spec"]["securityContext"]["runAsNonRoot"] is True
         for container in template["spec"]["containers"]:
             for env in container.get("env", []):
-                if env["name"].endswith(SECRET_NAME):
+                if is_secret_name(env["name"]):
                     assert "value" not in env and "secretKeyRef" in env["valueFrom"], f"{env['name']} must come from a Secret"
             assert "/mnt/shared" in {m["mountPath"] for m in container.get("volumeMounts", [])}, "run dir must be shared storage"
     if doc["kind"] == "RayJob":
         job = doc["spec"]
         assert job["submissionMode"] in {"K8sJobMode", "HTTPMode", "SidecarMode"}
         runtime_env = yaml.safe_load(job["runtimeEnvYAML"])
-        assert not [k for k in runtime_env.get("env_vars", {}) if k.endswith(SECRET_NAME)]
+        assert not [k for k in runtime_env.get("env_vars", {}) if is_secret_name(k)]
         command, config = job["entrypoint"].split()[:2], job["entrypoint"].split()[-1]
         assert command in (["eva", "run"], ["eva", "resume"])
         assert Path(config).name in {p.name for p in CONFIGS}, "the entrypoint's config is one of deploy/configs"

@@ -15,7 +15,6 @@ from eva.buffer import (
     BUFFER_SCHEMA,
     PAIR_SCHEMA,
     PROMPT_SCHEMA,
-    DataError,
     PromptBuffer,
     load_pairs,
     load_prompts_table,
@@ -23,6 +22,7 @@ from eva.buffer import (
     save_pairs,
     save_prompts_table,
 )
+from eva.tables import DataError
 from eva.types import PreferencePair, Prompt, ScoredPrompt
 
 

@@ -135,3 +135,26 @@ def test_fingerprint_ignores_mutable_fields_only():
     assert a.fingerprint() != other.fingerprint()
     assert a.changed_fields(other) == ["solver.beta"]
     assert config_from_dict(a.to_dict(), "run.yaml") == a
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["reward.kind=rm"], r"--set reward.kind=rm: reward.kind: .*unknown scorer kind 'rm'; known: judge, reward_model, function, combined"),
+        (["reward.kind=wellformed"], r"reward.kind: .*'wellformed' cannot be the whole reward .*allowed here: judge, reward_model, function, combined"),
+        (['reward.components=[{"kind": "combined"}]'], r"reward.components.0.kind: .*'combined' cannot be a component of combined; allowed here: judge, reward_model, function, relevance, wellformed"),
+        (["reward.judge_template=nope"], r"reward.judge_template: .*unknown judge template 'nope'; known: plain, rubric, fewshot, yesno, yesno_plain"),
+        (['reward.components=[{"kind": "judge", "judge_template": "Rubric"}]'], r"reward.components.0.judge_template: .*unknown judge template 'Rubric'; known: plain, rubric"),
+    ],
+)
+def test_scorer_kinds_and_judge_templates_are_checked_when_the_config_loads(sets, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, sets, preset="tiny")
+
+
+def test_known_scorer_kinds_and_templates_load():
+    cfg = load_config(None, ["reward.kind=judge", "reward.judge_template=yesno"], preset="tiny")
+    assert (cfg.reward.kind, cfg.reward.judge_template) == ("judge", "yesno")
+    components = '[{"kind": "judge", "judge_template": "rubric", "weight": 0.5}, {"kind": "wellformed", "weight": 0.5}]'
+    cfg = load_config(None, [f"reward.components={components}"], preset="tiny")
+    assert [(c.kind, c.judge_template) for c in cfg.reward.components] == [("judge", "rubric"), ("wellformed", None)]

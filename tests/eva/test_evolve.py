@@ -1,6 +1,5 @@
 import itertools
 import json
-import random
 import time
 from collections import Counter
 from importlib import resources
@@ -12,13 +11,14 @@ from eva.evolve import (
     OPERATORS,
     REASONS,
     EvolveRequest,
-    NearDuplicateIndex,
     build_evolve_requests,
     content_reason,
     filter_evolved,
     parse_evolved,
     render_meta_prompt,
 )
+from eva.config import ConfigError, load_config
+from eva.dedup import NearDuplicateIndex, char_ngrams, jaccard
 from eva.types import Prompt, normalize_text
 
 OPS = tuple(OPERATORS)
@@ -30,6 +30,9 @@ PARENTS = [Prompt.seed(t) for t in ("Explain how a bicycle gear system works.", 
 
 def test_operators_are_the_six_config_operators():
     assert set(OPERATORS) == {"constraints", "deepen", "concretize", "reasoning", "expand", "breadth"}
+    assert load_config(preset="tiny").creator.operators == tuple(OPERATORS)  # the default: all of them
+    with pytest.raises(ConfigError, match=r"creator.operators: .*unknown evolve operator\(s\) 'widen'; known operators: constraints"):
+        load_config(None, ["creator.operators=[deepen, widen]"], preset="tiny")
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -284,71 +287,6 @@ def test_meta_markers_do_not_hit_the_seed_prompts():
         assert content_reason(text, min_chars=12, max_chars=1500) is None, text
 
 
-# --- near-duplicate index ------------------------------------------------------------------------
-
-
-def brute_grams(text: str) -> set[str]:
-    norm = normalize_text(text)
-    if len(norm) < 3:
-        return {norm} if norm else set()
-    return {norm[i: i + 3] for i in range(len(norm) - 2)}
-
-
-def brute_jaccard(a: str, b: str) -> float:
-    ga, gb = brute_grams(a), brute_grams(b)
-    return len(ga & gb) / len(ga | gb) if ga or gb else 0.0
-
-
-def random_corpus(rng: random.Random, n: int) -> list[str]:
-    """Random strings plus mutated copies, so pair similarities cover the whole range."""
-    base = ["".join(rng.choice("abcd eф") for _ in range(rng.randint(0, 60))) for _ in range(n // 2)]
-    out = list(base)
-    for _ in range(n - len(base)):
-        s = list(rng.choice(base))
-        for _ in range(rng.randint(0, 4)):
-            if s:
-                s[rng.randrange(len(s))] = rng.choice("abcd eX")
-        out.append("".join(s) + rng.choice(["", "", "a", "xyz"]))
-    return out
-
-
-@pytest.mark.parametrize("threshold", [0.3, 0.6, 0.85, 1.0])
-def test_index_matches_brute_force(threshold):
-    rng = random.Random(int(threshold * 100))
-    stored, queries = random_corpus(rng, 300), random_corpus(rng, 150)
-    index = NearDuplicateIndex(threshold, stored)
-    hits = 0
-    for q in queries + stored[:50]:
-        expected = [i for i, s in enumerate(stored) if brute_jaccard(q, s) >= threshold]
-        assert index.near_duplicates(q) == expected, q
-        assert index.is_near_duplicate(q) == bool(expected)
-        hits += bool(expected)
-    assert hits > 10  # the corpus really contains near duplicates
-
-
-def test_index_exact_membership_is_normalized():
-    index = NearDuplicateIndex(0.85, ["Hello   World"])
-    assert "hello world" in index and "HELLO WORLD " in index and "hello" not in index
-    assert len(index) == 1
-
-
-def test_index_rejects_bad_threshold():
-    for bad in (0.0, -0.1, 1.5):
-        with pytest.raises(ValueError):
-            NearDuplicateIndex(bad)
-
-
-def test_index_handles_a_large_buffer_quickly():
-    rng = random.Random(0)
-    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(3000)]
-    texts = [" ".join(rng.choices(words, k=rng.randint(8, 40))) for _ in range(5000)]
-    index = NearDuplicateIndex(0.85, texts)
-    start = time.perf_counter()
-    flags = [index.is_near_duplicate(t[:-2] + "zz") for t in texts[:200]]
-    assert time.perf_counter() - start < 10.0  # generous: shared CI machines
-    assert sum(flags) >= 190
-
-
 # --- the shipped seed set ------------------------------------------------------------------------
 
 
@@ -361,10 +299,8 @@ def test_seed_set_is_large_distinct_and_not_near_duplicated():
     texts = seed_texts()
     assert len(texts) >= 200
     assert len({normalize_text(t) for t in texts}) == len(texts)
-    grams = [brute_grams(t) for t in texts]
-    worst = max(
-        (len(a & b) / len(a | b), i, j) for (i, a), (j, b) in itertools.combinations(enumerate(grams), 2)
-    )
+    grams = [char_ngrams(t) for t in texts]  # eva.dedup, checked against brute force in test_dedup
+    worst = max((jaccard(a, b), i, j) for (i, a), (j, b) in itertools.combinations(enumerate(grams), 2))
     assert worst[0] < 0.6, (texts[worst[1]], texts[worst[2]])
     words = [len(t.split()) for t in texts]
     assert min(words) >= 5 and max(words) <= 80

@@ -1,18 +1,20 @@
 import math
-import typing
 
 import pytest
 
-from eva.config import Metric
+from eva.config import ConfigError, load_config
 from eva.types import Timing
 from eva.metrics import busy_summary, METRICS, informativeness, informativeness_batch, metric_names, register, summarize
 
 NAN, INF = float("nan"), float("inf")
 
 
-def test_names_match_config_literal():
-    assert set(metric_names()) == set(typing.get_args(Metric))
-    assert "mean_inv" not in METRICS
+def test_the_config_takes_exactly_the_registered_names():
+    assert "mean_inv" not in METRICS and metric_names() == (*METRICS, "mean_inv")
+    for name in metric_names():
+        assert load_config(None, [f"creator.metric={name}"], preset="tiny").creator.metric == name
+    with pytest.raises(ConfigError, match="creator.metric: .*unknown informativeness metric 'gapp'; known: gap, maxmean, dts, var, uniform, mean_inv"):
+        load_config(None, ["creator.metric=gapp"], preset="tiny")
 
 
 @pytest.mark.parametrize(

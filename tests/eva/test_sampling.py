@@ -4,7 +4,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from eva.sampling import sample_prompts, sample_size
+from eva.config import ConfigError, load_config
+from eva.sampling import SAMPLE_METHODS, sample_prompts, sample_size
 
 N_DRAWS = 20_000
 
@@ -117,6 +118,10 @@ def test_object_array_with_none():
 def test_unknown_method():
     with pytest.raises(ValueError, match="weighted, greedy, uniform"):
         sample_prompts([1.0], 1, "topp", 0)
+    with pytest.raises(ConfigError, match="creator.sample_method: .*unknown sample method 'topp'; known: weighted, greedy, uniform"):
+        load_config(None, ["creator.sample_method=topp"], preset="tiny")
+    for method in SAMPLE_METHODS:
+        assert load_config(None, [f"creator.sample_method={method}"], preset="tiny").creator.sample_method == method
 
 
 def test_million_prompts():

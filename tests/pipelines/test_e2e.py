@@ -70,7 +70,7 @@ def test_status_inspect_diff_export(eva, reference_run: Path, tmp_path: Path):
     child = next(p for p in buffer.prompts() if p.depth >= 1)
     lineage = eva("inspect", str(reference_run), "--lineage", child.id).stdout
     assert child.id in lineage and child.parent_id in lineage
-    assert f"reward gap" in lineage and child.operator in lineage
+    assert "reward gap" in lineage and child.operator in lineage
     one = PromptBuffer.load(reference_run / "iterations/0001/prompts.parquet")
     for sort, value in (("reward", lambda p: one.stats(p.id)["mean_reward"]), ("informativeness", lambda p: one.stats(p.id)["info"]), ("depth", lambda p: p.depth)):
         table = eva("inspect", str(reference_run), "--iteration", "1", "--top", "3", "--sort", sort).stdout

@@ -30,12 +30,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from eva.buffer import PromptBuffer, save_prompts_table, write_table
+from eva.buffer import PromptBuffer, save_prompts_table
 from eva.checkpoint import RunDir, atomic_write_json
 from eva.config import load_config
 from eva.metrics import summarize
+from eva.tables import write_table
 from eva.types import IterationMetrics, Prompt, ScoredPrompt
-from pipelines.report import DIFF_LIST, MAX_HISTOGRAMS, build_report
+from pipelines.report import build_report
+from pipelines.report_data import DIFF_LIST, MAX_HISTOGRAMS
 
 HOSTILE = "<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned = 2\"> & </textarea> \"quoted\" 'single'"
 CHROMIUM = os.environ.get("EVA_CHROMIUM", "/usr/bin/chromium")
@@ -654,3 +656,18 @@ def test_a_missing_browser_skips_on_a_laptop_and_fails_in_ci(monkeypatch):
     monkeypatch.setenv("EVA_REQUIRE_BROWSER", "1")
     with pytest.raises(pytest.fail.Exception, match="EVA_REQUIRE_BROWSER=1 but the browser test cannot run: needs chromium"):
         skip_or_fail("needs chromium")
+
+
+def test_report_modules_import_one_way():
+    """numbers (report) -> page (report_html) -> records (report_data): no module imports one above it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, importlib\n"
+        "importlib.import_module(sys.argv[1])\n"
+        "print(sorted(m for m in sys.modules if m.startswith('pipelines.report')))\n"
+    )
+    seen = {m: subprocess.run([sys.executable, "-c", code, m], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip() for m in ("pipelines.report_data", "pipelines.report_html")}
+    assert seen["pipelines.report_data"] == "['pipelines.report_data']"
+    assert seen["pipelines.report_html"] == "['pipelines.report_data', 'pipelines.report_html', 'pipelines.report_svg']"

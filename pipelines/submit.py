@@ -1,0 +1,119 @@
+"""`eva submit`: a run (or a resume) as a Ray Job on a cluster.
+
+What the job gets is decided here, before anything reaches the cluster: its entrypoint (`eva run
+...` after resolving the config locally, so bad input fails now; or `eva resume RUN_DIR`), and its
+runtime_env (the actors' environment plus the user's non-secret `--env` pairs). `submit_job` then
+talks to the cluster's job API, waiting out a head whose job agent is still starting.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from actors.cluster import actor_env
+from eva.checkpoint import RunDir
+from eva.config import load_config
+
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+# A freshly started head answers 500 "No available agent" until its dashboard agent is up.
+AGENT_NOT_UP = "No available agent"
+AGENT_WAIT_S = 90.0  # longest wait for the agent
+AGENT_POLL_S = 3.0
+
+# Names of environment variables that hold secrets: never put into a job's runtime_env (the dashboard
+# and `ray job` show it), run.yaml or events.jsonl. Secrets reach actors from the nodes' environment.
+SECRET_SUFFIXES = ("_TOKEN", "_KEY", "_SECRET", "_PASSWORD", "_CREDENTIALS")
+
+
+class SubmitError(RuntimeError):
+    """The job API refused the job or could not be reached; the message says what to check."""
+
+
+def is_secret_name(name: str) -> bool:
+    return name.upper().endswith(SECRET_SUFFIXES)
+
+
+def job_runtime_env(extra_env: list[str], working_dir: Path | None) -> dict:
+    """runtime_env of a submitted run: the actors' environment (`actor_env`; a job's runtime_env
+    replaces the one ray.init would give them) plus non-secret `KEY=VALUE` pairs; secrets are
+    refused (ValueError)."""
+    env = actor_env()
+    for item in extra_env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--env {item!r}: expected KEY=VALUE")
+        if is_secret_name(key):
+            raise ValueError(f"--env {key}: secrets must not go into the job's runtime_env (visible in the dashboard and job API); set {key} in the nodes' environment (a Kubernetes Secret, the launcher's env)")
+        env[key] = value
+    runtime_env: dict = {"env_vars": env}
+    if working_dir is not None:
+        runtime_env["working_dir"] = str(working_dir)
+    return runtime_env
+
+
+def run_args(config: Path | None, preset: str | None, overrides: list[str]) -> list[str]:
+    """`eva run ...` for the job, after resolving the config here: bad input fails now, not on the cluster."""
+    load_config(config, overrides, preset=preset)
+    args = ["eva", "run", *([str(config)] if config else []), *(["--preset", preset] if preset else [])]
+    return args + [a for o in overrides for a in ("--set", o)]
+
+
+def resume_args(resume: str, iterations: int | None, other_options: Mapping[str, object]) -> list[str]:
+    """`eva resume RUN_DIR [--iterations N]`: the run's own run.yaml is its config, so none of
+    `other_options` (option name -> value given) may be set. A run directory this machine can see
+    is checked here; one only the cluster mounts, by the job."""
+    given = [name for name, value in other_options.items() if value]
+    if given:
+        raise ValueError(f"--resume continues a run with the config in its run.yaml; drop {', '.join(given)}")
+    local = Path(resume)
+    if local.exists() and not (local / "run.yaml").is_file():
+        raise ValueError(f"--resume {resume}: not a run directory (no run.yaml)")
+    if (local / "run.yaml").is_file():
+        RunDir(local).config()  # a damaged run.yaml fails here
+    return ["eva", "resume", resume, *(["--iterations", str(iterations)] if iterations is not None else [])]
+
+
+def job_address(given: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """The job API: `given`, else RAY_API_SERVER_ADDRESS, else RAY_ADDRESS, else DEFAULT_ADDRESS."""
+    environ = os.environ if environ is None else environ
+    return given or environ.get("RAY_API_SERVER_ADDRESS") or environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
+
+
+def submit_job(
+    address: str,
+    entrypoint: str,
+    runtime_env: dict,
+    job_id: str | None,
+    *,
+    wait_s: float = AGENT_WAIT_S,
+    poll_s: float = AGENT_POLL_S,
+    on_wait: Callable[[str], None] = print,
+) -> str:
+    """Submit the job and return its id. While the head says AGENT_NOT_UP (transient) it retries
+    every `poll_s` seconds for up to `wait_s`, telling `on_wait`; any other failure, or the agent
+    still missing after that, raises SubmitError."""
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return JobSubmissionClient(address).submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id)
+        except AuthenticationError as e:
+            raise SubmitError(
+                f"the Ray job API at {address} refused the submission: {str(e).splitlines()[0]}\nthe cluster uses token "
+                "authentication: set RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN (or ~/.ray/auth_token, or RAY_AUTH_TOKEN_PATH)"
+            ) from None
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            agent_missing = AGENT_NOT_UP in str(e)
+            if agent_missing and time.monotonic() < deadline:
+                on_wait(f"the cluster's job agent is not up yet; retrying in {poll_s:g} s")
+                time.sleep(poll_s)
+                continue
+            hint = ("\nthe head's dashboard agent serves no HTTP: is its port taken by another Ray instance on that"
+                    " machine? (`ray start --dashboard-agent-listen-port`, default 52365; see dashboard_agent.log)"
+                    if agent_missing else "")
+            raise SubmitError(f"cannot submit to the Ray job API at {address}: {e}{hint}") from None
