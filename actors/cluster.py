@@ -22,6 +22,7 @@ from actors.engine import GenerationEngine
 from actors.models import resolve_model_path
 from actors.pool import EnginePool
 from eva.config import ActorResources, RunConfig
+from eva.scorers import SCORER_KINDS
 
 # Environment every actor process gets: one thread each (two cores are easily oversubscribed),
 # offline hub, quiet tokenizers.
@@ -70,7 +71,9 @@ def init_ray(cfg: RunConfig) -> None:
 
 def _check_fits(cfg: RunConfig, with_creator_engine: bool) -> None:
     wanted = {"CPU": 0.0, "GPU": 0.0}
-    groups: list[tuple[ActorResources, int]] = [(cfg.ray.engine, cfg.ray.engine.replicas), (cfg.ray.reward, 1), (cfg.ray.trainer, 1)]
+    groups: list[tuple[ActorResources, int]] = [(cfg.ray.engine, cfg.ray.engine.replicas), (cfg.ray.trainer, 1)]
+    if SCORER_KINDS[cfg.reward.kind].actor:
+        groups.append((cfg.ray.reward, 1))
     if with_creator_engine:
         groups.append((cfg.ray.creator, cfg.ray.creator.replicas))  # the creator model's own engine replicas
     for res, count in groups:
@@ -143,19 +146,22 @@ class Actors:
 
     policy: EnginePool
     creator_engines: EnginePool
-    reward: object  # ActorHandle[RewardActor]
+    reward: object | None  # ActorHandle[RewardActor]; None when the reward is graded in the rollouts (reward.kind: task)
     trainer: object  # ActorHandle[PolicyTrainer]
     groups: list = field(default_factory=list)  # placement groups of the engines
     nodes: dict[str, list[str]] = field(default_factory=dict)  # actor kind -> Ray node id of each actor
 
     def drain_busy(self, timeout_s: float) -> list:
         """Every heavy actor's work spans since the last drain (actors.busy), for the overhead metric."""
-        engines = list({*self.policy.engines, *self.creator_engines.engines})
-        refs = [e.drain_busy.remote() for e in engines] + [self.reward.drain_busy.remote(), self.trainer.drain_busy.remote()]
+        handles = [*{*self.policy.engines, *self.creator_engines.engines}, *self._scorers(), self.trainer]
+        refs = [h.drain_busy.remote() for h in handles]
         return [span for spans in ray.get(refs, timeout=timeout_s) for span in spans]
 
+    def _scorers(self) -> list:
+        return [] if self.reward is None else [self.reward]
+
     def shutdown(self) -> None:
-        for handle in [*self.policy.engines, *self.creator_engines.engines, self.reward, self.trainer]:
+        for handle in [*self.policy.engines, *self.creator_engines.engines, *self._scorers(), self.trainer]:
             try:
                 ray.kill(handle)
             except Exception:  # already gone
@@ -205,16 +211,18 @@ def start_actors(cfg: RunConfig, policy_path: str, initial_path: str, start_iter
         creator_engines = EnginePool(engines, timeout, cfg.ray.retries, version="creator")
     else:
         creator_engines = policy  # the creator generates with the policy's engines
-    reward = _remote(RewardActor, cfg.ray.reward).remote(cfg.reward, initial_path, work, trust_remote_code=cfg.model.trust_remote_code)
+    reward = None  # a task grader is pure code: no process to hold it (eva.scorers, `actor`)
+    if SCORER_KINDS[cfg.reward.kind].actor:
+        reward = _remote(RewardActor, cfg.ray.reward).remote(cfg.reward, initial_path, work, trust_remote_code=cfg.model.trust_remote_code)
     trainer = _remote(PolicyTrainer, cfg.ray.trainer, max_concurrency=2).remote(  # 2: progress() answers while train() runs
         policy_path, initial_path, cfg.solver, cfg.model.dtype, work, cfg.run.seed, threads=cfg.ray.trainer.threads, iteration=start_iteration
     )
     actors = Actors(policy, creator_engines, reward, trainer, groups)
-    kinds = {"engine": policy.engines, "creator_engine": creator_engines.engines if own_creator else [], "reward": [reward], "trainer": [trainer]}
+    kinds = {"engine": policy.engines, "creator_engine": creator_engines.engines if own_creator else [], "reward": actors._scorers(), "trainer": [trainer]}
     pending = {kind: [_node_of(h) for h in handles] for kind, handles in kinds.items()}
     try:
         ray.get([e.ready.remote() for e in {*policy.engines, *creator_engines.engines}], timeout=timeout)
-        ray.get([reward.info.remote(), trainer.ready.remote()], timeout=timeout)
+        ray.get([*(s.info.remote() for s in actors._scorers()), trainer.ready.remote()], timeout=timeout)
         actors.nodes = {kind: ray.get(refs, timeout=timeout) for kind, refs in pending.items() if refs}
     except Exception:
         actors.shutdown()

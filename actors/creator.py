@@ -15,11 +15,13 @@ from eva.types import FilterReport, Prompt
 
 
 def evolve_prompts(
-    engines: EnginePool, parents: list[Prompt], existing_texts: list[str], cfg: CreatorSection, seed: int, iteration: int
+    engines: EnginePool, parents: list[Prompt], existing_texts: list[str], cfg: CreatorSection, seed: int, iteration: int, round_: int = 0
 ) -> tuple[list[Prompt], FilterReport, RolloutStats]:
     """`cfg.num_variants` rewrites per parent, parsed and filtered against `existing_texts` (the
-    buffer) and each other; each child records its parent, root, depth, operator and `iteration`."""
-    requests = build_evolve_requests(parents, cfg.num_variants, cfg.operators, derive_seed(seed, "evolve", iteration))
+    buffer) and each other; each child records its parent, root, depth, operator and `iteration`.
+    Round `round_` > 0 asks again with fresh seeds (population control: filters dropped too many)."""
+    round_seed = derive_seed(seed, "evolve", iteration) if round_ == 0 else derive_seed(seed, "evolve", iteration, round_)
+    requests = build_evolve_requests(parents, cfg.num_variants, cfg.operators, round_seed)
     spec = SamplingSpec(1, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     keys = [f"{r.parent.id}:{i}" for i, r in enumerate(requests)]
     batch = engines.generate(keys, [r.meta_prompt for r in requests], [r.seed for r in requests], spec)

@@ -14,6 +14,7 @@ from actors.engine import SamplingSpec
 from actors.pool import LOST, EnginePool, wait_until_available
 from eva.results import RolloutStats
 from eva.seeding import derive_seed
+from eva.tasks.prompts import grade as task_grade
 from eva.types import Prompt, ScoredPrompt
 
 log = logging.getLogger("eva.rollout")
@@ -36,7 +37,7 @@ def score_with_retries(reward, prompts: list[str], responses: list[str], retries
 
 def rollout(
     engines: EnginePool,
-    reward,  # ray ActorHandle of RewardActor
+    reward,  # ray ActorHandle of RewardActor; None: graded by each prompt's task family (eva.tasks)
     prompts: list[Prompt],
     spec: SamplingSpec,
     seed: int,
@@ -52,10 +53,15 @@ def rollout(
     """
     seeds = [derive_seed(seed, stage, iteration, p.id) for p in prompts]
     batch = engines.generate([p.id for p in prompts], [p.text for p in prompts], seeds, spec)
-    flat_prompts = [p.text for p, g in zip(prompts, batch.generations) for _ in g.responses]
+    flat_prompts = [p for p, g in zip(prompts, batch.generations) for _ in g.responses]
     flat_responses = [r for g in batch.generations for r in g.responses]
     t0 = time.perf_counter()
-    rewards, retried = score_with_retries(reward, flat_prompts, flat_responses, engines.retries, timeout_s) if flat_responses else ([], [])
+    if reward is None:  # verifiable rewards: pure code, graded here against the prompt's own answer
+        rewards, retried = task_grade(flat_prompts, flat_responses), []
+    elif flat_responses:
+        rewards, retried = score_with_retries(reward, [p.text for p in flat_prompts], flat_responses, engines.retries, timeout_s)
+    else:
+        rewards, retried = [], []
     score_seconds = time.perf_counter() - t0
     scored, pos = [], 0
     for p, g in zip(prompts, batch.generations):

@@ -64,7 +64,7 @@ def bench_size(n: int, repeats: int, folder: Path) -> dict[str, Any]:
     times["sample"], rows = best_of(repeats, lambda: sample_prompts(buf.info_array(), k, "weighted", seed=0))
     ids = buf.ids()
     evolved = [ids[r] for r in rows]
-    times["mix"], mix = best_of(repeats, lambda: buf.mix(evolved, ratio=0.8, seed=0))
+    times["mix"], mix = best_of(repeats, lambda: buf.mix(evolved, size=round(len(evolved) / 0.8), seed=0))
     path = folder / f"prompts_{n}.parquet"
     times["save"], _ = best_of(repeats, lambda: buf.save(path))
     times["load"], loaded = best_of(repeats, lambda: PromptBuffer.load(path))

@@ -39,6 +39,7 @@ PROMPT_SCHEMA = pa.schema(
         ("depth", pa.int64()),
         ("operator", pa.string()),
         ("iteration", pa.int64()),  # born in
+        ("meta", pa.string()),  # task-family problem as canonical JSON (eva.tasks); null for free text
     ]
 )
 # Per-prompt stats, updated by the estimate stage and by sampling/training.
@@ -68,7 +69,9 @@ PAIR_SCHEMA = pa.schema(
     ]
 )
 
-_STR_COLUMNS = ("id", "text", "parent_id", "root_id", "operator")
+_STR_COLUMNS = ("id", "text", "parent_id", "root_id", "operator", "meta")
+# Columns added after runs were written with eva: read as null from older files.
+OPTIONAL_COLUMNS = ("meta",)
 # Numeric columns: dtype and the value of a prompt that was never estimated/sampled/trained.
 # Float columns use nan for "none" in memory and null in Parquet.
 _NUM_COLUMNS: dict[str, tuple[type, float]] = {
@@ -150,6 +153,7 @@ class PromptBuffer:
             depth=int(n["depth"][row]),
             operator=s["operator"][row],  # type: ignore[arg-type]
             iteration=int(n["iteration"][row]),
+            meta=s["meta"][row],
         )
 
     def get(self, pid: str) -> Prompt:
@@ -210,30 +214,22 @@ class PromptBuffer:
 
     # --- mixing and lineage ------------------------------------------------------------------------
 
-    def mix(self, evolved_ids: Sequence[str], ratio: float, seed: int, fallback_size: int | None = None) -> list[str]:
-        """Training prompts of step 4: the evolved ids, then a uniform sample of the other prompts.
+    def mix(self, evolved_ids: Sequence[str], size: int, seed: int) -> list[str]:
+        """Training prompts of step 4, `size` of them: the evolved ids first (at most `size`, in order,
+        duplicates once), then a uniform sample of the other prompts of the buffer for the rest.
 
-        With E distinct evolved ids and 0 < ratio <= 1 the buffer sample has round(E·(1−ratio)/ratio)
-        prompts, so the evolved ones make up `ratio` of the mix (ratio 1: none from the buffer).
-        ratio 0 means "train on no evolved prompt": E prompts sampled from the others (the same
-        training budget). With no evolved ids (the creator produced nothing) the mix is a uniform
-        sample of the whole buffer of `fallback_size` prompts, default max(1, round(len·(1−ratio))),
-        so the iteration still trains. Sizes are clipped to what exists. Sampling is without
-        replacement (numpy default_rng(seed)): the same inputs give the same list.
+        The population stays at `size` whatever the creator produced: with too few children the
+        buffer fills more of it, with none the mix is a plain buffer sample (clipped to what exists).
+        Sampling is without replacement (numpy default_rng(seed)): the same inputs give the same list.
         """
-        if not 0 <= ratio <= 1:
-            raise ValueError(f"evolved ratio must be in [0, 1], got {ratio}")
-        evolved = list(dict.fromkeys(evolved_ids))
+        if size < 0:
+            raise ValueError(f"mix size must be >= 0, got {size}")
+        evolved = list(dict.fromkeys(evolved_ids))[:size]
         pool = np.ones(len(self), dtype=bool)
         pool[[self._row(i) for i in evolved]] = False
-        if not evolved:
-            size = fallback_size if fallback_size is not None else max(1, round(len(self) * (1 - ratio)))
-        elif ratio == 0:
-            size, evolved = len(evolved), []
-        else:
-            size = round(round(len(evolved) * (1 - ratio) / ratio, 9))  # inner round: float noise
         candidates = np.flatnonzero(pool)
-        picked = np.random.default_rng(seed).choice(candidates, size=min(size, candidates.size), replace=False)
+        rest = min(size - len(evolved), candidates.size)
+        picked = np.random.default_rng(seed).choice(candidates, size=rest, replace=False)
         ids = self._str["id"]
         return evolved + [ids[r] for r in picked.tolist()]  # type: ignore[misc]
 
@@ -272,7 +268,7 @@ class PromptBuffer:
     @classmethod
     def load(cls, path: str | Path) -> PromptBuffer:
         """Read a buffer written by `save` (extra columns are ignored, missing ones are an error)."""
-        table = read_table(path, BUFFER_SCHEMA)
+        table = read_table(path, BUFFER_SCHEMA, optional=OPTIONAL_COLUMNS)
         buffer = cls()
         for name in _STR_COLUMNS:
             buffer._str[name] = table.column(name).to_pylist()
@@ -323,7 +319,7 @@ def save_prompts_table(path: str | Path, prompts: Sequence[Prompt]) -> None:
 
 
 def load_prompts_table(path: str | Path) -> list[Prompt]:
-    return load_records(path, Prompt, PROMPT_SCHEMA)
+    return load_records(path, Prompt, PROMPT_SCHEMA, optional=OPTIONAL_COLUMNS)
 
 
 # --- seed prompts -----------------------------------------------------------------------------------

@@ -80,7 +80,35 @@ class PromptsSection(_Section):
     baseline_sample: int | None = Field(None, ge=1, description="Baseline runs only: train each iteration on a fresh uniform sample of this many fixed prompts (seeded by run.seed and the iteration), e.g. as many as the eva run it is compared with trains on. None: all of them every iteration.")
 
 
+class TaskSection(_Section):
+    family: str | None = Field(None, description="Task family with verifiable rewards (eva.tasks): arithmetic, or module:Class of your own. None: free-text prompts (prompts.path). Set: the seed prompts are problems of the family, each carrying its metadata (family, parameters, reference answer, level).")
+    levels: tuple[str, ...] = Field(("1d+", "1d*", "2d+"), min_length=1, description="Difficulty levels of the generated seed problems (arithmetic: <digits>d<op>[w], op in + - * /, w = word problem; e.g. 1d+, 2d*, 3d-w).")
+    per_level: int = Field(16, ge=1, description="Seed problems generated per level (training side of the split: never a held-out problem).")
+    problems: str | None = Field(None, description="A JSONL file of seed problems ({prompt, meta} per line, eva.tasks.problem_sets) instead of generating them.")
+    seed: int = Field(0, ge=0, description="Seed of problem generation (training seeds and the held-out set; their random streams and problem spaces are disjoint).")
+    eval_levels: tuple[str, ...] | None = Field(None, description="Levels of the held-out evaluation set of `eva eval` (None: `levels`).")
+    eval_per_level: int = Field(60, ge=1, description="Held-out problems per level for `eva eval` (greedy exact-match accuracy per level).")
+
+    @model_validator(mode="after")
+    def _family_and_levels(self) -> TaskSection:
+        if self.family is None:
+            return self
+        from eva.tasks import get_family  # the family may be user code: imported when the config is validated
+
+        family = get_family(self.family)
+        for level in {*self.levels, *(self.eval_levels or ())}:
+            try:
+                family.generate(__import__("numpy").random.default_rng(0), level, 1)
+            except (ValueError, KeyError) as e:
+                raise ValueError(f"level {level!r} is not a level of task family {self.family!r}: {e}") from None
+        return self
+
+
 class CreatorSection(_Section):
+    kind: Literal["llm", "program"] = Field("llm", description="How children are made: llm (the creator LLM rewrites free-text prompts, EvolInstruct operators) or program (a task family's mutations, harder/easier/sideways, the answer recomputed by code; needs task.family).")
+    population: int | None = Field(None, ge=1, description="Size of the training set X'_t of every iteration. The creator asks for as many children as it takes to fill the evolved share (evolved_ratio of it; more rounds of variants while filters drop children, up to max_evolve_rounds), and the mix fills the rest with a uniform sample of the buffer. None: the size of the seed set.")
+    max_evolve_rounds: int = Field(4, ge=1, description="Rounds of num_variants children per sampled parent the creator may spend to fill its share of the population.")
+    direction_rule: Literal["uniform", "frontier"] = Field("uniform", description="kind=program: uniform (harder, easier, sideways drawn at random per child) or frontier (toward the parent's frontier: harder when most of its responses were exactly right, easier when few were, sideways in between).")
     metric: str = Field("gap", description=f"Informativeness of a prompt from its reward vector: {', '.join(metric_names())} (eva.metrics; DESIGN.md table).")
     sample_frac: float = Field(0.25, gt=0, le=1, description="Fraction of the current prompt set sampled for evolving each iteration.")
     sample_method: str = Field("weighted", description="weighted (without replacement, prob. proportional to min-max normalized info), greedy (top-k) or uniform.")
@@ -221,7 +249,10 @@ class RewardSection(_Section):
     def _consistent(self) -> RewardSection:
         if self.kind == "combined" and not self.components:
             raise ValueError("kind=combined needs at least one entry in `components`")
-        scorers = [(f"components.{i}", c) for i, c in enumerate(self.components)] if self.kind == "combined" else [("", ScorerSpec(kind=self.kind))]
+        if self.kind == "combined":
+            scorers = [(f"components.{i}", c) for i, c in enumerate(self.components)]
+        else:  # a kind that is only ever the whole reward (task) has no per-scorer fields to check
+            scorers = [("", ScorerSpec(kind=self.kind))] if SCORER_KINDS[self.kind].component else []
         for where, spec in scorers:
             field = f"{where}.model" if spec.model else "model"
             if spec.kind == "reward_model" and (spec.model or self.model) == "initial":
@@ -264,11 +295,29 @@ class RunConfig(_Section):
     run: RunSection = Field(default_factory=RunSection, description="Run identity and length.")
     model: ModelSection = Field(default_factory=ModelSection, description="The policy model and engine settings.")
     prompts: PromptsSection = Field(default_factory=PromptsSection, description="The seed prompt set.")
+    task: TaskSection = Field(default_factory=TaskSection, description="A task family with verifiable rewards (seed problems, grading, mutation, held-out evaluation).")
     creator: CreatorSection = Field(default_factory=CreatorSection, description="Prompt evolution (estimate, sample, evolve, mix).")
     solver: SolverSection = Field(default_factory=SolverSection, description="Rollouts and preference optimization.")
     reward: RewardSection = Field(default_factory=RewardSection, description="Reward scorer.")
     ray: RaySection = Field(default_factory=RaySection, description="Ray cluster and per-actor resources.")
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection, description="Checkpoint retention.")
+
+    @model_validator(mode="after")
+    def _task_family(self) -> RunConfig:
+        has_task = self.task.family is not None
+        if self.reward.kind == "task" and not has_task:
+            raise ValueError("reward.kind is task but task.family is not set: the task grader needs a family")
+        if self.creator.kind == "program" and not has_task:
+            raise ValueError("creator.kind is program but task.family is not set: program mutations come from a task family")
+        if has_task and self.creator.kind == "llm" and not self.run.baseline:
+            raise ValueError(
+                "creator.kind is llm with task.family set: an LLM rewrite changes the problem but not its reference answer, "
+                "so its reward would grade against a wrong answer. Use creator.kind: program (the family's mutations, the "
+                "answer recomputed by code)"
+            )
+        if has_task and self.prompts.path != PromptsSection().path:
+            raise ValueError("prompts.path is for free-text prompts; with task.family set the seeds are generated, or read from task.problems")
+        return self
 
     @model_validator(mode="after")
     def _engine_gpus(self) -> RunConfig:
@@ -405,7 +454,7 @@ def _describe(error: ValidationError, sources: dict[str, str], default_source: s
     for err in error.errors():
         loc = ".".join(str(p) for p in err["loc"])
         src = _source_of(loc, sources, default_source)
-        got = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
+        got = "" if err["type"] == "missing" or not loc else f" (got {err.get('input')!r})"  # a check across sections: not the whole config
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field"

@@ -9,13 +9,15 @@ reports the same numbers as an uninterrupted one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from eva.metrics import summarize
 from eva.pairs import pair_stats
-from eva.types import FilterReport, IterationMetrics, PreferencePair, Prompt, ScoredPrompt, Timing
+from eva.tasks.prompts import exact_share, level_counts
+from eva.types import CreatorHealth, FilterReport, IterationMetrics, PreferencePair, Prompt, ScoredPrompt, Timing
 
 # Stages that generate tokens (their markers record `new_tokens`).
 GENERATING_STAGES: tuple[str, ...] = ("estimate", "evolve", "solve")
@@ -96,6 +98,32 @@ class IterationResults:
     train: TrainResult
     stage_seconds: Mapping[str, float] = field(default_factory=dict)
     tokens_generated: Mapping[str, int] = field(default_factory=dict)
+    parents_info: Mapping[str, float | None] = field(default_factory=dict)  # parent id -> its info when picked
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
+def creator_health(r: IterationResults) -> CreatorHealth:
+    """The creator-health figures of one iteration (CreatorHealth explains each)."""
+    t = r.iteration
+    sampled = {p.id for p in r.sampled}
+    children = [s for s in r.estimated if s.prompt.iteration == t - 1 and not s.prompt.is_seed]
+    tokens = sum(r.tokens_generated.values())
+    task = any(s.prompt.meta is not None for s in r.solved)
+    return CreatorHealth(
+        sampled_info=_mean(s.info for s in r.estimated if s.prompt.id in sampled),
+        estimated_info=_mean(s.info for s in r.estimated),
+        children_info=_mean(s.info for s in children),
+        parents_info=_mean(r.parents_info.get(s.prompt.parent_id or "") for s in children),
+        pair_yield=len(r.pairs) / len(r.solved) if r.solved else 0.0,
+        tie_share=r.pairs_report.dropped.get("tie", 0) / len(r.solved) if r.solved else 0.0,
+        tokens_per_pair=tokens / len(r.pairs) if r.pairs else None,
+        train_levels=level_counts([s.prompt for s in r.solved]),
+        solve_exact=exact_share([x for s in r.solved for x in s.finite_rewards]) if task else None,
+    )
 
 
 def iteration_metrics(r: IterationResults, buffer_size: int, timing: Timing) -> IterationMetrics:
@@ -126,4 +154,5 @@ def iteration_metrics(r: IterationResults, buffer_size: int, timing: Timing) -> 
         nonfinite_rewards=sum(s.num_nonfinite for s in [*r.estimated, *r.solved]),
         buffer_size=buffer_size,
         timing=timing,
+        health=creator_health(r),
     )

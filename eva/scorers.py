@@ -10,6 +10,7 @@ a weight means "share of a [0, 1] reward":
     wellformed   already in [0, 1]
     reward_model sigmoid(logit): the Bradley-Terry probability of beating a reward-0 answer
     function     clipped to [0, 1]: return values in [0, 1] for the weights to compare
+    task         the task family's grade, already in [0, 1] (the whole reward only)
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class ScorerKind:
     unit: UnitMap  # its raw score onto [0, 1] inside a combination
     alone: bool = True  # may be the whole reward (`reward.kind`)
     component: bool = True  # may be a component of `combined` (`reward.components[*].kind`)
+    actor: bool = True  # scored in the reward actor; False: graded in the rollout itself (no model to hold)
 
 
 SCORER_KINDS: dict[str, ScorerKind] = {
@@ -52,6 +54,8 @@ SCORER_KINDS: dict[str, ScorerKind] = {
     # Components only: each says little on its own (relevance would read reward.model, the policy, as its encoder).
     "relevance": ScorerKind("MiniLM prompt-response cosine", model=True, function=False, unit=linear_unit, alone=False),
     "wellformed": ScorerKind("text rules: repetition, truncation, length, echo", model=False, function=False, unit=linear_unit, alone=False),
+    # The task family's grader on the prompt's metadata (eva.tasks): pure code, so no actor holds it.
+    "task": ScorerKind("the task family's grader: exact match with partial credit", model=False, function=False, unit=linear_unit, component=False, actor=False),
     "combined": ScorerKind("weighted sum of `components`", model=False, function=False, unit=linear_unit, component=False),
 }
 

@@ -29,8 +29,10 @@ def write_table(table: pa.Table, path: str | Path) -> None:
         pq.write_table(table, tmp)
 
 
-def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
-    """Read a Parquet file as `schema` (columns selected and cast); DataError names the file."""
+def read_table(path: str | Path, schema: pa.Schema, optional: Sequence[str] = ()) -> pa.Table:
+    """Read a Parquet file as `schema` (columns selected and cast); DataError names the file.
+
+    Columns named in `optional` may be absent (files written before they existed): they read as null."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file does not exist")
@@ -38,6 +40,9 @@ def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path}: not a readable Parquet file: {e}") from None
+    for name in optional:
+        if name not in table.column_names:
+            table = table.append_column(schema.field(name), pa.nulls(table.num_rows, schema.field(name).type))
     missing = [n for n in schema.names if n not in table.column_names]
     if missing:
         raise DataError(f"{path}: missing columns {missing}; it has {table.column_names}")
@@ -54,8 +59,8 @@ def save_records(path: str | Path, records: Sequence[Any], schema: pa.Schema) ->
     write_table(pa.Table.from_pydict(data, schema=schema), path)
 
 
-def load_records(path: str | Path, cls: type[R], schema: pa.Schema) -> list[R]:
+def load_records(path: str | Path, cls: type[R], schema: pa.Schema, optional: Sequence[str] = ()) -> list[R]:
     """Read records written by `save_records`; columns that are not fields of `cls` are skipped."""
     fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    rows = read_table(path, schema).select(fields).to_pylist()
+    rows = read_table(path, schema, optional).select(fields).to_pylist()
     return [cls(**row) for row in rows]

@@ -35,7 +35,8 @@ class Prompt:
 
     `root_id` is the seed prompt the chain started from (a seed is its own root); `depth` counts
     rewrites from that seed; `operator` is the evolve operator that produced it (`"seed"` for seeds);
-    `iteration` is the iteration in which it was born (0 for seeds).
+    `iteration` is the iteration in which it was born (0 for seeds). `meta` is the canonical JSON of
+    a task-family problem (`eva.tasks`: family, params, reference answer, level), None for free text.
     """
 
     id: str
@@ -45,13 +46,14 @@ class Prompt:
     depth: int
     operator: str
     iteration: int
+    meta: str | None = None
 
     @classmethod
-    def seed(cls, text: str) -> Prompt:
+    def seed(cls, text: str, meta: str | None = None) -> Prompt:
         pid = prompt_id(text)
-        return cls(id=pid, text=text, parent_id=None, root_id=pid, depth=0, operator=SEED_OPERATOR, iteration=0)
+        return cls(id=pid, text=text, parent_id=None, root_id=pid, depth=0, operator=SEED_OPERATOR, iteration=0, meta=meta)
 
-    def child(self, text: str, operator: str, iteration: int) -> Prompt:
+    def child(self, text: str, operator: str, iteration: int, meta: str | None = None) -> Prompt:
         """A rewrite of this prompt, carrying the lineage on."""
         return Prompt(
             id=prompt_id(text),
@@ -61,6 +63,7 @@ class Prompt:
             depth=self.depth + 1,
             operator=operator,
             iteration=iteration,
+            meta=meta,
         )
 
     @property
@@ -153,6 +156,31 @@ class Timing:
 
 
 @dataclass(slots=True)
+class CreatorHealth:
+    """Is the creator earning its compute? Means are over prompts with an informativeness (None if none).
+
+    `sampled_info` vs `estimated_info`: the informativeness of the prompts sampled for evolving
+    against the whole estimated set (a selector that works picks above the mean). `children_info`
+    vs `parents_info`: the prompts born in the previous iteration, as this iteration's estimate
+    scores them, against what their parents scored when they were picked. `pair_yield`: pairs per
+    solved prompt; `tie_share`: solved prompts whose responses all scored the same (no pair);
+    `tokens_per_pair`: every token generated this iteration (estimate, evolve, solve) per usable
+    pair. Task families: `train_levels` counts X'_t by difficulty level and `solve_exact` is the
+    share of solve responses graded exactly right.
+    """
+
+    sampled_info: float | None = None
+    estimated_info: float | None = None
+    children_info: float | None = None
+    parents_info: float | None = None
+    pair_yield: float = 0.0
+    tie_share: float = 0.0
+    tokens_per_pair: float | None = None
+    train_levels: dict[str, int] = field(default_factory=dict)
+    solve_exact: float | None = None
+
+
+@dataclass(slots=True)
 class IterationMetrics:
     """What one iteration measured; written as `metrics.json` of the iteration (`eva.iteration`).
 
@@ -178,6 +206,7 @@ class IterationMetrics:
     nonfinite_rewards: int = 0
     buffer_size: int = 0
     timing: Timing = field(default_factory=Timing)
+    health: CreatorHealth = field(default_factory=CreatorHealth)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -194,6 +223,12 @@ class IterationMetrics:
             kinds = {k[len("busy_") : -len("_s")]: v for k, v in legacy.items() if k.startswith("busy_") and k.endswith("_s") and k != "busy_s"}
             names = {f.name for f in dataclasses.fields(Timing)}
             timing = {**{k: v for k, v in legacy.items() if k in names}, "busy_by_kind": kinds, **timing}
-        known = {f.name for f in dataclasses.fields(Timing)}
+        health = data.pop("health", None) or {}
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**fields, timing=Timing(**{k: v for k, v in timing.items() if k in known}))
+        return cls(**fields, timing=_known(Timing, timing), health=_known(CreatorHealth, health))
+
+
+def _known(cls, data: dict):
+    """`cls(**data)` with the keys `cls` does not know dropped (files written by other versions)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})

@@ -48,6 +48,8 @@ from eva.results import (
 )
 from eva.sampling import sample_prompts, sample_size
 from eva.seeding import derive_seed
+from eva.tasks.evolve import mutate_prompts
+from eva.tasks.prompts import seed_prompts
 from eva.types import FilterReport, IterationMetrics, PreferencePair, Prompt, ScoredPrompt
 
 STAGES = ("estimate", "sample", "evolve", "mix", "solve", "pairs", "train", "commit")
@@ -184,38 +186,71 @@ def sample(ctx: Ctx, t: int, buffer: PromptBuffer, scored: list[ScoredPrompt]) -
     return picked
 
 
-def evolve(ctx: Ctx, t: int, buffer: PromptBuffer, parents: list[Prompt]) -> tuple[list[Prompt], FilterReport]:
-    """Step 3: rewrites of the sampled prompts by the creator LLM, parsed, filtered, with lineage."""
+def evolve(ctx: Ctx, t: int, buffer: PromptBuffer, parents: list[ScoredPrompt], wanted: int) -> tuple[list[Prompt], FilterReport]:
+    """Step 3: `wanted` children of the sampled prompts, parsed, filtered, with lineage: rewrites by
+    the creator LLM, or the task family's mutations (creator.kind)."""
     folder = ctx.run.iteration(t)
     if (done := finished(ctx, t, "evolve")) is not None:
         return folder.evolved(), filter_report_from_marker(done, "kept")
     with stage(ctx, t, "evolve") as counts:
-        ctx.report.progress(f"[{t}] evolve", 0, len(parents), "parents")  # one generate call: the bar shows it runs
-        children, report, stats = evolve_prompts(ctx.actors.creator_engines, parents, buffer.texts(), ctx.cfg.creator, ctx.cfg.run.seed, t)
+        ctx.report.progress(f"[{t}] evolve", 0, len(parents), "parents")  # one generate call per round: the bar shows it runs
+        children, report, stats, rounds = create_children(ctx, t, buffer, parents, wanted)
         log_retries(ctx, t, "evolve", stats.retries)
         folder.write_evolved(children)
-        counts.update(requested=report.total, kept=report.kept, new_tokens=stats.new_tokens, dropped=report.dropped)
+        counts.update(requested=report.total, kept=report.kept, wanted=wanted, rounds=rounds, new_tokens=stats.new_tokens, dropped=report.dropped)
     return children, report
 
 
-def mix(ctx: Ctx, t: int, buffer: PromptBuffer, evolved: list[Prompt], current: list[Prompt]) -> list[Prompt]:
-    """Step 4: evolved prompts plus a uniform sample of the buffer (creator.evolved_ratio)."""
+def create_children(
+    ctx: Ctx, t: int, buffer: PromptBuffer, parents: list[ScoredPrompt], wanted: int
+) -> tuple[list[Prompt], FilterReport, RolloutStats, int]:
+    """Population control: rounds of `num_variants` children per parent until `wanted` survive the
+    filters (or `max_evolve_rounds` are spent); children past `wanted` are dropped as "surplus"."""
+    c, seed = ctx.cfg.creator, ctx.cfg.run.seed
+    kept: list[Prompt] = []
+    reports: list[FilterReport] = []
+    stats: list[RolloutStats] = []
+    rounds = 0
+    while len(kept) < wanted and parents and rounds < c.max_evolve_rounds:
+        if c.kind == "program":
+            got, report = mutate_prompts(parents, c.num_variants, c.direction_rule, seed, t, [*buffer.ids(), *(p.id for p in kept)], rounds)
+            stat = RolloutStats()
+        else:
+            texts = [*buffer.texts(), *(p.text for p in kept)]
+            got, report, stat = evolve_prompts(ctx.actors.creator_engines, [p.prompt for p in parents], texts, c, seed, t, rounds)
+        kept, rounds = kept + got, rounds + 1
+        reports.append(report)
+        stats.append(stat)
+    dropped: dict[str, int] = {}
+    for report in reports:
+        for reason, n in report.dropped.items():
+            dropped[reason] = dropped.get(reason, 0) + n
+    dropped["surplus"] = max(0, len(kept) - wanted)
+    return kept[:wanted], FilterReport(kept=min(len(kept), wanted), dropped=dropped), RolloutStats.merge(stats), rounds
+
+
+def mix(ctx: Ctx, t: int, buffer: PromptBuffer, evolved: list[Prompt]) -> list[Prompt]:
+    """Step 4: the population X'_t: the evolved prompts plus a uniform sample of the buffer."""
     folder = ctx.run.iteration(t)
     if finished(ctx, t, "mix") is not None:
         return buffer.prompts(folder.train_ids())
     with stage(ctx, t, "mix") as counts:
-        seed = derive_seed(ctx.cfg.run.seed, "mix", t)
-        ids = buffer.mix([p.id for p in evolved], ctx.cfg.creator.evolved_ratio, seed, fallback_size=len(current))
+        ids = buffer.mix([p.id for p in evolved], population(ctx), derive_seed(ctx.cfg.run.seed, "mix", t))
         folder.write_train_ids(ids)
         counts.update(train_prompts=len(ids), evolved=len(evolved))
     return buffer.prompts(ids)
+
+
+def population(ctx: Ctx) -> int:
+    """|X'_t|, the same every iteration: creator.population, else the size of the seed set."""
+    return ctx.cfg.creator.population or len(ctx.run.iteration(0).train_ids())
 
 
 def fixed_prompts(ctx: Ctx, t: int, buffer: PromptBuffer) -> list[Prompt]:
     """The baseline's training prompts: the fixed set, or a fresh uniform sample of
     prompts.baseline_sample of it (seeded per iteration, so a resumed iteration draws the same)."""
     k = ctx.cfg.prompts.baseline_sample
-    ids = buffer.ids() if k is None else buffer.mix([], 1.0, derive_seed(ctx.cfg.run.seed, "baseline", t), fallback_size=k)
+    ids = buffer.ids() if k is None else buffer.mix([], k, derive_seed(ctx.cfg.run.seed, "baseline", t))
     ctx.run.iteration(t).write_train_ids(ids)
     return buffer.prompts(ids)
 
@@ -334,15 +369,20 @@ def run_iteration(ctx: Ctx, t: int) -> IterationMetrics:
     estimated: list[ScoredPrompt] = []
     sampled: list[Prompt] = []
     evolve_report: FilterReport | None = None
+    parents_info: dict[str, float] = {}
     if ctx.cfg.run.baseline:
         train_prompts = fixed_prompts(ctx, t, buffer)
     else:
         current = buffer.prompts(prev.train_ids())  # X_{t-1}: what iteration t-1 trained on
         estimated = scored_stage(ctx, t, "estimate", buffer, current)
         sampled = sample(ctx, t, buffer, estimated)
-        evolved, evolve_report = evolve(ctx, t, buffer, sampled)
+        by_id = {s.prompt.id: s for s in estimated}
+        wanted = round(ctx.cfg.creator.evolved_ratio * population(ctx))
+        evolved, evolve_report = evolve(ctx, t, buffer, [by_id[p.id] for p in sampled], wanted)
+        parents = [s.prompt.parent_id for s in estimated if s.prompt.parent_id is not None]
+        parents_info = dict(zip(parents, buffer.info_array(parents).tolist()))  # as last estimated (iteration t-1)
         buffer.add(evolved)
-        train_prompts = mix(ctx, t, buffer, evolved, current)
+        train_prompts = mix(ctx, t, buffer, evolved)
     solved = scored_stage(ctx, t, "solve", buffer, train_prompts)
     built, pairs_report = pairs(ctx, t, solved)
     trained = train(ctx, t, built)
@@ -352,6 +392,7 @@ def run_iteration(ctx: Ctx, t: int) -> IterationMetrics:
         iteration=t, estimated=estimated, sampled=sampled, evolve_report=evolve_report, solved=solved, pairs=built,
         pairs_report=pairs_report, train=trained, stage_seconds={name: m.get("seconds", 0.0) for name, m in markers.items()},
         tokens_generated={name: markers[name].get("new_tokens", 0) for name in GENERATING_STAGES if name in markers},
+        parents_info={k: (None if math.isnan(v) else v) for k, v in parents_info.items()},
     )
     return commit(ctx, t, buffer, results, t_commit)
 
@@ -362,7 +403,11 @@ def init_iteration_zero(cfg: RunConfig, run: RunDir, policy_path: str) -> None:
         return
     folder = run.iteration(0)
     folder.path.mkdir(parents=True, exist_ok=True)
-    seeds = load_seed_prompts(cfg.prompts.path, cfg.prompts.column, cfg.prompts.limit)
+    if cfg.task.family is not None:
+        task = cfg.task
+        seeds = seed_prompts(task.family, task.levels, task.per_level, task.seed, task.problems)
+    else:
+        seeds = load_seed_prompts(cfg.prompts.path, cfg.prompts.column, cfg.prompts.limit)
     folder.write_buffer(PromptBuffer.from_prompts(seeds))
     folder.write_train_ids([p.id for p in seeds])
     target = folder.policy

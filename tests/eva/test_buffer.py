@@ -106,37 +106,33 @@ def _mix_buffer() -> tuple[PromptBuffer, list[str]]:
     return PromptBuffer.from_prompts(seeds + evolved), [e.id for e in evolved]
 
 
-def test_mix_sizes_and_ratio() -> None:
+def test_mix_holds_the_population_size() -> None:
     buf, evolved = _mix_buffer()
-    mix = buf.mix(evolved, ratio=0.8, seed=0)
-    assert mix[:8] == evolved and len(mix) == 10  # 8 evolved = 80% of 10
-    assert len(set(mix)) == 10 and not set(mix[8:]) & set(evolved)
-    assert len(buf.mix(evolved, ratio=0.5, seed=0)) == 16
-    assert buf.mix(evolved, ratio=1.0, seed=0) == evolved
-    assert len(buf.mix(evolved, ratio=0.01, seed=0)) == 108  # 792 wanted, clipped to the 100 others
-    zero = buf.mix(evolved, ratio=0.0, seed=0)
-    assert len(zero) == 8 and not set(zero) & set(evolved)  # ratio 0: same budget, no evolved prompt
-    assert buf.mix(evolved + evolved[:2], ratio=0.8, seed=0) == mix  # duplicates count once
+    mix = buf.mix(evolved, size=10, seed=0)
+    assert mix[:8] == evolved and len(mix) == 10 and len(set(mix)) == 10 and not set(mix[8:]) & set(evolved)
+    assert buf.mix(evolved, size=5, seed=0) == evolved[:5]  # more children than room: the first ones
+    assert len(buf.mix(evolved, size=500, seed=0)) == 108  # clipped to what exists
+    assert buf.mix(evolved + evolved[:2], size=10, seed=0) == mix  # duplicates count once
+    assert buf.mix(evolved, size=0, seed=0) == []
 
 
 def test_mix_is_deterministic_and_seed_dependent() -> None:
     buf, evolved = _mix_buffer()
-    a = buf.mix(evolved, ratio=0.2, seed=7)
-    assert a == buf.mix(evolved, ratio=0.2, seed=7)
-    assert a != buf.mix(evolved, ratio=0.2, seed=8)
+    a = buf.mix(evolved, size=40, seed=7)
+    assert a == buf.mix(evolved, size=40, seed=7)
+    assert a != buf.mix(evolved, size=40, seed=8)
     assert len(a) == 40
 
 
-def test_mix_without_evolved_falls_back_to_buffer_sample() -> None:
-    buf, _ = _mix_buffer()
-    assert len(buf.mix([], ratio=0.8, seed=0)) == round(108 * 0.2)
-    assert len(buf.mix([], ratio=1.0, seed=0)) == 1
-    assert len(buf.mix([], ratio=0.8, seed=0, fallback_size=30)) == 30
-    assert PromptBuffer().mix([], ratio=0.8, seed=0) == []
-    with pytest.raises(ValueError, match="ratio"):
-        buf.mix([], ratio=1.5, seed=0)
+def test_mix_without_evolved_is_a_buffer_sample() -> None:
+    buf, evolved = _mix_buffer()
+    sample = buf.mix([], size=30, seed=0)
+    assert len(sample) == len(set(sample)) == 30
+    assert PromptBuffer().mix([], size=3, seed=0) == []
+    with pytest.raises(ValueError, match="size"):
+        buf.mix([], size=-1, seed=0)
     with pytest.raises(KeyError, match="not in the buffer"):
-        buf.mix(["ffffffffffffffff"], ratio=0.8, seed=0)
+        buf.mix(["ffffffffffffffff"], size=4, seed=0)
 
 
 # --- lineage ----------------------------------------------------------------------------------------------------

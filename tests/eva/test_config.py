@@ -140,8 +140,8 @@ def test_fingerprint_ignores_mutable_fields_only():
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
-        (["reward.kind=rm"], r"--set reward.kind=rm: reward.kind: .*unknown scorer kind 'rm'; known: judge, reward_model, function, combined"),
-        (["reward.kind=wellformed"], r"reward.kind: .*'wellformed' cannot be the whole reward .*allowed here: judge, reward_model, function, combined"),
+        (["reward.kind=rm"], r"--set reward.kind=rm: reward.kind: .*unknown scorer kind 'rm'; known: judge, reward_model, function, task, combined"),
+        (["reward.kind=wellformed"], r"reward.kind: .*'wellformed' cannot be the whole reward .*allowed here: judge, reward_model, function, task, combined"),
         (['reward.components=[{"kind": "combined"}]'], r"reward.components.0.kind: .*'combined' cannot be a component of combined; allowed here: judge, reward_model, function, relevance, wellformed"),
         (["reward.judge_template=nope"], r"reward.judge_template: .*unknown judge template 'nope'; known: plain, rubric, fewshot, yesno, yesno_plain"),
         (['reward.components=[{"kind": "judge", "judge_template": "Rubric"}]'], r"reward.components.0.judge_template: .*unknown judge template 'Rubric'; known: plain, rubric"),

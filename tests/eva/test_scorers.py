@@ -8,7 +8,7 @@ from eva.scorers import SCORER_KINDS, component_kinds, linear_unit, reward_kinds
 
 
 def test_kinds_and_where_they_may_stand():
-    assert reward_kinds() == ("judge", "reward_model", "function", "combined")
+    assert reward_kinds() == ("judge", "reward_model", "function", "task", "combined")
     assert component_kinds() == ("judge", "reward_model", "function", "relevance", "wellformed")
     assert [k for k, v in SCORER_KINDS.items() if v.model] == ["judge", "reward_model", "relevance"]
     assert [k for k, v in SCORER_KINDS.items() if v.function] == ["function"]
@@ -16,9 +16,9 @@ def test_kinds_and_where_they_may_stand():
 
 
 def test_unknown_or_misplaced_kinds_list_what_is_allowed():
-    with pytest.raises(ValueError, match="unknown scorer kind 'rm'; known: judge, reward_model, function, combined$"):
+    with pytest.raises(ValueError, match="unknown scorer kind 'rm'; known: judge, reward_model, function, task, combined$"):
         scorer_kind("rm")
-    with pytest.raises(ValueError, match=r"'relevance' cannot be the whole reward \(make it a component of combined\); allowed here: judge, reward_model, function, combined"):
+    with pytest.raises(ValueError, match=r"'relevance' cannot be the whole reward \(make it a component of combined\); allowed here: judge, reward_model, function, task, combined"):
         scorer_kind("relevance")
     with pytest.raises(ValueError, match="'combined' cannot be a component of combined; allowed here: judge, reward_model, function, relevance, wellformed"):
         scorer_kind("combined", component=True)
