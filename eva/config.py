@@ -105,7 +105,7 @@ class TaskSection(_Section):
 
 
 class CreatorSection(_Section):
-    kind: Literal["llm", "program"] = Field("llm", description="How children are made: llm (the creator LLM rewrites free-text prompts, EvolInstruct operators) or program (a task family's mutations, harder/easier/sideways, the answer recomputed by code; needs task.family).")
+    kind: Literal["llm", "program", "select"] = Field("llm", description="How children are made: llm (the creator LLM rewrites free-text prompts, EvolInstruct operators), program (a task family's mutations, harder/easier/sideways, the answer recomputed by code; needs task.family), or select (no children: the sampled prompts themselves take the evolved share of X'_t; selection without evolution, an ablation arm).")
     population: int | None = Field(None, ge=1, description="Size of the training set X'_t of every iteration. The creator asks for as many children as it takes to fill the evolved share (evolved_ratio of it; more rounds of variants while filters drop children, up to max_evolve_rounds), and the mix fills the rest with a uniform sample of the buffer. None: the size of the seed set.")
     max_evolve_rounds: int = Field(4, ge=1, description="Rounds of num_variants children per sampled parent the creator may spend to fill its share of the population.")
     direction_rule: Literal["uniform", "frontier"] = Field("uniform", description="kind=program: uniform (harder, easier, sideways drawn at random per child) or frontier (toward the parent's frontier: harder when most of its responses were exactly right, easier when few were, sideways in between).")
@@ -309,7 +309,7 @@ class RunConfig(_Section):
             raise ValueError("reward.kind is task but task.family is not set: the task grader needs a family")
         if self.creator.kind == "program" and not has_task:
             raise ValueError("creator.kind is program but task.family is not set: program mutations come from a task family")
-        if has_task and self.creator.kind == "llm" and not self.run.baseline:
+        if has_task and self.creator.kind == "llm" and not self.run.baseline:  # select and program keep the answers
             raise ValueError(
                 "creator.kind is llm with task.family set: an LLM rewrite changes the problem but not its reference answer, "
                 "so its reward would grade against a wrong answer. Use creator.kind: program (the family's mutations, the "

@@ -29,3 +29,22 @@ def win_rate(new: Sequence[float], base: Sequence[float]) -> dict[str, float | i
         "mean_reward": float(rt[ok].mean()) if ok.any() else math.nan,
         "mean_reward_initial": float(r0[ok].mean()) if ok.any() else math.nan,
     }
+
+
+def task_accuracy(levels: Sequence[str], grades: Sequence[float]) -> dict[str, dict[str, float | int]]:
+    """Exact-match accuracy and mean grade per difficulty level, plus "all" (every problem counts once).
+
+    `levels[i]` is the level of problem i and `grades[i]` the grade of the policy's answer to it in
+    [0, 1] (1 = exactly right). Returns {level: {"n", "accuracy", "mean_grade"}}, levels sorted.
+    """
+    if len(levels) != len(grades):
+        raise ValueError(f"{len(levels)} levels but {len(grades)} grades")
+    by_level: dict[str, list[float]] = {}
+    for level, grade in zip(levels, grades):
+        by_level.setdefault(level, []).append(float(grade))
+    by_level = dict(sorted(by_level.items()))
+    by_level["all"] = [float(g) for g in grades]
+    return {
+        level: {"n": len(g), "accuracy": sum(1 for x in g if x >= 1.0) / len(g) if g else math.nan, "mean_grade": float(np.mean(g)) if g else math.nan}
+        for level, g in by_level.items()
+    }

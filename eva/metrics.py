@@ -57,6 +57,15 @@ def var(r: np.ndarray) -> float:
     return float(r.var())
 
 
+@register("learnability")
+def learnability(r: np.ndarray) -> float:
+    """p(1 - p), p = the share of rewards >= 1 (exactly right under a task grader): R-Zero's and
+    Absolute Zero's learnability, largest (1/4) where the policy solves a problem half the time.
+    Partial credit makes nearly every task prompt show a reward gap; this looks at exact solves only."""
+    p = float((r >= 1.0).mean())
+    return p * (1.0 - p)
+
+
 @register("uniform")
 def uniform(r: np.ndarray) -> float:
     """No signal: every prompt is equally informative (baseline)."""

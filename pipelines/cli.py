@@ -384,24 +384,50 @@ def _json_safe(x):
 @app.command("eval")
 def eval_(
     run_dir: Path = typer.Argument(..., help="Run directory."),
-    prompts: Path = typer.Option(..., "--prompts", help="Held-out prompts (JSONL, Parquet or a datasets folder) the run never trained on."),
-    iteration: Optional[int] = typer.Option(None, "--iteration", help="Iteration whose policy to evaluate (default: latest committed)."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Held-out prompts (JSONL, Parquet or a datasets folder) the run never trained on (free-text runs)."),
+    problems: Optional[Path] = typer.Option(None, "--problems", help="Task runs: held-out problems as JSONL ({prompt, meta} per line); default: the run's held-out set (task.eval_levels, task.eval_per_level)."),
+    iteration: Optional[List[int]] = typer.Option(None, "--iteration", help="Iteration whose policy to evaluate (default: latest committed); task runs: repeat it for several, e.g. an accuracy curve."),
     column: str = typer.Option("prompt", "--column", help="Column holding the prompt text."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N prompts."),
 ) -> None:
-    """Held-out win rate of an iteration's policy against the initial policy, and mean reward."""
-    from pipelines.evaluate import evaluate
+    """Held-out evaluation of an iteration's policy against the initial policy: win rate and mean reward
+    under the run's scorer, or, for a task family, greedy exact-match accuracy per difficulty level."""
+    from pipelines.evaluate import evaluate, evaluate_task
 
     rd = _open(run_dir)
-    t, _ = _buffer(rd, iteration)
+    picked = [_buffer(rd, i)[0] for i in (iteration or [None])]
+    t = picked[-1]
+    cfg = rd.config()
+    if len(picked) > 1 and cfg.task.family is None:
+        _fail("--iteration: give one iteration for a free-text run (several are for task runs)")
+    if cfg.task.family is None and prompts is None:
+        _fail("--prompts: a free-text run is evaluated on held-out prompts; give a JSONL, Parquet or datasets file")
+    if cfg.task.family is not None and prompts is not None:
+        _fail(f"--prompts: {rd.root} is a task run ({cfg.task.family}); give held-out problems with --problems, or none for its held-out set")
     try:
-        result = evaluate(rd.config(), rd, t, str(prompts), column, limit)
+        if cfg.task.family is not None:
+            results = evaluate_task(cfg, rd, sorted({0, *picked}), str(problems) if problems else None, limit)
+            for i in sorted(set(picked)):
+                _print_task_eval(results[i])
+            return
+        result = evaluate(cfg, rd, t, str(prompts), column, limit)
     except _user_errors() as e:
         _fail(str(e))
     console.print(
         f"iteration {t} vs initial on {result['n']} prompts: win rate {result['win_rate']:.3f} (± {result['win_rate_se']:.3f}), "
         f"mean reward {result['mean_reward']:.4f} vs {result['mean_reward_initial']:.4f}  -> {result['path']}"
     )
+
+
+def _print_task_eval(result: dict) -> None:
+    table = Table(title=f"held-out exact match, iteration {result['iteration']} vs initial ({result['problems']})")
+    for col in ("level", "n", "initial", f"iteration {result['iteration']}", "mean grade"):
+        table.add_column(col)
+    initial = result.get("initial", result["levels"])
+    for level, row in result["levels"].items():
+        table.add_row(level, str(row["n"]), f"{initial[level]['accuracy']:.3f}", f"{row['accuracy']:.3f}", f"{row['mean_grade']:.3f}")
+    console.print(table)
+    console.print(f"-> {result['path']}")
 
 
 @app.command()

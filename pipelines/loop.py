@@ -211,7 +211,7 @@ def create_children(
     reports: list[FilterReport] = []
     stats: list[RolloutStats] = []
     rounds = 0
-    while len(kept) < wanted and parents and rounds < c.max_evolve_rounds:
+    while c.kind != "select" and len(kept) < wanted and parents and rounds < c.max_evolve_rounds:
         if c.kind == "program":
             got, report = mutate_prompts(parents, c.num_variants, c.direction_rule, seed, t, [*buffer.ids(), *(p.id for p in kept)], rounds)
             stat = RolloutStats()
@@ -230,12 +230,15 @@ def create_children(
 
 
 def mix(ctx: Ctx, t: int, buffer: PromptBuffer, evolved: list[Prompt]) -> list[Prompt]:
-    """Step 4: the population X'_t: the evolved prompts plus a uniform sample of the buffer."""
+    """Step 4: the population X'_t: the evolved prompts (creator.kind select: the sampled ones, up to
+    the evolved share) plus a uniform sample of the buffer."""
     folder = ctx.run.iteration(t)
     if finished(ctx, t, "mix") is not None:
         return buffer.prompts(folder.train_ids())
     with stage(ctx, t, "mix") as counts:
-        ids = buffer.mix([p.id for p in evolved], population(ctx), derive_seed(ctx.cfg.run.seed, "mix", t))
+        size = population(ctx)
+        first = [p.id for p in evolved][: round(ctx.cfg.creator.evolved_ratio * size)]
+        ids = buffer.mix(first, size, derive_seed(ctx.cfg.run.seed, "mix", t))
         folder.write_train_ids(ids)
         counts.update(train_prompts=len(ids), evolved=len(evolved))
     return buffer.prompts(ids)
@@ -382,7 +385,7 @@ def run_iteration(ctx: Ctx, t: int) -> IterationMetrics:
         parents = [s.prompt.parent_id for s in estimated if s.prompt.parent_id is not None]
         parents_info = dict(zip(parents, buffer.info_array(parents).tolist()))  # as last estimated (iteration t-1)
         buffer.add(evolved)
-        train_prompts = mix(ctx, t, buffer, evolved)
+        train_prompts = mix(ctx, t, buffer, sampled if ctx.cfg.creator.kind == "select" else evolved)
     solved = scored_stage(ctx, t, "solve", buffer, train_prompts)
     built, pairs_report = pairs(ctx, t, solved)
     trained = train(ctx, t, built)
@@ -434,7 +437,7 @@ def run_loop(cfg: RunConfig, run: RunDir, report: Reporter) -> int:
         report(f"nothing to do: {last} iterations committed (run.iterations = {cfg.run.iterations})")
         return last
     init_ray(cfg)
-    report("starting actors (vLLM engines, reward, trainer, creator) ...")
+    report("starting actors (vLLM engines, reward scorer, trainer) ...")
     t0 = time.perf_counter()
     start_policy = str(run.iteration(last).policy)
     actors = start_actors(cfg, start_policy, str(run.iteration(0).policy), start_iteration=last)

@@ -125,13 +125,15 @@ def iteration_ticks(xs: Sequence[float], max_ticks: int = 10) -> list[float]:
 
 
 def line_chart(
-    series: Sequence[Series], y_label: str, label: str, x_label: str = "iteration", fmt: str = "{:.4g}", y_domain: tuple[float, float] | None = None
+    series: Sequence[Series], y_label: str, label: str, x_label: str = "iteration", fmt: str = "{:.4g}", y_domain: tuple[float, float] | None = None,
+    continuous_x: bool = False,
 ) -> str | None:
     """Lines over iterations; bands (e.g. p10–p90) drawn first. None when there is no point.
 
     `y_domain` fixes the y range (e.g. 0..1 for an accuracy) instead of fitting it to the data; it
     widens to any value outside it, so a point is never drawn off the chart. The x axis spans the
-    data (no tick for an iteration that does not exist).
+    data (no tick for an iteration that does not exist); `continuous_x` gives it round ticks instead
+    of iteration numbers.
     """
     ys = [y for s in series for _, y in s.points if y is not None and math.isfinite(y)]
     if not ys:
@@ -139,7 +141,8 @@ def line_chart(
     ys += [v for s in series for _, lo, hi in s.band for v in (lo, hi) if math.isfinite(v)]
     xs = [x for s in series for x, y in s.points if y is not None]
     lo, hi = (min(y_domain[0], *ys), max(y_domain[1], *ys)) if y_domain is not None else (min(ys), max(ys))
-    frame = Frame(iteration_ticks(xs), nice_ticks(lo, hi), x_domain=(min(xs), max(xs)) if max(xs) > min(xs) else None)
+    x_ticks = nice_ticks(min(xs), max(xs)) if continuous_x else iteration_ticks(xs)  # continuous: e.g. tokens, not iterations
+    frame = Frame(x_ticks, nice_ticks(lo, hi), x_domain=(min(xs), max(xs)) if max(xs) > min(xs) else None)
     parts = [frame.axes(x_label, y_label)]
     for s in series:
         if s.band:

@@ -36,11 +36,12 @@ def split_of(family: TaskFamily, meta: dict[str, Any]) -> Split:
     return "heldout" if derive_seed("split", family.name, family.key(meta)) % HELDOUT_EVERY == 0 else "train"
 
 
-def problem_set(family: TaskFamily, levels: Sequence[str], per_level: int, seed: int, split: Split) -> list[Problem]:
+def problem_set(family: TaskFamily, levels: Sequence[str], per_level: int, seed: int, split: Split, strict: bool = True) -> list[Problem]:
     """`per_level` distinct problems (by prompt) of `split` for each level, levels in the given order.
 
     ValueError when a level has too few distinct problems on that side (e.g. 100 held-out "1d+" sums
-    do not exist: there are 81 one-digit sums in all).
+    do not exist: there are 81 one-digit sums in all); with `strict=False` such a level gives all
+    the distinct problems found instead (at most `per_level`).
     """
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
@@ -54,7 +55,7 @@ def problem_set(family: TaskFamily, levels: Sequence[str], per_level: int, seed:
                 if split_of(family, p.meta) == split and len(found) < per_level:
                     found.setdefault(p.prompt, p)
             draws += per_level
-        if len(found) < per_level:
+        if len(found) < per_level and strict:
             raise ValueError(
                 f"{family.name} level {level!r}: only {len(found)} distinct {split} problems found in {draws} "
                 f"draws, {per_level} asked; lower per_level"
@@ -68,9 +69,9 @@ def training_set(family: TaskFamily, levels: Sequence[str], per_level: int, seed
     return problem_set(family, levels, per_level, seed, "train")
 
 
-def heldout_set(family: TaskFamily, levels: Sequence[str], per_level: int, seed: int) -> list[Problem]:
+def heldout_set(family: TaskFamily, levels: Sequence[str], per_level: int, seed: int, strict: bool = True) -> list[Problem]:
     """A stratified evaluation set: `problem_set(..., split="heldout")`, disjoint from any training set."""
-    return problem_set(family, levels, per_level, seed, "heldout")
+    return problem_set(family, levels, per_level, seed, "heldout", strict)
 
 
 def mutate_in_split(

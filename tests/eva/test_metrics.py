@@ -13,7 +13,7 @@ def test_the_config_takes_exactly_the_registered_names():
     assert "mean_inv" not in METRICS and metric_names() == (*METRICS, "mean_inv")
     for name in metric_names():
         assert load_config(None, [f"creator.metric={name}"], preset="tiny").creator.metric == name
-    with pytest.raises(ConfigError, match="creator.metric: .*unknown informativeness metric 'gapp'; known: gap, maxmean, dts, var, uniform, mean_inv"):
+    with pytest.raises(ConfigError, match="creator.metric: .*unknown informativeness metric 'gapp'; known: gap, maxmean, dts, var, learnability, uniform, mean_inv"):
         load_config(None, ["creator.metric=gapp"], preset="tiny")
 
 
@@ -54,7 +54,7 @@ def test_mean_inv_single_prompt_points_to_batch():
 
 
 def test_unknown_metric_lists_names():
-    with pytest.raises(ValueError, match="gap, maxmean, dts, var, uniform, mean_inv"):
+    with pytest.raises(ValueError, match="gap, maxmean, dts, var, learnability, uniform, mean_inv"):
         informativeness([1, 2], "nope")
     with pytest.raises(ValueError, match="known"):
         informativeness_batch([[1, 2]], "nope")
@@ -121,3 +121,10 @@ def test_busy_summary_unions_overlaps_and_clips_to_the_wall():
 def test_busy_summary_without_spans_is_all_overhead():
     s = busy_summary([], start=0.0, end=4.0)
     assert s == Timing(wall_s=4.0, busy_s=0.0, overhead_s=4.0, overhead_share=1.0, busy_by_kind={})
+
+
+def test_learnability_is_p_times_one_minus_p_of_exact_solves():
+    assert informativeness([1.0, 0.0, 1.0, 0.3], "learnability") == 0.25  # 2 of 4 exactly right
+    assert informativeness([1.0, 1.0, 1.0, 0.9], "learnability") == 0.75 * 0.25
+    assert informativeness([0.4, 0.3, 0.2, 0.1], "learnability") == 0.0  # a gap, but nothing solved
+    assert informativeness([1.0, 1.0], "learnability") == 0.0
