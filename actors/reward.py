@@ -4,6 +4,8 @@ One class per kind of `eva.scorers.SCORER_KINDS` (its `name` is the kind): `judg
 through vLLM: the expected score over the score tokens' next-token probabilities, so it is
 continuous; templates in `eva.judge`), `reward_model` (HF sequence classifier), `function` (user
 code), `relevance` (MiniLM prompt-response cosine), `wellformed` (`eva.wellformed`) and `combined`.
+The `task` kind has no class here: a task family's grade is pure code that the rollouts run
+themselves (`eva.tasks.prompts.grade`), so no actor holds it.
 
 Rewards are pointwise on purpose: the same (prompt, response) always gets the same reward, whatever
 else is in the batch. Nothing here standardizes per batch. Combination uses the fixed map of each

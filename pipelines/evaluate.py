@@ -111,7 +111,7 @@ def evaluate_task(cfg: RunConfig, run: RunDir, iterations: list[int], problems_p
             source = problems_path or f"held-out {cfg.task.family} (task.seed {cfg.task.seed})"
             grades = grade(prompts, responses)
             results[t] = {"iteration": t, "kind": "task", "problems": source, "levels": task_accuracy(levels, grades),
-                          "seconds": round(time.perf_counter() - t0, 2), "grades": grades}
+                          "seconds": round(time.perf_counter() - t0, 2), "grades": grades, "responses": responses}
     finally:
         ray.kill(engine)
     for t, result in results.items():
