@@ -30,17 +30,24 @@ def write_table(table: pa.Table, path: str | Path) -> None:
 
 
 def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
-    """Read a Parquet file as `schema` (columns selected and cast); DataError names the file."""
+    """Read a Parquet file as `schema` (columns selected and cast); DataError names the file.
+
+    Only the columns of `schema` are read from disk, so a reader that needs a few columns of a
+    wide table (the report: lineage, not reward vectors) passes a schema of those few."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file does not exist")
     try:
-        table = pq.read_table(path)
+        names = pq.read_schema(path).names
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path}: not a readable Parquet file: {e}") from None
-    missing = [n for n in schema.names if n not in table.column_names]
+    missing = [n for n in schema.names if n not in names]
     if missing:
-        raise DataError(f"{path}: missing columns {missing}; it has {table.column_names}")
+        raise DataError(f"{path}: missing columns {missing}; it has {names}")
+    try:
+        table = pq.read_table(path, columns=schema.names)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file: {e}") from None
     try:
         return table.select(schema.names).cast(schema)
     except (pa.ArrowException, ValueError) as e:
