@@ -628,6 +628,13 @@ def test_chart_ticks_are_round_and_cover_the_data():
     one = nice_ticks(5.0, 5.0)  # a single value still gets a readable window around it
     assert one[0] < 5.0 < one[-1] and len(one) >= 3
     assert [fmt_tick(v, [0, 25_000, 50_000]) for v in (0, 25_000)] == ["0", "25,000"]
+    # a train loss of a tiny run, 0.69273..0.69305: ticks 1e-4 apart (their difference is 9.99...e-05 in floats)
+    ticks = nice_ticks(0.6927311420440674, 0.693047308921814)
+    assert [fmt_tick(v, ticks) for v in ticks] == ["0.6927", "0.6928", "0.6929", "0.6930", "0.6931"]
+    ticks = nice_ticks(0.692731, 0.692738)  # steps below 1e-4 keep every digit that tells ticks apart
+    assert [float(fmt_tick(v, ticks)) for v in ticks] == pytest.approx(ticks, abs=1e-9) and len({fmt_tick(v, ticks) for v in ticks}) == len(ticks)
+    assert [fmt_tick(v, [0, 2e-5, 4e-5]) for v in (2e-5, 4e-5)] == ["2e-05", "4e-05"]
+    assert [fmt_tick(v, [1_000_000, 1_010_000]) for v in (1_000_000, 1_010_000)] == ["1e+06", "1.01e+06"]
 
 
 def test_line_chart_keeps_every_point_on_the_chart():
