@@ -106,12 +106,12 @@ def main() -> None:
     run = RunDir(args.eva_run)
     cfg = run.config()
     s, c = cfg.solver, cfg.creator
-    buffer = {row["id"]: row["text"] for row in _rows(run.iteration_dir(1) / "prompts.parquet")}
-    seeds = [buffer[i] for i in json.loads((run.iteration_dir(0) / "train_prompts.json").read_text())["ids"]]
-    train_prompts = [buffer[i] for i in json.loads((run.iteration_dir(1) / "train_prompts.json").read_text())["ids"]]
-    eva_pairs = json.loads((run.iteration_dir(1) / "metrics.json").read_text())["num_pairs"]
+    buffer = run.iteration(1).buffer()
+    seeds = [p.text for p in buffer.prompts(run.iteration(0).train_ids())]
+    train_prompts = [p.text for p in buffer.prompts(run.iteration(1).train_ids())]
+    eva_pairs = run.iteration(1).metrics().num_pairs
 
-    policy_path = str(run.iteration_dir(0) / "policy")
+    policy_path = str(run.iteration(0).policy)
     tok = AutoTokenizer.from_pretrained(policy_path, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32)
     reward = Reward(policy_path)
@@ -173,12 +173,6 @@ def main() -> None:
         "load_s": t_loaded - t_start, "iteration_s": end - t_loaded, "stages": timings, "steps": steps, "pairs": len(rows),
         "estimate_prompts": len(seeds), "evolved": len(evolved), "train_prompts": len(train_prompts), "threads": torch.get_num_threads(),
     }))
-
-
-def _rows(path: Path) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path, columns=["id", "text"]).to_pylist()
 
 
 if __name__ == "__main__":

@@ -32,22 +32,22 @@ def analyse(run_dir: Path) -> dict:
     up = [e["seconds"] for e in events if e["kind"] == "actors_up"]
     rows = []
     for t in sorted(ends):
-        m = json.loads((run.iteration_dir(t) / "metrics.json").read_text())
-        x = m["extra"]
+        m = run.iteration(t).metrics()
+        x = m.timing
         wall = ends[t]  # the whole iteration, manifest and pruning included
         rows.append(
             {
                 "iteration": t,
-                "stages": m["stage_seconds"],
+                "stages": m.stage_seconds,
                 "wall_s": wall,
-                "generate_s": x.get("busy_generate_s", 0.0),
-                "score_s": x.get("busy_score_s", 0.0),
-                "train_s": x.get("busy_train_s", 0.0),
-                "busy_s": x["busy_s"],
-                "sync_s": x.get("sync_s", 0.0),
-                "save_s": x.get("save_s", 0.0),
-                "overhead_s": wall - x["busy_s"],
-                "overhead_share": (wall - x["busy_s"]) / wall,
+                "generate_s": x.busy_by_kind.get("generate", 0.0),
+                "score_s": x.busy_by_kind.get("score", 0.0),
+                "train_s": x.busy_by_kind.get("train", 0.0),
+                "busy_s": x.busy_s,
+                "sync_s": x.sync_s,
+                "save_s": x.save_s,
+                "overhead_s": wall - x.busy_s,
+                "overhead_share": (wall - x.busy_s) / wall,
             }
         )
     return {"run_dir": str(run_dir), "actors_up_s": up, "iterations": rows}

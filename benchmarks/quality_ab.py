@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks._proc import eva, measure
-from eva.buffer import PromptBuffer, load_seed_prompts
+from eva.buffer import load_seed_prompts
 from eva.checkpoint import RunDir
 from eva.config import load_config
 
@@ -50,14 +50,14 @@ def heldout_file(folder: Path, offset: int, n: int) -> tuple[Path, set[str]]:
 def budget(run_dir: Path) -> dict:
     run = RunDir(run_dir)
     last = run.latest()
-    metrics = [json.loads((run.iteration_dir(t) / "metrics.json").read_text()) for t in range(1, last + 1)]
+    metrics = [run.iteration(t).metrics() for t in range(1, last + 1)]
     return {
         "iterations": last,
-        "tokens": sum(sum(m["tokens_generated"].values()) for m in metrics),
-        "train_prompts": sum(m["num_train_prompts"] for m in metrics),
-        "pairs": sum(m["num_pairs"] for m in metrics),
-        "steps": sum(m["train_steps"] for m in metrics),
-        "texts": set(PromptBuffer.load(run.iteration_dir(last) / "prompts.parquet").texts()),
+        "tokens": sum(sum(m.tokens_generated.values()) for m in metrics),
+        "train_prompts": sum(m.num_train_prompts for m in metrics),
+        "pairs": sum(m.num_pairs for m in metrics),
+        "steps": sum(m.train_steps for m in metrics),
+        "texts": set(run.iteration(last).buffer().texts()),
     }
 
 
@@ -72,7 +72,7 @@ def one_arm(folder: Path, arm: str, seed: int, preset: str, sets: list[str], hel
     if leaked:
         raise RuntimeError(f"{run_dir}: {len(leaked)} held-out prompts are in the training buffer, e.g. {next(iter(leaked))!r}")
     measure(eva("eval", str(run_dir), "--prompts", str(heldout)), log=folder / f"{name}-eval.log")
-    result = json.loads((run_dir / "eval" / f"iteration_{b['iterations']:04d}.json").read_text())
+    result = json.loads(RunDir(run_dir).eval_path(b["iterations"]).read_text())
     keep = ("n", "win_rate", "win_rate_se", "mean_reward", "mean_reward_initial")
     return {"arm": arm, "seed": seed, "sets": sets[2:], **timing, **b, **{k: result[k] for k in keep}}
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from benchmarks._proc import REPO, measure
+from eva.checkpoint import RunDir
 
 OUT = Path(__file__).parent / "out" / "quickstart.json"
 
@@ -48,11 +49,11 @@ def main() -> None:
     print(f"in {clone}: {line}", flush=True)
     t0 = time.time()
     result = measure(["bash", "-c", line], env={"EVA_CACHE_DIR": str(cache)}, log=folder / "quickstart.log", cwd=clone)
-    run = next((clone / "runs").iterdir())
-    events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines() if x.strip()]
+    run = RunDir(next((clone / "runs").iterdir()))
+    events = run.events()
     at = {e["kind"]: e["ts"] for e in events if e["kind"] in ("init", "actors_up")}
-    parts = [("install (scripts/install.sh)", (run / "run.yaml").stat().st_mtime - t0),
-             ("model conversion + iteration 0", at["init"] - (run / "run.yaml").stat().st_mtime),
+    parts = [("install (scripts/install.sh)", run.config_path.stat().st_mtime - t0),
+             ("model conversion + iteration 0", at["init"] - run.config_path.stat().st_mtime),
              ("Ray + actors start-up", at["actors_up"] - at["init"])]
     parts += [(f"iteration {e['iteration']}", e["seconds"]) for e in events if e["kind"] == "iteration_end"]
     print(f"\nThe first Quickstart line from a fresh clone (`{line}`), empty model cache\n")

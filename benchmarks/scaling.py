@@ -38,18 +38,18 @@ def one_run(folder: Path, name: str, prompts: Path, overrides: list[str], also: 
     sets = [f"run.dir={run_dir}", "run.iterations=1", f"prompts.path={prompts}", "prompts.limit=null", *overrides]
     timing = measure(eva("run", "--preset", "tiny", *[a for s in sets for a in ("--set", s)]), log=folder / f"{name}.log", also=also)
     run = RunDir(run_dir)
-    m = json.loads((run.iteration_dir(1) / "metrics.json").read_text())
+    m = run.iteration(1).metrics()
     events = run.events()
     return {
         **timing,
         "iteration_s": next(e["seconds"] for e in events if e["kind"] == "iteration_end"),
         "actors_up_s": next(e["seconds"] for e in events if e["kind"] == "actors_up"),
-        "stages": m["stage_seconds"],
-        "train_prompts": m["num_train_prompts"],
-        "pairs": m["num_pairs"],
-        "steps": m["train_steps"],
-        "tokens": sum(m["tokens_generated"].values()),
-        "overhead_share": m["extra"].get("overhead_share"),
+        "stages": m.stage_seconds,
+        "train_prompts": m.num_train_prompts,
+        "pairs": m.num_pairs,
+        "steps": m.train_steps,
+        "tokens": sum(m.tokens_generated.values()),
+        "overhead_share": m.timing.overhead_share,
         "nodes": next(e.get("nodes") for e in events if e["kind"] == "actors_up"),
     }
 

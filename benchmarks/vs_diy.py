@@ -38,8 +38,8 @@ def main() -> None:
     events = run.events()
     eva_iter = next(e["seconds"] for e in events if e["kind"] == "iteration_end" and e["iteration"] == 1)
     eva_up = next(e["seconds"] for e in events if e["kind"] == "actors_up")
-    eva_metrics = json.loads((run.iteration_dir(1) / "metrics.json").read_text())
-    eva_stages = eva_metrics["stage_seconds"]
+    eva_metrics = run.iteration(1).metrics()
+    eva_stages = eva_metrics.stage_seconds
 
     log = work / "diy.log"
     # the DIY script runs as a user would run it: no thread settings (torch takes every core)
@@ -50,7 +50,7 @@ def main() -> None:
     eva_cmp = {**eva_stages, "sample": eva_stages.get("sample", 0) + eva_stages.get("mix", 0), "train": eva_stages.get("train", 0) + eva_stages.get("pairs", 0)}
 
     print(f"\nOne iteration of {args.preset}: {diy['estimate_prompts']} prompts estimated, {diy['train_prompts']} trained on, "
-          f"{diy['pairs']} pairs / {diy['steps']} DPO steps (eva: {eva_metrics['num_pairs']} pairs / {eva_metrics['train_steps']} steps)\n")
+          f"{diy['pairs']} pairs / {diy['steps']} DPO steps (eva: {eva_metrics.num_pairs} pairs / {eva_metrics.train_steps} steps)\n")
     print("| stage | eva (s) | DIY script (s) | DIY / eva |\n|---|---:|---:|---:|")
     for s in STAGES:
         a, b = eva_cmp.get(s, 0.0), diy_stages[s]

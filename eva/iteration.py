@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from eva.atomic import atomic_write_json
-from eva.buffer import PromptBuffer, load_pairs, load_prompts_table, save_pairs, save_prompts_table
+from eva.buffer import BUFFER_SCHEMA, PromptBuffer, load_pairs, load_prompts_table, save_pairs, save_prompts_table
 from eva.tables import DataError, read_table, write_table
 from eva.types import IterationMetrics, PreferencePair, Prompt, ScoredPrompt
 
@@ -73,6 +73,11 @@ class IterationDir:
     def buffer(self) -> PromptBuffer:
         return PromptBuffer.load(self.path / PROMPTS)
 
+    def buffer_columns(self, columns: list[str]) -> pa.Table:
+        """Only the named columns of the buffer version t (typed as in the buffer), without reading
+        the rest: the report reads the lineage columns of every iteration, never the reward vectors."""
+        return read_table(self.path / PROMPTS, pa.schema([BUFFER_SCHEMA.field(c) for c in columns]))
+
     def write_buffer(self, buffer: PromptBuffer) -> None:
         buffer.save(self.path / PROMPTS)
 
@@ -88,9 +93,11 @@ class IterationDir:
         """estimate.parquet is absent in baseline runs and in iteration 0."""
         return (self.path / SCORED[stage]).is_file()
 
-    def scored_table(self, stage: str) -> pa.Table:
-        """The rollouts of `stage` as an Arrow table (SCORED_SCHEMA), e.g. for the report's histograms."""
-        return read_table(self.path / SCORED[stage], SCORED_SCHEMA)
+    def scored_table(self, stage: str, columns: list[str] | None = None) -> pa.Table:
+        """The rollouts of `stage` as an Arrow table (SCORED_SCHEMA, or only `columns` of it: the
+        report's histograms read `info` and never the responses)."""
+        schema = SCORED_SCHEMA if columns is None else pa.schema([SCORED_SCHEMA.field(c) for c in columns])
+        return read_table(self.path / SCORED[stage], schema)
 
     def scored(self, stage: str, buffer: PromptBuffer) -> list[ScoredPrompt]:
         """The rollouts of `stage` ("estimate" or "solve"); prompts are looked up in `buffer`."""
@@ -143,6 +150,10 @@ class IterationDir:
     def pairs(self) -> list[PreferencePair]:
         return load_pairs(self.path / PAIRS)
 
+    def has_pairs(self) -> bool:
+        """Iteration 0 holds only the seed buffer and the initial policy: no pairs."""
+        return (self.path / PAIRS).is_file()
+
     def write_pairs(self, pairs: list[PreferencePair]) -> None:
         save_pairs(self.path / PAIRS, pairs)
 
@@ -155,11 +166,16 @@ class IterationDir:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise DataError(f"{path}: file does not exist") from None
+        except OSError as e:
+            raise DataError(f"{path}: cannot read: {e}") from None
         except ValueError as e:
             raise DataError(f"{path}: not valid JSON: {e}") from None
         if not isinstance(data, dict):
             raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}")
-        return IterationMetrics.from_dict(data)
+        try:
+            return IterationMetrics.from_dict(data)
+        except (TypeError, ValueError) as e:  # a required field missing, a section of the wrong type
+            raise DataError(f"{path}: not the metrics of an iteration: {e}") from None
 
     def write_metrics(self, metrics: IterationMetrics) -> None:
         atomic_write_json(self.path / METRICS, metrics.to_dict())

@@ -32,20 +32,26 @@ def write_table(table: pa.Table, path: str | Path) -> None:
 def read_table(path: str | Path, schema: pa.Schema, optional: Sequence[str] = ()) -> pa.Table:
     """Read a Parquet file as `schema` (columns selected and cast); DataError names the file.
 
-    Columns named in `optional` may be absent (files written before they existed): they read as null."""
+    Only the columns of `schema` are read from disk, so a reader that needs a few columns of a
+    wide table (the report: lineage, not reward vectors) passes a schema of those few. Columns named
+    in `optional` may be absent (files written before they existed): they read as null."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file does not exist")
     try:
-        table = pq.read_table(path)
+        names = pq.read_schema(path).names
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path}: not a readable Parquet file: {e}") from None
-    for name in optional:
-        if name not in table.column_names:
-            table = table.append_column(schema.field(name), pa.nulls(table.num_rows, schema.field(name).type))
-    missing = [n for n in schema.names if n not in table.column_names]
+    absent = [n for n in schema.names if n not in names and n in optional]
+    missing = [n for n in schema.names if n not in names and n not in optional]
     if missing:
-        raise DataError(f"{path}: missing columns {missing}; it has {table.column_names}")
+        raise DataError(f"{path}: missing columns {missing}; it has {names}")
+    try:
+        table = pq.read_table(path, columns=[n for n in schema.names if n not in absent])
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file: {e}") from None
+    for name in absent:
+        table = table.append_column(schema.field(name), pa.nulls(table.num_rows, schema.field(name).type))
     try:
         return table.select(schema.names).cast(schema)
     except (pa.ArrowException, ValueError) as e:

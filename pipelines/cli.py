@@ -18,11 +18,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from eva.buffer import PromptBuffer, load_pairs
+from eva.buffer import PromptBuffer
 from eva.checkpoint import RunDir, RunDirError
 from eva.config import ConfigError, RunConfig, config_from_dict, load_config
+from eva.iteration import PAIRS
 from eva.metrics import informativeness
 from eva.tables import DataError
+from eva.types import IterationMetrics
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="eva: open-ended self-play RLHF (creator evolves prompts, solver learns on them).")
 model_app = typer.Typer(no_args_is_help=True, help="Offline models: prepare the embedded default.")
@@ -162,18 +164,20 @@ def resume(
 
 
 def _open(run_dir: Path) -> RunDir:
-    if not (run_dir / "run.yaml").is_file():
+    rd = RunDir(run_dir)
+    if not rd.config_path.is_file():
         _fail(f"{run_dir} is not a run directory (no run.yaml)")
-    return RunDir(run_dir)
+    return rd
 
 
 def _committed(rd: RunDir) -> list[int]:
     return [t for t in rd.iterations() if rd.committed(t)]
 
 
-def _metrics(rd: RunDir, t: int) -> dict:
-    path = rd.iteration_dir(t) / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+def _metrics(rd: RunDir, t: int) -> IterationMetrics | None:
+    """The metrics of a committed iteration (None while it is incomplete)."""
+    folder = rd.iteration(t)
+    return folder.metrics() if rd.committed(t) and folder.has_metrics() else None
 
 
 @app.command()
@@ -190,16 +194,18 @@ def _status(rd: RunDir) -> None:
     for col in ("iter", "state", "stages done", "wall s", "overhead", "buffer", "evolved", "pairs", "mean reward", "loss"):
         table.add_column(col)
     for t in rd.iterations():
-        m = _metrics(rd, t) if rd.committed(t) else {}
+        m = _metrics(rd, t)
         stages = rd.stages_done(t)
         state = "committed" if rd.committed(t) else "incomplete"
-        wall = sum(m.get("stage_seconds", {}).values()) if m else sum(rd.stage_info(t, s).get("seconds", 0) for s in stages)
-        rm = m.get("reward_summary", {}).get("mean")
-        share = m.get("extra", {}).get("overhead_share")  # time outside generate/score/train (actors.busy)
+        if m is None:
+            wall = sum(rd.stage_info(t, s).get("seconds", 0) for s in stages)
+            table.add_row(str(t), state, ",".join(stages) or "-", f"{wall:.1f}", "", "", "", "", "", "")
+            continue
+        rm = m.reward_summary.get("mean")
+        share = m.timing.overhead_share if m.timing.wall_s > 0 else None  # time outside generate/score/train (actors.busy); none in iteration 0
         table.add_row(
-            str(t), state, ",".join(stages) or "-", f"{wall:.1f}", f"{share:.1%}" if share is not None else "",
-            str(m.get("extra", {}).get("buffer_size", "")),
-            str(m.get("num_evolved", "")), str(m.get("num_pairs", "")), f"{rm:.3f}" if rm is not None else "", _fmt(m.get("train_loss")),
+            str(t), state, ",".join(stages) or "-", f"{sum(m.stage_seconds.values()):.1f}", f"{share:.1%}" if share is not None else "",
+            str(m.buffer_size), str(m.num_evolved), str(m.num_pairs), f"{rm:.3f}" if rm is not None else "", _fmt(m.train_loss),
         )
     console.print(table)
     latest = max(_committed(rd), default=None)
@@ -218,14 +224,20 @@ def _fmt(x) -> str:
     return "" if x is None else f"{x:.4f}"
 
 
-def _buffer(rd: RunDir, iteration: Optional[int]) -> tuple[int, PromptBuffer]:
+def _committed_iteration(rd: RunDir, iteration: Optional[int]) -> int:
+    """`iteration`, or the latest committed one; exit 2 when it is not committed."""
     committed = _committed(rd)
     if not committed:
         _fail(f"{rd.root} has no committed iteration yet")
     t = committed[-1] if iteration is None else iteration
     if t not in committed:
         _fail(f"iteration {t} is not committed in {rd.root} (committed: {', '.join(map(str, committed))})")
-    return t, PromptBuffer.load(rd.iteration_dir(t) / "prompts.parquet")
+    return t
+
+
+def _buffer(rd: RunDir, iteration: Optional[int]) -> tuple[int, PromptBuffer]:
+    t = _committed_iteration(rd, iteration)
+    return t, rd.iteration(t).buffer()
 
 
 @app.command()
@@ -345,17 +357,17 @@ def _export(rd: RunDir, iteration: Optional[int], what: str, out: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    t, buf = _buffer(rd, iteration)
+    t = _committed_iteration(rd, iteration)
+    folder = rd.iteration(t)
     if what == "prompts":
-        table = buf.to_table()
+        table = folder.buffer().to_table()
     elif what == "pairs":
-        path = rd.iteration_dir(t) / "pairs.parquet"
-        if not path.is_file():
-            _fail(f"iteration {t} of {rd.root} has no pairs.parquet (iteration 0 holds only the seed buffer)")
+        if not folder.has_pairs():
+            _fail(f"iteration {t} of {rd.root} has no {PAIRS} (iteration 0 holds only the seed buffer)")
         rows = [
             {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "prompt_id": p.prompt_id,
              "chosen_reward": p.chosen_reward, "rejected_reward": p.rejected_reward, "margin": p.margin, "iteration": p.iteration}
-            for p in load_pairs(path)
+            for p in folder.pairs()
         ]
         table = pa.Table.from_pylist(rows) if rows else pa.table({k: [] for k in ("prompt", "chosen", "rejected")})
     suffix = out.suffix.lower()
@@ -395,7 +407,7 @@ def eval_(
     from pipelines.evaluate import evaluate, evaluate_task
 
     rd = _open(run_dir)
-    picked = [_buffer(rd, i)[0] for i in (iteration or [None])]
+    picked = [_committed_iteration(rd, i) for i in (iteration or [None])]
     t = picked[-1]
     cfg = rd.config()
     if len(picked) > 1 and cfg.task.family is None:

@@ -15,7 +15,7 @@ from actors.cluster import init_ray, workdir_for
 from actors.engine import GenerationEngine, SamplingSpec
 from actors.pool import EnginePool
 from eva.buffer import load_seed_prompts
-from eva.checkpoint import POLICY, RunDir, atomic_write_json, check_writable
+from eva.checkpoint import RunDir, atomic_write_json, check_writable
 from eva.config import RunConfig
 from eva.evaluation import task_accuracy, win_rate
 from eva.seeding import derive_seed
@@ -27,11 +27,11 @@ def evaluate(cfg: RunConfig, run: RunDir, iteration: int, prompts_path: str, col
     """Win rate of pi_iteration vs pi_0 and mean rewards on held-out prompts; written to eval/."""
     from actors.reward import RewardActor
 
-    policy_dir = run.iteration_dir(iteration) / POLICY
-    initial_dir = run.iteration_dir(0) / POLICY
-    for d in (policy_dir, initial_dir):
-        if not (d / "config.json").is_file():
-            raise FileNotFoundError(f"{d} has no policy (pruned by checkpoint.keep_policies, or not committed)")
+    evaluated, initial = run.iteration(iteration), run.iteration(0)
+    for folder in (evaluated, initial):
+        if not folder.has_policy():
+            raise FileNotFoundError(f"{folder.policy} has no policy (pruned by checkpoint.keep_policies, or not committed)")
+    policy_dir, initial_dir = evaluated.policy, initial.policy
     prompts = load_seed_prompts(prompts_path, column, limit)
     check_writable(run.root)  # the result goes to <run>/eval/: fail before the engines start
     init_ray(cfg)
@@ -58,7 +58,7 @@ def evaluate(cfg: RunConfig, run: RunDir, iteration: int, prompts_path: str, col
         **win_rate(scores[len(texts) :], scores[: len(texts)]),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    out = run.root / "eval" / f"iteration_{iteration:04d}.json"
+    out = run.eval_path(iteration)
     atomic_write_json(out, result)
     run.log_event("eval", **result)
     result["path"] = str(out)

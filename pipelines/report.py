@@ -26,20 +26,19 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from eva.buffer import PromptBuffer
 from eva.checkpoint import RunDir, RunDirError, atomic_write_text
 from eva.config import RunConfig
+from eva.iteration import PROMPTS
 from eva.losses import loss_parameters
 from eva.metrics import informativeness
-from eva.tables import DataError
+from eva.types import IterationMetrics
 from pipelines.report_data import DIFF_LIST, MAX_HISTOGRAMS, Chain, Diff, IterationView, PromptRow, Report, RunStatus
 from pipelines.report_html import render_page
 
 DEFAULT_MAX_ROWS = 2000
 DEFAULT_TOP_K = 10
-TRAIN_PROMPTS = "train_prompts.json"  # same name as pipelines.loop.TRAIN_PROMPTS (not imported: loop pulls in Ray)
 
 
 # --- entry point -------------------------------------------------------------------------------------
@@ -95,7 +94,7 @@ def collect(run: RunDir, *, table_iteration: int | None = None, diff: tuple[int,
 
     def buffer(t: int) -> PromptBuffer:
         if t not in buffers:
-            buffers[t] = PromptBuffer.load(run.iteration_dir(t) / "prompts.parquet")
+            buffers[t] = run.iteration(t).buffer()
         return buffers[t]
 
     rows, total = table_rows(buffer(table_t), max_rows)
@@ -171,7 +170,7 @@ def run_status(committed: list[int], events: list[dict[str, Any]], cfg: RunConfi
 def eval_results(run: RunDir, committed: list[int]) -> list[dict[str, Any]]:
     """`eva eval` outputs (<run>/eval/iteration_NNNN.json) of committed iterations, by iteration."""
     out = []
-    for path in sorted((run.root / "eval").glob("iteration_*.json")):
+    for path in run.eval_paths().values():
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -185,15 +184,14 @@ def eval_results(run: RunDir, committed: list[int]) -> list[dict[str, Any]]:
 
 
 def iteration_view(run: RunDir, t: int, events: list[dict[str, Any]]) -> IterationView:
-    folder = run.iteration_dir(t)
-    metrics = _read_json(folder / "metrics.json")
-    table = _read_columns(folder / "prompts.parquet", ["id", "text", "depth", "operator", "iteration"])
+    folder = run.iteration(t)
+    metrics = folder.metrics()
+    table = folder.buffer_columns(["id", "text", "depth", "operator", "iteration"])
     lengths = pc.utf8_length(table.column("text")).to_numpy().astype(float)
     train = table.filter(pc.is_in(table.column("id"), value_set=pa.array(_train_ids(run, t), pa.string())))
     train_lengths = pc.utf8_length(train.column("text")).to_numpy().astype(float)
     depth, born = train.column("depth").to_numpy(), train.column("iteration").to_numpy()
-    estimate = folder / "estimate.parquet"  # absent in baseline runs and in iteration 0
-    info = _read_columns(estimate, ["info"]).column("info").to_numpy(zero_copy_only=False) if estimate.is_file() else np.empty(0)
+    info = folder.scored_table("estimate", ["info"]).column("info").to_numpy(zero_copy_only=False) if folder.has_scored("estimate") else np.empty(0)
     info = np.asarray(info, dtype=float)
     return IterationView(
         t=t,
@@ -213,36 +211,17 @@ def iteration_view(run: RunDir, t: int, events: list[dict[str, Any]]) -> Iterati
     )
 
 
-def stage_seconds(metrics: dict[str, Any], events: list[dict[str, Any]], t: int) -> dict[str, float]:
+def stage_seconds(metrics: IterationMetrics, events: list[dict[str, Any]], t: int) -> dict[str, float]:
     """Wall seconds per stage: metrics.json, with zeros filled from the stage_end events.
 
     metrics.json records 0 for the commit stage (its time is known only after metrics.json is
     written) and, in runs resumed by older versions, for stages finished before the resume.
     """
-    seconds = {k: float(v) for k, v in (metrics.get("stage_seconds") or {}).items()}
+    seconds = {k: float(v) for k, v in metrics.stage_seconds.items()}
     for e in events:
         if e.get("kind") == "stage_end" and e.get("iteration") == t and not seconds.get(e.get("stage"), 0):
             seconds[e["stage"]] = float(e.get("seconds") or 0.0)
     return seconds
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from a committed file; DataError (exit 2 in the CLI) for anything else."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: unreadable JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _read_columns(path: Path, columns: list[str]) -> pa.Table:
-    """Only the named columns of a Parquet file (the report never needs rewards or responses)."""
-    try:
-        return pq.read_table(path, columns=columns)
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{path}: cannot read columns {columns}: {e}") from None
 
 
 def _value_counts(column: pa.ChunkedArray) -> dict[Any, int]:
@@ -327,7 +306,7 @@ def lineage_warnings(buffer: PromptBuffer, t: int) -> list[str]:
         return []
     parents = sorted({p.parent_id for p in orphans if p.parent_id is not None})
     named = ", ".join(parents[:5]) + (f" and {len(parents) - 5} more" if len(parents) > 5 else "")
-    return [f"Damaged lineage in iterations/{t:04d}/prompts.parquet: {len(orphans):,} prompt(s) name a parent that is not in the buffer "
+    return [f"Damaged lineage in iterations/{t:04d}/{PROMPTS}: {len(orphans):,} prompt(s) name a parent that is not in the buffer "
             f"({named}); their lineage chains are shown up to the break."]
 
 
@@ -356,10 +335,8 @@ def iteration_diff(run: RunDir, a_buf: PromptBuffer, b_buf: PromptBuffer, a: int
 def _train_ids(run: RunDir, t: int) -> list[str]:
     """Ids the solver trained on in iteration t. Iteration 0's file holds the seed set X_0 (what
     iteration 1 estimates), and nobody trained on it: counting it would show seeds as trained in 0."""
-    if t == 0:
-        return []
-    path = run.iteration_dir(t) / TRAIN_PROMPTS
-    return list(_read_json(path).get("ids", [])) if path.is_file() else []
+    folder = run.iteration(t)
+    return folder.train_ids() if t > 0 and folder.has_train_ids() else []
 
 
 def _mean_length(buffer: PromptBuffer) -> float | None:

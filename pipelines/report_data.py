@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from eva.types import IterationMetrics
+
 MAX_HISTOGRAMS = 12  # informativeness histograms: at most this many iterations
 DIFF_LIST = 50  # prompts listed per side of a diff
 
@@ -16,7 +18,7 @@ class IterationView:
     """What the curves and population charts need from one committed iteration."""
 
     t: int
-    metrics: dict[str, Any]
+    metrics: IterationMetrics
     stage_seconds: dict[str, float]
     info: list[float]  # informativeness of the prompts estimated in this iteration (finite only)
     buffer_size: int

@@ -96,7 +96,7 @@ def data_json(r: Report) -> str:
         "generated_at": r.generated_at,
         "status": {"state": r.status.state, "committed": r.status.committed, "current": r.status.current},
         "iterations": [
-            {"iteration": v.t, "metrics": v.metrics, "stage_seconds": v.stage_seconds, "buffer_size": v.buffer_size, "by_operator": v.by_operator,
+            {"iteration": v.t, "metrics": v.metrics.to_dict(), "stage_seconds": v.stage_seconds, "buffer_size": v.buffer_size, "by_operator": v.by_operator,
              "by_depth": v.by_depth, "length": v.length, "train_length": v.train_length, "train_mix": v.train_mix, "info_count": len(v.info)}
             for v in r.iterations
         ],
@@ -136,19 +136,19 @@ NAV = (("summary", "Summary"), ("solver", "Solver"), ("creator", "Creator"), ("l
 
 # (column title, key in the data-key attribute, value getter, digits)
 SUMMARY_COLUMNS: tuple[tuple[str, str, Callable[[IterationView], Any], int], ...] = (
-    ("buffer", "buffer_size", lambda v: v.metrics.get("extra", {}).get("buffer_size"), 0),
-    ("sampled", "num_sampled", lambda v: v.metrics.get("num_sampled"), 0),
-    ("evolved", "num_evolved", lambda v: v.metrics.get("num_evolved"), 0),
-    ("train prompts", "num_train_prompts", lambda v: v.metrics.get("num_train_prompts"), 0),
-    ("pairs", "num_pairs", lambda v: v.metrics.get("num_pairs"), 0),
-    ("reward mean", "reward_mean", lambda v: v.metrics.get("reward_summary", {}).get("mean"), 4),
-    ("reward p10", "reward_p10", lambda v: v.metrics.get("reward_summary", {}).get("p10"), 4),
-    ("reward p90", "reward_p90", lambda v: v.metrics.get("reward_summary", {}).get("p90"), 4),
-    ("info mean", "info_mean", lambda v: v.metrics.get("info_summary", {}).get("mean"), 4),
-    ("pair margin", "mean_margin", lambda v: v.metrics.get("mean_margin"), 4),
-    ("train loss", "train_loss", lambda v: v.metrics.get("train_loss"), 4),
-    ("reward acc.", "reward_accuracy", lambda v: v.metrics.get("reward_accuracy"), 3),
-    ("steps", "train_steps", lambda v: v.metrics.get("train_steps"), 0),
+    ("buffer", "buffer_size", lambda v: v.metrics.buffer_size, 0),
+    ("sampled", "num_sampled", lambda v: v.metrics.num_sampled, 0),
+    ("evolved", "num_evolved", lambda v: v.metrics.num_evolved, 0),
+    ("train prompts", "num_train_prompts", lambda v: v.metrics.num_train_prompts, 0),
+    ("pairs", "num_pairs", lambda v: v.metrics.num_pairs, 0),
+    ("reward mean", "reward_mean", lambda v: v.metrics.reward_summary.get("mean"), 4),
+    ("reward p10", "reward_p10", lambda v: v.metrics.reward_summary.get("p10"), 4),
+    ("reward p90", "reward_p90", lambda v: v.metrics.reward_summary.get("p90"), 4),
+    ("info mean", "info_mean", lambda v: v.metrics.info_summary.get("mean"), 4),
+    ("pair margin", "mean_margin", lambda v: v.metrics.mean_margin, 4),
+    ("train loss", "train_loss", lambda v: v.metrics.train_loss, 4),
+    ("reward acc.", "reward_accuracy", lambda v: v.metrics.reward_accuracy, 3),
+    ("steps", "train_steps", lambda v: v.metrics.train_steps, 0),
     ("wall time (s)", "wall_seconds", lambda v: round(float(sum(v.stage_seconds.values())), 3), 1),
 )
 
@@ -168,10 +168,10 @@ def summary_section(r: Report) -> str:
 
 
 def _metric_points(r: Report, key: str) -> list[tuple[float, float | None]]:
-    return [(v.t, v.metrics.get(key)) for v in r.iterations if v.t > 0]
+    return [(v.t, getattr(v.metrics, key)) for v in r.iterations if v.t > 0]
 
 
-# One-line charts of a top-level metrics.json field: (card id, title, note, series, y label, field,
+# One-line charts of a scalar IterationMetrics field (metrics.json): (card id, title, note, series, y label, field,
 # colour index, fixed y range). A table, so a test can swap a field and see its chart check fail.
 METRIC_CHARTS: tuple[tuple[str, str, str, str, str, str, int, tuple[float, float] | None], ...] = (
     ("chart-loss", "Train loss", "Mean preference loss of the training round.", "train loss", "loss", "train_loss", 2, None),
@@ -186,7 +186,7 @@ def metric_card(r: Report, chart_id: str, title: str, note: str, name: str, y_la
 
 
 def solver_section(r: Report) -> str:
-    rs = [(v.t, v.metrics.get("reward_summary", {})) for v in r.iterations if v.metrics.get("reward_summary", {}).get("count")]
+    rs = [(v.t, v.metrics.reward_summary) for v in r.iterations if v.metrics.reward_summary.get("count")]
     reward = line_chart(
         [Series("mean", [(t, s.get("mean")) for t, s in rs], color(0), band=[(t, s["p10"], s["p90"]) for t, s in rs]),
          Series("median", [(t, s.get("p50")) for t, s in rs], color(0), dashed=True)],
@@ -208,9 +208,9 @@ def solver_section(r: Report) -> str:
 
 
 def tokens_card(views: list[IterationView], colors: dict[str, str]) -> str:
-    names = sorted({k for v in views for k in v.metrics.get("tokens_generated", {})}, key=lambda k: STAGE_ORDER.index(k) if k in STAGE_ORDER else 99)
+    names = sorted({k for v in views for k in v.metrics.tokens_generated}, key=lambda k: STAGE_ORDER.index(k) if k in STAGE_ORDER else 99)
     keyed = {k: colors.get(k, color(len(STAGE_ORDER) + i)) for i, k in enumerate(names)}
-    chart = stacked_bars([v.t for v in views], {k: [float(v.metrics.get("tokens_generated", {}).get(k, 0)) for v in views] for k in names}, keyed, "new tokens", "tokens generated per iteration")
+    chart = stacked_bars([v.t for v in views], {k: [float(v.metrics.tokens_generated.get(k, 0)) for v in views] for k in names}, keyed, "new tokens", "tokens generated per iteration")
     return card("Tokens generated", chart, "New tokens sampled per stage: estimate and solve by the policy, evolve by the creator.", legend([(k, keyed[k]) for k in names]), "chart-tokens")
 
 
@@ -240,7 +240,7 @@ def info_histograms(r: Report) -> str:
 
 
 def info_summary_card(r: Report) -> str:
-    ss = [(v.t, v.metrics.get("info_summary", {})) for v in r.iterations if v.metrics.get("info_summary", {}).get("count")]
+    ss = [(v.t, v.metrics.info_summary) for v in r.iterations if v.metrics.info_summary.get("count")]
     chart = line_chart([Series("mean", [(t, s.get("mean")) for t, s in ss], color(1), band=[(t, s["p10"], s["p90"]) for t, s in ss])], "informativeness", "informativeness mean and p10–p90 per iteration")
     return card("Informativeness over iterations", chart, "Mean with the p10–p90 band (info_summary of metrics.json); covers every iteration.", chart_id="chart-info")
 

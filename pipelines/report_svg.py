@@ -59,12 +59,14 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
 
 def fmt_tick(value: float, ticks: Sequence[float]) -> str:
     """A tick label with just enough decimals to tell neighbouring ticks apart."""
-    step = abs(ticks[1] - ticks[0]) if len(ticks) > 1 else 1.0
+    step = float(f"{abs(ticks[1] - ticks[0]):.6g}") if len(ticks) > 1 else 1.0  # without float noise: 0.6928 - 0.6927 < 1e-4
     if step >= 1 and abs(value) < 1e6:
         return f"{value:,.0f}"
-    if step < 1e-4 or abs(value) >= 1e6:
-        return f"{value:.2g}"
-    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) + (1 if round(step / 10 ** math.floor(math.log10(step)), 6) == 2.5 else 0)
+    quarter = 1 if round(step / 10 ** math.floor(math.log10(step)), 6) == 2.5 else 0  # a step of 2.5: one more digit
+    if step < 1e-4 or abs(value) >= 1e6:  # exponent notation, with the significant digits the step needs
+        top = max(abs(t) for t in ticks) or step
+        return f"{value:.{max(2, math.floor(math.log10(top)) - math.floor(math.log10(step) + 1e-9) + 1 + quarter)}g}"
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) + quarter
     return f"{value:.{decimals}f}"
 
 

@@ -68,11 +68,11 @@ def resume_args(resume: str, iterations: int | None, other_options: Mapping[str,
     given = [name for name, value in other_options.items() if value]
     if given:
         raise ValueError(f"--resume continues a run with the config in its run.yaml; drop {', '.join(given)}")
-    local = Path(resume)
-    if local.exists() and not (local / "run.yaml").is_file():
+    local = RunDir(resume)
+    if local.root.exists() and not local.config_path.is_file():
         raise ValueError(f"--resume {resume}: not a run directory (no run.yaml)")
-    if (local / "run.yaml").is_file():
-        RunDir(local).config()  # a damaged run.yaml fails here
+    if local.config_path.is_file():
+        local.config()  # a damaged run.yaml fails here
     return ["eva", "resume", resume, *(["--iterations", str(iterations)] if iterations is not None else [])]
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import datasets
 import pytest
 
-from eva.buffer import PromptBuffer, load_pairs, load_prompts_table
 from eva.checkpoint import RunDir
 from eva.config import load_config
+from eva.iteration import METRICS
 
 
 pytestmark = pytest.mark.ray
@@ -24,54 +24,58 @@ def test_two_iterations_commit_everything(eva, reference_run: Path):
     cfg = load_config(preset="tiny")
     assert run.latest() == 2 and run.verify_all() == []
     assert [t for t in run.iterations() if run.committed(t)] == [0, 1, 2]
-    seeds = PromptBuffer.load(run.iteration_dir(0) / "prompts.parquet")
+    seeds = run.iteration(0).buffer()
     assert len(seeds) == cfg.prompts.limit
     previous = seeds
     for t in (1, 2):
-        folder = run.iteration_dir(t)
+        folder = run.iteration(t)
+        # the layout users are promised (DESIGN.md), spelled out on purpose
         for name in ("prompts.parquet", "evolved.parquet", "pairs.parquet", "metrics.json", "policy/model.safetensors", "MANIFEST.json"):
-            assert (folder / name).exists(), name
+            assert folder.file(name).exists(), name
         assert sorted(run.stages_done(t)) == sorted(["estimate", "sample", "evolve", "mix", "solve", "pairs", "train", "commit"])
-        buffer = PromptBuffer.load(folder / "prompts.parquet")
-        evolved = load_prompts_table(folder / "evolved.parquet")
-        metrics = json.loads((folder / "metrics.json").read_text())
+        buffer = folder.buffer()
+        evolved = folder.evolved()
+        metrics = folder.metrics()
+        # metrics.json holds exactly IterationMetrics' fields (timing nested, no legacy `extra`)
+        assert json.loads(folder.file(METRICS).read_text()) == metrics.to_dict()
         # The buffer only grows, by exactly the evolved children (never pruned).
         assert set(previous.ids()) <= set(buffer.ids())
-        assert len(buffer) == len(previous) + len(evolved) == metrics["extra"]["buffer_size"]
+        assert len(buffer) == len(previous) + len(evolved) == metrics.buffer_size
         # Lineage: every child points at a prompt of the previous buffer that was sampled this iteration.
-        sampled = json.loads((folder / "sampled.json").read_text())["ids"]
-        assert metrics["num_sampled"] == len(sampled) == -(-len(json.loads((run.iteration_dir(t - 1) / "train_prompts.json").read_text())["ids"]) // 4)
+        sampled = folder.sampled_ids()
+        assert metrics.num_sampled == len(sampled) == -(-len(run.iteration(t - 1).train_ids()) // 4)
         for child in evolved:
             parent = previous.get(child.parent_id)
             assert child.parent_id in sampled
             assert child.depth == parent.depth + 1 and child.root_id == parent.root_id and child.iteration == t
             assert buffer.ancestry(child.id)[0].is_seed
-        pairs = load_pairs(folder / "pairs.parquet")
-        assert metrics["num_pairs"] == len(pairs) > 0
+        pairs = folder.pairs()
+        assert metrics.num_pairs == len(pairs) > 0
         assert all(p.chosen_reward > p.rejected_reward for p in pairs)
-        assert metrics["train_steps"] > 0 and metrics["train_loss"] is not None
-        assert metrics["reward_summary"]["count"] == metrics["num_train_prompts"] * cfg.solver.n_responses
+        assert metrics.train_steps > 0 and metrics.train_loss is not None
+        assert metrics.reward_summary["count"] == metrics.num_train_prompts * cfg.solver.n_responses
         # overhead accounting: every kind of work was seen inside the iteration, and none exceeds it
-        extra = metrics["extra"]
-        assert all(extra[f"busy_{k}_s"] > 0 for k in ("generate", "score", "train"))
-        stages_s = sum(metrics["stage_seconds"].values())
-        assert 0 < extra["busy_s"] <= extra["wall_s"] and stages_s - metrics["stage_seconds"]["commit"] <= extra["wall_s"] <= stages_s + 5.0
-        assert extra["busy_train_s"] <= metrics["stage_seconds"]["train"]
-        assert extra["overhead_s"] == pytest.approx(extra["wall_s"] - extra["busy_s"], abs=1e-3)
+        timing = metrics.timing
+        assert all(timing.busy_by_kind[k] > 0 for k in ("generate", "score", "train"))
+        stages_s = sum(metrics.stage_seconds.values())
+        assert 0 < timing.busy_s <= timing.wall_s and stages_s - metrics.stage_seconds["commit"] <= timing.wall_s <= stages_s + 5.0
+        assert timing.busy_by_kind["train"] <= metrics.stage_seconds["train"]
+        assert timing.overhead_s == pytest.approx(timing.wall_s - timing.busy_s, abs=1e-3)
         previous = buffer
     events = [e["kind"] for e in run.events()]
     assert events.count("iteration_end") == 2 and "actors_up" in events
 
 
 def test_status_inspect_diff_export(eva, reference_run: Path, tmp_path: Path):
+    run = RunDir(reference_run)
     status = eva("status", str(reference_run)).stdout
     assert "complete: 2 iterations committed" in status
-    buffer = PromptBuffer.load(reference_run / "iterations/0002/prompts.parquet")
+    buffer = run.iteration(2).buffer()
     child = next(p for p in buffer.prompts() if p.depth >= 1)
     lineage = eva("inspect", str(reference_run), "--lineage", child.id).stdout
     assert child.id in lineage and child.parent_id in lineage
     assert "reward gap" in lineage and child.operator in lineage
-    one = PromptBuffer.load(reference_run / "iterations/0001/prompts.parquet")
+    one = run.iteration(1).buffer()
     for sort, value in (("reward", lambda p: one.stats(p.id)["mean_reward"]), ("informativeness", lambda p: one.stats(p.id)["info"]), ("depth", lambda p: p.depth)):
         table = eva("inspect", str(reference_run), "--iteration", "1", "--top", "3", "--sort", sort).stdout
         shown = [p for p in one.prompts() if f" {p.id} " in table]
@@ -81,7 +85,7 @@ def test_status_inspect_diff_export(eva, reference_run: Path, tmp_path: Path):
     proc = eva("inspect", str(reference_run), "--sort", "length", check=False)
     assert proc.returncode == 2 and "--sort must be one of" in proc.stderr
     diff = eva("diff", str(reference_run), "0", "2").stdout
-    seeds = PromptBuffer.load(reference_run / "iterations/0000/prompts.parquet")
+    seeds = run.iteration(0).buffer()
     added = [p for p in buffer.prompts() if p.id not in seeds]
     assert f"+{len(added)} added, -0 dropped" in diff
     for op in {p.operator for p in added}:  # the table of counts by operator
@@ -90,7 +94,7 @@ def test_status_inspect_diff_export(eva, reference_run: Path, tmp_path: Path):
     eva("export", str(reference_run), "--iteration", "2", "--what", "pairs", "--out", str(out))
     ds = datasets.load_dataset("json", data_files=str(out), split="train")
     assert {"prompt", "chosen", "rejected", "chosen_reward", "rejected_reward"} <= set(ds.column_names)
-    assert ds.num_rows == len(load_pairs(reference_run / "iterations/0002/pairs.parquet"))
+    assert ds.num_rows == len(run.iteration(2).pairs())
     out = tmp_path / "prompts.parquet"
     eva("export", str(reference_run), "--what", "prompts", "--out", str(out))
     ds = datasets.load_dataset("parquet", data_files=str(out), split="train")
@@ -125,8 +129,8 @@ def test_tensorboard_scalars_match_metrics(reference_run: Path):
     events.Reload()
     tags = set(events.Tags()["scalars"])
     for t in (1, 2):
-        metrics = json.loads((reference_run / f"iterations/{t:04d}/metrics.json").read_text())
-        for tag, expected in (("train_loss", metrics["train_loss"]), ("num_pairs", metrics["num_pairs"]), ("reward_summary/mean", metrics["reward_summary"]["mean"]), ("stage_seconds/solve", metrics["stage_seconds"]["solve"])):
+        metrics = RunDir(reference_run).iteration(t).metrics()
+        for tag, expected in (("train_loss", metrics.train_loss), ("num_pairs", metrics.num_pairs), ("reward_summary/mean", metrics.reward_summary["mean"]), ("stage_seconds/solve", metrics.stage_seconds["solve"])):
             assert tag in tags
             [value] = [e.value for e in events.Scalars(tag) if e.step == t]
             assert value == pytest.approx(expected, rel=1e-6)
@@ -140,7 +144,7 @@ def test_eval_against_the_initial_policy_leaves_the_run_alone(eva, reference_run
     run = RunDir(copy)
     before = [run.manifest(t) for t in (0, 1, 2)]
     out = eva("eval", str(copy), "--prompts", str(heldout), "--column", "question", "--limit", "4").stdout
-    result = json.loads((copy / "eval/iteration_0002.json").read_text())
+    result = json.loads(run.eval_path(2).read_text())
     assert result["n"] + result["nonfinite"] == 4 and result["n"] > 0 and result["iteration"] == 2
     assert 0 <= result["win_rate"] <= 1 and math.isfinite(result["mean_reward"]) and math.isfinite(result["mean_reward_initial"])
     assert f"win rate {result['win_rate']:.3f}" in out

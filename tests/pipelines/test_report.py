@@ -1,7 +1,7 @@
 """`eva report`: the numbers on the page, escaping, limits, errors, and a real headless browser.
 
 Two kinds of run directory: `reference_run` (the real two-iteration tiny run, marked `ray`) and a
-synthetic one written here with the eva core only (RunDir, PromptBuffer, IterationMetrics) in well
+synthetic one written here with the eva core only (RunDir and its IterationDir writers) in well
 under a second, for the cases a real run cannot produce on demand: hostile prompt text, a buffer
 larger than the table limit, a run stopped mid-iteration, held-out eval results.
 
@@ -25,17 +25,16 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 
-from eva.buffer import PromptBuffer, save_prompts_table
-from eva.checkpoint import RunDir, atomic_write_json
+from eva.buffer import PromptBuffer
+from eva.checkpoint import MANIFEST, RunDir, atomic_write_json
 from eva.config import load_config
+from eva.iteration import METRICS, PROMPTS, SCORED
 from eva.metrics import summarize
 from eva.tables import write_table
-from eva.types import IterationMetrics, Prompt, ScoredPrompt
+from eva.types import IterationMetrics, Prompt, ScoredPrompt, Timing
 from pipelines.report import build_report
 from pipelines.report_data import DIFF_LIST, MAX_HISTOGRAMS
 
@@ -49,15 +48,6 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
 # --- a synthetic run (eva core only, no Ray) ----------------------------------------------------------
 
 
-def _scored_table(scored: list[ScoredPrompt]) -> pa.Table:
-    """estimate.parquet as pipelines.loop writes it (not imported: the loop module imports Ray)."""
-    return pa.table({
-        "prompt_id": [s.prompt.id for s in scored], "prompt": [s.prompt.text for s in scored],
-        "responses": [list(s.responses) for s in scored], "rewards": [list(s.rewards) for s in scored],
-        "info": pa.array([s.info for s in scored], pa.float64()),
-    })
-
-
 def make_run(root: Path, iterations: int = 2, seeds: int = 12, extra_text: str = "") -> RunDir:
     """Iteration 0 (seeds) plus `iterations` committed iterations with every file the report reads."""
     run = RunDir(root)
@@ -65,17 +55,17 @@ def make_run(root: Path, iterations: int = 2, seeds: int = 12, extra_text: str =
     texts = [f"Explain topic number {i} in plain words." for i in range(seeds)] + ([extra_text] if extra_text else [])
     buffer = PromptBuffer.from_prompts(Prompt.seed(t) for t in texts)
     current = buffer.prompts()
-    _commit(run, 0, buffer, current, IterationMetrics(iteration=0, extra={"buffer_size": len(buffer)}))
+    _commit(run, 0, buffer, current, IterationMetrics(iteration=0, buffer_size=len(buffer)))
     rng = np.random.default_rng(0)
     for t in range(1, iterations + 1):
         run.log_event("iteration_start", iteration=t)
         scored = [ScoredPrompt(p, ("a", "b", "c"), tuple(rng.normal(0.5, 0.1, 3).round(6)), None) for p in current]
         scored = [ScoredPrompt(s.prompt, s.responses, s.rewards, max(s.rewards) - min(s.rewards)) for s in scored]
-        write_table(_scored_table(scored), run.iteration_dir(t) / "estimate.parquet")
+        run.iteration(t).write_scored("estimate", scored)
         parents = sorted(scored, key=lambda s: -s.info)[:2]
         children = [s.prompt.child(f"{s.prompt.text} Rewrite {t}.{k}: {extra_text or 'add a constraint'}", ("deepen", "breadth")[k], t) for s in parents for k in range(2)]
         buffer.add(children)
-        save_prompts_table(run.iteration_dir(t) / "evolved.parquet", children)
+        run.iteration(t).write_evolved(children)
         current = children + buffer.prompts(buffer.ids()[:1])
         solved = [ScoredPrompt(p, ("a", "b", "c"), tuple(rng.normal(0.5 + 0.02 * t, 0.1, 3).round(6)), 0.1) for p in current]
         buffer.update_stats(scored, t)
@@ -84,7 +74,7 @@ def make_run(root: Path, iterations: int = 2, seeds: int = 12, extra_text: str =
             iteration=t, stage_seconds={"estimate": 2.0 + t, "evolve": 1.5, "solve": 3.0, "train": 4.0, "commit": 0.0},
             info_summary=summarize([s.info for s in scored]), reward_summary=summarize([r for s in solved for r in s.rewards]),
             num_sampled=len(parents), num_evolved=len(children), num_train_prompts=len(current), num_pairs=len(current),
-            mean_margin=0.1 * t, train_loss=0.69 - 0.01 * t, reward_accuracy=0.5 + 0.03 * t, train_steps=3, extra={"buffer_size": len(buffer), "sync_s": 0.01},
+            mean_margin=0.1 * t, train_loss=0.69 - 0.01 * t, reward_accuracy=0.5 + 0.03 * t, train_steps=3, buffer_size=len(buffer), timing=Timing(sync_s=0.01),
         )
         run.log_event("stage_end", iteration=t, stage="commit", seconds=0.25)
         _commit(run, t, buffer, current, metrics)
@@ -93,10 +83,10 @@ def make_run(root: Path, iterations: int = 2, seeds: int = 12, extra_text: str =
 
 
 def _commit(run: RunDir, t: int, buffer: PromptBuffer, train: list[Prompt], metrics: IterationMetrics) -> None:
-    folder = run.iteration_dir(t)
-    buffer.save(folder / "prompts.parquet")
-    atomic_write_json(folder / "train_prompts.json", {"ids": [p.id for p in train]})
-    atomic_write_json(folder / "metrics.json", metrics.to_dict())
+    folder = run.iteration(t)
+    folder.write_buffer(buffer)
+    folder.write_train_ids([p.id for p in train])
+    folder.write_metrics(metrics)
     run.commit(t)
 
 
@@ -178,7 +168,9 @@ def committed(run: RunDir) -> list[int]:
 
 
 def metrics_of(run: RunDir) -> dict[int, dict]:
-    return {t: json.loads((run.iteration_dir(t) / "metrics.json").read_text()) for t in committed(run)}
+    """metrics.json as JSON, on purpose not through IterationMetrics: the page is checked against
+    the file the loop wrote, in the shape it wrote it."""
+    return {t: json.loads(run.iteration(t).file(METRICS).read_text()) for t in committed(run)}
 
 
 def stage_seconds_of(run: RunDir, t: int, metrics: dict) -> dict[str, float]:
@@ -291,11 +283,11 @@ def check_charts(html: str, run: RunDir) -> None:
         assert sum(stages[t].values()) == pytest.approx(sum(expected.values()))
     tokens = {t: {k: float(v) for k, v in metrics[t].get("tokens_generated", {}).items() if v} for t in trained}
     assert bars(svgs["chart-tokens"]) == tokens if any(tokens.values()) else "chart-tokens" not in svgs
-    buffers = {t: PromptBuffer.load(run.iteration_dir(t) / "prompts.parquet").prompts() for t in metrics}
+    buffers = {t: run.iteration(t).buffer().prompts() for t in metrics}
     assert bars(svgs["chart-operators"]) == {t: {k: float(n) for k, n in Counter(p.operator for p in ps).items()} for t, ps in buffers.items()}
     depth_name = lambda d: "seed (depth 0)" if d == 0 else f"depth {d}"  # noqa: E731
     assert bars(svgs["chart-depths"]) == {t: {depth_name(d): float(n) for d, n in Counter(p.depth for p in ps).items()} for t, ps in buffers.items()}
-    trained_on = {t: [p for p in buffers[t] if p.id in set(json.loads((run.iteration_dir(t) / "train_prompts.json").read_text())["ids"])] for t in trained}
+    trained_on = {t: [p for p in buffers[t] if p.id in set(run.iteration(t).train_ids())] for t in trained}
     origin = lambda p, t: "seed" if p.depth == 0 else "evolved this iteration" if p.iteration == t else "evolved earlier"  # noqa: E731
     assert bars(svgs["chart-train-mix"]) == {t: {k: float(n) for k, n in Counter(origin(p, t) for p in ps).items()} for t, ps in trained_on.items()}
     mean_length = lambda ps: float(np.mean([len(p.text) for p in ps]))  # noqa: E731
@@ -310,7 +302,7 @@ def check_summary_table(html: str, run: RunDir) -> None:
     for t, m in metrics_of(run).items():
         rs, info = m["reward_summary"], m["info_summary"]
         expected = {
-            "buffer_size": (m["extra"]["buffer_size"], 0), "num_sampled": (m["num_sampled"], 0), "num_evolved": (m["num_evolved"], 0),
+            "buffer_size": (m["buffer_size"], 0), "num_sampled": (m["num_sampled"], 0), "num_evolved": (m["num_evolved"], 0),
             "num_train_prompts": (m["num_train_prompts"], 0), "num_pairs": (m["num_pairs"], 0), "train_steps": (m["train_steps"], 0),
             "reward_mean": (rs.get("mean"), 4), "reward_p10": (rs.get("p10"), 4), "reward_p90": (rs.get("p90"), 4), "info_mean": (info.get("mean"), 4),
             "mean_margin": (m["mean_margin"], 4), "train_loss": (m["train_loss"], 4), "reward_accuracy": (m["reward_accuracy"], 3),
@@ -324,7 +316,7 @@ def check_summary_table(html: str, run: RunDir) -> None:
 
 def check_lineage_and_table(html: str, run: RunDir, max_rows: int) -> None:
     """The lineage chains are the buffer's own ancestry; the prompt table shows the buffer's stats."""
-    last = PromptBuffer.load(run.iteration_dir(committed(run)[-1]) / "prompts.parquet")
+    last = run.iteration(committed(run)[-1]).buffer()
     chains = re.findall(r'<article class="chain">(.*?)</article>', html, re.S)
     assert len(chains) == min(10, int(np.isfinite(last.info_array()).sum())) > 0
     for chain in chains:
@@ -356,7 +348,7 @@ def test_report_of_the_tiny_run_matches_metrics_json(eva, reference_run: Path, t
     check_summary_table(html, run)
     check_charts(html, run)
     check_lineage_and_table(html, run, max_rows=2000)
-    first, last = (PromptBuffer.load(run.iteration_dir(t) / "prompts.parquet") for t in (0, 2))
+    first, last = (run.iteration(t).buffer() for t in (0, 2))
     assert f'<b id="diff-added">+{len(last) - len(first)}</b> added' in html and len(last) > len(first)
     assert f"All {len(last)} prompts of the buffer" in html
     assert "No held-out evaluation yet" in html and 'class="warn"' not in html
@@ -410,14 +402,14 @@ def test_a_run_over_every_size_limit_renders_within_the_limits_and_says_so(tmp_p
     iterations = MAX_HISTOGRAMS + 2
     run = make_run(tmp_path / "run", iterations=iterations, seeds=120)
     html = build_report(run.root, tmp_path / "out", max_rows=50).read_text(encoding="utf-8")
-    size = len(PromptBuffer.load(run.iteration_dir(iterations) / "prompts.parquet"))
+    size = len(run.iteration(iterations).buffer())
     assert size == 120 + 4 * iterations
     # histograms: at most the limit, evenly spread from the first estimated iteration to the last, each with its own count
     rows = [(g.get("data-row"), g) for g in charts(html)["chart-info-hist"].iter(f"{SVG}g") if g.get("class") == "hist-row"]
     picked = [int(name.removeprefix("iteration ")) for name, _ in rows]
     assert len(picked) == MAX_HISTOGRAMS and picked[0] == 1 and picked[-1] == iterations and picked == sorted(set(picked))
     for t, (_, g) in zip(picked, rows):
-        n = int(np.isfinite(pq.read_table(run.iteration_dir(t) / "estimate.parquet").column("info").to_numpy()).sum())
+        n = int(np.isfinite(run.iteration(t).scored_table("estimate").column("info").to_numpy(zero_copy_only=False)).sum())
         assert [x.text for x in g.iter(f"{SVG}text")][1] == f"n={n:,}"
     assert f"Showing {MAX_HISTOGRAMS} of {iterations} iterations, evenly spaced with the first and the last (limit: {MAX_HISTOGRAMS} histograms)." in html
     assert len(plotted(charts(html)["chart-loss"], "train loss")) == iterations  # the curves are never subsampled
@@ -447,7 +439,7 @@ def test_a_run_in_progress_reports_committed_iterations_only(tmp_path: Path):
     run.log_event("iteration_start", iteration=3)
     run.log_event("stage_end", iteration=3, stage="estimate", seconds=1.0)
     (run.iteration_dir(3)).mkdir()
-    (run.iteration_dir(3) / "estimate.parquet").write_bytes(b"half-written")  # never read: not committed
+    run.iteration(3).file(SCORED["estimate"]).write_bytes(b"half-written")  # never read: not committed
     html = build_report(run.root, tmp_path / "out").read_text(encoding="utf-8")
     data = page_data(html)
     assert [it["iteration"] for it in data["iterations"]] == [0, 1, 2]
@@ -459,8 +451,8 @@ def test_a_run_in_progress_reports_committed_iterations_only(tmp_path: Path):
 def test_held_out_eval_results_are_shown(tmp_path: Path):
     run = make_run(tmp_path / "run")
     result = {"iteration": 2, "n": 40, "win_rate": 0.6125, "win_rate_se": 0.07, "mean_reward": 0.55, "mean_reward_initial": 0.5, "prompts": "held.jsonl"}
-    atomic_write_json(run.root / "eval" / "iteration_0002.json", result)
-    atomic_write_json(run.root / "eval" / "iteration_0009.json", {**result, "iteration": 9})  # not committed: ignored
+    atomic_write_json(run.eval_path(2), result)
+    atomic_write_json(run.eval_path(9), {**result, "iteration": 9})  # not committed: ignored
     html = build_report(run.root, tmp_path / "out").read_text(encoding="utf-8")
     cells = summary_cells(html, "eval-table")
     check_cell(cells, 2, "win_rate", 0.6125, "0.613")
@@ -482,30 +474,31 @@ def test_missing_or_uncommitted_run_exits_2(eva, tmp_path: Path):
     assert proc.returncode == 2 and "iteration 7 is not committed" in proc.stderr
     proc = eva("report", str(tmp_path / "run"), "--diff", "0", "1", "--iteration", "1")
     assert (tmp_path / "run" / "report" / "index.html").is_file() and "Diff: iteration 0 → 1" in (tmp_path / "run" / "report" / "index.html").read_text()
-    (tmp_path / "run" / "iterations" / "0001" / "metrics.json").write_text("[1, 2")  # a committed file torn after the fact
+    RunDir(tmp_path / "run").iteration(1).file(METRICS).write_text("[1, 2")  # a committed file torn after the fact
     proc = eva("report", str(tmp_path / "run"), check=False)
-    assert proc.returncode == 2 and "iterations/0001/metrics.json: unreadable JSON" in proc.stderr.replace("\n", "") and "Traceback" not in proc.stderr
+    # the message names the file as the user knows it: the on-disk name, spelled out on purpose
+    assert proc.returncode == 2 and "iterations/0001/metrics.json: not valid JSON" in proc.stderr.replace("\n", "") and "Traceback" not in proc.stderr
 
 
 def _drop_prompt(run: RunDir, t: int, pid: str) -> None:
     """Damage committed iteration t the way a bad copy or a hand edit would: remove one row of its
     prompts.parquet, then commit it again so the manifest matches (the damage is in the data, not
     the checksums)."""
-    path = run.iteration_dir(t) / "prompts.parquet"
-    table = PromptBuffer.load(path).to_table()
-    write_table(table.filter(pc.not_equal(table.column("id"), pid)), path)
-    (run.iteration_dir(t) / "MANIFEST.json").unlink()
+    folder = run.iteration(t)
+    table = folder.buffer().to_table()
+    write_table(table.filter(pc.not_equal(table.column("id"), pid)), folder.file(PROMPTS))  # by hand: no writer drops a prompt
+    folder.file(MANIFEST).unlink()
     run.commit(t)
 
 
 def test_a_broken_lineage_is_reported_not_a_traceback(eva, tmp_path: Path):
     run = make_run(tmp_path / "run", iterations=2)
-    buffer = PromptBuffer.load(run.iteration_dir(2) / "prompts.parquet")
+    buffer = run.iteration(2).buffer()
     orphan = next(p for p in buffer.prompts() if p.depth == 2)
     missing = orphan.parent_id
     _drop_prompt(run, 2, missing)
     with pytest.raises(KeyError):  # what the report used to die of
-        PromptBuffer.load(run.iteration_dir(2) / "prompts.parquet").ancestry(orphan.id)
+        run.iteration(2).buffer().ancestry(orphan.id)
     proc = eva("report", str(run.root), "--top", "100", check=False)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     html = (run.root / "report" / "index.html").read_text(encoding="utf-8")
@@ -583,7 +576,7 @@ def test_report_renders_in_a_real_browser(browser_page, reference_run: Path):
         if t > 0:
             assert page.inner_text(f'#summary-table tr[data-iteration="{t}"] td[data-key="reward_mean"]') == shown(m["reward_summary"]["mean"])
             assert page.inner_text(f'#summary-table tr[data-iteration="{t}"] td[data-key="train_loss"]') == shown(m["train_loss"])
-    last = PromptBuffer.load(run.iteration_dir(committed(run)[-1]) / "prompts.parquet")
+    last = run.iteration(committed(run)[-1]).buffer()
     chains = page.locator(".lineage .chain")
     assert chains.count() == min(10, int(np.isfinite(last.info_array()).sum())) > 0
     target = chains.first.locator(".step").last.get_attribute("data-id")
@@ -635,6 +628,13 @@ def test_chart_ticks_are_round_and_cover_the_data():
     one = nice_ticks(5.0, 5.0)  # a single value still gets a readable window around it
     assert one[0] < 5.0 < one[-1] and len(one) >= 3
     assert [fmt_tick(v, [0, 25_000, 50_000]) for v in (0, 25_000)] == ["0", "25,000"]
+    # a train loss of a tiny run, 0.69273..0.69305: ticks 1e-4 apart (their difference is 9.99...e-05 in floats)
+    ticks = nice_ticks(0.6927311420440674, 0.693047308921814)
+    assert [fmt_tick(v, ticks) for v in ticks] == ["0.6927", "0.6928", "0.6929", "0.6930", "0.6931"]
+    ticks = nice_ticks(0.692731, 0.692738)  # steps below 1e-4 keep every digit that tells ticks apart
+    assert [float(fmt_tick(v, ticks)) for v in ticks] == pytest.approx(ticks, abs=1e-9) and len({fmt_tick(v, ticks) for v in ticks}) == len(ticks)
+    assert [fmt_tick(v, [0, 2e-5, 4e-5]) for v in (2e-5, 4e-5)] == ["2e-05", "4e-05"]
+    assert [fmt_tick(v, [1_000_000, 1_010_000]) for v in (1_000_000, 1_010_000)] == ["1e+06", "1.01e+06"]
 
 
 def test_line_chart_keeps_every_point_on_the_chart():
