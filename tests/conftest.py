@@ -29,3 +29,15 @@ def ray_session():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": actor_env()})
     yield ray
     ray.shutdown()
+
+
+# Fixtures that load a real model, start Ray or run the CLI: a test that uses one is not a unit test.
+HEAVY_FIXTURES = frozenset({"tiny_model_path", "tiny_engine", "minilm", "ray_session", "eva", "reference_run", "reference_run_3"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that uses a heavy fixture `integration`, so plain `pytest` (the fast tier,
+    pyproject's addopts) leaves it out without each test having to say so."""
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
