@@ -118,6 +118,6 @@ def evaluate_task(cfg: RunConfig, run: RunDir, iterations: list[int], problems_p
         if 0 in results and t != 0:
             result["initial"] = results[0]["levels"]
         atomic_write_json(run.eval_path(t), result)
-        run.log_event("eval", iteration=t, kind="task", accuracy=result["levels"]["all"]["accuracy"])
+        run.log_event("eval", iteration=t, task=cfg.task.family, accuracy=result["levels"]["all"]["accuracy"])
         result["path"] = str(run.eval_path(t))
     return results
