@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Any
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,7 @@ def init_ray(cfg: RunConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    kwargs = dict(runtime_env={"env_vars": actor_env()}, log_to_driver=False, configure_logging=True, logging_level="WARNING")
+    kwargs: dict[str, Any] = dict(runtime_env={"env_vars": actor_env()}, log_to_driver=False, configure_logging=True, logging_level="WARNING")
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         # Inside a Ray Job (`eva submit`): the job's runtime_env already carries actor_env(), and Ray
         # refuses to merge a second one that sets the same variables.
@@ -146,8 +147,8 @@ class Actors:
 
     policy: EnginePool
     creator_engines: EnginePool
-    reward: object | None  # ActorHandle[RewardActor]; None when the reward is graded in the rollouts (reward.kind: task)
-    trainer: object  # ActorHandle[PolicyTrainer]
+    reward: Any  # ActorHandle[RewardActor]; None when the reward is graded in the rollouts (reward.kind: task)
+    trainer: Any  # ActorHandle[PolicyTrainer]
     groups: list = field(default_factory=list)  # placement groups of the engines
     nodes: dict[str, list[str]] = field(default_factory=dict)  # actor kind -> Ray node id of each actor
 

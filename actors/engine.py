@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from actors.busy import BusyLog, Span
 from eva.config import ModelSection
@@ -57,11 +57,14 @@ def configure_engine_env(workdir: str | Path, kv_cache_gib: int) -> None:
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
 
 
+RAY_EXECUTOR: dict[str, Any] = {"distributed_executor_backend": "ray"}
+
+
 # vLLM on CPU cannot rewind a seeded request's torch.Generator ("CPU Generator does not use offset"),
 # which chunked prefill does whenever a step's token budget cuts a prompt: a generate call whose
 # prompts exceed the budget (a few hundred prompts) then crashes. Without chunked prefill every
 # prompt is prefilled whole in one step; the budget (vLLM's CPU default, 4096) must hold the longest.
-def _cpu_scheduler(max_model_len: int) -> dict:
+def _cpu_scheduler(max_model_len: int) -> dict[str, Any]:
     return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}
 
 
@@ -92,7 +95,7 @@ class GenerationEngine:
             tensor_parallel_size=model.tensor_parallel_size,
             # TP > 1: vLLM's own Ray executor, one worker per rank in this actor's placement group
             # (actors.cluster.engine_bundles); the in-process engine core stays in this actor.
-            **({"distributed_executor_backend": "ray"} if model.tensor_parallel_size > 1 else {}),
+            **(RAY_EXECUTOR if model.tensor_parallel_size > 1 else {}),
             seed=seed,
             **(_cpu_scheduler(model.max_model_len) if current_platform.is_cpu() else {}),
         )
@@ -106,8 +109,8 @@ class GenerationEngine:
         return {"model_path": self.model_path, "start_seconds": self.start_seconds, "pid": os.getpid(), "weights_version": self.weights_version}
 
     def apply_chat_template(self, text: str, system: str | None = None) -> str:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        messages: list[Any] = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
     def generate(
         self,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from typing import Any
 from dataclasses import dataclass, field
 
 import ray
@@ -52,7 +53,7 @@ class _Chunk:
 
     engine: int
     args: tuple
-    ref: object  # ObjectRef of its GenerationBatch
+    ref: Any  # ObjectRef of its GenerationBatch
 
 
 @dataclass
@@ -93,7 +94,7 @@ class EnginePool:
     def _result(self, chunk: _Chunk) -> tuple[GenerationBatch, list[str]]:
         """The chunk's batch, and a line per retry it needed: a dead engine's chunk goes to the next
         replica, a stale one's (restarted with its start weights) gets the current weights first."""
-        engine, ref, retried = chunk.engine, chunk.ref, []
+        engine, ref, retried = chunk.engine, chunk.ref, list[str]()
         for attempt in range(self.retries + 1):
             try:
                 return ray.get(ref, timeout=self.timeout_s), retried

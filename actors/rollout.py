@@ -56,6 +56,7 @@ def rollout(
     flat_prompts = [p for p, g in zip(prompts, batch.generations) for _ in g.responses]
     flat_responses = [r for g in batch.generations for r in g.responses]
     t0 = time.perf_counter()
+    retried: list[str]
     if reward is None:  # verifiable rewards: pure code, graded here against the prompt's own answer
         rewards, retried = task_grade(flat_prompts, flat_responses), []
     elif flat_responses:

@@ -119,6 +119,7 @@ class PromptBuffer:
             self._str[name].extend(getattr(p, name) for p in new)
         self._rewards.extend(() for _ in new)
         for name, (dtype, default) in _NUM_COLUMNS.items():
+            fresh: np.ndarray
             if name in ("depth", "iteration"):
                 fresh = np.fromiter((getattr(p, name) for p in new), dtype, count=len(new))
             else:
@@ -231,7 +232,7 @@ class PromptBuffer:
         rest = min(size - len(evolved), candidates.size)
         picked = np.random.default_rng(seed).choice(candidates, size=rest, replace=False)
         ids = self._str["id"]
-        return evolved + [ids[r] for r in picked.tolist()]  # type: ignore[misc]
+        return evolved + [str(ids[r]) for r in picked.tolist()]
 
     def ancestry(self, pid: str) -> list[Prompt]:
         """The lineage chain from the seed root to `pid` (root first)."""

@@ -165,14 +165,14 @@ def busy_summary(spans: Sequence[tuple[str, float, float]], start: float, end: f
     by_kind: dict[str, float] = {}
     for a, b, kind in clipped:
         by_kind[kind] = by_kind.get(kind, 0.0) + (b - a)
-    union, cur_a, cur_b = 0.0, None, None
+    union, run = 0.0, None  # run: the (start, end) of the merged spans being extended
     for a, b, _ in clipped:
-        if cur_b is None or a > cur_b:
-            union += 0.0 if cur_b is None else cur_b - cur_a
-            cur_a, cur_b = a, b
+        if run is None or a > run[1]:
+            union += 0.0 if run is None else run[1] - run[0]
+            run = (a, b)
         else:
-            cur_b = max(cur_b, b)
-    union += 0.0 if cur_b is None else cur_b - cur_a
+            run = (run[0], max(run[1], b))
+    union += 0.0 if run is None else run[1] - run[0]
     return Timing(
         wall_s=round(wall, 4),
         busy_s=round(union, 4),

@@ -8,6 +8,7 @@ committed iterations, so evaluating never changes what a run committed.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import ray
 
@@ -36,8 +37,8 @@ def evaluate(cfg: RunConfig, run: RunDir, iteration: int, prompts_path: str, col
     check_writable(run.root)  # the result goes to <run>/eval/: fail before the engines start
     init_ray(cfg)
     work = workdir_for(cfg)
-    engine = ray.remote(GenerationEngine).options(num_cpus=cfg.ray.engine.num_cpus, num_gpus=cfg.ray.engine.num_gpus).remote(str(initial_dir), cfg.model, work, cfg.run.seed)
-    reward = ray.remote(RewardActor).options(num_cpus=cfg.ray.reward.num_cpus, num_gpus=cfg.ray.reward.num_gpus).remote(cfg.reward, str(initial_dir), work, trust_remote_code=cfg.model.trust_remote_code)
+    engine: Any = ray.remote(GenerationEngine).options(num_cpus=cfg.ray.engine.num_cpus, num_gpus=cfg.ray.engine.num_gpus).remote(str(initial_dir), cfg.model, work, cfg.run.seed)
+    reward: Any = ray.remote(RewardActor).options(num_cpus=cfg.ray.reward.num_cpus, num_gpus=cfg.ray.reward.num_gpus).remote(cfg.reward, str(initial_dir), work, trust_remote_code=cfg.model.trust_remote_code)
     pool = EnginePool([engine], cfg.ray.timeout_s)
     t0 = time.perf_counter()
     try:
@@ -95,7 +96,7 @@ def evaluate_task(cfg: RunConfig, run: RunDir, iterations: list[int], problems_p
     check_writable(run.root)  # results go to <run>/eval/: fail before the engine starts
     init_ray(cfg)
     first = str(folders[iterations[0]].policy)
-    engine = ray.remote(GenerationEngine).options(num_cpus=cfg.ray.engine.num_cpus, num_gpus=cfg.ray.engine.num_gpus).remote(first, cfg.model, workdir_for(cfg), cfg.run.seed)
+    engine: Any = ray.remote(GenerationEngine).options(num_cpus=cfg.ray.engine.num_cpus, num_gpus=cfg.ray.engine.num_gpus).remote(first, cfg.model, workdir_for(cfg), cfg.run.seed)
     pool = EnginePool([engine], cfg.ray.timeout_s)
     prompts = [prompt_of(p) for p in problems]
     levels = [p.level for p in problems]

@@ -406,8 +406,8 @@ def init_iteration_zero(cfg: RunConfig, run: RunDir, policy_path: str) -> None:
         return
     folder = run.iteration(0)
     folder.path.mkdir(parents=True, exist_ok=True)
-    if cfg.task.family is not None:
-        task = cfg.task
+    task = cfg.task
+    if task.family is not None:
         seeds = seed_prompts(task.family, task.levels, task.per_level, task.seed, task.problems)
     else:
         seeds = load_seed_prompts(cfg.prompts.path, cfg.prompts.column, cfg.prompts.limit)

@@ -219,8 +219,9 @@ def stage_seconds(metrics: IterationMetrics, events: list[dict[str, Any]], t: in
     """
     seconds = {k: float(v) for k, v in metrics.stage_seconds.items()}
     for e in events:
-        if e.get("kind") == "stage_end" and e.get("iteration") == t and not seconds.get(e.get("stage"), 0):
-            seconds[e["stage"]] = float(e.get("seconds") or 0.0)
+        stage = e.get("stage")
+        if e.get("kind") == "stage_end" and e.get("iteration") == t and isinstance(stage, str) and not seconds.get(stage, 0):
+            seconds[stage] = float(e.get("seconds") or 0.0)
     return seconds
 
 

@@ -284,8 +284,9 @@ def train_mix_card(r: Report) -> str:
     chart = stacked_bars([v.t for v in vs], {n: [v.train_mix.get(n, 0) for v in vs] for n in names}, colors, "training prompts", "training prompts by origin")
     last = vs[-1] if vs else None
     note = "Training prompts of each iteration (train_prompts.json) by origin."
-    if last is not None and sum(last.train_mix.values()):
-        share = 1 - last.train_mix.get("seed", 0) / sum(last.train_mix.values())
+    total = sum(int(n) for n in last.train_mix.values()) if last is not None else 0
+    if last is not None and total:
+        share = 1 - last.train_mix.get("seed", 0) / total
         note += f" Evolved share in iteration {last.t}: <b>{share:.0%}</b>."
     return card("Seed vs evolved in training", chart, note, legend([(n, colors[n]) for n in names]), "chart-train-mix")
 

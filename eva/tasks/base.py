@@ -87,7 +87,8 @@ REQUIRED_METHODS: tuple[str, ...] = ("generate", "grade", "mutate", "prompt_text
 
 def missing_members(obj: object) -> list[str]:
     """What `obj` lacks to be a `TaskFamily`: a non-empty str `name` and the callables above."""
-    missing = [] if isinstance(getattr(obj, "name", None), str) and obj.name else ["name (a non-empty str)"]
+    name = getattr(obj, "name", None)
+    missing = [] if isinstance(name, str) and name else ["name (a non-empty str)"]
     return missing + [m for m in REQUIRED_METHODS if not callable(getattr(obj, m, None))]
 
 
