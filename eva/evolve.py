@@ -7,7 +7,7 @@ Three pieces, all pure:
 - `parse_evolved`: turns a raw creator reply into a candidate prompt (strips labels, echoes, fences,
   chat tokens, trailing commentary).
 - `filter_evolved`: drops bad candidates with a counted reason (near duplicates through
-  `eva.dedup.NearDuplicateIndex`; children that are no prompts through `eva.child_filter`) and
+  `eva.dedup.NearDuplicateIndex`; children that are not prompts through `eva.child_filter`) and
   builds the surviving children with their lineage.
 
 The creator is a small model (SmolLM2-135M on CPU by default), so the templates are short and
