@@ -102,12 +102,16 @@ def _asks(sentence: str) -> bool:
     if "?" in sentence:
         return True
     head = _LEAD_LABEL.sub("", sentence, count=1)
-    # "In no more than 50 words, explain ...": the instruction may follow one leading clause
-    for part in (head, head.partition(", ")[2]):
-        word = _FIRST_WORD.match(part)
-        if word and (word.group(0).lower() in _INSTRUCTION_VERBS or _REQUEST_OPENER.match(part)):
-            return True
-    return False
+    if _REQUEST_OPENER.match(head) or _first_word(head) in _INSTRUCTION_VERBS:
+        return True
+    # "In no more than 50 words, explain ...": an instruction verb may follow one leading clause
+    # (not a question word: ", which is ..." is a relative clause; nor ", let's ...": an answer's voice)
+    return _first_word(head.partition(", ")[2]) in _INSTRUCTION_VERBS
+
+
+def _first_word(text: str) -> str:
+    word = _FIRST_WORD.match(text)
+    return word.group(0).lower() if word else ""
 
 
 def is_request(text: str) -> bool:

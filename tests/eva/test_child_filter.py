@@ -119,6 +119,9 @@ def test_requests(text):
         "Daytime is everything. What's good about cats? They sleep. Cats love their tails.",  # a question only in the middle
         "When to use a semicolon: when two independent clauses share one sentence.",
         "Implementation.",
+        # a relative clause after a comma is no question; "let's" after one is an answer's voice
+        "A list in Python is a sequence stored in a tuple, which is an immutable sequence of elements.",
+        "Sara buys 3 notebooks.\n\nNow, let's break down the problem:\n- 3 notebooks at 2.40 euros",
     ],
 )
 def test_not_requests(text):
