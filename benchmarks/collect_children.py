@@ -2,9 +2,10 @@
 
 The creator is the cpu-default one (SmolLM2-135M-Instruct, its sampling settings, the eva.evolve
 meta-prompts), run in-process without Ray. Generation 1 rewrites a spread of the builtin seed
-prompts; each later generation rewrites children of the previous one that passed the filters of the
-time, as a run's lineages do, so drift over several rewrites shows up. Every output is written,
-rejected ones included, with the reason the filters of the day gave (`old_reason`).
+prompts; each later generation rewrites children of the previous one that passed the filters without
+the prompt check (`creator.prompt_filter: off`, the filters before it existed; `eva/data/evolve_labels.jsonl`
+was collected so), as a run's lineages did, so drift over several rewrites shows up. Every output is
+written, rejected ones included, with the reason those filters gave (`old_reason`).
 
     python -m benchmarks.collect_children --out /tmp/children.jsonl [--seeds 40 --generations 3]
 """
