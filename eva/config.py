@@ -121,7 +121,15 @@ class CreatorSection(_Section):
     min_prompt_chars: int = Field(12, ge=1, description="Evolved prompts shorter than this are dropped.")
     max_prompt_chars: int = Field(1500, ge=16, description="Evolved prompts longer than this are dropped.")
     near_duplicate_threshold: float = Field(0.85, gt=0, le=1, description="Character 3-gram Jaccard at or above which an evolved prompt counts as a near duplicate.")
+    prompt_filter: Literal["embedding", "text", "off"] = Field("embedding", description="kind=llm: drop children that are not prompts (eva.child_filter): text (English wording cues: talk about the prompt or the rewrite, an answer, no request), embedding (text, plus MiniLM cosines to the operator's instruction and to the parent; loads the packaged MiniLM in the driver), off.")
+    max_meta_similarity: float = Field(0.35, ge=-1, le=1, description="prompt_filter embedding: a child closer (MiniLM cosine) to its operator's instruction (the meta-prompt without the parent) than to its parent, and at least this close to the instruction, is dropped as meta_paraphrase.")
+    min_parent_similarity: float = Field(0.22, ge=-1, le=1, description="prompt_filter embedding: MiniLM cosine between a child and its parent below which the child is dropped as off_topic.")
     evolved_ratio: float = Field(0.8, ge=0, le=1, description="Share of evolved prompts in the training mix; the rest is a uniform sample of the buffer.")
+
+    @field_validator("prompt_filter", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML reads a bare `off` (or `no`, `false`) as False
 
     @field_validator("metric")
     @classmethod

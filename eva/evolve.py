@@ -7,7 +7,8 @@ Three pieces, all pure:
 - `parse_evolved`: turns a raw creator reply into a candidate prompt (strips labels, echoes, fences,
   chat tokens, trailing commentary).
 - `filter_evolved`: drops bad candidates with a counted reason (near duplicates through
-  `eva.dedup.NearDuplicateIndex`) and builds the surviving children with their lineage.
+  `eva.dedup.NearDuplicateIndex`; children that are not prompts through `eva.child_filter`) and
+  builds the surviving children with their lineage.
 
 The creator is a small model (SmolLM2-135M on CPU by default), so the templates are short and
 explicit, and the parser/filter assume its replies are often messy.
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from eva.child_filter import CHILD_REASONS, PromptCheck, child_reason
 from eva.dedup import NearDuplicateIndex, char_ngrams, jaccard
 from eva.types import FilterReport, Prompt, normalize_text
 
@@ -69,6 +71,12 @@ OPERATORS: dict[str, str] = {
         "similar length and difficulty. Do not reuse the original question."
     ),
 }
+
+
+def instruction(operator: str) -> str:
+    """The meta-prompt of `operator` without the prompt: what the creator is told to do."""
+    check_operators([operator])
+    return OPERATORS[operator].partition("\n\nPrompt:")[0]
 
 
 def render_meta_prompt(operator: str, prompt_text: str) -> str:
@@ -270,7 +278,7 @@ def _drop_commentary(text: str) -> str:
 # Filtering
 # ---------------------------------------------------------------------------------------------
 
-REASONS: tuple[str, ...] = ("empty", "too_short", "too_long", "garbage", "meta_echo", "refusal", "duplicate", "near_duplicate")
+REASONS: tuple[str, ...] = ("empty", "too_short", "too_long", "garbage", "meta_echo", "refusal", "duplicate", "near_duplicate", *CHILD_REASONS)
 
 _BAD_CHARS = re.compile(r"[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 _CHAR_RUN = re.compile(r"(\S)\1{19,}")
@@ -370,14 +378,16 @@ def filter_evolved(
     max_chars: int,
     near_dup_threshold: float,
     iteration: int,
+    prompt_check: PromptCheck | None = None,
 ) -> tuple[list[Prompt], FilterReport]:
     """Keep the usable parsed rewrites as children of their parents; count why the rest went.
 
     `existing` is the buffer: its texts (an index is built) or a `NearDuplicateIndex` the caller
     keeps per buffer. The index is only read: add the kept children to it yourself once they
     join the buffer. Candidates are checked in order, so of two near-identical rewrites the
-    first is kept. The report lists every reason of `REASONS`, zeros included, so metrics have
-    the same keys every iteration.
+    first is kept. With `prompt_check`, a new candidate must also be a prompt for its parent
+    (`eva.child_filter`: meta_paraphrase, answer, not_a_request, off_topic). The report lists
+    every reason of `REASONS`, zeros included, so metrics have the same keys every iteration.
     """
     if isinstance(existing, NearDuplicateIndex):
         if not math.isclose(existing.threshold, near_dup_threshold):
@@ -392,6 +402,8 @@ def filter_evolved(
         reason = content_reason(text, min_chars=min_chars, max_chars=max_chars)
         if reason is None:
             reason = _novelty_reason(text, request.parent, index, batch)
+        if reason is None and prompt_check is not None:
+            reason = child_reason(text, request.parent.text, instruction(request.operator), prompt_check)
         if reason is not None:
             dropped[reason] += 1
             continue

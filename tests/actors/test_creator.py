@@ -1,6 +1,6 @@
 """Estimate and evolve against real engine, reward and trainer actors (tiny model): the rollout that
 estimate and solve share, through the policy's engines and the reward actor, and evolve with the
-creator model's own engine."""
+creator model's own engine. And the check that children are prompts with the real packaged MiniLM."""
 
 from __future__ import annotations
 
@@ -9,16 +9,17 @@ import math
 import pytest
 
 from actors.cluster import start_actors
-from actors.creator import evolve_prompts
+from actors.creator import evolve_prompts, minilm_embed, prompt_check
 from actors.engine import SamplingSpec
 from actors.models import TINY_MODEL, resolve_model_path
 from actors.rollout import rollout
 from eva.buffer import load_seed_prompts
-from eva.config import load_config
+from eva.child_filter import PromptCheck, child_reason, prompt_reason
+from eva.config import CreatorSection, load_config
+from eva.evolve import instruction
 
-pytestmark = pytest.mark.ray
 
-
+@pytest.mark.ray
 def test_rollout_and_evolve_with_the_creators_own_model_keep_lineage(ray_session, tmp_path):
     ray = ray_session
     cfg = load_config(None, [
@@ -58,3 +59,26 @@ def test_rollout_and_evolve_with_the_creators_own_model_keep_lineage(ray_session
             seen.add(child.id)
     finally:
         actors.shutdown()
+
+
+def test_minilm_check_drops_a_paraphrase_of_the_meta_prompt_and_keeps_rewrites():
+    check = prompt_check(CreatorSection())  # the defaults: wording cues and the packaged MiniLM
+    assert check is not None and check.embed is minilm_embed()
+    meta = instruction("constraints")
+    parent = "Write a haiku about rain."
+    paraphrase = "Make it harder by adding one or two concrete constraints, such as a word limit or a required format."
+    rewrite = "Write a haiku about rain on a tin roof at night, and use the word 'silver' exactly once."
+    # no wording cue gives the paraphrase away (an instruction, no "prompt"): the similarities do
+    assert prompt_reason(paraphrase, parent, PromptCheck(check.max_meta_similarity, check.min_parent_similarity)) is None
+    assert child_reason(paraphrase, parent, meta, check) == "meta_paraphrase"
+    assert child_reason(rewrite, parent, meta, check) is None
+    assert child_reason("Describe the history of the Roman Empire's tax system.", parent, meta, check) == "off_topic"
+    # a prompt about writing a reply sits near the instruction ("Reply with only ..."), and so does
+    # its rewrite (cosine 0.41 here), but the rewrite is much closer to its parent: kept
+    out_of_office = "Write a brief out-of-office reply for a two-week holiday that tells people who to contact instead."
+    embed = check.embed
+    assert float(embed(out_of_office + " Keep it under 50 words.") @ embed(meta)) >= check.max_meta_similarity
+    assert child_reason(out_of_office + " Keep it under 50 words.", out_of_office, meta, check) is None
+    vector = embed(parent)
+    assert vector is embed(parent) and abs(float(vector @ vector) - 1) < 1e-5 and not vector.flags.writeable  # cached, unit, shared
+    assert prompt_check(CreatorSection(prompt_filter="text")).embed is None and prompt_check(CreatorSection(prompt_filter="off")) is None

@@ -4,8 +4,12 @@ import time
 from collections import Counter
 from importlib import resources
 
+import numpy as np
 import pytest
 
+from eva.child_filter import PromptCheck
+from eva.config import ConfigError, load_config
+from eva.dedup import NearDuplicateIndex, char_ngrams, jaccard
 from eva.evolve import (
     META_MARKERS,
     OPERATORS,
@@ -14,11 +18,10 @@ from eva.evolve import (
     build_evolve_requests,
     content_reason,
     filter_evolved,
+    instruction,
     parse_evolved,
     render_meta_prompt,
 )
-from eva.config import ConfigError, load_config
-from eva.dedup import NearDuplicateIndex, char_ngrams, jaccard
 from eva.types import Prompt, normalize_text
 
 OPS = tuple(OPERATORS)
@@ -225,7 +228,22 @@ CASES = {
     "refusal": ["I'm sorry, but I can't rewrite that prompt.", "I cannot help with this request today.", "As an AI language model, I will not do this."],
     "duplicate": ["explain how a  bicycle gear system WORKS.", "Describe the water cycle in five steps.", "Compare road and mountain bike gearing for hills."],
     "near_duplicate": ["Explain how a bicycle gear system works!", "Describe the water cycle in five steps!", "Compare road and mountain bike gearing for hills!"],
+    "meta_paraphrase": ["To enhance the existing prompt, I'm sure a new prompt is the perfect idea!", "Make the question harder by adding a concrete requirement."],
+    "answer": ["A: Gears trade pedalling force for speed.", "The answer is that the chain moves between sprockets of different sizes."],
+    "not_a_request": ["Bicycle gears trade pedalling force for speed on flat roads."],
+    "off_topic": ["Write a sonnet about the ocean at dawn."],
 }
+# Hand-made embeddings: every text sits on the parent's axis except the instructions and the one
+# meta paraphrase (the instruction axis) and the off-topic child (a third axis).
+ON_TOPIC, INSTRUCTION_AXIS, ELSEWHERE = np.eye(3)
+NEAR_INSTRUCTION = {instruction(op) for op in OPS} | {CASES["meta_paraphrase"][1]}
+
+
+def fake_embed(text: str) -> np.ndarray:
+    return INSTRUCTION_AXIS if text in NEAR_INSTRUCTION else ELSEWHERE if text in CASES["off_topic"] else ON_TOPIC
+
+
+CHECK = PromptCheck(max_meta_similarity=0.35, min_parent_similarity=0.22, embed=fake_embed)
 KEPT = [
     "Compare road and mountain bike gearing for hills.",
     "Explain how a 21-speed bicycle's derailleur shifts between gears, step by step.",
@@ -238,7 +256,7 @@ def run_filter(existing=BUFFER):
     # kept texts go first so the batch duplicates/near duplicates of KEPT[0] come after it
     ordered = KEPT + texts
     requests = [EvolveRequest(PARENT, OPS[i % len(OPS)], "meta", i) for i in range(len(ordered))]
-    return requests, filter_evolved(list(zip(requests, ordered)), existing, **LIMITS)
+    return requests, filter_evolved(list(zip(requests, ordered)), existing, **LIMITS, prompt_check=CHECK)
 
 
 def test_filter_counts_every_reason_exactly():
@@ -268,6 +286,21 @@ def test_filter_with_a_kept_index_gives_the_same_result_and_leaves_it_unchanged(
     assert len(index) == len(BUFFER) and KEPT[0] not in index
     with pytest.raises(ValueError, match="threshold"):
         filter_evolved([], NearDuplicateIndex(0.5), **LIMITS)
+
+
+def test_without_a_prompt_check_only_the_first_reasons_drop():
+    requests = [EvolveRequest(PARENT, "deepen", "meta", i) for i in range(4)]
+    texts = [CASES["answer"][0], CASES["not_a_request"][0], CASES["off_topic"][0], CASES["meta_paraphrase"][1]]
+    kept, report = filter_evolved(list(zip(requests, texts)), BUFFER, **LIMITS)
+    assert [c.text for c in kept] == texts and report.kept == 4 and not any(report.dropped.values())
+    assert list(report.dropped) == list(REASONS)  # the new reasons are listed, at zero
+
+
+def test_instruction_is_the_meta_prompt_without_the_prompt():
+    for op in OPS:
+        assert render_meta_prompt(op, "PARENT") == instruction(op) + "\n\nPrompt: PARENT\n\nNew prompt:"
+    with pytest.raises(ValueError, match="unknown evolve operator"):
+        instruction("widen")
 
 
 def test_parent_is_checked_even_when_not_in_the_buffer():
