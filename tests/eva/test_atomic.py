@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,46 +9,14 @@ import pytest
 from eva.atomic import atomic_folder, is_temp_file, remove_temp_leftovers
 
 
-@pytest.fixture
-def journal(monkeypatch) -> list[tuple]:
-    """Every os.fsync (by the path of its descriptor) and os.rename, in order."""
-    events: list[tuple] = []
-    real_fsync, real_rename = os.fsync, os.rename
-
-    def fsync(fd: int) -> None:
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    def rename(src, dst) -> None:
-        events.append(("rename", str(src), str(dst)))
-        real_rename(src, dst)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "rename", rename)
-    return events
-
-
-def assert_durable_folder_write(journal: list[tuple], target: Path) -> None:
-    """Every file and folder of `target` fsynced (under the temp name) before the rename that made
-    it `target`, and the parent fsynced after it."""
-    [at] = [i for i, e in enumerate(journal) if e[0] == "rename" and e[2] == str(target)]
-    tmp = Path(journal[at][1])
-    assert is_temp_file(tmp) and tmp.parent == target.parent
-    before = {e[1] for e in journal[:at] if e[0] == "fsync"}
-    after = [e[1] for e in journal[at + 1 :] if e[0] == "fsync"]
-    for path in [target, *target.rglob("*")]:
-        assert str(tmp / path.relative_to(target)) in before, f"{path} was not fsynced before the rename"
-    assert str(target.parent) in after, "the parent folder was not fsynced after the rename"
-
-
-def test_atomic_folder_fsyncs_files_and_folders_before_and_the_parent_after_the_rename(tmp_path: Path, journal) -> None:
+def test_atomic_folder_fsyncs_files_and_folders_before_and_the_parent_after_the_rename(tmp_path: Path, durable_writes) -> None:
     target = tmp_path / "it" / "policy"
     with atomic_folder(target) as tmp:
         (tmp / "model.safetensors").write_bytes(b"w" * 100)
         (tmp / "sub").mkdir()
         (tmp / "sub" / "tokenizer.json").write_text("{}")
     assert (target / "sub" / "tokenizer.json").read_text() == "{}"
-    assert_durable_folder_write(journal, target)
+    durable_writes.assert_folder(target)
     assert [p.name for p in target.parent.iterdir()] == ["policy"]
 
 
