@@ -249,8 +249,10 @@ def train(ctx: Ctx, t: int, built: list[PreferencePair]) -> TrainResult:
     with stage(ctx, t, "train") as counts:
         try:
             result = wait_training(ctx, t, trainer.train.remote(built, t))  # no pairs: pi_t = pi_{t-1}, steps 0
-        except TrainingDivergedError as e:  # the actor's message, without Ray's wrapping and remote traceback
-            raise TrainingDivergedError(str(getattr(e, "cause", e))) from None
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, TrainingDivergedError):  # the actor's message, without Ray's wrapping and remote traceback
+                raise TrainingDivergedError(str(e.cause)) from None
+            raise
         counts.update({k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         if not built:
             counts["skipped"] = "no pairs"

@@ -147,6 +147,23 @@ def test_eval_refuses_bad_held_out_prompts(eva, run_dir: Path, tmp_path: Path, c
     assert snapshot(run_dir) == before
 
 
+def test_eval_imports_the_reward_function_before_anything_starts(eva, tmp_path: Path) -> None:
+    policy = tmp_path / "policy-src"
+    policy.mkdir()
+    (policy / "config.json").write_text("{}")
+    cfg = load_config(preset="tiny", overrides=[f"run.dir={tmp_path / 'run'}", "reward.kind=function", "reward.function=no_such_mod:score"])
+    run = RunDir(cfg.run.run_dir)
+    run.init(cfg)
+    init_iteration_zero(cfg, run, str(policy))
+    before = snapshot(run.root)
+    heldout = _prompts(tmp_path, "h.jsonl", b'{"prompt": "hi"}\n')
+    code, _, stderr = eva("eval", str(run.root), "--prompts", str(heldout), "--iteration", "0")
+    assert code == 2 and "reward.function: reward function 'no_such_mod:score': cannot import module 'no_such_mod'" in stderr
+    assert snapshot(run.root) == before
+    code, _, stderr = eva("resume", str(run.root))
+    assert code == 2 and "no_such_mod" in stderr and snapshot(run.root) == before
+
+
 @pytest.mark.parametrize("args, message", [(["eval", "--limit", "0"], "--limit"), (["eval", "--limit", "-1"], "--limit"), (["inspect", "--top", "-1"], "--top")])
 def test_counts_are_bounded(eva, run_dir: Path, tmp_path: Path, args: list[str], message: str) -> None:
     command, *options = args
