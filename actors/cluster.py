@@ -216,7 +216,8 @@ def start_actors(cfg: RunConfig, policy_path: str, initial_path: str, start_iter
     if SCORER_KINDS[cfg.reward.kind].actor:
         reward = _remote(RewardActor, cfg.ray.reward).remote(cfg.reward, initial_path, work, trust_remote_code=cfg.model.trust_remote_code)
     trainer = _remote(PolicyTrainer, cfg.ray.trainer, max_concurrency=2).remote(  # 2: progress() answers while train() runs
-        policy_path, initial_path, cfg.solver, cfg.model.dtype, work, cfg.run.seed, threads=cfg.ray.trainer.threads, iteration=start_iteration
+        policy_path, initial_path, cfg.solver, cfg.model.dtype, work, cfg.run.seed, threads=cfg.ray.trainer.threads, iteration=start_iteration,
+        trust_remote_code=cfg.model.trust_remote_code,
     )
     actors = Actors(policy, creator_engines, reward, trainer, groups)
     kinds = {"engine": policy.engines, "creator_engine": creator_engines.engines if own_creator else [], "reward": actors._scorers(), "trainer": [trainer]}

@@ -18,20 +18,19 @@ and the pipeline excludes them (DESIGN.md).
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from actors.busy import BusyLog, Span
 from actors.models import MINILM_MODEL, ModelError, assigned_device, resolve_model_path
 from eva.config import ModelSection, RewardSection, ScorerSpec
 from eva.judge import expected_label, judge_template
-from eva.scorers import scorer_kind, to_unit
+from eva.scorers import load_function, scorer_kind, to_unit
 from eva.wellformed import wellformed
 
 
@@ -321,21 +320,6 @@ class WellformedScorer(Scorer):
 
 
 # -------------------------------------------------------------------------------- user function
-
-
-def load_function(spec: str) -> Callable[[list[str], list[str]], Sequence[float]]:
-    """Import `module:function`. This executes user code (the module's import and every call)."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"reward function {spec!r}: expected 'module:function', e.g. my_rewards:exact_match")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as e:  # any import-time failure is the user's module, say so
-        raise ValueError(f"reward function {spec!r}: cannot import module {module_name!r}: {type(e).__name__}: {e}") from e
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ValueError(f"reward function {spec!r}: module {module_name!r} has no callable {attr!r}")
-    return fn
 
 
 class FunctionScorer(Scorer):

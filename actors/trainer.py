@@ -30,8 +30,6 @@ import gc
 import importlib
 import math
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -41,9 +39,12 @@ import torch
 
 from actors.busy import BusyLog, Span
 from actors.models import assigned_device
-from eva.atomic import fsync_dir, make_dirs
+from eva.atomic import atomic_folder
+from eva.checkpoint import is_committed
 from eva.config import SolverSection
 from eva.losses import loss_spec, trl_arguments
+from eva.results import TrainingDivergedError
+from eva.seeding import derive_seed
 from eva.types import PreferencePair
 
 # The TRL classes of each loss family (eva.losses.Family): module, config, trainer, and the config
@@ -75,6 +76,7 @@ class PolicyTrainer:
         capture_reference: bool = False,
         threads: int = 1,
         iteration: int | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         # One thread by default: two cores shared by every actor (DESIGN.md). The loop's stages run
         # one after another, so while this trains the engines are idle and it may take more.
@@ -92,7 +94,8 @@ class PolicyTrainer:
         self.seed = seed
         self.initial_path = initial_path
         self.capture_reference = capture_reference
-        self.tokenizer = AutoTokenizer.from_pretrained(policy_path)
+        self.trust_remote_code = trust_remote_code  # model.trust_remote_code: the model folder's own code
+        self.tokenizer = AutoTokenizer.from_pretrained(policy_path, trust_remote_code=trust_remote_code)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.policy = self._load_model(policy_path)
@@ -103,6 +106,7 @@ class PolicyTrainer:
         self._progress: list[int] = [0, 0]  # [steps done, steps] of the round in progress (see progress())
         self._initial: torch.nn.Module | None = None  # pi_0, loaded on first use (reference: initial)
         self._reference: dict[str, torch.Tensor] | None = None
+        self._diverged: str | None = None  # why the last round failed, when it left non-finite weights behind
         self.busy = BusyLog()
 
     # --- public API -------------------------------------------------------------------------
@@ -128,6 +132,8 @@ class PolicyTrainer:
         return metrics
 
     def _expect(self, iteration: int | None, call: str) -> None:
+        if self._diverged is not None:
+            raise RuntimeError(f"trainer.{call}: {self._diverged}; the policy in memory is unusable: resume redoes the stage")
         if iteration is not None and self.iteration is not None and iteration != self.iteration:
             raise RuntimeError(f"trainer.{call}: the trainer holds the policy of iteration {self.iteration}, not {iteration} "
                                "(it was restarted and lost its state): the stage fails, resume redoes it")
@@ -152,6 +158,15 @@ class PolicyTrainer:
         trainer.train()
         seconds = time.perf_counter() - t0
         metrics = _round_metrics(trainer.state.log_history, seconds)
+        problem = _divergence(metrics["losses"], trainer.model)
+        if problem:
+            # full fine-tuning trained self.policy in place: it holds the bad weights now
+            self._diverged = f"iteration {iteration}: {problem}"
+            raise TrainingDivergedError(
+                f"iteration {iteration}: training diverged: {problem}. Nothing of the iteration was saved or committed. "
+                "Lower solver.learning_rate (or check the pairs and the reward), then continue with "
+                "`eva run --run-dir RUN_DIR --allow-change solver.learning_rate --set solver.learning_rate=...`"
+            )
         metrics.update(iteration=iteration, loss_type=self.solver.loss_type, num_pairs=len(trainer.train_dataset))
         # what TRL actually ran, for the record (and the tests): the trainer class and the loss's
         # arguments read back from its config, under TRL's names (SimPO's beta is CPOConfig.beta)
@@ -178,43 +193,41 @@ class PolicyTrainer:
 
     def save(self, path: str, iteration: int | None = None) -> None:
         """Write the policy (safetensors in `dtype`) and tokenizer to `path`, atomically: built in a
-        temp sibling folder, fsynced, then renamed over `path`. `iteration`: as in state_dict."""
+        temp sibling folder, every file and folder fsynced, renamed over `path`, the parent fsynced
+        (eva.atomic.atomic_folder). The policy/ of a committed iteration is never replaced: refused
+        with RuntimeError. `iteration`: as in state_dict."""
         self._expect(iteration, "save")
         target = Path(path)
-        make_dirs(target.parent)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        if is_committed(target.parent):
+            raise RuntimeError(f"trainer.save: {target.parent} is a committed iteration: its {target.name}/ is never replaced")
         config_dtype = self.policy.config.dtype
         try:
-            # save_pretrained drops tied keys and maps names back to the checkpoint layout itself
-            self.policy.save_pretrained(tmp, state_dict=_weights(self.policy, self.dtype), safe_serialization=True)
-            self.policy.config.dtype = self.dtype  # save_pretrained wrote the fp32 model's dtype: say what the file holds
-            self.policy.config.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            for f in tmp.iterdir():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-            if target.exists():  # an uncommitted iteration's policy/: resume redoes the stage if we crash here
-                shutil.rmtree(target)
-            tmp.rename(target)
-            fsync_dir(target.parent)
+            # an uncommitted iteration's policy/ is replaced: resume redoes the stage if we crash midway
+            with atomic_folder(target, replace=True) as tmp:
+                # save_pretrained drops tied keys and maps names back to the checkpoint layout itself
+                self.policy.save_pretrained(tmp, state_dict=_weights(self.policy, self.dtype), safe_serialization=True)
+                self.policy.config.dtype = self.dtype  # save_pretrained wrote the fp32 model's dtype: say what the file holds
+                self.policy.config.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
         finally:
             self.policy.config.dtype = config_dtype
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def load(self, path: str, iteration: int | None = None) -> None:
         """Restore the policy of `iteration` from its policy/ folder (resume). With `reference: previous`
         the next round's reference is taken from this policy at round start, so nothing else to restore."""
         self.policy = self._load_model(path)
         self.iteration = iteration
+        self._diverged = None
 
     # --- internals --------------------------------------------------------------------------
 
     def _load_model(self, path: str, frozen: bool = False) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
+        remote = {"trust_remote_code": self.trust_remote_code}
         if self.gpu and (frozen or self.solver.finetune == "lora"):  # never updated: `dtype` holds them exactly
-            return AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+            return AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, **remote)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **remote)
         _round_to(model, self.dtype)  # same weights as the engines serve (see module docstring)
         return model
 
@@ -274,6 +287,7 @@ class PolicyTrainer:
             gradient_checkpointing=False,  # small models; avoids per-step deprecation warnings
             dataloader_num_workers=0,
             logging_steps=1,
+            logging_nan_inf_filter=False,  # transformers hides a nan/inf step loss by default; _divergence must see it
             disable_tqdm=True,
         )
         peft_config = None
@@ -295,6 +309,11 @@ class PolicyTrainer:
         kwargs = dict(model=self.policy, train_dataset=dataset, processing_class=self.tokenizer, peft_config=peft_config)
         if not spec.reference_free:
             kwargs["ref_model"] = ref_model
+        # The PEFT model (random LoRA A matrices) is built inside TRL's trainer, before transformers'
+        # Trainer seeds from args.seed. TRL 1.16 seeds with args.seed just before it; we do not rely on
+        # that: the adapter must depend on the run seed and the iteration only, never on what this
+        # process drew before (a resumed run's trainer has another history).
+        torch.manual_seed(derive_seed(self.seed, "lora", iteration))
         return getattr(trl, trainer_class)(args=args, callbacks=[_step_logger(iteration, self._progress)], **kwargs)
 
     def _finish(self, trainer) -> torch.nn.Module:
@@ -362,6 +381,18 @@ def _reference_weights(trainer) -> dict[str, torch.Tensor]:
     base = trainer.model.get_base_model()
     weights = {k.replace(".base_layer.", "."): v for k, v in _weights(base).items() if "lora_" not in k}
     return _revert_names(base, weights)
+
+
+def _divergence(losses: list[float], model: torch.nn.Module) -> str | None:
+    """What makes a finished round unusable: a non-finite step loss, or non-finite weights; None if fine."""
+    bad_steps = [i + 1 for i, loss in enumerate(losses) if not math.isfinite(loss)]
+    bad_params = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    problems = []
+    if bad_steps:
+        problems.append(f"non-finite loss at step {', '.join(map(str, bad_steps[:5]))}{' ...' if len(bad_steps) > 5 else ''} of {len(losses)}")
+    if bad_params:
+        problems.append(f"{len(bad_params)} parameter tensors hold non-finite values ({', '.join(bad_params[:3])}{', ...' if len(bad_params) > 3 else ''})")
+    return "; ".join(problems) or None
 
 
 def _round_metrics(log_history: list[dict[str, float]], seconds: float) -> dict[str, Any]:

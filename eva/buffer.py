@@ -28,6 +28,10 @@ from eva.tables import DataError, load_records, read_table, save_records, write_
 from eva.types import PreferencePair, Prompt, ScoredPrompt, prompt_id
 
 BUILTIN_SEED = "builtin:seed"
+# Longest seed prompt accepted, in characters (~25k tokens): far beyond any engine context here (the
+# engines left-truncate a prompt to fit), so longer ones are a wrong column or a file pasted into a
+# field; refused, with their count, rather than tokenized and stored in every iteration's buffer.
+MAX_PROMPT_CHARS = 100_000
 
 # Lineage: the columns of a Prompt record (also the schema of evolved.parquet).
 PROMPT_SCHEMA = pa.schema(
@@ -332,22 +336,57 @@ def load_seed_prompts(path: str | Any, column: str = "prompt", limit: int | None
 
     Texts are stripped; empty texts and exact duplicates (same normalized text, i.e. same id) are
     dropped, keeping the first; then the first `limit` are kept (reading stops there). Raises
-    DataError naming the file, the line (JSONL, 1-based) or row (0-based) and the problem; also when
-    no prompt is left.
+    DataError naming the file, the line (JSONL, 1-based) or row (0-based) and the problem: a file
+    that is not UTF-8, a text with a NUL character or a lone surrogate (they break tokenizers and
+    Parquet), texts over MAX_PROMPT_CHARS (all of them counted; none is truncated); also when no
+    prompt is left.
     """
     source, values = _column_values(path, column)
     seen: dict[str, Prompt] = {}
+    too_long: list[tuple[str, int]] = []
     for where, value in values:
         if not isinstance(value, str):
             raise DataError(f"{source}: {where}: {column!r} is {type(value).__name__} {value!r}, expected a string")
+        _check_text(value, f"{source}: {where}: {column!r}")
         text = value.strip()
-        if text and prompt_id(text) not in seen:
+        if len(text) > MAX_PROMPT_CHARS:
+            too_long.append((where, len(text)))
+        elif text and prompt_id(text) not in seen:
             seen[prompt_id(text)] = Prompt.seed(text)
             if limit is not None and len(seen) >= limit:
                 break
+    if too_long:
+        where, n = max(too_long, key=lambda w: w[1])
+        raise DataError(
+            f"{source}: {len(too_long)} prompt(s) longer than {MAX_PROMPT_CHARS:,} characters (the longest, {n:,} characters, "
+            f"at {where}; the first at {too_long[0][0]}): is {column!r} the prompt column? Shorten or drop them"
+        )
     if not seen:
         raise DataError(f"{source}: no seed prompts in column {column!r} (empty, or every text blank)")
     return list(seen.values())
+
+
+def _check_text(text: str, where: str) -> None:
+    """DataError for characters no prompt may hold: NUL, and lone surrogates (a JSON escape such as
+    \\ud800 without its pair decodes to one; it cannot be written as UTF-8)."""
+    if "\x00" in text:
+        raise DataError(f"{where}: the text holds a NUL character (U+0000) at position {text.index(chr(0))}: binary data, not a prompt")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(f"{where}: the text holds a lone surrogate {text[e.start]!r} at position {e.start} (half of a UTF-16 pair, e.g. an escape like \\ud83d without its partner): not valid Unicode text") from None
+
+
+def _decode_utf8(data: bytes, source: str) -> str:
+    """The file's text; DataError naming the line and byte offset of the first byte that is not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"{source}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}): save the file as UTF-8 "
+            "(e.g. `iconv -f latin1 -t utf-8`)"
+        ) from None
 
 
 def _column_values(path: str, column: str) -> tuple[str, Iterator[tuple[str, Any]]]:
@@ -365,21 +404,24 @@ def _column_values(path: str, column: str) -> tuple[str, Iterator[tuple[str, Any
         packaged = resources.files("eva.data") / "seed_prompts.jsonl"
         if not packaged.is_file():
             raise DataError(f"{path}: the packaged file eva/data/seed_prompts.jsonl is missing (broken install)")
-        return path, _jsonl_values(packaged.read_text(encoding="utf-8"), path, column)
+        return path, _jsonl_values(_decode_utf8(packaged.read_bytes(), path), path, column)
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: file does not exist")
     if p.is_dir():
         return str(p), _dataset_values(p, column)
     if p.suffix == ".jsonl":
-        return str(p), _jsonl_values(p.read_text(encoding="utf-8"), str(p), column)
+        return str(p), _jsonl_values(_decode_utf8(p.read_bytes(), str(p)), str(p), column)
     if p.suffix == ".parquet":
         return str(p), _parquet_values(p, column)
     raise DataError(f"{p}: unknown file type {p.suffix!r}; expected .jsonl, .parquet, a datasets folder or {BUILTIN_SEED}")
 
 
 def _jsonl_values(text: str, source: str, column: str) -> Iterator[tuple[str, Any]]:
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at \n only (\r\n too): str.splitlines also splits at U+2028, U+0085, \x1c ..., which
+    # JSON allows raw inside a string, and would cut such a record in two.
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:
@@ -400,7 +442,10 @@ def _parquet_values(path: Path, column: str) -> Iterator[tuple[str, Any]]:
         raise DataError(f"{path}: not a readable Parquet file: {e}") from None
     if column not in names:
         raise DataError(f"{path}: no column {column!r}; available columns: {names}")
-    values = pq.read_table(path, columns=[column]).column(column).to_pylist()
+    try:
+        values = pq.read_table(path, columns=[column]).column(column).to_pylist()
+    except (pa.ArrowException, OSError) as e:  # a valid footer over damaged data pages
+        raise DataError(f"{path}: not a readable Parquet file: {e}") from None
     return ((f"row {i}", v) for i, v in enumerate(values))
 
 

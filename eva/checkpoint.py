@@ -5,13 +5,16 @@
 <root>/iterations/0000/     one folder per iteration; MANIFEST.json (written last) = committed
 <root>/LATEST               number of the last committed iteration
 <root>/events.jsonl         append-only event log
+<root>/run.lock             present while a writer holds the run directory (eva.runlock)
 ```
 
 Every file is written to a temp name in its own folder, fsynced, renamed over the target, and the
 folder fsynced: a crash leaves either the old or the new file, never half of one. An iteration folder
 without a valid MANIFEST.json is incomplete; its `stages/<stage>.done` markers tell resume which
 stages already wrote their outputs (a stage writes its outputs before its marker), so resume redoes
-only the stages after the last marker, or `clear_iteration` drops the folder entirely.
+only the stages after the last marker, or `clear_iteration` drops the folder entirely. A marker
+records the fingerprint of the config its stage ran under; `stale_stages` names those a changed
+config (`--allow-change`) must redo. One process writes a run directory at a time (`lock`).
 """
 
 from __future__ import annotations
@@ -37,9 +40,11 @@ from eva.atomic import (  # noqa: F401  (re-exported: the run directory's writer
     fsync_dir,
     is_temp_file,
     make_dirs,
+    remove_temp_leftovers,
     sha256_file,
 )
 from eva.iteration import POLICY, IterationDir
+from eva.runlock import LOCK_FILE, RunLock
 from eva.config import MUTABLE_FIELDS, ConfigError, RunConfig, config_from_dict, fingerprint, flatten
 
 MANIFEST = "MANIFEST.json"
@@ -80,6 +85,33 @@ def check_writable(run_dir: str | Path) -> None:
         ) from None
 
 
+def read_manifest(folder: str | Path) -> dict[str, Any] | None:
+    """The parsed MANIFEST.json of an iteration folder, or None if absent or not a valid manifest."""
+    try:
+        data = json.loads((Path(folder) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        return None
+    return data
+
+
+def is_committed(folder: str | Path) -> bool:
+    """True when the iteration folder holds a valid MANIFEST.json: its files must never change.
+    For writers that only know a path inside an iteration (the trainer's `save`)."""
+    return read_manifest(folder) is not None
+
+
+def find_run_dir(path: str | Path) -> RunDir | None:
+    """The run directory that `path` (existing or not) lies in or is, else None: for commands that
+    must not write into any run directory (`eva export --out`)."""
+    resolved = Path(path).expanduser().resolve()
+    for folder in (resolved, *resolved.parents):
+        if RunDir(folder).is_run_dir():
+            return RunDir(folder)
+    return None
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -108,6 +140,22 @@ class RunDir:
     def events_path(self) -> Path:
         return self.root / "events.jsonl"
 
+    def lock(self, command: str) -> RunLock:
+        """The writer lock of this run directory (eva.runlock): `with run.lock("eva run ..."):` around
+        everything a command writes here."""
+        return RunLock(self.root, command)
+
+    def is_run_dir(self) -> bool:
+        """True when the folder is a run directory (run.yaml and iterations/; `init` writes them)."""
+        return self.config_path.is_file() and (self.root / "iterations").is_dir()
+
+    def foreign_entries(self) -> list[str]:
+        """What makes an existing folder unfit to become a new run directory: its entries, when it is
+        not a run directory already (a lock file alone is what a first `init` that failed leaves)."""
+        if not self.root.is_dir() or self.config_path.is_file():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.name != LOCK_FILE)
+
     # config ------------------------------------------------------------------------------------
 
     def init(self, config: RunConfig, allow_changes: Iterable[str] = ()) -> list[str]:
@@ -131,9 +179,9 @@ class RunDir:
                 )
             if changed:
                 self.log_event("config_changed", fields={f: _diff(old, config, f) for f in changed})
-        make_dirs(self.root / "iterations")
         body = yaml.safe_dump({_HASH_KEY: config.fingerprint(), **config.to_dict()}, sort_keys=False)
-        atomic_write_text(self.config_path, body)
+        atomic_write_text(self.config_path, body)  # first: a folder holding run.yaml is a run directory
+        make_dirs(self.root / "iterations")
         return changed
 
     def config(self) -> RunConfig:
@@ -200,14 +248,7 @@ class RunDir:
 
     def manifest(self, t: int) -> dict[str, Any] | None:
         """The parsed MANIFEST.json of iteration t, or None if absent or not a valid manifest."""
-        path = self.iteration_dir(t) / MANIFEST
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
-            return None
-        return data
+        return read_manifest(self.iteration_dir(t))
 
     def committed(self, t: int) -> bool:
         """True when iteration t has a valid MANIFEST.json (contents are checked by `verify`)."""
@@ -217,6 +258,20 @@ class RunDir:
         """Iteration folders without a valid manifest: to resume from their stage markers."""
         return [t for t in self.iterations() if not self.committed(t)]
 
+    def last_committed(self) -> int | None:
+        """The highest iteration with a valid MANIFEST.json: where a resumed run continues from. It is
+        LATEST, or above it when a crash came between an iteration's MANIFEST and LATEST."""
+        return max((t for t in self.iterations() if self.committed(t)), default=None)
+
+    def sync_latest(self) -> int | None:
+        """Move LATEST forward to `last_committed()` if a crash left it behind; returns LATEST."""
+        latest, last = self.latest(), self.last_committed()
+        if last is not None and (latest is None or last > latest):
+            atomic_write_text(self.latest_path, f"{last}\n")
+            self.log_event("latest_repaired", old=latest, new=last)
+            return last
+        return latest
+
     # stages ---------------------------------------------------------------------------------------
 
     def _stage_path(self, t: int, stage: str) -> Path:
@@ -224,11 +279,15 @@ class RunDir:
             raise ValueError(f"invalid stage name {stage!r}")
         return self.iteration_dir(t) / STAGES / f"{stage}.done"
 
-    def mark_stage(self, t: int, stage: str, info: dict[str, Any] | None = None) -> None:
-        """Record that `stage` of iteration t finished; call after the stage's outputs are written."""
+    def mark_stage(self, t: int, stage: str, info: dict[str, Any] | None = None, config_hash: str | None = None) -> None:
+        """Record that `stage` of iteration t finished; call after the stage's outputs are written.
+        `config_hash`: the fingerprint of the config the stage ran under (`stale_stages` reads it)."""
         if self.committed(t):
             raise RunDirError(f"{self.iteration_dir(t)} is committed; its stages cannot change")
-        atomic_write_json(self._stage_path(t, stage), {"stage": stage, "time": _now(), "ts": time.time(), "info": info or {}})
+        marker = {"stage": stage, "time": _now(), "ts": time.time(), "info": info or {}}
+        if config_hash is not None:
+            marker[_HASH_KEY] = config_hash
+        atomic_write_json(self._stage_path(t, stage), marker)
 
     def stage_done(self, t: int, stage: str) -> bool:
         return self._stage_path(t, stage).is_file()
@@ -257,12 +316,44 @@ class RunDir:
             marks.append((ts, p.name[: -len(".done")]))
         return [name for _, name in sorted(marks)]
 
+    def stale_stages(self, t: int, config_hash: str) -> list[str]:
+        """Finished stages of iteration t that a run under config `config_hash` must redo: the first
+        stage whose marker records another config fingerprint (it ran before `--allow-change` changed
+        the config), and every stage that finished after it (they read its outputs). A marker without
+        a fingerprint (written by an eva that did not record one) counts as current. In finish order."""
+        done = self.stages_done(t)
+        for i, stage in enumerate(done):
+            try:
+                recorded = json.loads(self._stage_path(t, stage).read_text()).get(_HASH_KEY)
+            except (OSError, ValueError, AttributeError):
+                recorded = None  # unreadable: stage_info reports it where it is read
+            if recorded is not None and recorded != config_hash:
+                return done[i:]
+        return []
+
+    def drop_stages(self, t: int, stages: Iterable[str]) -> None:
+        """Delete the markers of `stages` of incomplete iteration t, so they run again (their outputs
+        are overwritten when they do)."""
+        if self.committed(t):
+            raise RunDirError(f"{self.iteration_dir(t)} is committed; its stages cannot change")
+        dropped = []
+        for stage in stages:
+            path = self._stage_path(t, stage)
+            if path.exists():
+                path.unlink()
+                dropped.append(stage)
+        if dropped:
+            fsync_dir(self.iteration_dir(t) / STAGES)
+            self.log_event("stages_dropped", iteration=t, stages=dropped)
+
     # commit / verify ----------------------------------------------------------------------------
 
     def commit(self, t: int) -> dict[str, Any]:
         """Commit iteration t: write MANIFEST.json (sha256 + size of every file) last, then LATEST.
 
-        Leftover temp files of interrupted writes are deleted first. LATEST only moves forward: it
+        Leftovers of interrupted writes (temp files, and temp folders such as the trainer's
+        `.policy.*.tmp/` of a save killed midway) are deleted first, so the manifest lists only what
+        the iteration wrote and nothing unlisted stays behind. LATEST only moves forward: it
         becomes t unless a later iteration is already committed. A committed iteration is immutable
         (committing it again raises). Returns the manifest.
         """
@@ -271,11 +362,11 @@ class RunDir:
             raise RunDirError(f"{folder} does not exist: nothing to commit for iteration {t}")
         if self.committed(t):
             raise RunDirError(f"{folder / MANIFEST} exists: iteration {t} is already committed")
+        leftovers = remove_temp_leftovers(folder)
+        if leftovers:
+            self.log_event("temp_leftovers_removed", iteration=t, paths=[self._rel(p) for p in leftovers])
         files = {}
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            if is_temp_file(path):
-                path.unlink()
-                continue
             rel = path.relative_to(folder).as_posix()
             if rel != MANIFEST:
                 files[rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
@@ -287,10 +378,11 @@ class RunDir:
         self.log_event("commit", iteration=t, files=len(files), bytes=sum(f["size"] for f in files.values()))
         return manifest
 
-    def verify(self, t: int) -> list[str]:
+    def verify(self, t: int, hashes: bool = True) -> list[str]:
         """Problems of committed iteration t, one line each naming the file; [] when intact.
 
-        Checks that every file listed in the manifest exists with its size and sha256. Files not in
+        Checks that every file listed in the manifest exists with its size and (`hashes`) sha256;
+        without hashes it costs a stat per file (`eva status`). Files not in
         the manifest are ignored: readers only read listed files, and an extra file cannot change
         what was committed (e.g. a policy folder whose deletion was interrupted by a crash).
         """
@@ -306,16 +398,18 @@ class RunDir:
                 problems.append(f"{name}: missing file")
             elif path.stat().st_size != entry["size"]:
                 problems.append(f"{name}: size mismatch (manifest {entry['size']} bytes, found {path.stat().st_size})")
-            elif sha256_file(path) != entry["sha256"]:
+            elif hashes and sha256_file(path) != entry["sha256"]:
                 problems.append(f"{name}: sha256 mismatch")
         return problems
 
-    def verify_all(self) -> list[str]:
-        """Problems of every iteration up to LATEST (each of them must be committed and intact)."""
-        latest = self.latest()
-        if latest is None:
+    def verify_all(self, hashes: bool = True) -> list[str]:
+        """Problems of every iteration a resumed run builds on: each one up to the highest committed
+        (`last_committed`, where resume continues) or LATEST, whichever is higher, must be committed
+        and intact."""
+        last = max((t for t in (self.latest(), self.last_committed()) if t is not None), default=None)
+        if last is None:
             return []
-        return [p for t in range(latest + 1) for p in self.verify(t)]
+        return [p for t in range(last + 1) for p in self.verify(t, hashes)]
 
     def ensure_valid(self, t: int) -> None:
         """Raise CorruptCheckpointError naming the bad files if iteration t does not verify."""
@@ -346,10 +440,16 @@ class RunDir:
         pruned = []
         for t in committed:
             folder = self.iteration_dir(t) / POLICY
-            if t in keep or not folder.exists():
+            if t in keep:
                 continue
-            self._drop_from_manifest(t, POLICY + "/")
-            shutil.rmtree(folder)
+            # Temp folders of a policy save that a kill interrupted, committed by an eva that listed
+            # them (see commit): policy weights too, and nobody reads them.
+            leftovers = sorted({rel.split("/")[0] for rel in self.manifest(t)["files"] if "/" in rel and is_temp_file(Path(rel.split("/")[0]))})  # type: ignore[index]
+            if not folder.exists() and not leftovers:
+                continue
+            for name in (POLICY, *leftovers):
+                self._drop_from_manifest(t, name + "/")
+                shutil.rmtree(self.iteration_dir(t) / name, ignore_errors=True)
             fsync_dir(folder.parent)
             pruned.append(t)
         if pruned:

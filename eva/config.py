@@ -30,7 +30,9 @@ DEFAULT_PRESET = "cpu-default"
 
 # Fields that may differ between a run directory's config and the one it is resumed/extended with:
 # they change how long or how loudly a run goes, not what it computes.
-MUTABLE_FIELDS: frozenset[str] = frozenset({"run.iterations", "run.dir", "ray.address", "checkpoint.keep_policies"})
+MUTABLE_FIELDS: frozenset[str] = frozenset(
+    {"run.iterations", "run.dir", "ray.address", "checkpoint.keep_policies", "run.max_iterations_without_pairs"}
+)
 
 
 class ConfigError(ValueError):
@@ -38,7 +40,9 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    # No float field of a run has a use for nan or inf (a timeout of inf never fires, a weight of nan
+    # poisons every reward): refused everywhere.
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class RunSection(_Section):
@@ -46,6 +50,7 @@ class RunSection(_Section):
     seed: int = Field(0, ge=0, description="Master seed: sampling, evolve requests and per-request generation seeds derive from it.")
     iterations: int = Field(2, ge=1, description="Number of self-play iterations to run (iteration 0 is the seed buffer and initial policy).")
     dir: str | None = Field(None, description="Run directory (local path or shared-storage path). Default: runs/<name>.")
+    max_iterations_without_pairs: int = Field(3, ge=1, description="Stop the run (exit 2, resumable) after this many consecutive iterations built no preference pair (all n responses of every prompt scored alike, or margins at most solver.min_margin): it would go on training nothing. Change what starves it (solver.min_margin, solver.n_responses, solver.temperature, the reward) or raise this, then continue.")
     baseline: bool = Field(False, description="The fixed-prompt baseline (plain iterative DPO: no estimate, sample, evolve or mix) for A/B comparisons at equal budget; `eva run --baseline` sets it. Part of the run's identity: a run never switches loops.")
 
     @model_validator(mode="after")
@@ -271,7 +276,22 @@ class RewardSection(_Section):
                 )
             if SCORER_KINDS[spec.kind].function and not (spec.function or self.function):
                 raise ValueError(f"{where + ': ' if where else ''}kind={spec.kind} needs `function: module:function`")
+        if self.kind == "combined":
+            total = sum(c.weight for c in self.components)
+            if not total > 0:  # all zero: every reward is 0, no pair ever forms; negative: the scale flips
+                weights = ", ".join(f"{c.kind} {c.weight:g}" for c in self.components)
+                raise ValueError(f"components: the weights ({weights}) sum to {total:g}; they must sum to a positive number")
         return self
+
+    def functions(self) -> list[tuple[str, str]]:
+        """(field, module:function) of every user function the reward calls."""
+        specs = [(f"components.{i}", c) for i, c in enumerate(self.components)] if self.kind == "combined" else [("", ScorerSpec(kind=self.kind))]
+        out = []
+        for where, spec in specs:
+            if SCORER_KINDS[spec.kind].function:
+                field = f"reward.{where}.function" if spec.function else "reward.function"
+                out.append((field, spec.function or self.function))
+        return out
 
 
 class ActorResources(_Section):
@@ -325,6 +345,17 @@ class RunConfig(_Section):
             )
         if has_task and self.prompts.path != PromptsSection().path:
             raise ValueError("prompts.path is for free-text prompts; with task.family set the seeds are generated, or read from task.problems")
+        return self
+
+    @model_validator(mode="after")
+    def _responses_fit(self) -> RunConfig:
+        # the engines left-truncate a prompt to make room for the new tokens; with none left there is nothing to keep
+        for field, tokens in (("solver.max_new_tokens", self.solver.max_new_tokens), ("creator.max_new_tokens", self.creator.max_new_tokens)):
+            if tokens >= self.model.max_model_len:
+                raise ValueError(
+                    f"{field} ({tokens}) must be below model.max_model_len ({self.model.max_model_len}): prompt and "
+                    "response share the engine's context, and no prompt token would fit"
+                )
         return self
 
     @model_validator(mode="after")

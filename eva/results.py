@@ -56,6 +56,11 @@ class RolloutStats:
         }
 
 
+class TrainingDivergedError(RuntimeError):
+    """A training round ended with a non-finite loss or non-finite weights: the trainer raises it
+    instead of returning, so the iteration's policy is never saved, synced or committed."""
+
+
 @dataclass(frozen=True, slots=True)
 class TrainResult:
     """One training round as the iteration records it: steps, mean loss, TRL's reward accuracy, and

@@ -15,8 +15,11 @@ a weight means "share of a [0, 1] reward":
 
 from __future__ import annotations
 
+import importlib
 import math
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 UnitMap = Callable[[float, float, float], float]  # (raw, lo, hi) -> [0, 1]; nan stays nan
@@ -87,3 +90,37 @@ def to_unit(name: str, raw: float, lo: float = 0.0, hi: float = 1.0) -> float:
     table (a scorer made up in a test or by a user) maps linearly."""
     kind = SCORER_KINDS.get(name)
     return (kind.unit if kind else linear_unit)(raw, lo, hi)
+
+
+def load_function(spec: str) -> Callable[[list[str], list[str]], Sequence[float]]:
+    """Import `module:function` (kind=function). This executes user code: the module's import here,
+    every call in the reward actor. ValueError says what is wrong with `spec`."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"reward function {spec!r}: expected 'module:function', e.g. my_rewards:exact_match")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # any import-time failure is the user's module, say so
+        raise ValueError(f"reward function {spec!r}: cannot import module {module_name!r}: {type(e).__name__}: {e}") from e
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"reward function {spec!r}: module {module_name!r} has no callable {attr!r}")
+    return fn
+
+
+def check_functions(functions: Sequence[tuple[str, str]]) -> None:
+    """Import every (field, module:function) a run's reward will call, before anything starts: a
+    typo fails now, naming the field, not minutes later in the reward actor. The current folder is
+    searched too, as it is for the actors Ray starts from here."""
+    added = os.getcwd() not in sys.path
+    if added:
+        sys.path.append(os.getcwd())
+    try:
+        for field, spec in functions:
+            try:
+                load_function(spec)
+            except ValueError as e:
+                raise ValueError(f"{field}: {e}") from None
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())

@@ -2,13 +2,20 @@
 
 Mistakes a user can make (a bad config, a missing file, a run directory that does not match) end
 with one clear line naming the problem and exit code 2, never a traceback, and never touch what is
-already committed in a run directory.
+already committed in a run directory: everything that can be checked is checked before anything is
+written or Ray starts (config, reward functions, seed prompts, the run directory itself).
+
+Writers of a run directory (run, resume, eval) hold its lock (eva.runlock) while they work; a
+second writer gets exit 2 naming the holder. Readers (status, inspect, diff, export, report) take
+no lock; export and report never write into a run directory except report's own `<run>/report/`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shlex
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -18,10 +25,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from eva.buffer import PromptBuffer
-from eva.checkpoint import RunDir, RunDirError
+from eva.atomic import atomic_path
+from eva.buffer import PromptBuffer, load_seed_prompts
+from eva.checkpoint import CorruptCheckpointError, RunDir, RunDirError, check_writable, find_run_dir
 from eva.config import ConfigError, RunConfig, config_from_dict, load_config
 from eva.iteration import PAIRS
+from eva.runlock import RunLockedError, read_holder
+from eva.scorers import check_functions
 from eva.metrics import informativeness
 from eva.tables import DataError
 from eva.types import IterationMetrics
@@ -32,7 +42,7 @@ app.add_typer(model_app, name="model")
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, RunDirError, DataError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, RunDirError, DataError, FileNotFoundError, RunLockedError)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -50,15 +60,49 @@ def _reading(rd: RunDir):
         _fail(f"{rd.root}: {e}" if str(rd.root) not in str(e) else str(e))
 
 
+@contextmanager
+def _writing(rd: RunDir):
+    """Hold the run directory's writer lock while the block runs (exit 2 naming the holder if another
+    process has it); a lock left by a dead process is taken over, and that is said and logged."""
+    lock = rd.lock(shlex.join(["eva", *sys.argv[1:]]))
+    try:
+        lock.acquire()
+    except (RunLockedError, OSError) as e:
+        _fail(str(e))
+    try:
+        if (message := lock.takeover_message()) is not None:
+            err.print(f"[yellow]note:[/] {message}")
+            rd.log_event("lock_taken_over", holder=vars(lock.taken_over))
+        yield
+    finally:
+        lock.release()
+
+
+def _check_inputs(cfg: RunConfig, rd: RunDir) -> None:
+    """What `run`/`resume` check before they write anything or start Ray: the reward's user functions
+    import, the run directory is writable, and the seed prompts load (while iteration 0 is not
+    committed yet: afterwards they live in the run). Raises the user-error types."""
+    try:
+        check_functions(cfg.reward.functions())
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    check_writable(rd.root)
+    if not rd.committed(0):
+        load_seed_prompts(cfg.prompts.path, cfg.prompts.column, cfg.prompts.limit)
+
+
 def _user_errors():
     """Exception types that mean bad input (exit 2), including the actor layer's, imported lazily."""
     from actors.models import ModelError
+    from eva.results import TrainingDivergedError
 
     try:
         from actors.cluster import ClusterError
     except Exception:  # the actor layer may not import (e.g. vllm missing): still report clearly
         ClusterError = ModelError  # noqa: N806
-    return (*USER_ERRORS, ModelError, ClusterError)
+    from pipelines.loop import RunStalled
+
+    return (*USER_ERRORS, ModelError, ClusterError, TrainingDivergedError, RunStalled)
 
 
 class Reporter:
@@ -135,11 +179,21 @@ def run(
     try:
         cfg = load_config(config, _overrides(set_, run_dir, iterations, baseline), preset=preset)
         rd = RunDir(cfg.run.run_dir)
-        rd.init(cfg, allow_changes=allow_change)
+        if foreign := rd.foreign_entries():
+            raise RunDirError(
+                f"{rd.root} exists and is not a run directory (no run.yaml; it holds {', '.join(foreign[:5])}"
+                f"{', ...' if len(foreign) > 5 else ''}): give a new or empty folder as --run-dir (run.dir)"
+            )
+        _check_inputs(cfg, rd)
     except USER_ERRORS as e:
         _fail(str(e))
-    console.print(f"run directory: {rd.root}  (model {cfg.model.path}, {cfg.run.iterations} iterations{', baseline' if cfg.run.baseline else ''})")
-    _run(cfg, rd)
+    with _writing(rd):
+        try:
+            rd.init(cfg, allow_changes=allow_change)
+        except USER_ERRORS as e:
+            _fail(str(e))
+        console.print(f"run directory: {rd.root}  (model {cfg.model.path}, {cfg.run.iterations} iterations{', baseline' if cfg.run.baseline else ''})")
+        _run(cfg, rd)
 
 
 @app.command()
@@ -154,13 +208,18 @@ def resume(
         data = rd.config().to_dict()
         data["run"].update({"dir": str(run_dir), **({"iterations": iterations} if iterations is not None else {})})
         cfg = config_from_dict(data, str(rd.config_path))
-        problems = rd.verify_all()
-        if problems:
-            _fail(f"{run_dir}: committed iterations fail verification (restore the files or start a new run):\n  " + "\n  ".join(problems))
-        rd.init(cfg)
+        _check_inputs(cfg, rd)
     except USER_ERRORS as e:
         _fail(str(e))
-    _run(cfg, rd)
+    with _writing(rd):
+        try:
+            problems = rd.verify_all()  # what resume continues from, up to the highest MANIFEST
+            if problems:
+                _fail(f"{run_dir}: committed iterations fail verification (restore the files or start a new run):\n  " + "\n  ".join(problems))
+            rd.init(cfg)
+        except USER_ERRORS as e:
+            _fail(str(e))
+        _run(cfg, rd)
 
 
 def _open(run_dir: Path) -> RunDir:
@@ -210,6 +269,8 @@ def _status(rd: RunDir) -> None:
     console.print(table)
     latest = max(_committed(rd), default=None)
     incomplete = rd.incomplete()
+    if _print_writer(rd) or _print_damage(rd):
+        return
     if incomplete:
         t = incomplete[-1]
         done = rd.stages_done(t)
@@ -218,6 +279,39 @@ def _status(rd: RunDir) -> None:
         console.print(f"{latest}/{cfg.run.iterations} iterations committed; continue with: eva resume {rd.root}")
     else:
         console.print(f"complete: {latest} iterations committed")
+
+
+def _print_writer(rd: RunDir) -> bool:
+    """Who holds (or last held) the run directory's writer lock, when a lock file is there; True when
+    that process runs now (on this host: a process on another host is shown, not known)."""
+    holder = read_holder(rd.root)
+    if holder is None:
+        return False
+    alive = holder.alive()
+    if alive:
+        console.print(f"running: {holder.describe()}", markup=False)
+    elif alive is None:
+        console.print(f"writer: {holder.describe()}, on another host: running, unless it died without releasing the lock", markup=False)
+    else:
+        console.print(f"last writer: {holder.describe()}, gone without releasing the lock (the next writer takes it over)", markup=False)
+    return bool(alive)
+
+
+def _print_damage(rd: RunDir) -> bool:
+    """Say what `eva resume` would refuse (a committed iteration with a missing or unreadable
+    MANIFEST.json, LATEST or file; checked by size here, resume also checks sha256) and what to do."""
+    try:
+        problems = rd.verify_all(hashes=False)
+    except CorruptCheckpointError as e:
+        problems = [str(e)]
+    if not problems:
+        return False
+    console.print(
+        "[bold red]damaged:[/] `eva resume` will refuse this run until the committed iterations verify:\n  " + "\n  ".join(problems)
+        + "\nRestore the named files from a backup or a copy of the run directory (they are listed, with sha256, in each "
+        "iteration's MANIFEST.json); if they cannot be restored, start a new run directory."
+    )
+    return True
 
 
 def _fmt(x) -> str:
@@ -244,7 +338,7 @@ def _buffer(rd: RunDir, iteration: Optional[int]) -> tuple[int, PromptBuffer]:
 def inspect(
     run_dir: Path = typer.Argument(..., help="Run directory."),
     iteration: Optional[int] = typer.Option(None, "--iteration", help="Iteration (default: latest committed)."),
-    top: int = typer.Option(20, "--top", help="Rows to show."),
+    top: int = typer.Option(20, "--top", min=1, help="Rows to show."),
     sort: str = typer.Option("informativeness", "--sort", help="informativeness | reward | depth"),
     lineage: Optional[str] = typer.Option(None, "--lineage", help="Print the ancestry chain of this prompt id."),
 ) -> None:
@@ -349,6 +443,10 @@ def export(
         _fail(f"--what must be prompts or pairs, got {what!r}")
     if out.suffix.lower() not in (".jsonl", ".parquet"):
         _fail(f"--out {out}: use a .jsonl or .parquet file name")
+    if (inside := find_run_dir(out)) is not None:
+        _fail(f"--out {out} is inside the run directory {inside.root}: export writes outside run directories (they hold only what their runs commit)")
+    if out.is_dir():
+        _fail(f"--out {out} is a folder: give a file name")
     with _reading(rd):
         _export(rd, iteration, what, out)
 
@@ -371,13 +469,14 @@ def _export(rd: RunDir, iteration: Optional[int], what: str, out: Path) -> None:
         ]
         table = pa.Table.from_pylist(rows) if rows else pa.table({k: [] for k in ("prompt", "chosen", "rejected")})
     suffix = out.suffix.lower()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".parquet":
-        pq.write_table(table, out)
-    else:
-        with open(out, "w", encoding="utf-8") as f:
-            for row in table.to_pylist():
-                f.write(json.dumps(_json_safe(row), ensure_ascii=False, allow_nan=False, default=str) + "\n")
+    with atomic_path(out) as tmp:  # a reader of `out` never sees half an export, nor an interrupted one
+        if suffix == ".parquet":
+            pq.write_table(table, tmp)
+        else:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for row in table.to_pylist():
+                    f.write(json.dumps(_json_safe(row), ensure_ascii=False, allow_nan=False, default=str) + "\n")
+        tmp.chmod(0o644)  # an export is meant to be shared (temp files are created 0600)
     console.print(f"wrote {table.num_rows} {what} of iteration {t} to {out}")
 
 
@@ -400,16 +499,17 @@ def eval_(
     problems: Optional[Path] = typer.Option(None, "--problems", help="Task runs: held-out problems as JSONL ({prompt, meta} per line); default: the run's held-out set (task.eval_levels, task.eval_per_level)."),
     iteration: Optional[List[int]] = typer.Option(None, "--iteration", help="Iteration whose policy to evaluate (default: latest committed); task runs: repeat it for several, e.g. an accuracy curve."),
     column: str = typer.Option("prompt", "--column", help="Column holding the prompt text."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N prompts."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N prompts."),
 ) -> None:
     """Held-out evaluation of an iteration's policy against the initial policy: win rate and mean reward
     under the run's scorer, or, for a task family, greedy exact-match accuracy per difficulty level."""
     from pipelines.evaluate import evaluate, evaluate_task
 
     rd = _open(run_dir)
-    picked = [_committed_iteration(rd, i) for i in (iteration or [None])]
-    t = picked[-1]
-    cfg = rd.config()
+    with _reading(rd):
+        picked = [_committed_iteration(rd, i) for i in (iteration or [None])]
+        t = picked[-1]
+        cfg = rd.config()
     if len(picked) > 1 and cfg.task.family is None:
         _fail("--iteration: give one iteration for a free-text run (several are for task runs)")
     if cfg.task.family is None and prompts is None:
@@ -417,14 +517,19 @@ def eval_(
     if cfg.task.family is not None and prompts is not None:
         _fail(f"--prompts: {rd.root} is a task run ({cfg.task.family}); give held-out problems with --problems, or none for its held-out set")
     try:
-        if cfg.task.family is not None:
-            results = evaluate_task(cfg, rd, sorted({0, *picked}), str(problems) if problems else None, limit)
-            for i in sorted(set(picked)):
-                _print_task_eval(results[i])
-            return
-        result = evaluate(cfg, rd, t, str(prompts), column, limit)
-    except _user_errors() as e:
+        check_functions(cfg.reward.functions())
+    except ValueError as e:
         _fail(str(e))
+    with _writing(rd):  # writes eval/ and events.jsonl
+        try:
+            if cfg.task.family is not None:
+                results = evaluate_task(cfg, rd, sorted({0, *picked}), str(problems) if problems else None, limit)
+                for i in sorted(set(picked)):
+                    _print_task_eval(results[i])
+                return
+            result = evaluate(cfg, rd, t, str(prompts), column, limit)
+        except _user_errors() as e:
+            _fail(str(e))
     console.print(
         f"iteration {t} vs initial on {result['n']} prompts: win rate {result['win_rate']:.3f} (± {result['win_rate_se']:.3f}), "
         f"mean reward {result['mean_reward']:.4f} vs {result['mean_reward_initial']:.4f}  -> {result['path']}"
@@ -456,6 +561,12 @@ def report(
     from pipelines.report import build_report
 
     rd = _open(run_dir)
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            _fail(f"--out {out} is an existing file: give a folder (the report is written as FOLDER/index.html)")
+        inside = find_run_dir(out / "index.html")
+        if inside is not None and not (out.resolve() / "index.html").is_relative_to(inside.root / "report"):
+            _fail(f"--out {out} is inside the run directory {inside.root}: a report goes to its own report/ folder (the default) or outside run directories")
     try:
         path = build_report(rd.root, out, table_iteration=iteration, diff=diff, top_k=top, max_rows=max_rows, open_browser=open_)
     except USER_ERRORS as e:

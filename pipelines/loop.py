@@ -32,7 +32,7 @@ from actors.creator import evolve_prompts
 from actors.engine import SamplingSpec
 from actors.models import resolve_model_path
 from actors.rollout import rollout
-from eva.atomic import fsync_dir
+from eva.atomic import atomic_folder
 from eva.buffer import PromptBuffer, load_seed_prompts
 from eva.checkpoint import CorruptCheckpointError, RunDir
 from eva.config import RunConfig, flatten
@@ -42,6 +42,7 @@ from eva.results import (
     GENERATING_STAGES,
     IterationResults,
     RolloutStats,
+    TrainingDivergedError,
     TrainResult,
     filter_report_from_marker,
     iteration_metrics,
@@ -58,6 +59,11 @@ BASELINE_STAGES = ("solve", "pairs", "train", "commit")
 
 class Interrupted(Exception):
     """Ctrl-C arrived; the loop stopped at a safe point and the run is resumable."""
+
+
+class RunStalled(Exception):
+    """Too many iterations in a row built no preference pair (run.max_iterations_without_pairs): the
+    loop stops after committing the last of them; the message says what to change. Resumable."""
 
 
 class Reporter(Protocol):
@@ -110,7 +116,7 @@ def stage(ctx: Ctx, t: int, name: str) -> Iterator[dict[str, Any]]:
     t0 = time.perf_counter()
     yield counts
     seconds = time.perf_counter() - t0
-    ctx.run.mark_stage(t, name, {**counts, "seconds": seconds})
+    ctx.run.mark_stage(t, name, {**counts, "seconds": seconds}, config_hash=ctx.cfg.fingerprint())
     ctx.run.log_event("stage_end", iteration=t, stage=name, seconds=round(seconds, 3), counts=counts)
     shown = ", ".join(f"{k}={v}" for k, v in counts.items() if not isinstance(v, (dict, list)))
     ctx.report(f"[{t}] {name:<8} {seconds:7.1f}s  {shown}")
@@ -279,7 +285,12 @@ def train(ctx: Ctx, t: int, built: list[PreferencePair]) -> TrainResult:
         sync_engines(ctx, t, from_path=str(policy_dir))
         return TrainResult.from_marker(done)
     with stage(ctx, t, "train") as counts:
-        result = wait_training(ctx, t, trainer.train.remote(built, t))  # no pairs: pi_t = pi_{t-1}, steps 0
+        try:
+            result = wait_training(ctx, t, trainer.train.remote(built, t))  # no pairs: pi_t = pi_{t-1}, steps 0
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, TrainingDivergedError):  # the actor's message, without Ray's wrapping and remote traceback
+                raise TrainingDivergedError(str(e.cause)) from None
+            raise
         counts.update({k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         if not built:
             counts["skipped"] = "no pairs"
@@ -361,12 +372,23 @@ def log_scalars(writer, t: int, metrics: dict) -> None:
 # --- iterations -----------------------------------------------------------------------------------
 
 
+def redo_stale_stages(ctx: Ctx, t: int) -> list[str]:
+    """Drop the markers of stages of iteration t that finished under another config (before an
+    `--allow-change`) and of every stage after them, so they run again under this one; says so."""
+    redo = ctx.run.stale_stages(t, ctx.cfg.fingerprint())
+    if redo:
+        ctx.run.drop_stages(t, redo)
+        ctx.report(f"[{t}] stages {', '.join(redo)} ran under a different config (changed with --allow-change): redoing them")
+    return redo
+
+
 def run_iteration(ctx: Ctx, t: int) -> IterationMetrics:
     """One iteration of Algorithm 1 (or of the baseline), resuming from its finished stages."""
     ctx.started = time.time()
     ctx.actors.drain_busy(ctx.timeout)  # spans from before this iteration (actor start-up, an earlier resume) are not its work
     prev = ctx.run.iteration(t - 1)
     buffer = prev.buffer()
+    redo_stale_stages(ctx, t)
     if ctx.engines_hold != t - 1 and not ctx.run.stage_done(t, "train"):
         raise RuntimeError(f"engines serve the policy of iteration {ctx.engines_hold}, iteration {t} needs {t - 1}")
     estimated: list[ScoredPrompt] = []
@@ -400,6 +422,30 @@ def run_iteration(ctx: Ctx, t: int) -> IterationMetrics:
     return commit(ctx, t, buffer, results, t_commit)
 
 
+def pairless_streak(run: RunDir, t: int) -> int:
+    """How many committed iterations up to t, counting back from t, built no preference pair."""
+    streak = 0
+    while t - streak >= 1 and run.iteration(t - streak).metrics().num_pairs == 0:
+        streak += 1
+    return streak
+
+
+def check_not_stalled(run: RunDir, t: int, cfg: RunConfig) -> None:
+    """Raise RunStalled when the last run.max_iterations_without_pairs committed iterations up to t built no pair."""
+    streak, limit = pairless_streak(run, t), cfg.run.max_iterations_without_pairs
+    if streak < limit:
+        return
+    run.log_event("stalled", iteration=t, iterations_without_pairs=streak)
+    raise RunStalled(
+        f"iterations {t - streak + 1}-{t} built no preference pair ({streak} in a row; run.max_iterations_without_pairs is {limit}): "
+        f"every prompt's {cfg.solver.n_responses} responses scored alike, or their margins were at most solver.min_margin "
+        f"({cfg.solver.min_margin:g}), so nothing was trained. The run stopped with iteration {t} committed. Change what starves "
+        "it (a lower solver.min_margin, more solver.n_responses, a higher solver.temperature, a finer reward) with "
+        f"`eva run CONFIG --run-dir {run.root} --allow-change FIELD --set FIELD=VALUE`, or raise run.max_iterations_without_pairs "
+        f"the same way; `eva resume {run.root}` continues as it is and stops again after the next iteration without pairs"
+    )
+
+
 def init_iteration_zero(cfg: RunConfig, run: RunDir, policy_path: str) -> None:
     """Iteration 0: the seed buffer and the initial policy, committed like any other iteration."""
     if run.committed(0):
@@ -413,13 +459,9 @@ def init_iteration_zero(cfg: RunConfig, run: RunDir, policy_path: str) -> None:
         seeds = load_seed_prompts(cfg.prompts.path, cfg.prompts.column, cfg.prompts.limit)
     folder.write_buffer(PromptBuffer.from_prompts(seeds))
     folder.write_train_ids([p.id for p in seeds])
-    target = folder.policy
-    if not target.exists():
-        tmp = folder.path / f".{target.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(policy_path, tmp, ignore=shutil.ignore_patterns("EVA_SOURCE", ".*"))
-        tmp.rename(target)
-        fsync_dir(folder.path)
+    if not folder.policy.exists():  # a copy fsynced before and after its rename (eva.atomic); a killed copy's temp folder goes at commit
+        with atomic_folder(folder.policy) as tmp:
+            shutil.copytree(policy_path, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("EVA_SOURCE", ".*"))
     folder.write_metrics(IterationMetrics(iteration=0, buffer_size=len(seeds)))
     run.commit(0)
     run.log_event("init", seeds=len(seeds), policy=policy_path)
@@ -432,7 +474,9 @@ def run_loop(cfg: RunConfig, run: RunDir, report: Reporter) -> int:
         raise CorruptCheckpointError(f"{run.root}: committed iterations fail verification:\n  " + "\n  ".join(problems), problems)
     initial = resolve_model_path(cfg.model.path)
     init_iteration_zero(cfg, run, initial)
-    last = max(t for t in run.iterations() if run.committed(t))
+    run.sync_latest()  # a kill between an iteration's MANIFEST and LATEST: it is committed (and verified above)
+    last = run.last_committed()
+    assert last is not None  # iteration 0 is committed now
     if last >= cfg.run.iterations:
         report(f"nothing to do: {last} iterations committed (run.iterations = {cfg.run.iterations})")
         return last
@@ -460,6 +504,8 @@ def run_loop(cfg: RunConfig, run: RunDir, report: Reporter) -> int:
             run_iteration(ctx, t)
             run.log_event("iteration_end", iteration=t, seconds=round(time.perf_counter() - t_iter, 2))
             last = t
+            if t < cfg.run.iterations:
+                check_not_stalled(run, t, cfg)
     finally:
         signal.signal(signal.SIGINT, previous)
         actors.shutdown()

@@ -9,6 +9,7 @@ talks to the cluster's job API, waiting out a head whose job agent is still star
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -26,6 +27,18 @@ AGENT_POLL_S = 3.0
 # Names of environment variables that hold secrets: never put into a job's runtime_env (the dashboard
 # and `ray job` show it), run.yaml or events.jsonl. Secrets reach actors from the nodes' environment.
 SECRET_SUFFIXES = ("_TOKEN", "_KEY", "_SECRET", "_PASSWORD", "_CREDENTIALS")
+# Values that are credentials whatever the variable is called: what they look like, as the providers
+# format them (a name like HF=... or URL=... would slip past SECRET_SUFFIXES).
+SECRET_VALUES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("a URL with a password", re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@")),
+    ("an AWS access key id", re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")),
+    ("an API token (sk-...)", re.compile(r"\bsk-[A-Za-z0-9_-]{16,}")),
+    ("a Hugging Face token", re.compile(r"\bhf_[A-Za-z0-9]{30,}")),
+    ("a GitHub token", re.compile(r"\b(gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})")),
+    ("a Slack token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}")),
+    ("a private key", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")),
+    ("a JSON web token", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+")),
+)
 
 
 class SubmitError(RuntimeError):
@@ -34,6 +47,11 @@ class SubmitError(RuntimeError):
 
 def is_secret_name(name: str) -> bool:
     return name.upper().endswith(SECRET_SUFFIXES)
+
+
+def secret_value_kind(value: str) -> str | None:
+    """What kind of credential `value` looks like (SECRET_VALUES), or None."""
+    return next((kind for kind, pattern in SECRET_VALUES if pattern.search(value)), None)
 
 
 def job_runtime_env(extra_env: list[str], working_dir: Path | None) -> dict:
@@ -47,6 +65,8 @@ def job_runtime_env(extra_env: list[str], working_dir: Path | None) -> dict:
             raise ValueError(f"--env {item!r}: expected KEY=VALUE")
         if is_secret_name(key):
             raise ValueError(f"--env {key}: secrets must not go into the job's runtime_env (visible in the dashboard and job API); set {key} in the nodes' environment (a Kubernetes Secret, the launcher's env)")
+        if (kind := secret_value_kind(value)) is not None:  # the value is not echoed: it is the secret
+            raise ValueError(f"--env {key}: the value looks like {kind}; secrets must not go into the job's runtime_env (visible in the dashboard and job API): set {key} in the nodes' environment (a Kubernetes Secret, the launcher's env)")
         env[key] = value
     runtime_env: dict = {"env_vars": env}
     if working_dir is not None:

@@ -31,6 +31,49 @@ def ray_session():
     ray.shutdown()
 
 
+class DurableWrites:
+    """Every os.fsync (by the path of its descriptor) and os.rename, in order (`durable_writes`)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def assert_folder(self, target) -> None:
+        """Every file and folder of `target` was fsynced under the temp name before the rename that
+        made it `target`, and the parent folder was fsynced after the rename."""
+        from pathlib import Path
+
+        from eva.atomic import is_temp_file
+
+        target = Path(target)
+        [at] = [i for i, e in enumerate(self.events) if e[0] == "rename" and e[2] == str(target)]
+        tmp = Path(self.events[at][1])
+        assert is_temp_file(tmp) and tmp.parent == target.parent
+        before = {e[1] for e in self.events[:at] if e[0] == "fsync"}
+        after = [e[1] for e in self.events[at + 1 :] if e[0] == "fsync"]
+        for path in [target, *target.rglob("*")]:
+            assert str(tmp / path.relative_to(target)) in before, f"{path} was not fsynced before the rename"
+        assert str(target.parent) in after, "the parent folder was not fsynced after the rename"
+
+
+@pytest.fixture
+def durable_writes(monkeypatch) -> DurableWrites:
+    """Records fsyncs and renames (os.fsync, os.rename patched) for tests of durable writes."""
+    journal = DurableWrites()
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        journal.events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(src, dst) -> None:
+        journal.events.append(("rename", str(src), str(dst)))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    return journal
+
+
 # Fixtures that load a real model, start Ray or run the CLI: a test that uses one is not a unit test.
 HEAVY_FIXTURES = frozenset({"tiny_model_path", "tiny_engine", "minilm", "ray_session", "eva", "reference_run", "reference_run_3"})
 

@@ -170,6 +170,101 @@ def test_save_crash_leaves_no_folder(tiny_model_path, tmp_path, monkeypatch):
     assert list(folder.parent.iterdir()) == []
 
 
+def test_save_refuses_to_replace_a_committed_policy(tiny_model_path, tmp_path):
+    from eva.checkpoint import MANIFEST
+
+    trainer = make(tiny_model_path, tmp_path)
+    folder = tmp_path / "iterations" / "0001" / "policy"
+    trainer.save(str(folder))
+    before = (folder / "model.safetensors").read_bytes()
+    (folder.parent / MANIFEST).write_text(json.dumps({"iteration": 1, "files": {}}))  # committed
+    trainer.train(PAIRS[:2], iteration=1)
+    with pytest.raises(RuntimeError, match="committed iteration: its policy/ is never replaced"):
+        trainer.save(str(folder))
+    assert (folder / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in folder.parent.iterdir()) == [MANIFEST, "policy"]
+
+
+def test_save_fsyncs_every_file_and_folder_before_the_rename(tiny_model_path, tmp_path, durable_writes):
+    trainer = make(tiny_model_path, tmp_path)
+    folder = tmp_path / "it" / "policy"
+    trainer.save(str(folder))
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
+    durable_writes.assert_folder(folder)
+
+
+def test_non_finite_training_fails_the_round_and_the_trainer(tiny_model_path, tmp_path):
+    from eva.results import TrainingDivergedError
+
+    trainer = make(tiny_model_path, tmp_path)
+    with torch.no_grad():
+        trainer.policy.model.norm.weight.fill_(float("nan"))  # every logit nan: so is every loss
+    with pytest.raises(TrainingDivergedError, match=r"iteration 1: training diverged: non-finite loss at step 1, 2, 3, 4 of 4; \d+ parameter tensors hold non-finite"):
+        trainer.train(PAIRS, iteration=1)
+    with pytest.raises(RuntimeError, match="unusable"):  # nothing of it can be saved or synced
+        trainer.save(str(tmp_path / "policy"))
+    with pytest.raises(RuntimeError, match="unusable"):
+        trainer.state_dict()
+    assert not (tmp_path / "policy").exists()
+    trainer.load(tiny_model_path)  # a policy from disk makes it usable again
+    assert trainer.train(PAIRS[:2], iteration=1)["steps"] == 1
+
+
+def test_divergence_names_steps_and_parameters():
+    from actors.trainer import _divergence
+
+    model = torch.nn.Linear(2, 2)
+    assert _divergence([0.7, 0.6], model) is None
+    with torch.no_grad():
+        model.bias[0] = float("inf")
+    assert _divergence([0.7, float("nan"), 0.5], model) == "non-finite loss at step 2 of 3; 1 parameter tensors hold non-finite values (bias)"
+
+
+@pytest.mark.parametrize("trl_seeds", [True, False], ids=["trl-seeds", "trl-does-not-seed"])
+def test_lora_adapter_depends_on_the_iteration_not_the_process_history(tiny_model_path, tmp_path, monkeypatch, trl_seeds):
+    """A resumed run's trainer drew other random numbers before (other rounds, another process):
+    round 2 on the same policy and pairs must still start from the same adapter and end identical.
+    TRL 1.16's DPOTrainer seeds (args.seed) before it builds the PEFT model; the trainer seeds itself
+    too, so this holds without that (trl-does-not-seed)."""
+    if not trl_seeds:
+        import trl.trainer.dpo_trainer
+
+        monkeypatch.setattr(trl.trainer.dpo_trainer, "set_seed", lambda seed: None)
+    first = make(tiny_model_path, tmp_path, finetune="lora", learning_rate=1e-2)
+    first.train(PAIRS, iteration=1)
+    saved = tmp_path / "iterations" / "0001" / "policy"
+    first.save(str(saved))
+    torch.manual_seed(123)  # whatever this process did before
+    first.train(PAIRS[:4], iteration=2)
+    resumed = PolicyTrainer(str(saved), tiny_model_path, solver(finetune="lora", learning_rate=1e-2), "float32", str(tmp_path / "w2"), seed=0)
+    torch.manual_seed(456)
+    torch.rand(1000)
+    resumed.train(PAIRS[:4], iteration=2)
+    a, b = first.state_dict(), resumed.state_dict()
+    assert not changed(a, b)
+    other_iteration = PolicyTrainer(str(saved), tiny_model_path, solver(finetune="lora", learning_rate=1e-2), "float32", str(tmp_path / "w3"), seed=0)
+    other_iteration.train(PAIRS[:4], iteration=3)  # another adapter init: the seed really is per iteration
+    assert changed(a, other_iteration.state_dict())
+
+
+def test_trust_remote_code_reaches_every_load(tiny_model_path, tmp_path, monkeypatch):
+    import transformers
+
+    seen = []
+    for cls in (transformers.AutoTokenizer, transformers.AutoModelForCausalLM):
+        real = cls.from_pretrained.__func__
+
+        def record(klass, path, *args, _real=real, **kwargs):
+            seen.append((klass.__name__, kwargs.get("trust_remote_code")))
+            return _real(klass, path, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(record))
+    trainer = PolicyTrainer(tiny_model_path, tiny_model_path, solver(reference="initial"), "float32", str(tmp_path / "w"), seed=0, trust_remote_code=True)
+    trainer.train(PAIRS[:2], iteration=1)  # loads the initial policy as the reference too
+    trainer.load(tiny_model_path)
+    assert seen == [("AutoTokenizer", True), ("AutoModelForCausalLM", True), ("AutoModelForCausalLM", True), ("AutoModelForCausalLM", True)]
+
+
 @pytest.mark.ray
 def test_trainer_actor_weights_reach_a_vllm_engine_actor(ray_session, tiny_model_path, tmp_path):
     """Trainer and engine in their own Ray actors: the state dict goes through the object store into

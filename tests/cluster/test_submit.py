@@ -35,6 +35,31 @@ def test_job_runtime_env_carries_actor_env_and_refuses_secrets(monkeypatch):
     assert is_secret_name("wandb_api_key") and not is_secret_name("TOKENIZERS_PARALLELISM")
 
 
+@pytest.mark.parametrize(
+    "value, kind",
+    [
+        ("postgres://eva:hunter2@db.internal:5432/runs", "a URL with a password"),
+        ("https://user:p%40ss@example.com/", "a URL with a password"),
+        ("AKIAIOSFODNN7EXAMPLE", "an AWS access key id"),
+        ("sk-proj-abcdefghijklmnopqrstuvwx", "an API token"),
+        ("hf_" + "a1B2c3D4e5" * 4, "a Hugging Face token"),
+        ("ghp_" + "x" * 36, "a GitHub token"),
+        ("xoxb-1234567890-abcdefghij", "a Slack token"),
+        ("-----BEGIN OPENSSH PRIVATE KEY-----\nabc", "a private key"),
+        ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.sig", "a JSON web token"),
+    ],
+)
+def test_env_values_that_look_like_credentials_are_refused_without_echoing_them(value, kind):
+    with pytest.raises(ValueError, match=f"--env DATABASE: the value looks like {kind}") as err:
+        job_runtime_env([f"DATABASE={value}"], None)
+    assert value not in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["https://example.com/data", "http://host:8265", "s3://bucket/path", "sk-short", "task-ask-1", "1", ""])
+def test_ordinary_env_values_pass(value):
+    assert job_runtime_env([f"SOME_SETTING={value}"], None)["env_vars"]["SOME_SETTING"] == value
+
+
 def test_actor_env_passes_through_only_what_is_set():
     assert actor_env({"PYTHONPATH": "", "HOME": "/root", "HF_TOKEN": "x"}) == ACTOR_ENV
     assert actor_env({"XDG_CACHE_HOME": "/x", "EVA_CACHE_DIR": "/c"}) == {**ACTOR_ENV, "XDG_CACHE_HOME": "/x", "EVA_CACHE_DIR": "/c"}

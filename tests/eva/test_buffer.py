@@ -332,3 +332,64 @@ def test_builtin_seed_prompts() -> None:
     assert len(prompts) >= 200
     assert len({p.id for p in prompts}) == len(prompts)
     assert len(load_seed_prompts("builtin:seed", "prompt", 10)) == 10
+
+
+# --- seed files that are not clean UTF-8 text ----------------------------------------------------
+
+
+def test_latin1_and_random_bytes_are_refused_naming_line_and_byte(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes('{"prompt": "ok"}\n{"prompt": "Caf\u00e9 au lait?"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1\.jsonl: line 2: not UTF-8 text \(byte 0xe9 at offset 32\)"):
+        load_seed_prompts(str(latin1), "prompt", None)
+    noise = tmp_path / "noise.jsonl"
+    noise.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(DataError, match=r"noise\.jsonl: line 2: not UTF-8 text \(byte 0x80 at offset 128\)"):
+        load_seed_prompts(str(noise), "prompt", None)
+
+
+def test_u2028_inside_a_json_string_is_one_record(tmp_path: Path) -> None:
+    path = tmp_path / "seps.jsonl"
+    texts = ["first\u2028line of one prompt", "second\u0085with NEL", "third\x1cwith FS"]
+    path.write_text("".join(json.dumps({"prompt": t}, ensure_ascii=False) + "\r\n" for t in texts), encoding="utf-8")
+    assert [p.text for p in load_seed_prompts(str(path), "prompt", None)] == texts
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ('{"prompt": "a\\u0000b"}', r"line 2: 'prompt': the text holds a NUL character \(U\+0000\) at position 1"),
+        ('{"prompt": "smile \\ud83d please"}', r"line 2: 'prompt': the text holds a lone surrogate '\\ud83d' at position 6"),
+    ],
+)
+def test_nul_and_lone_surrogates_are_refused(tmp_path: Path, record: str, message: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "fine"}\n' + record + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=message):
+        load_seed_prompts(str(path), "prompt", None)
+    assert [p.text for p in load_seed_prompts(str(path), "prompt", 1)] == ["fine"]  # reading stops before it
+    pair = tmp_path / "pair.jsonl"
+    pair.write_text('{"prompt": "smile \\ud83d\\ude00"}\n')  # both halves: one emoji, accepted
+    assert [p.text for p in load_seed_prompts(str(pair), "prompt")] == ["smile \U0001f600"]
+
+
+def test_multi_megabyte_prompts_are_refused_with_their_count(tmp_path: Path) -> None:
+    from eva.buffer import MAX_PROMPT_CHARS
+
+    path = tmp_path / "huge.jsonl"
+    rows = ["short one", "x" * (3 << 20), "short two", "y" * (MAX_PROMPT_CHARS + 1), "z" * MAX_PROMPT_CHARS]
+    path.write_text("".join(json.dumps({"prompt": r}) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"huge\.jsonl: 2 prompt\(s\) longer than 100,000 characters \(the longest, 3,145,728 characters, at line 2; the first at line 2\)"):
+        load_seed_prompts(str(path), "prompt", None)
+    assert len(load_seed_prompts(str(path), "prompt", 1)) == 1
+
+
+def test_damaged_parquet_data_is_a_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"prompt": [f"prompt number {i} " * 50 for i in range(200)]}), path, compression="none")
+    data = bytearray(path.read_bytes())
+    for i in range(100, len(data) // 2):  # the data pages, not the footer
+        data[i] = 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"p\.parquet: not a readable Parquet file"):
+        load_seed_prompts(str(path), "prompt", None)

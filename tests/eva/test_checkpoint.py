@@ -288,3 +288,135 @@ def test_torn_event_line_is_skipped_and_next_line_starts_fresh(run: RunDir) -> N
         f.write('{"kind": "tor')  # crash mid-append
     run.log_event("b")
     assert [e["kind"] for e in run.events()] == ["a", "b"]
+
+
+# --- leftovers of a killed policy save, verification beyond LATEST -------------------------------------
+
+
+def test_commit_removes_a_killed_saves_temp_folder_and_never_hashes_it(run: RunDir) -> None:
+    folder = _write_iteration(run, 1)
+    leftover = folder / ".policy.k3j2.tmp"  # what actors.trainer's save leaves when SIGKILLed mid-write
+    atomic_write_bytes(leftover / "model.safetensors", b"half a model")
+    atomic_write_text(leftover / "sub" / "config.json", "{}")
+    (folder / "stages").mkdir()
+    (folder / "stages" / ".train.done.x1.tmp").write_text("torn")
+    manifest = run.commit(1)
+    assert sorted(manifest["files"]) == ["metrics.json", "policy/config.json", "policy/model.safetensors", "prompts.parquet"]
+    assert not leftover.exists() and not (folder / "stages" / ".train.done.x1.tmp").exists()
+    event = [e for e in run.events() if e["kind"] == "temp_leftovers_removed"][-1]
+    assert sorted(event["paths"]) == ["iterations/0001/.policy.k3j2.tmp", "iterations/0001/stages/.train.done.x1.tmp"]
+    assert run.verify(1) == []
+
+
+def test_prune_drops_temp_folders_an_older_eva_committed(run: RunDir) -> None:
+    for t in range(3):
+        _write_iteration(run, t)
+        run.commit(t)
+    folder = run.iteration_dir(1)  # as an eva before the fix committed it: the temp folder in the manifest
+    atomic_write_bytes(folder / ".policy.old.tmp" / "model.safetensors", b"weights")
+    manifest = run.manifest(1)
+    manifest["files"][".policy.old.tmp/model.safetensors"] = {"size": 7, "sha256": "x"}
+    atomic_write_json(folder / MANIFEST, manifest)
+    assert run.prune_policies(1) == [1]
+    assert not (folder / ".policy.old.tmp").exists() and not (folder / "policy").exists()
+    assert ".policy.old.tmp/model.safetensors" in run.manifest(1)["pruned"]
+    assert run.verify_all() == []
+
+
+def test_verify_all_covers_an_iteration_committed_after_latest(run: RunDir) -> None:
+    """A kill between MANIFEST.json and LATEST: resume continues from the MANIFEST, so verify it."""
+    for t in range(3):
+        _write_iteration(run, t)
+        run.commit(t)
+    atomic_write_text(run.latest_path, "1\n")  # as if killed before LATEST moved to 2
+    (run.iteration_dir(2) / "prompts.parquet").write_bytes(b"damaged")
+    assert run.last_committed() == 2 and run.latest() == 1
+    assert run.verify_all() == ["iterations/0002/prompts.parquet: size mismatch (manifest 120 bytes, found 7)"]
+    assert run.verify_all(hashes=False) == run.verify_all()
+
+
+def test_verify_all_names_a_gap_below_the_highest_manifest(run: RunDir) -> None:
+    for t in range(3):
+        _write_iteration(run, t)
+        run.commit(t)
+    (run.iteration_dir(1) / MANIFEST).write_text("{garbled")
+    atomic_write_text(run.latest_path, "0\n")
+    assert run.verify_all() == ["iterations/0001/MANIFEST.json: missing or invalid: iteration 1 is not committed"]
+
+
+def test_sync_latest_moves_latest_to_the_highest_manifest(run: RunDir) -> None:
+    for t in range(2):
+        _write_iteration(run, t)
+        run.commit(t)
+    atomic_write_text(run.latest_path, "0\n")
+    assert run.sync_latest() == 1 and run.latest() == 1
+    assert [e for e in run.events() if e["kind"] == "latest_repaired"][-1]["old"] == 0
+    assert run.sync_latest() == 1
+
+
+def test_verify_without_hashes_misses_only_same_size_damage(run: RunDir) -> None:
+    folder = _write_iteration(run, 0)
+    run.commit(0)
+    data = bytearray((folder / "prompts.parquet").read_bytes())
+    data[0] ^= 1
+    (folder / "prompts.parquet").write_bytes(bytes(data))
+    assert run.verify(0, hashes=False) == [] and run.verify(0) == ["iterations/0000/prompts.parquet: sha256 mismatch"]
+
+
+def test_is_committed_and_find_run_dir(run: RunDir, tmp_path: Path) -> None:
+    from eva.checkpoint import find_run_dir, is_committed
+
+    folder = _write_iteration(run, 0)
+    assert not is_committed(folder)
+    run.commit(0)
+    assert is_committed(folder)
+    assert find_run_dir(folder / "policy" / "x.parquet").root == run.root.resolve()
+    assert find_run_dir(run.root / "new" / "deeper" / "out.jsonl").root == run.root.resolve()
+    assert find_run_dir(tmp_path / "elsewhere" / "out.jsonl") is None
+    (tmp_path / "cfgs").mkdir()
+    (tmp_path / "cfgs" / "run.yaml").write_text("run: {}")  # a config file is not a run directory
+    assert find_run_dir(tmp_path / "cfgs" / "out.jsonl") is None
+
+
+def test_foreign_entries_of_a_folder_that_is_not_a_run_directory(tmp_path: Path) -> None:
+    assert RunDir(tmp_path / "missing").foreign_entries() == []
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_text("mine")
+    (tmp_path / "data" / "run.lock").write_text("")
+    assert RunDir(tmp_path / "data").foreign_entries() == ["notes.txt"]
+    run = RunDir(tmp_path / "r")
+    run.init(_config())
+    assert run.foreign_entries() == [] and run.is_run_dir()
+
+
+# --- stage markers record the config they ran under ------------------------------------------------------
+
+
+def test_stages_run_under_another_config_are_stale_with_everything_after_them(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    old, new = _config(), _config(solver={"beta": 0.2})
+    run.init(old)
+    run.mark_stage(1, "estimate", config_hash=old.fingerprint())
+    run.mark_stage(1, "sample", config_hash=old.fingerprint())
+    run.mark_stage(1, "evolve", config_hash=old.fingerprint())
+    assert run.stale_stages(1, old.fingerprint()) == []
+    assert run.stale_stages(1, new.fingerprint()) == ["estimate", "sample", "evolve"]
+    run.init(new, allow_changes=["solver.beta"])
+    run.drop_stages(1, run.stale_stages(1, new.fingerprint()))
+    assert run.stages_done(1) == []
+    assert [e for e in run.events() if e["kind"] == "stages_dropped"][-1]["stages"] == ["estimate", "sample", "evolve"]
+    # redone under the new config, then changed back to the old one for the later stages
+    run.mark_stage(1, "estimate", config_hash=new.fingerprint())
+    run.mark_stage(1, "sample", config_hash=old.fingerprint())
+    run.mark_stage(1, "evolve", config_hash=new.fingerprint())
+    assert run.stale_stages(1, new.fingerprint()) == ["sample", "evolve"]  # evolve read sample's output
+    assert json.loads((run.iteration_dir(1) / "stages" / "sample.done").read_text())["config_hash"] == old.fingerprint()
+
+
+def test_markers_without_a_fingerprint_count_as_current(run: RunDir) -> None:
+    run.mark_stage(1, "estimate")  # as written by an eva that did not record the config
+    assert run.stale_stages(1, "anything") == []
+    _write_iteration(run, 1)
+    run.commit(1)
+    with pytest.raises(RunDirError, match="committed"):
+        run.drop_stages(1, ["estimate"])

@@ -32,3 +32,18 @@ def test_unit_maps_by_hand():
     assert to_unit("reward_model", 0.0, 5.0, 9.0) == 0.5  # sigmoid: lo/hi do not matter
     assert to_unit("judge", 9.0, 1.0, 9.0) == 1.0 and to_unit("function", 0.25) == 0.25
     assert to_unit("made-up", 3.0, 2.0, 4.0) == 0.5  # outside the table: linear
+
+
+def test_check_functions_imports_each_and_names_the_field(tmp_path, monkeypatch):
+    from eva.scorers import check_functions
+
+    (tmp_path / "my_rewards_mod.py").write_text("def exact(prompts, responses):\n    return [1.0] * len(prompts)\nNOT_CALLABLE = 3\n")
+    monkeypatch.chdir(tmp_path)  # the current folder is searched, as Ray's workers started from here do
+    check_functions([("reward.function", "my_rewards_mod:exact")])
+    with pytest.raises(ValueError, match=r"^reward\.function: reward function 'no_such_mod:f': cannot import module 'no_such_mod': ModuleNotFoundError"):
+        check_functions([("reward.function", "no_such_mod:f")])
+    with pytest.raises(ValueError, match=r"^reward\.components\.1\.function: .*has no callable 'NOT_CALLABLE'"):
+        check_functions([("reward.components.1.function", "my_rewards_mod:NOT_CALLABLE")])
+    with pytest.raises(ValueError, match="expected 'module:function'"):
+        check_functions([("reward.function", "just_a_name")])
+    assert str(tmp_path) not in __import__("sys").path

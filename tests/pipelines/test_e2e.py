@@ -177,3 +177,30 @@ def test_verify_refuses_a_corrupted_run(eva, reference_run: Path, tmp_path: Path
     target.write_bytes(bytes(data))
     proc = eva("resume", str(copy), "--iterations", "3", check=False)
     assert proc.returncode == 2 and "iterations/0001/pairs.parquet" in proc.stderr
+
+
+def test_two_writers_on_one_run_dir_exactly_one_proceeds(tmp_path: Path):
+    """Two `eva run` on the same new run directory at once: one runs, the other exits 2 naming it
+    (eva.runlock), and the finished run verifies."""
+    import os
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "contended"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", "--preset", "tiny", "--run-dir", str(run_dir), "--iterations", "1"],
+                         cwd=Path(__file__).resolve().parents[2], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=900) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) == [0, 2], [(c, o[1][-2000:]) for c, o in zip(codes, outputs)]
+    winner, loser = (procs[0], procs[1]) if codes[0] == 0 else (procs[1], procs[0])
+    message = outputs[procs.index(loser)][1]
+    assert f"{run_dir} is in use by another" in message and "Traceback" not in message
+    assert f"pid {winner.pid}" in message or "has not recorded itself yet" in message
+    run = RunDir(run_dir)
+    assert run.latest() == 1 and run.verify_all() == [] and not (run_dir / "run.lock").exists()
+    assert [e["kind"] for e in run.events()].count("actors_up") == 1  # the loser started nothing
