@@ -83,7 +83,9 @@ def label_token_ids(tokenizer: Any, labels: Sequence[tuple[str, float]]) -> list
     for text, _ in labels:
         tokens = tokenizer.encode(text, add_special_tokens=False)
         if len(tokens) != 1:
-            raise ValueError(f"judge label {text!r} is {len(tokens)} tokens for this tokenizer; labels must be single tokens")
+            raise ValueError(
+                f"judge label {text!r} is {len(tokens)} tokens for this tokenizer; labels must be single tokens"
+            )
         ids.append(tokens[0])
     return ids
 
@@ -149,7 +151,9 @@ class JudgeScorer(Scorer):
 # ---------------------------------------------------------------------------- HF encoder scorers
 
 
-def _load_hf(model_path: str, kind: str, threads: int, *, trust_remote_code: bool = False, device: str = "cpu") -> tuple[Any, Any]:
+def _load_hf(
+    model_path: str, kind: str, threads: int, *, trust_remote_code: bool = False, device: str = "cpu"
+) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -229,7 +233,9 @@ class RewardModelScorer(Scorer):
         check_reward_model(model_path, trust_remote_code, field)
         self.model_path, self.max_length = model_path, max_length
         self.device = device or assigned_device()
-        self.tokenizer, self.model = _load_hf(model_path, "reward_model", threads, trust_remote_code=trust_remote_code, device=self.device)
+        self.tokenizer, self.model = _load_hf(
+            model_path, "reward_model", threads, trust_remote_code=trust_remote_code, device=self.device
+        )
         self.custom = not type(self.model).__module__.startswith("transformers.")
         self.batch_size = 1 if self.custom else batch_size
         if self.tokenizer.pad_token is None:  # decoder reward models often ship without one
@@ -260,7 +266,9 @@ class RewardModelScorer(Scorer):
         out: list[float] = []
         with torch.inference_mode():
             for i in range(0, len(prompts), self.batch_size):
-                batch = self._encode(prompts[i : i + self.batch_size], responses[i : i + self.batch_size]).to(self.device)
+                batch = self._encode(prompts[i : i + self.batch_size], responses[i : i + self.batch_size]).to(
+                    self.device
+                )
                 raw = reward_values(self.model(**batch), batch["input_ids"].shape[0])
                 out.extend(_finite_or_nan(float(x)) for x in raw.cpu())
         return out
@@ -420,13 +428,19 @@ def build_scorer(
         kind = scorer_kind(spec.kind, component=True)  # eva.config checked the name when it loaded
         if kind.function:
             return FunctionScorer(spec.function or reward.function)  # eva.config makes sure there is one
-        path = _model(spec.model, MINILM_MODEL if spec.kind == RelevanceScorer.name else reward.model, initial_model_path) if kind.model else ""
+        path = (
+            _model(spec.model, MINILM_MODEL if spec.kind == RelevanceScorer.name else reward.model, initial_model_path)
+            if kind.model
+            else ""
+        )
         if spec.kind == JudgeScorer.name:
             if path not in engines:
                 engines[path] = judge_engine(path, reward.max_length, workdir, reward.judge_dtype)
             return JudgeScorer(engines[path], spec.judge_template or reward.judge_template, reward.max_length)
         if spec.kind == RewardModelScorer.name:  # eva.config refuses `initial` here: a causal LM is no reward model
-            return RewardModelScorer(path, reward.batch_size, reward.max_length, trust_remote_code=trust_remote_code, field=field)
+            return RewardModelScorer(
+                path, reward.batch_size, reward.max_length, trust_remote_code=trust_remote_code, field=field
+            )
         if spec.kind == RelevanceScorer.name:
             return RelevanceScorer(path)
         if spec.kind == WellformedScorer.name:
@@ -435,7 +449,10 @@ def build_scorer(
 
     if reward.kind == CombinedScorer.name:
         return CombinedScorer(
-            [(c.weight, make(c, f"reward.components.{i}.model" if c.model else "reward.model")) for i, c in enumerate(reward.components)]
+            [
+                (c.weight, make(c, f"reward.components.{i}.model" if c.model else "reward.model"))
+                for i, c in enumerate(reward.components)
+            ]
         )
     return make(ScorerSpec(kind=reward.kind, model=reward.model, function=reward.function), "reward.model")
 
@@ -443,7 +460,9 @@ def build_scorer(
 class RewardActor:
     """The reward scorer behind a Ray actor (`ray.remote(RewardActor)`); plain class, no Ray import."""
 
-    def __init__(self, reward: RewardSection, initial_model_path: str, workdir: str, *, trust_remote_code: bool = False) -> None:
+    def __init__(
+        self, reward: RewardSection, initial_model_path: str, workdir: str, *, trust_remote_code: bool = False
+    ) -> None:
         t0 = time.perf_counter()
         self.scorer = build_scorer(reward, initial_model_path, workdir, trust_remote_code=trust_remote_code)
         self.kind = reward.kind

@@ -113,7 +113,11 @@ class PolicyTrainer:
 
     def ready(self) -> dict[str, Any]:
         """Cheap call to wait on after starting the actor."""
-        return {"pid": os.getpid(), "threads": torch.get_num_threads(), "params": sum(p.numel() for p in self.policy.parameters())}
+        return {
+            "pid": os.getpid(),
+            "threads": torch.get_num_threads(),
+            "params": sum(p.numel() for p in self.policy.parameters()),
+        }
 
     def train(self, pairs: list[PreferencePair], iteration: int) -> dict[str, Any]:
         """One round of preference optimization on `pairs`; returns metrics (losses, steps, seconds).
@@ -133,10 +137,14 @@ class PolicyTrainer:
 
     def _expect(self, iteration: int | None, call: str) -> None:
         if self._diverged is not None:
-            raise RuntimeError(f"trainer.{call}: {self._diverged}; the policy in memory is unusable: resume redoes the stage")
+            raise RuntimeError(
+                f"trainer.{call}: {self._diverged}; the policy in memory is unusable: resume redoes the stage"
+            )
         if iteration is not None and self.iteration is not None and iteration != self.iteration:
-            raise RuntimeError(f"trainer.{call}: the trainer holds the policy of iteration {self.iteration}, not {iteration} "
-                               "(it was restarted and lost its state): the stage fails, resume redoes it")
+            raise RuntimeError(
+                f"trainer.{call}: the trainer holds the policy of iteration {self.iteration}, not {iteration} "
+                "(it was restarted and lost its state): the stage fails, resume redoes it"
+            )
 
     def progress(self) -> tuple[int, int]:
         """(steps done, steps) of the round in progress: the actor runs with max_concurrency 2 so the
@@ -199,14 +207,18 @@ class PolicyTrainer:
         self._expect(iteration, "save")
         target = Path(path)
         if is_committed(target.parent):
-            raise RuntimeError(f"trainer.save: {target.parent} is a committed iteration: its {target.name}/ is never replaced")
+            raise RuntimeError(
+                f"trainer.save: {target.parent} is a committed iteration: its {target.name}/ is never replaced"
+            )
         config_dtype = self.policy.config.dtype
         try:
             # an uncommitted iteration's policy/ is replaced: resume redoes the stage if we crash midway
             with atomic_folder(target, replace=True) as tmp:
                 # save_pretrained drops tied keys and maps names back to the checkpoint layout itself
                 self.policy.save_pretrained(tmp, state_dict=_weights(self.policy, self.dtype), safe_serialization=True)
-                self.policy.config.dtype = self.dtype  # save_pretrained wrote the fp32 model's dtype: say what the file holds
+                self.policy.config.dtype = (
+                    self.dtype
+                )  # save_pretrained wrote the fp32 model's dtype: say what the file holds
                 self.policy.config.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
         finally:
@@ -306,7 +318,9 @@ class PolicyTrainer:
         module, config_class, trainer_class, family_args = TRL_TRAINERS[spec.family]
         trl = importlib.import_module(module)
         args = getattr(trl, config_class)(**common, **family_args, **trl_arguments(s))
-        kwargs = dict(model=self.policy, train_dataset=dataset, processing_class=self.tokenizer, peft_config=peft_config)
+        kwargs = dict(
+            model=self.policy, train_dataset=dataset, processing_class=self.tokenizer, peft_config=peft_config
+        )
         if not spec.reference_free:
             kwargs["ref_model"] = ref_model
         # The PEFT model (random LoRA A matrices) is built inside TRL's trainer, before transformers'
@@ -389,9 +403,13 @@ def _divergence(losses: list[float], model: torch.nn.Module) -> str | None:
     bad_params = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
     problems = []
     if bad_steps:
-        problems.append(f"non-finite loss at step {', '.join(map(str, bad_steps[:5]))}{' ...' if len(bad_steps) > 5 else ''} of {len(losses)}")
+        problems.append(
+            f"non-finite loss at step {', '.join(map(str, bad_steps[:5]))}{' ...' if len(bad_steps) > 5 else ''} of {len(losses)}"
+        )
     if bad_params:
-        problems.append(f"{len(bad_params)} parameter tensors hold non-finite values ({', '.join(bad_params[:3])}{', ...' if len(bad_params) > 3 else ''})")
+        problems.append(
+            f"{len(bad_params)} parameter tensors hold non-finite values ({', '.join(bad_params[:3])}{', ...' if len(bad_params) > 3 else ''})"
+        )
     return "; ".join(problems) or None
 
 
@@ -433,6 +451,9 @@ def _step_logger(iteration: int, progress: list[int]):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
                 rate = (time.perf_counter() - self.t0) / max(state.global_step, 1)
-                print(f"[train it={iteration}] step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} ({rate:.2f} s/step)", flush=True)
+                print(
+                    f"[train it={iteration}] step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} ({rate:.2f} s/step)",
+                    flush=True,
+                )
 
     return StepLine()

@@ -137,7 +137,9 @@ def talks_about_the_rewrite(child: str, parent: str) -> bool:
     return any(m.group(0).lower() not in parent_words for m in _ABOUT_THE_REWRITE.finditer(child))
 
 
-def prompt_reason(child: str, parent: str, check: PromptCheck, similarities: tuple[float, float] | None = None) -> str | None:
+def prompt_reason(
+    child: str, parent: str, check: PromptCheck, similarities: tuple[float, float] | None = None
+) -> str | None:
     """Why `child` is not a usable prompt for `parent` (one of CHILD_REASONS), or None to keep it.
 
     `similarities`: cosines of the child's embedding to the parent's and to the operator's
@@ -146,7 +148,12 @@ def prompt_reason(child: str, parent: str, check: PromptCheck, similarities: tup
     to_parent, to_instruction = similarities if similarities is not None else (None, None)
     if talks_about_the_rewrite(child, parent):
         return "meta_paraphrase"
-    if to_parent is not None and to_instruction is not None and to_instruction >= check.max_meta_similarity and to_instruction > to_parent:
+    if (
+        to_parent is not None
+        and to_instruction is not None
+        and to_instruction >= check.max_meta_similarity
+        and to_instruction > to_parent
+    ):
         return "meta_paraphrase"
     if looks_like_answer(child, parent):
         return "answer"
@@ -163,4 +170,6 @@ def child_reason(child: str, parent: str, instruction: str, check: PromptCheck) 
     if check.embed is None:
         return prompt_reason(child, parent, check)
     vector = check.embed(child)
-    return prompt_reason(child, parent, check, (float(vector @ check.embed(parent)), float(vector @ check.embed(instruction))))
+    return prompt_reason(
+        child, parent, check, (float(vector @ check.embed(parent)), float(vector @ check.embed(instruction)))
+    )

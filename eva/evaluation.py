@@ -45,6 +45,10 @@ def task_accuracy(levels: Sequence[str], grades: Sequence[float]) -> dict[str, d
     by_level = dict(sorted(by_level.items()))
     by_level["all"] = [float(g) for g in grades]
     return {
-        level: {"n": len(g), "accuracy": sum(1 for x in g if x >= 1.0) / len(g) if g else math.nan, "mean_grade": float(np.mean(g)) if g else math.nan}
+        level: {
+            "n": len(g),
+            "accuracy": sum(1 for x in g if x >= 1.0) / len(g) if g else math.nan,
+            "mean_grade": float(np.mean(g)) if g else math.nan,
+        }
         for level, g in by_level.items()
     }

@@ -113,7 +113,9 @@ class RunLock:
                 raise
             os.close(fd)
         else:
-            raise RunLockedError(f"{self.path}: could not take the lock: the file keeps being replaced by other processes")
+            raise RunLockedError(
+                f"{self.path}: could not take the lock: the file keeps being replaced by other processes"
+            )
         previous = LockHolder.parse(os.pread(fd, 1 << 16, 0))
         self.taken_over = previous  # a record left in a lock nobody held: its writer died holding it
         record = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(), "command": self.command}
@@ -138,8 +140,10 @@ class RunLock:
             return None
         h = self.taken_over
         if h.alive() is None:
-            why = (f"no process holds it any more (it ended, or host {h.host} lost its lease on the storage); if that "
-                   "process still runs, this storage does not share locks between hosts: stop one of them")
+            why = (
+                f"no process holds it any more (it ended, or host {h.host} lost its lease on the storage); if that "
+                "process still runs, this storage does not share locks between hosts: stop one of them"
+            )
         elif h.alive():
             why = "that process id is in use again, but not by the lock's holder (the lock was free)"
         else:

@@ -36,7 +36,11 @@ from eva.metrics import informativeness
 from eva.tables import DataError
 from eva.types import IterationMetrics
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="eva: open-ended self-play RLHF (creator evolves prompts, solver learns on them).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="eva: open-ended self-play RLHF (creator evolves prompts, solver learns on them).",
+)
 model_app = typer.Typer(no_args_is_help=True, help="Offline models: prepare the embedded default.")
 app.add_typer(model_app, name="model")
 console = Console(highlight=False)
@@ -123,8 +127,14 @@ class Reporter:
     def progress(self, description: str, done: int, total: int | None, unit: str = "") -> None:
         if self.bar is None:
             self.bar = Progress(
-                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[unit]}"),
-                TimeElapsedColumn(), console=console, transient=True,
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[unit]}"),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
             )
             self.bar.start()
             self.task = self.bar.add_task(description, total=total, completed=done, unit=unit)
@@ -171,9 +181,15 @@ def run(
     preset: Optional[str] = typer.Option(None, "--preset", help="Built-in preset to start from (cpu-default, tiny)."),
     set_: List[str] = typer.Option([], "--set", help="Override a field: section.field=value (repeatable)."),
     run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Run directory (default: runs/<run.name>)."),
-    iterations: Optional[int] = typer.Option(None, "--iterations", help="Total iterations; on an existing run this extends it."),
-    baseline: bool = typer.Option(False, "--baseline", help="Plain iterative DPO on the fixed seed prompts (no creator): sets run.baseline."),
-    allow_change: List[str] = typer.Option([], "--allow-change", help="Accept a changed config field of an existing run (repeatable)."),
+    iterations: Optional[int] = typer.Option(
+        None, "--iterations", help="Total iterations; on an existing run this extends it."
+    ),
+    baseline: bool = typer.Option(
+        False, "--baseline", help="Plain iterative DPO on the fixed seed prompts (no creator): sets run.baseline."
+    ),
+    allow_change: List[str] = typer.Option(
+        [], "--allow-change", help="Accept a changed config field of an existing run (repeatable)."
+    ),
 ) -> None:
     """Run the self-play loop (or the baseline) on local Ray or a cluster (RAY_ADDRESS)."""
     try:
@@ -192,7 +208,9 @@ def run(
             rd.init(cfg, allow_changes=allow_change)
         except USER_ERRORS as e:
             _fail(str(e))
-        console.print(f"run directory: {rd.root}  (model {cfg.model.path}, {cfg.run.iterations} iterations{', baseline' if cfg.run.baseline else ''})")
+        console.print(
+            f"run directory: {rd.root}  (model {cfg.model.path}, {cfg.run.iterations} iterations{', baseline' if cfg.run.baseline else ''})"
+        )
         _run(cfg, rd)
 
 
@@ -215,7 +233,10 @@ def resume(
         try:
             problems = rd.verify_all()  # what resume continues from, up to the highest MANIFEST
             if problems:
-                _fail(f"{run_dir}: committed iterations fail verification (restore the files or start a new run):\n  " + "\n  ".join(problems))
+                _fail(
+                    f"{run_dir}: committed iterations fail verification (restore the files or start a new run):\n  "
+                    + "\n  ".join(problems)
+                )
             rd.init(cfg)
         except USER_ERRORS as e:
             _fail(str(e))
@@ -250,7 +271,18 @@ def status(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
 def _status(rd: RunDir) -> None:
     cfg = rd.config()
     table = Table(title=f"{rd.root}  ({cfg.run.iterations} iterations planned)")
-    for col in ("iter", "state", "stages done", "wall s", "overhead", "buffer", "evolved", "pairs", "mean reward", "loss"):
+    for col in (
+        "iter",
+        "state",
+        "stages done",
+        "wall s",
+        "overhead",
+        "buffer",
+        "evolved",
+        "pairs",
+        "mean reward",
+        "loss",
+    ):
         table.add_column(col)
     for t in rd.iterations():
         m = _metrics(rd, t)
@@ -261,10 +293,20 @@ def _status(rd: RunDir) -> None:
             table.add_row(str(t), state, ",".join(stages) or "-", f"{wall:.1f}", "", "", "", "", "", "")
             continue
         rm = m.reward_summary.get("mean")
-        share = m.timing.overhead_share if m.timing.wall_s > 0 else None  # time outside generate/score/train (actors.busy); none in iteration 0
+        share = (
+            m.timing.overhead_share if m.timing.wall_s > 0 else None
+        )  # time outside generate/score/train (actors.busy); none in iteration 0
         table.add_row(
-            str(t), state, ",".join(stages) or "-", f"{sum(m.stage_seconds.values()):.1f}", f"{share:.1%}" if share is not None else "",
-            str(m.buffer_size), str(m.num_evolved), str(m.num_pairs), f"{rm:.3f}" if rm is not None else "", _fmt(m.train_loss),
+            str(t),
+            state,
+            ",".join(stages) or "-",
+            f"{sum(m.stage_seconds.values()):.1f}",
+            f"{share:.1%}" if share is not None else "",
+            str(m.buffer_size),
+            str(m.num_evolved),
+            str(m.num_pairs),
+            f"{rm:.3f}" if rm is not None else "",
+            _fmt(m.train_loss),
         )
     console.print(table)
     latest = max(_committed(rd), default=None)
@@ -274,7 +316,9 @@ def _status(rd: RunDir) -> None:
     if incomplete:
         t = incomplete[-1]
         done = rd.stages_done(t)
-        console.print(f"stopped in iteration {t} after stage {done[-1] if done else '(none)'}; continue with: eva resume {rd.root}")
+        console.print(
+            f"stopped in iteration {t} after stage {done[-1] if done else '(none)'}; continue with: eva resume {rd.root}"
+        )
     elif latest is not None and latest < cfg.run.iterations:
         console.print(f"{latest}/{cfg.run.iterations} iterations committed; continue with: eva resume {rd.root}")
     else:
@@ -291,9 +335,15 @@ def _print_writer(rd: RunDir) -> bool:
     if alive:
         console.print(f"running: {holder.describe()}", markup=False)
     elif alive is None:
-        console.print(f"writer: {holder.describe()}, on another host: running, unless it died without releasing the lock", markup=False)
+        console.print(
+            f"writer: {holder.describe()}, on another host: running, unless it died without releasing the lock",
+            markup=False,
+        )
     else:
-        console.print(f"last writer: {holder.describe()}, gone without releasing the lock (the next writer takes it over)", markup=False)
+        console.print(
+            f"last writer: {holder.describe()}, gone without releasing the lock (the next writer takes it over)",
+            markup=False,
+        )
     return bool(alive)
 
 
@@ -307,7 +357,8 @@ def _print_damage(rd: RunDir) -> bool:
     if not problems:
         return False
     console.print(
-        "[bold red]damaged:[/] `eva resume` will refuse this run until the committed iterations verify:\n  " + "\n  ".join(problems)
+        "[bold red]damaged:[/] `eva resume` will refuse this run until the committed iterations verify:\n  "
+        + "\n  ".join(problems)
         + "\nRestore the named files from a backup or a copy of the run directory (they are listed, with sha256, in each "
         "iteration's MANIFEST.json); if they cannot be restored, start a new run directory."
     )
@@ -360,12 +411,25 @@ def _lineage(rd: RunDir, t: int, buf: PromptBuffer, pid: str) -> None:
     _columns(table, ("depth", "id", "operator", "born", "reward gap", "info", "mean reward"))
     for p in buf.ancestry(pid):
         st = buf.stats(p.id)
-        table.add_row(str(p.depth), p.id, p.operator, str(p.iteration), _fmt(informativeness(st["rewards"], "gap")), _fmt(_nan_none(st["info"])), _fmt(_nan_none(st["mean_reward"])), p.text)
+        table.add_row(
+            str(p.depth),
+            p.id,
+            p.operator,
+            str(p.iteration),
+            _fmt(informativeness(st["rewards"], "gap")),
+            _fmt(_nan_none(st["info"])),
+            _fmt(_nan_none(st["mean_reward"])),
+            p.text,
+        )
     console.print(table)
 
 
 def _top(rd: RunDir, t: int, buf: PromptBuffer, top: int, sort: str) -> None:
-    keys = {"informativeness": lambda p, st: _nan_none(st["info"]), "reward": lambda p, st: _nan_none(st["mean_reward"]), "depth": lambda p, st: p.depth}
+    keys = {
+        "informativeness": lambda p, st: _nan_none(st["info"]),
+        "reward": lambda p, st: _nan_none(st["mean_reward"]),
+        "depth": lambda p, st: p.depth,
+    }
     if sort not in keys:
         _fail(f"--sort must be one of {', '.join(keys)}, got {sort!r}")
     value = keys[sort]
@@ -374,7 +438,17 @@ def _top(rd: RunDir, t: int, buf: PromptBuffer, top: int, sort: str) -> None:
     table = Table(title=f"{rd.root} iteration {t}: {len(buf)} prompts, top {top} by {sort}")
     _columns(table, ("id", "depth", "operator", "born", "info", "mean reward", "sampled", "trained"))
     for p, st in rows[:top]:
-        table.add_row(p.id, str(p.depth), p.operator, str(p.iteration), _fmt(_nan_none(st["info"])), _fmt(_nan_none(st["mean_reward"])), str(st["times_sampled"]), str(st["times_trained"]), p.text[:160])
+        table.add_row(
+            p.id,
+            str(p.depth),
+            p.operator,
+            str(p.iteration),
+            _fmt(_nan_none(st["info"])),
+            _fmt(_nan_none(st["mean_reward"])),
+            str(st["times_sampled"]),
+            str(st["times_trained"]),
+            p.text[:160],
+        )
     console.print(table)
 
 
@@ -422,10 +496,14 @@ def _diff(rd: RunDir, a: int, b: int) -> None:
     def stats(buf: PromptBuffer) -> tuple[float, float]:
         lengths = [len(p.text) for p in buf.prompts()]
         info = buf.info_array()
-        return float(np.mean(lengths)) if lengths else 0.0, float(np.nanmean(info)) if np.isfinite(info).any() else float("nan")
+        return float(np.mean(lengths)) if lengths else 0.0, float(np.nanmean(info)) if np.isfinite(
+            info
+        ).any() else float("nan")
 
     (la, ia), (lb, ib) = stats(ba), stats(bb)
-    console.print(f"mean prompt length: {la:.1f} -> {lb:.1f} chars ({lb - la:+.1f});  mean informativeness: {ia:.4f} -> {ib:.4f}")
+    console.print(
+        f"mean prompt length: {la:.1f} -> {lb:.1f} chars ({lb - la:+.1f});  mean informativeness: {ia:.4f} -> {ib:.4f}"
+    )
     for p in added[:10]:
         console.print(f"  + [{p.operator}] {p.id} (parent {p.parent_id}): {p.text[:120]}")
 
@@ -444,7 +522,9 @@ def export(
     if out.suffix.lower() not in (".jsonl", ".parquet"):
         _fail(f"--out {out}: use a .jsonl or .parquet file name")
     if (inside := find_run_dir(out)) is not None:
-        _fail(f"--out {out} is inside the run directory {inside.root}: export writes outside run directories (they hold only what their runs commit)")
+        _fail(
+            f"--out {out} is inside the run directory {inside.root}: export writes outside run directories (they hold only what their runs commit)"
+        )
     if out.is_dir():
         _fail(f"--out {out} is a folder: give a file name")
     with _reading(rd):
@@ -463,8 +543,16 @@ def _export(rd: RunDir, iteration: Optional[int], what: str, out: Path) -> None:
         if not folder.has_pairs():
             _fail(f"iteration {t} of {rd.root} has no {PAIRS} (iteration 0 holds only the seed buffer)")
         rows = [
-            {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "prompt_id": p.prompt_id,
-             "chosen_reward": p.chosen_reward, "rejected_reward": p.rejected_reward, "margin": p.margin, "iteration": p.iteration}
+            {
+                "prompt": p.prompt,
+                "chosen": p.chosen,
+                "rejected": p.rejected,
+                "prompt_id": p.prompt_id,
+                "chosen_reward": p.chosen_reward,
+                "rejected_reward": p.rejected_reward,
+                "margin": p.margin,
+                "iteration": p.iteration,
+            }
             for p in folder.pairs()
         ]
         table = pa.Table.from_pylist(rows) if rows else pa.table({k: [] for k in ("prompt", "chosen", "rejected")})
@@ -495,9 +583,21 @@ def _json_safe(x):
 @app.command("eval")
 def eval_(
     run_dir: Path = typer.Argument(..., help="Run directory."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Held-out prompts (JSONL, Parquet or a datasets folder) the run never trained on (free-text runs)."),
-    problems: Optional[Path] = typer.Option(None, "--problems", help="Task runs: held-out problems as JSONL ({prompt, meta} per line); default: the run's held-out set (task.eval_levels, task.eval_per_level)."),
-    iteration: Optional[List[int]] = typer.Option(None, "--iteration", help="Iteration whose policy to evaluate (default: latest committed); task runs: repeat it for several, e.g. an accuracy curve."),
+    prompts: Optional[Path] = typer.Option(
+        None,
+        "--prompts",
+        help="Held-out prompts (JSONL, Parquet or a datasets folder) the run never trained on (free-text runs).",
+    ),
+    problems: Optional[Path] = typer.Option(
+        None,
+        "--problems",
+        help="Task runs: held-out problems as JSONL ({prompt, meta} per line); default: the run's held-out set (task.eval_levels, task.eval_per_level).",
+    ),
+    iteration: Optional[List[int]] = typer.Option(
+        None,
+        "--iteration",
+        help="Iteration whose policy to evaluate (default: latest committed); task runs: repeat it for several, e.g. an accuracy curve.",
+    ),
     column: str = typer.Option("prompt", "--column", help="Column holding the prompt text."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N prompts."),
 ) -> None:
@@ -515,7 +615,9 @@ def eval_(
     if cfg.task.family is None and prompts is None:
         _fail("--prompts: a free-text run is evaluated on held-out prompts; give a JSONL, Parquet or datasets file")
     if cfg.task.family is not None and prompts is not None:
-        _fail(f"--prompts: {rd.root} is a task run ({cfg.task.family}); give held-out problems with --problems, or none for its held-out set")
+        _fail(
+            f"--prompts: {rd.root} is a task run ({cfg.task.family}); give held-out problems with --problems, or none for its held-out set"
+        )
     try:
         check_functions(cfg.reward.functions())
     except ValueError as e:
@@ -542,20 +644,34 @@ def _print_task_eval(result: dict) -> None:
         table.add_column(col)
     initial = result.get("initial", result["levels"])
     for level, row in result["levels"].items():
-        table.add_row(level, str(row["n"]), f"{initial[level]['accuracy']:.3f}", f"{row['accuracy']:.3f}", f"{row['mean_grade']:.3f}")
+        table.add_row(
+            level,
+            str(row["n"]),
+            f"{initial[level]['accuracy']:.3f}",
+            f"{row['accuracy']:.3f}",
+            f"{row['mean_grade']:.3f}",
+        )
     console.print(table)
     console.print(f"-> {result['path']}")
 
 
 @app.command()
 def report(
-    run_dir: Path = typer.Argument(..., help="Run directory (finished or still running: only committed iterations are read)."),
+    run_dir: Path = typer.Argument(
+        ..., help="Run directory (finished or still running: only committed iterations are read)."
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for index.html (default: RUN_DIR/report)."),
     open_: bool = typer.Option(False, "--open", help="Open the report in the default web browser."),
-    iteration: Optional[int] = typer.Option(None, "--iteration", help="Iteration whose prompts fill the table (default: latest committed)."),
-    diff: Optional[Tuple[int, int]] = typer.Option(None, "--diff", help="Two committed iterations A B to compare (default: first vs last)."),
+    iteration: Optional[int] = typer.Option(
+        None, "--iteration", help="Iteration whose prompts fill the table (default: latest committed)."
+    ),
+    diff: Optional[Tuple[int, int]] = typer.Option(
+        None, "--diff", help="Two committed iterations A B to compare (default: first vs last)."
+    ),
     top: int = typer.Option(10, "--top", min=0, help="Lineage chains to show (the most informative prompts)."),
-    max_rows: int = typer.Option(2000, "--max-rows", min=1, help="Most rows of the prompt table; larger buffers are sampled uniformly."),
+    max_rows: int = typer.Option(
+        2000, "--max-rows", min=1, help="Most rows of the prompt table; larger buffers are sampled uniformly."
+    ),
 ) -> None:
     """A self-contained HTML report: curves, prompt population, lineage, prompt table, diff, held-out eval."""
     from pipelines.report import build_report
@@ -566,9 +682,13 @@ def report(
             _fail(f"--out {out} is an existing file: give a folder (the report is written as FOLDER/index.html)")
         inside = find_run_dir(out / "index.html")
         if inside is not None and not (out.resolve() / "index.html").is_relative_to(inside.root / "report"):
-            _fail(f"--out {out} is inside the run directory {inside.root}: a report goes to its own report/ folder (the default) or outside run directories")
+            _fail(
+                f"--out {out} is inside the run directory {inside.root}: a report goes to its own report/ folder (the default) or outside run directories"
+            )
     try:
-        path = build_report(rd.root, out, table_iteration=iteration, diff=diff, top_k=top, max_rows=max_rows, open_browser=open_)
+        path = build_report(
+            rd.root, out, table_iteration=iteration, diff=diff, top_k=top, max_rows=max_rows, open_browser=open_
+        )
     except USER_ERRORS as e:
         _fail(str(e))
     console.print(f"report: {path}")
@@ -588,16 +708,33 @@ def model_prepare(force: bool = typer.Option(False, "--force", help="Convert aga
 
 @app.command()
 def submit(
-    config: Optional[Path] = typer.Argument(None, help="YAML config; its path must be readable on the head node (shared storage, or relative inside --working-dir)."),
+    config: Optional[Path] = typer.Argument(
+        None,
+        help="YAML config; its path must be readable on the head node (shared storage, or relative inside --working-dir).",
+    ),
     preset: Optional[str] = typer.Option(None, "--preset", help="Built-in preset to start from."),
     set_: List[str] = typer.Option([], "--set", help="Override a field: section.field=value (repeatable)."),
     run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Run directory on storage every node shares."),
-    iterations: Optional[int] = typer.Option(None, "--iterations", min=1, help="Total iterations (with --resume: the new total)."),
+    iterations: Optional[int] = typer.Option(
+        None, "--iterations", min=1, help="Total iterations (with --resume: the new total)."
+    ),
     baseline: bool = typer.Option(False, "--baseline", help="Plain iterative DPO on the fixed seed prompts."),
-    resume: Optional[str] = typer.Option(None, "--resume", help="Submit `eva resume RUN_DIR` instead: continue that run (after a crash, a lost node, or to extend it)."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray dashboard / job API (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS, http://127.0.0.1:8265)."),
+    resume: Optional[str] = typer.Option(
+        None,
+        "--resume",
+        help="Submit `eva resume RUN_DIR` instead: continue that run (after a crash, a lost node, or to extend it).",
+    ),
+    address: Optional[str] = typer.Option(
+        None,
+        "--address",
+        help="Ray dashboard / job API (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS, http://127.0.0.1:8265).",
+    ),
     env: List[str] = typer.Option([], "--env", help="KEY=VALUE for the job's processes (repeatable; no secrets)."),
-    working_dir: Optional[Path] = typer.Option(None, "--working-dir", help="Upload this folder as the job's working_dir (not needed when eva is installed on the nodes)."),
+    working_dir: Optional[Path] = typer.Option(
+        None,
+        "--working-dir",
+        help="Upload this folder as the job's working_dir (not needed when eva is installed on the nodes).",
+    ),
     job_id: Optional[str] = typer.Option(None, "--job-id", help="Submission id (default: generated)."),
 ) -> None:
     """Submit `eva run ...` (or `eva resume RUN_DIR`) as a Ray Job on a cluster; prints the job id and how to follow its logs."""
@@ -608,7 +745,11 @@ def submit(
     try:
         runtime_env = job_runtime_env(env, working_dir)
         if resume:
-            args = resume_args(resume, iterations, {"CONFIG": config, "--preset": preset, "--set": set_, "--run-dir": run_dir, "--baseline": baseline})
+            args = resume_args(
+                resume,
+                iterations,
+                {"CONFIG": config, "--preset": preset, "--set": set_, "--run-dir": run_dir, "--baseline": baseline},
+            )
         else:
             args = run_args(config, preset, _overrides(set_, run_dir, iterations, baseline))
     except (*USER_ERRORS, ValueError) as e:

@@ -6,13 +6,23 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from eva.child_filter import CHILD_REASONS, PromptCheck, child_reason, is_request, looks_like_answer, prompt_reason, talks_about_the_rewrite
+from eva.child_filter import (
+    CHILD_REASONS,
+    PromptCheck,
+    child_reason,
+    is_request,
+    looks_like_answer,
+    prompt_reason,
+    talks_about_the_rewrite,
+)
 from eva.config import CreatorSection
 from eva.evolve import OPERATORS, REASONS
 
 SARA = "Sara buys 3 notebooks at 2.40 euros each and a pen at 1.15 euros. She pays with a 10 euro note. How much change does she get?"
 CHECK = PromptCheck(max_meta_similarity=0.35, min_parent_similarity=0.22)
-REWRITE = "Sara buys 4 notebooks at 2.40 euros each and two pens at 1.15 euros. How much change does she get from 20 euros?"
+REWRITE = (
+    "Sara buys 4 notebooks at 2.40 euros each and two pens at 1.15 euros. How much change does she get from 20 euros?"
+)
 
 
 def reason(child: str, parent: str = SARA, sims: tuple[float, float] | None = (0.8, 0.1)) -> str | None:
@@ -68,9 +78,13 @@ def test_without_similarities_only_the_wording_decides():
 
 def test_child_reason_takes_the_similarities_from_embed():
     axes = dict(zip(("parent", "instruction", "elsewhere"), np.eye(3)))
-    vectors = {SARA: axes["parent"], "INSTRUCTION": axes["instruction"], REWRITE: axes["parent"],
-               "Describe a lighthouse at night.": axes["elsewhere"],
-               "Add a word limit and a format to it.": (axes["instruction"] + 0.5 * axes["parent"]) / np.sqrt(1.25)}
+    vectors = {
+        SARA: axes["parent"],
+        "INSTRUCTION": axes["instruction"],
+        REWRITE: axes["parent"],
+        "Describe a lighthouse at night.": axes["elsewhere"],
+        "Add a word limit and a format to it.": (axes["instruction"] + 0.5 * axes["parent"]) / np.sqrt(1.25),
+    }
     calls = []
 
     def embed(text: str) -> np.ndarray:
@@ -80,7 +94,9 @@ def test_child_reason_takes_the_similarities_from_embed():
     check = PromptCheck(0.35, 0.22, embed)
     assert child_reason(REWRITE, SARA, "INSTRUCTION", check) is None
     assert child_reason("Describe a lighthouse at night.", SARA, "INSTRUCTION", check) == "off_topic"
-    assert child_reason("Add a word limit and a format to it.", SARA, "INSTRUCTION", check) == "meta_paraphrase"  # 0.89 vs 0.45
+    assert (
+        child_reason("Add a word limit and a format to it.", SARA, "INSTRUCTION", check) == "meta_paraphrase"
+    )  # 0.89 vs 0.45
     assert set(calls) == set(vectors)  # child, parent and instruction are embedded
     no_embed = PromptCheck(0.35, 0.22)
     assert child_reason("Describe a lighthouse at night.", SARA, "INSTRUCTION", no_embed) is None
@@ -88,7 +104,7 @@ def test_child_reason_takes_the_similarities_from_embed():
 
 def test_reasons_are_part_of_the_evolve_reasons():
     assert set(CHILD_REASONS) <= set(REASONS)
-    assert REASONS[-len(CHILD_REASONS):] == CHILD_REASONS
+    assert REASONS[-len(CHILD_REASONS) :] == CHILD_REASONS
 
 
 # --- wording cues ----------------------------------------------------------------------------------
@@ -138,7 +154,10 @@ def test_answer_cues():
     assert not looks_like_answer("Explain with an example why 0.1 + 0.2 = 0.30000000000000004 in Python.", parent)
     assert not looks_like_answer(REWRITE, SARA)
     # user prompts open in the first person or with their material, too
-    for prompt in ("I'm planning three days in Rome. What should I not miss?", "Here is my code: print(x. Why does it fail?"):
+    for prompt in (
+        "I'm planning three days in Rome. What should I not miss?",
+        "Here is my code: print(x. Why does it fail?",
+    ):
         assert prompt_reason(prompt, "", CHECK) is None, prompt
 
 
@@ -185,4 +204,7 @@ def test_labelled_set_format():
 def test_config_defaults_match_the_documented_choice():
     creator = CreatorSection()
     assert creator.prompt_filter == "embedding"
-    assert (creator.max_meta_similarity, creator.min_parent_similarity) == (0.35, 0.22)  # benchmarks/child_filters.py, RESULTS.md
+    assert (creator.max_meta_similarity, creator.min_parent_similarity) == (
+        0.35,
+        0.22,
+    )  # benchmarks/child_filters.py, RESULTS.md
