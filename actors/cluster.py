@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from actors.busy import BusyLog, Span
 from eva.config import ModelSection
@@ -192,7 +193,7 @@ class GenerationEngine:
         return result
 
     def update_weights(
-        self, weights: Mapping[str, "object"] | Iterable[tuple[str, object]], version: str | None = None
+        self, weights: Mapping[str, object] | Iterable[tuple[str, object]], version: str | None = None
     ) -> float:
         """Push new weights (HF names -> CPU tensors) into the running engine, labelled `version`
         (None: keep the label); returns seconds.

@@ -16,14 +16,13 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 import ray
 from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError
 
 from actors.engine import GenerationBatch, SamplingSpec, StaleWeightsError
-
 
 log = logging.getLogger("eva.pool")
 

@@ -22,9 +22,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from actors.busy import BusyLog, Span
 from actors.models import MINILM_MODEL, ModelError, assigned_device, resolve_model_path

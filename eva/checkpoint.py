@@ -43,9 +43,9 @@ from eva.atomic import (  # noqa: F401  (re-exported: the run directory's writer
     remove_temp_leftovers,
     sha256_file,
 )
+from eva.config import MUTABLE_FIELDS, ConfigError, RunConfig, config_from_dict, fingerprint, flatten
 from eva.iteration import POLICY, IterationDir
 from eva.runlock import LOCK_FILE, RunLock
-from eva.config import MUTABLE_FIELDS, ConfigError, RunConfig, config_from_dict, fingerprint, flatten
 
 MANIFEST = "MANIFEST.json"
 STAGES = "stages"

@@ -18,7 +18,7 @@ import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -30,9 +30,9 @@ from eva.buffer import PromptBuffer, load_seed_prompts
 from eva.checkpoint import CorruptCheckpointError, RunDir, RunDirError, check_writable, find_run_dir
 from eva.config import ConfigError, RunConfig, config_from_dict, load_config
 from eva.iteration import PAIRS
+from eva.metrics import informativeness
 from eva.runlock import RunLockedError, read_holder
 from eva.scorers import check_functions
-from eva.metrics import informativeness
 from eva.tables import DataError
 from eva.types import IterationMetrics
 
@@ -147,7 +147,7 @@ class Reporter:
             self.bar = None
 
 
-def _overrides(sets: List[str], run_dir: Optional[str], iterations: Optional[int], baseline: bool) -> list[str]:
+def _overrides(sets: list[str], run_dir: Optional[str], iterations: Optional[int], baseline: bool) -> list[str]:
     """The --set list, then what the dedicated options set (they win)."""
     extra = {"run.dir": run_dir, "run.iterations": iterations, "run.baseline": "true" if baseline else None}
     return [*sets, *(f"{k}={v}" for k, v in extra.items() if v is not None)]
@@ -179,7 +179,7 @@ def _run(cfg: RunConfig, run: RunDir) -> None:
 def run(
     config: Optional[Path] = typer.Argument(None, help="YAML config; default: the cpu-default preset."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Built-in preset to start from (cpu-default, tiny)."),
-    set_: List[str] = typer.Option([], "--set", help="Override a field: section.field=value (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field: section.field=value (repeatable)."),
     run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Run directory (default: runs/<run.name>)."),
     iterations: Optional[int] = typer.Option(
         None, "--iterations", help="Total iterations; on an existing run this extends it."
@@ -187,7 +187,7 @@ def run(
     baseline: bool = typer.Option(
         False, "--baseline", help="Plain iterative DPO on the fixed seed prompts (no creator): sets run.baseline."
     ),
-    allow_change: List[str] = typer.Option(
+    allow_change: list[str] = typer.Option(
         [], "--allow-change", help="Accept a changed config field of an existing run (repeatable)."
     ),
 ) -> None:
@@ -593,7 +593,7 @@ def eval_(
         "--problems",
         help="Task runs: held-out problems as JSONL ({prompt, meta} per line); default: the run's held-out set (task.eval_levels, task.eval_per_level).",
     ),
-    iteration: Optional[List[int]] = typer.Option(
+    iteration: Optional[list[int]] = typer.Option(
         None,
         "--iteration",
         help="Iteration whose policy to evaluate (default: latest committed); task runs: repeat it for several, e.g. an accuracy curve.",
@@ -665,7 +665,7 @@ def report(
     iteration: Optional[int] = typer.Option(
         None, "--iteration", help="Iteration whose prompts fill the table (default: latest committed)."
     ),
-    diff: Optional[Tuple[int, int]] = typer.Option(
+    diff: Optional[tuple[int, int]] = typer.Option(
         None, "--diff", help="Two committed iterations A B to compare (default: first vs last)."
     ),
     top: int = typer.Option(10, "--top", min=0, help="Lineage chains to show (the most informative prompts)."),
@@ -713,7 +713,7 @@ def submit(
         help="YAML config; its path must be readable on the head node (shared storage, or relative inside --working-dir).",
     ),
     preset: Optional[str] = typer.Option(None, "--preset", help="Built-in preset to start from."),
-    set_: List[str] = typer.Option([], "--set", help="Override a field: section.field=value (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field: section.field=value (repeatable)."),
     run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Run directory on storage every node shares."),
     iterations: Optional[int] = typer.Option(
         None, "--iterations", min=1, help="Total iterations (with --resume: the new total)."
@@ -729,7 +729,7 @@ def submit(
         "--address",
         help="Ray dashboard / job API (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS, http://127.0.0.1:8265).",
     ),
-    env: List[str] = typer.Option([], "--env", help="KEY=VALUE for the job's processes (repeatable; no secrets)."),
+    env: list[str] = typer.Option([], "--env", help="KEY=VALUE for the job's processes (repeatable; no secrets)."),
     working_dir: Optional[Path] = typer.Option(
         None,
         "--working-dir",

@@ -3,8 +3,8 @@ import math
 import pytest
 
 from eva.config import ConfigError, load_config
+from eva.metrics import METRICS, busy_summary, informativeness, informativeness_batch, metric_names, register, summarize
 from eva.types import Timing
-from eva.metrics import busy_summary, METRICS, informativeness, informativeness_batch, metric_names, register, summarize
 
 NAN, INF = float("nan"), float("inf")
 

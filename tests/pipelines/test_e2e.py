@@ -15,7 +15,6 @@ from eva.checkpoint import RunDir
 from eva.config import load_config
 from eva.iteration import METRICS
 
-
 pytestmark = pytest.mark.ray
 
 
