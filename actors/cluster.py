@@ -121,10 +121,15 @@ def _engine_placement(res: ActorResources, tensor_parallel: int, strategy: str, 
         for group in groups:
             remove_placement_group(group)
         nodes = [n for n in ray.nodes() if n.get("Alive")]
-        layout = f"{len(groups)} group(s) of {groups[0].bundle_specs} ({'STRICT_PACK per replica' if tensor_parallel > 1 else strategy})"
+        layout = (
+            f"{len(groups)} group(s) of {groups[0].bundle_specs} "
+            f"({'STRICT_PACK per replica' if tensor_parallel > 1 else strategy})"
+        )
         raise ClusterError(
-            f"ray.{what}: {res.replicas} replica(s) as {layout} did not fit the cluster within {timeout_s:g}s ({len(nodes)} alive "
-            f"node(s): {[n.get('Resources', {}) for n in nodes]}); lower replicas, num_cpus/num_gpus or tensor_parallel_size, add "
+            f"ray.{what}: {res.replicas} replica(s) as {layout} did not fit the cluster within {timeout_s:g}s "
+            f"({len(nodes)} alive "
+            f"node(s): {[n.get('Resources', {}) for n in nodes]}); lower replicas, num_cpus/num_gpus or "
+            f"tensor_parallel_size, add "
             "nodes, or use placement PACK/SPREAD (STRICT_SPREAD needs one node per replica)"
         )
     return groups

@@ -140,7 +140,8 @@ class GenerationEngine:
 
         if expect_weights is not None and expect_weights != self.weights_version:
             raise StaleWeightsError(
-                f"engine (pid {os.getpid()}) serves weights {self.weights_version!r}, the caller expects {expect_weights!r}"
+                f"engine (pid {os.getpid()}) serves weights {self.weights_version!r}, the caller expects "
+                f"{expect_weights!r}"
             )
         if not (len(keys) == len(texts) == len(seeds)):
             raise ValueError(f"keys/texts/seeds differ in length: {len(keys)}/{len(texts)}/{len(seeds)}")

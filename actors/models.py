@@ -40,7 +40,8 @@ def assigned_device(who: str = "reward actor") -> str:
 
     if not torch.cuda.is_available():
         raise ModelError(
-            f"Ray assigned this {who} a GPU but torch sees no CUDA device: install the GPU build (`.[gpu]`, deploy/Dockerfile)"
+            f"Ray assigned this {who} a GPU but torch sees no CUDA device: install the GPU build (`.[gpu]`, "
+            f"deploy/Dockerfile)"
         )
     return "cuda"  # Ray set CUDA_VISIBLE_DEVICES to the assigned GPU(s): cuda:0 is ours
 

@@ -109,7 +109,8 @@ class EnginePool:
                 elif not isinstance(e, StaleWeightsError):  # dead, or its node is: the next replica
                     engine = (engine + 1) % len(self.engines)
                 line = (
-                    f"engine replica {chunk.engine} failed on a batch of {len(chunk.args[0])} prompts ({type(e).__name__}); "
+                    f"engine replica {chunk.engine} failed on a batch of {len(chunk.args[0])} prompts "
+                    f"({type(e).__name__}); "
                     f"retry {attempt + 1}/{self.retries} on replica {engine} with weights {self.version!r}"
                 )
                 log.warning(line)

@@ -33,7 +33,8 @@ def score_with_retries(
             if attempt == retries or not wait_until_available(reward, timeout_s):
                 raise
             lines.append(
-                f"reward actor failed on a batch of {len(prompts)} responses ({type(e).__name__}); retry {attempt + 1}/{retries}"
+                f"reward actor failed on a batch of {len(prompts)} responses ({type(e).__name__}); retry "
+                f"{attempt + 1}/{retries}"
             )
             log.warning(lines[-1])
     raise AssertionError("unreachable")

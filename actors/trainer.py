@@ -171,7 +171,8 @@ class PolicyTrainer:
             # full fine-tuning trained self.policy in place: it holds the bad weights now
             self._diverged = f"iteration {iteration}: {problem}"
             raise TrainingDivergedError(
-                f"iteration {iteration}: training diverged: {problem}. Nothing of the iteration was saved or committed. "
+                f"iteration {iteration}: training diverged: {problem}. Nothing of the iteration was saved or "
+                f"committed. "
                 "Lower solver.learning_rate (or check the pairs and the reward), then continue with "
                 "`eva run --run-dir RUN_DIR --allow-change solver.learning_rate --set solver.learning_rate=...`"
             )
@@ -404,11 +405,13 @@ def _divergence(losses: list[float], model: torch.nn.Module) -> str | None:
     problems = []
     if bad_steps:
         problems.append(
-            f"non-finite loss at step {', '.join(map(str, bad_steps[:5]))}{' ...' if len(bad_steps) > 5 else ''} of {len(losses)}"
+            f"non-finite loss at step "
+            f"{', '.join(map(str, bad_steps[:5]))}{' ...' if len(bad_steps) > 5 else ''} of {len(losses)}"
         )
     if bad_params:
         problems.append(
-            f"{len(bad_params)} parameter tensors hold non-finite values ({', '.join(bad_params[:3])}{', ...' if len(bad_params) > 3 else ''})"
+            f"{len(bad_params)} parameter tensors hold non-finite values "
+            f"({', '.join(bad_params[:3])}{', ...' if len(bad_params) > 3 else ''})"
         )
     return "; ".join(problems) or None
 
@@ -452,7 +455,8 @@ def _step_logger(iteration: int, progress: list[int]):
             if logs and "loss" in logs:
                 rate = (time.perf_counter() - self.t0) / max(state.global_step, 1)
                 print(
-                    f"[train it={iteration}] step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} ({rate:.2f} s/step)",
+                    f"[train it={iteration}] step {state.global_step}/{state.max_steps} loss "
+                    f"{logs['loss']:.4f} ({rate:.2f} s/step)",
                     flush=True,
                 )
 

@@ -125,7 +125,8 @@ def print_tables(rows: list[dict]) -> None:
     last = str(max(EVAL_AT))
     print("\nPer arm: held-out exact match (mean ± sample std over seeds), budget and creator health per iteration\n")
     print(
-        "| arm | seeds | iteration 0 | iteration 2 | iteration 4 | tokens / iteration | pairs / iteration | DPO steps | tie share | solve exact | wall s / run |"
+        "| arm | seeds | iteration 0 | iteration 2 | iteration 4 | tokens / iteration | pairs / iteration | "
+        "DPO steps | tie share | solve exact | wall s / run |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for arm in ARMS:
@@ -148,9 +149,12 @@ def print_tables(rows: list[dict]) -> None:
         ]
         per_it = statistics.fmean(r["tokens"][-1] / (len(r["tokens"]) - 1) for r in rs)
         print(
-            f"| {arm} | {len(rs)} | {' | '.join(accs)} | {per_it:,.0f} | {statistics.fmean(statistics.fmean(r['pairs']) for r in rs):.1f} | "
-            f"{statistics.fmean(sum(r['steps']) for r in rs):.0f} | {statistics.fmean(statistics.fmean(r['tie_share']) for r in rs):.2f} | "
-            f"{statistics.fmean(statistics.fmean(x for x in r['solve_exact'] if x is not None) for r in rs):.3f} | {statistics.fmean(r['wall_s'] for r in rs):.0f} |"
+            f"| {arm} | {len(rs)} | {' | '.join(accs)} | {per_it:,.0f} | "
+            f"{statistics.fmean(statistics.fmean(r['pairs']) for r in rs):.1f} | "
+            f"{statistics.fmean(sum(r['steps']) for r in rs):.0f} | "
+            f"{statistics.fmean(statistics.fmean(r['tie_share']) for r in rs):.2f} | "
+            f"{statistics.fmean(statistics.fmean(x for x in r['solve_exact'] if x is not None) for r in rs):.3f} "
+            f"| {statistics.fmean(r['wall_s'] for r in rs):.0f} |"
         )
     print(f"\nPaired differences at iteration {last} (held-out exact match; bootstrap over seeds and problems)\n")
     print("| comparison | difference | 95% interval | excludes 0 |")
@@ -228,7 +232,8 @@ def main() -> None:
             if not args.keep_policies:  # evaluated: keep the initial and the last policy (the manifests say so)
                 RunDir(folder / f"{arm}-seed{seed}").prune_policies(1)
             print(
-                f"  {arm} seed {seed}: exact match {row['accuracy']}, {row['tokens'][-1]:,} tokens, pairs {row['pairs']}, {row['wall_s']:.0f} s",
+                f"  {arm} seed {seed}: exact match {row['accuracy']}, {row['tokens'][-1]:,} tokens, pairs "
+                f"{row['pairs']}, {row['wall_s']:.0f} s",
                 flush=True,
             )
             OUT.parent.mkdir(exist_ok=True)

@@ -225,7 +225,8 @@ def main() -> None:
     if (tm, tp) != (default.max_meta_similarity, default.min_parent_similarity):
         print(
             f"\nNOTE: the grid on the tuning half picks max_meta_similarity={tm}, min_parent_similarity={tp} "
-            f"(keep F1 {f1:.3f}); the config defaults are {default.max_meta_similarity}, {default.min_parent_similarity}"
+            f"(keep F1 {f1:.3f}); the config defaults are {default.max_meta_similarity}, "
+            f"{default.min_parent_similarity}"
         )
 
 
@@ -236,13 +237,15 @@ def markdown(result: dict[str, Any]) -> str:
     lines = []
     for half, rows in result["scores"].items():
         lines += [
-            f"\n{half}: {next(iter(rows.values()))['n']} children, {next(iter(rows.values()))['labelled_keep']} labelled keep\n",
+            f"\n{half}: {next(iter(rows.values()))['n']} children, "
+            f"{next(iter(rows.values()))['labelled_keep']} labelled keep\n",
             "| filters | kept | keep precision | keep recall | keep F1 | drop precision | drop recall | drop F1 |",
             "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name, s in rows.items():
             lines.append(
-                f"| {name} | {s['kept']} | {num(s['keep_precision'])} | {num(s['keep_recall'])} | {num(s['keep_f1'])} | "
+                f"| {name} | {s['kept']} | {num(s['keep_precision'])} | {num(s['keep_recall'])} | "
+                f"{num(s['keep_f1'])} | "
                 f"{num(s['drop_precision'])} | {num(s['drop_recall'])} | {num(s['drop_f1'])} |"
             )
     lines.append("\n95% intervals (Wilson), default filters:")
@@ -272,7 +275,8 @@ def markdown(result: dict[str, Any]) -> str:
     seeds = result["seed_check"]
     drops = ", ".join(f"{k} {v}" for k, v in seeds.items() if k not in ("seeds", "operators", "kept")) or "none"
     lines.append(
-        f"Builtin seed prompts as children of their nearest other seed, under each of the {seeds['operators']} operators "
+        f"Builtin seed prompts as children of their nearest other seed, under each of the {seeds['operators']} "
+        f"operators "
         f"({seeds['seeds'] * seeds['operators']} checks): kept {seeds.get('kept', 0)}; dropped: {drops}."
     )
     return "\n".join(lines)

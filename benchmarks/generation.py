@@ -133,7 +133,10 @@ def bench_sync(model: str, steps_pairs: int = 8) -> dict:
 
 def _child(kind: str, args: argparse.Namespace) -> dict:
     """Run one side in a fresh process (vLLM patches torch threading in its process)."""
-    code = f"import json,sys; from benchmarks.generation import bench_{kind} as f; print('RESULT'+json.dumps(f({args.model!r}, {args.prompts}, {args.max_tokens})))"
+    code = (
+        f"import json,sys; from benchmarks.generation import bench_{kind} as f; "
+        f"print('RESULT'+json.dumps(f({args.model!r}, {args.prompts}, {args.max_tokens})))"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[6:])
@@ -149,7 +152,8 @@ def main() -> None:
     rows = [_child("vllm", args), _child("hf", args)]
     sync = None if args.skip_sync else bench_sync(args.model)
     print(
-        f"\nGeneration, {args.prompts} prompts x {args.max_tokens} max new tokens, n=1, T=0.7, 1 thread each ({args.model})\n"
+        f"\nGeneration, {args.prompts} prompts x {args.max_tokens} max new tokens, n=1, T=0.7, 1 thread each "
+        f"({args.model})\n"
     )
     print("| engine | new tokens | seconds | tokens/s |\n|---|---|---|---|")
     for r in rows:
@@ -157,10 +161,12 @@ def main() -> None:
     print(f"\nvLLM / transformers throughput: {rows[0]['tok_per_s'] / rows[1]['tok_per_s']:.1f}x")
     if sync:
         print(
-            "\n| DPO step (full, batch 2, 1 thread) | weight sync into engine | sync round trip (object store) | sync / step |\n|---|---|---|---|"
+            "\n| DPO step (full, batch 2, 1 thread) | weight sync into engine | sync round trip (object store) "
+            "| sync / step |\n|---|---|---|---|"
         )
         print(
-            f"| {sync['s_per_step']:.2f} s | {sync['sync_engine_s']:.3f} s | {sync['sync_round_trip_s']:.3f} s | {sync['sync_round_trip_s'] / sync['s_per_step']:.1%} |"
+            f"| {sync['s_per_step']:.2f} s | {sync['sync_engine_s']:.3f} s | {sync['sync_round_trip_s']:.3f} s "
+            f"| {sync['sync_round_trip_s'] / sync['s_per_step']:.1%} |"
         )
     OUT.mkdir(exist_ok=True)
     (OUT / "generation.json").write_text(json.dumps({"args": vars(args), "generation": rows, "sync": sync}, indent=2))

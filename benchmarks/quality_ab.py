@@ -103,13 +103,16 @@ def _spread(values: list[float]) -> str:
 def print_tables(rows: list[dict]) -> None:
     print("\nPer run (held-out prompts, final policy vs the initial policy)\n")
     print(
-        "| arm | seed | settings | win rate (± se) | mean reward | initial policy | Δ reward | tokens generated | train prompts | pairs | DPO steps | wall (s) |"
+        "| arm | seed | settings | win rate (± se) | mean reward | initial policy | Δ reward | tokens "
+        "generated | train prompts | pairs | DPO steps | wall (s) |"
     )
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['arm']} | {r['seed']} | {' '.join(r['sets']) or '-'} | {r['win_rate']:.3f} ± {r['win_rate_se']:.3f} | {r['mean_reward']:.4f} | "
-            f"{r['mean_reward_initial']:.4f} | {r['mean_reward'] - r['mean_reward_initial']:+.4f} | {r['tokens']} | {r['train_prompts']} | "
+            f"| {r['arm']} | {r['seed']} | {' '.join(r['sets']) or '-'} | {r['win_rate']:.3f} ± "
+            f"{r['win_rate_se']:.3f} | {r['mean_reward']:.4f} | "
+            f"{r['mean_reward_initial']:.4f} | {r['mean_reward'] - r['mean_reward_initial']:+.4f} | "
+            f"{r['tokens']} | {r['train_prompts']} | "
             f"{r['pairs']} | {r['steps']} | {r['wall_s']:.0f} |"
         )
     print(
@@ -118,15 +121,18 @@ def print_tables(rows: list[dict]) -> None:
         + ")\n"
     )
     print(
-        "| arm | seeds | win rate vs initial | mean reward | Δ reward vs initial | tokens generated | pairs | DPO steps |"
+        "| arm | seeds | win rate vs initial | mean reward | Δ reward vs initial | tokens generated | pairs | "
+        "DPO steps |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for arm in ARMS:
         rs = [r for r in rows if r["arm"] == arm]
         if rs:
             print(
-                f"| {arm} | {len(rs)} | {_spread([r['win_rate'] for r in rs])} | {_spread([r['mean_reward'] for r in rs])} | "
-                f"{_spread([r['mean_reward'] - r['mean_reward_initial'] for r in rs])} | {statistics.fmean(r['tokens'] for r in rs):.0f} | "
+                f"| {arm} | {len(rs)} | {_spread([r['win_rate'] for r in rs])} | "
+                f"{_spread([r['mean_reward'] for r in rs])} | "
+                f"{_spread([r['mean_reward'] - r['mean_reward_initial'] for r in rs])} | "
+                f"{statistics.fmean(r['tokens'] for r in rs):.0f} | "
                 f"{statistics.fmean(r['pairs'] for r in rs):.1f} | {statistics.fmean(r['steps'] for r in rs):.1f} |"
             )
     eva_rows = {r["seed"]: r for r in rows if r["arm"] == "eva"}
@@ -139,7 +145,8 @@ def print_tables(rows: list[dict]) -> None:
         if len(deltas) > 1:
             se = statistics.stdev(deltas) / math.sqrt(len(deltas))
             print(
-                f"\neva − {arm}, held-out mean reward, paired by seed: {statistics.fmean(deltas):+.4f} ± {se:.4f} (se over {len(deltas)} seeds)"
+                f"\neva − {arm}, held-out mean reward, paired by seed: {statistics.fmean(deltas):+.4f} ± "
+                f"{se:.4f} (se over {len(deltas)} seeds)"
             )
 
 
@@ -162,7 +169,8 @@ def main() -> None:
         for r in one_seed(folder, seed, args.preset, heldout, texts):
             rows.append(r)
             print(
-                f"  {r['arm']} seed {seed}: win rate {r['win_rate']:.3f}, mean reward {r['mean_reward']:.4f} (initial {r['mean_reward_initial']:.4f}), "
+                f"  {r['arm']} seed {seed}: win rate {r['win_rate']:.3f}, mean reward {r['mean_reward']:.4f} "
+                f"(initial {r['mean_reward_initial']:.4f}), "
                 f"{r['tokens']} tokens, {r['pairs']} pairs, {r['wall_s']:.0f} s",
                 flush=True,
             )

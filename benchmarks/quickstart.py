@@ -65,7 +65,8 @@ def main() -> None:
     for name, seconds in parts:
         print(f"| {name} | {seconds:.1f} |")
     print(
-        f"| **total** | **{result['wall_s']:.0f}** |\n\npeak summed RSS of the process tree: {result['peak_rss_gb']:.1f} GB"
+        f"| **total** | **{result['wall_s']:.0f}** |\n\npeak summed RSS of the process tree: "
+        f"{result['peak_rss_gb']:.1f} GB"
     )
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps({"command": line, **result, "parts": dict(parts)}, indent=2))

@@ -91,18 +91,22 @@ def main() -> None:
 
     print("\nIteration cost vs prompts (tiny preset, 1 iteration, local Ray with 2 CPUs)\n")
     print(
-        "| prompts | train prompts | tokens generated | DPO steps | estimate (s) | evolve (s) | solve (s) | train (s) | iteration (s) | s / prompt | overhead | peak RSS (GB) |"
+        "| prompts | train prompts | tokens generated | DPO steps | estimate (s) | evolve (s) | solve (s) | "
+        "train (s) | iteration (s) | s / prompt | overhead | peak RSS (GB) |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in by_size:
         st = r["stages"]
         print(
-            f"| {r['prompts']} | {r['train_prompts']} | {r['tokens']} | {r['steps']} | {st['estimate']:.1f} | {st['evolve']:.1f} | {st['solve']:.1f} | "
-            f"{st['train']:.1f} | {r['iteration_s']:.1f} | {r['iteration_s'] / r['prompts']:.3f} | {r['overhead_share']:.1%} | {r['peak_rss_gb']:.1f} |"
+            f"| {r['prompts']} | {r['train_prompts']} | {r['tokens']} | {r['steps']} | {st['estimate']:.1f} | "
+            f"{st['evolve']:.1f} | {st['solve']:.1f} | "
+            f"{st['train']:.1f} | {r['iteration_s']:.1f} | {r['iteration_s'] / r['prompts']:.3f} | "
+            f"{r['overhead_share']:.1%} | {r['peak_rss_gb']:.1f} |"
         )
     if by_replicas:
         print(
-            f"\nIteration cost vs engine replicas ({args.replica_prompts} prompts, head + 1 worker node on loopback, SPREAD)\n"
+            f"\nIteration cost vs engine replicas ({args.replica_prompts} prompts, head + 1 worker node on "
+            f"loopback, SPREAD)\n"
         )
         print(
             "| replicas | engines on nodes | estimate (s) | solve (s) | iteration (s) | actors up (s) | peak RSS (GB) |"
@@ -112,7 +116,8 @@ def main() -> None:
             st = r["stages"]
             spread = len(set((r["nodes"] or {}).get("engine", [])))
             print(
-                f"| {r['replicas']} | {spread} | {st['estimate']:.1f} | {st['solve']:.1f} | {r['iteration_s']:.1f} | {r['actors_up_s']:.1f} | {r['peak_rss_gb']:.1f} |"
+                f"| {r['replicas']} | {spread} | {st['estimate']:.1f} | {st['solve']:.1f} | "
+                f"{r['iteration_s']:.1f} | {r['actors_up_s']:.1f} | {r['peak_rss_gb']:.1f} |"
             )
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps({"prompts": by_size, "replicas": by_replicas}, indent=2))

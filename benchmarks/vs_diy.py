@@ -68,22 +68,29 @@ def main() -> None:
     }
 
     print(
-        f"\nOne iteration of {args.preset}: {diy['estimate_prompts']} prompts estimated, {diy['train_prompts']} trained on, "
-        f"{diy['pairs']} pairs / {diy['steps']} DPO steps (eva: {eva_metrics.num_pairs} pairs / {eva_metrics.train_steps} steps)\n"
+        f"\nOne iteration of {args.preset}: {diy['estimate_prompts']} prompts estimated, "
+        f"{diy['train_prompts']} trained on, "
+        f"{diy['pairs']} pairs / {diy['steps']} DPO steps (eva: {eva_metrics.num_pairs} pairs / "
+        f"{eva_metrics.train_steps} steps)\n"
     )
     print("| stage | eva (s) | DIY script (s) | DIY / eva |\n|---|---:|---:|---:|")
     for s in STAGES:
         a, b = eva_cmp.get(s, 0.0), diy_stages[s]
         print(
-            f"| {s}{' + mix' if s == 'sample' else ''}{' + pairs' if s == 'train' else ''}{' (DIY: save)' if s == 'commit' else ''} | {a:.1f} | {b:.1f} | {f'{b / a:.1f}x' if a > 0.05 else '-'} |"
+            f"| "
+            f"{s}{' + mix' if s == 'sample' else ''}{' + pairs' if s == 'train' else ''}"
+            f"{' (DIY: save)' if s == 'commit' else ''} "
+            f"| {a:.1f} | {b:.1f} | {f'{b / a:.1f}x' if a > 0.05 else '-'} |"
         )
     print(
-        f"| **iteration** | **{eva_iter:.1f}** | **{diy['iteration_s']:.1f}** | **{diy['iteration_s'] / eva_iter:.2f}x** |"
+        f"| **iteration** | **{eva_iter:.1f}** | **{diy['iteration_s']:.1f}** | "
+        f"**{diy['iteration_s'] / eva_iter:.2f}x** |"
     )
     print(f"| start-up (actors / model loading) | {eva_up:.1f} | {diy['load_s']:.1f} | |")
     if eva_run:
         print(
-            f"| whole process, peak RSS | {eva_run['wall_s']:.0f} s, {eva_run['peak_rss_gb']:.1f} GB | {diy_proc['wall_s']:.0f} s, {diy_proc['peak_rss_gb']:.1f} GB | |"
+            f"| whole process, peak RSS | {eva_run['wall_s']:.0f} s, {eva_run['peak_rss_gb']:.1f} GB | "
+            f"{diy_proc['wall_s']:.0f} s, {diy_proc['peak_rss_gb']:.1f} GB | |"
         )
     print(f"\neva / DIY iteration wall time: {eva_iter / diy['iteration_s']:.2f} (target <= 0.5)")
     OUT.parent.mkdir(exist_ok=True)

@@ -359,7 +359,8 @@ def load_seed_prompts(path: str | Any, column: str = "prompt", limit: int | None
     if too_long:
         where, n = max(too_long, key=lambda w: w[1])
         raise DataError(
-            f"{source}: {len(too_long)} prompt(s) longer than {MAX_PROMPT_CHARS:,} characters (the longest, {n:,} characters, "
+            f"{source}: {len(too_long)} prompt(s) longer than {MAX_PROMPT_CHARS:,} characters (the longest, "
+            f"{n:,} characters, "
             f"at {where}; the first at {too_long[0][0]}): is {column!r} the prompt column? Shorten or drop them"
         )
     if not seen:
@@ -372,13 +373,15 @@ def _check_text(text: str, where: str) -> None:
     \\ud800 without its pair decodes to one; it cannot be written as UTF-8)."""
     if "\x00" in text:
         raise DataError(
-            f"{where}: the text holds a NUL character (U+0000) at position {text.index(chr(0))}: binary data, not a prompt"
+            f"{where}: the text holds a NUL character (U+0000) at position {text.index(chr(0))}: binary data, "
+            f"not a prompt"
         )
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
         raise DataError(
-            f"{where}: the text holds a lone surrogate {text[e.start]!r} at position {e.start} (half of a UTF-16 pair, e.g. an escape like \\ud83d without its partner): not valid Unicode text"
+            f"{where}: the text holds a lone surrogate {text[e.start]!r} at position {e.start} (half of a "
+            f"UTF-16 pair, e.g. an escape like \\ud83d without its partner): not valid Unicode text"
         ) from None
 
 
@@ -389,7 +392,8 @@ def _decode_utf8(data: bytes, source: str) -> str:
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise DataError(
-            f"{source}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}): save the file as UTF-8 "
+            f"{source}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}): save the "
+            f"file as UTF-8 "
             "(e.g. `iconv -f latin1 -t utf-8`)"
         ) from None
 

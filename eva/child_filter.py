@@ -64,7 +64,8 @@ _INSTRUCTION_VERBS = frozenset(
 _REQUEST_OPENER = re.compile(
     r"^(?:please|kindly|can you|could you|would you|will you|help me|i need|i want|i'd like|i would like"
     r"|tell me|show me|give me|let's|your (?:response|answer|reply|text|story|essay|poem) (?:should|must)"
-    r"|how (?:do|does|did|can|could|should|would|is|are|much|many|long|often)|(?:what|why|which|who) (?:is|are|was|were|do|does|did|should|would|can|could)"
+    r"|how (?:do|does|did|can|could|should|would|is|are|much|many|long|often)|(?:what|why|which|who) "
+    r"(?:is|are|was|were|do|does|did|should|would|can|could)"
     r"|imagine|suppose|assume)\b",
     re.IGNORECASE,
 )

@@ -66,11 +66,17 @@ class RunSection(_Section):
     max_iterations_without_pairs: int = Field(
         3,
         ge=1,
-        description="Stop the run (exit 2, resumable) after this many consecutive iterations built no preference pair (all n responses of every prompt scored alike, or margins at most solver.min_margin): it would go on training nothing. Change what starves it (solver.min_margin, solver.n_responses, solver.temperature, the reward) or raise this, then continue.",
+        description="Stop the run (exit 2, resumable) after this many consecutive iterations built no preference "
+        "pair (all "
+        "n responses of every prompt scored alike, or margins at most solver.min_margin): it would go on "
+        "training nothing. Change what starves it (solver.min_margin, solver.n_responses, solver.temperature, "
+        "the reward) or raise this, then continue.",
     )
     baseline: bool = Field(
         False,
-        description="The fixed-prompt baseline (plain iterative DPO: no estimate, sample, evolve or mix) for A/B comparisons at equal budget; `eva run --baseline` sets it. Part of the run's identity: a run never switches loops.",
+        description="The fixed-prompt baseline (plain iterative DPO: no estimate, sample, evolve or mix) for A/B "
+        "comparisons at equal budget; `eva run --baseline` sets it. Part of the run's identity: a run never "
+        "switches loops.",
     )
 
     @model_validator(mode="after")
@@ -99,12 +105,14 @@ class ModelSection(_Section):
     )
     enforce_eager: bool = Field(
         True,
-        description="vLLM eager mode (no torch.compile): starts in seconds; compiled is faster but slow to start on CPU.",
+        description="vLLM eager mode (no torch.compile): starts in seconds; compiled is faster but slow to start "
+        "on CPU.",
     )
     kv_cache_gib: int = Field(
         1,
         ge=1,
-        description="vLLM CPU KV-cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE). GPU engines use gpu_memory_utilization.",
+        description="vLLM CPU KV-cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE). GPU engines use "
+        "gpu_memory_utilization.",
     )
     gpu_memory_utilization: float = Field(
         0.5, gt=0, le=1, description="Share of GPU memory one vLLM engine may take (GPU only)."
@@ -115,7 +123,8 @@ class ModelSection(_Section):
 class PromptsSection(_Section):
     path: str = Field(
         "builtin:seed",
-        description="Seed prompts: JSONL, Parquet, a saved `datasets` folder, or builtin:seed (200+ shipped instructions).",
+        description="Seed prompts: JSONL, Parquet, a saved `datasets` folder, or builtin:seed (200+ shipped "
+        "instructions).",
     )
     column: str = Field("prompt", min_length=1, description="Column (JSON key) that holds the prompt text.")
     limit: int | None = Field(
@@ -124,19 +133,26 @@ class PromptsSection(_Section):
     baseline_sample: int | None = Field(
         None,
         ge=1,
-        description="Baseline runs only: train each iteration on a fresh uniform sample of this many fixed prompts (seeded by run.seed and the iteration), e.g. as many as the eva run it is compared with trains on. None: all of them every iteration.",
+        description="Baseline runs only: train each iteration on a fresh uniform sample of this many fixed prompts "
+        "(seeded "
+        "by run.seed and the iteration), e.g. as many as the eva run it is compared with trains on. None: all "
+        "of them every iteration.",
     )
 
 
 class TaskSection(_Section):
     family: str | None = Field(
         None,
-        description="Task family with verifiable rewards (eva.tasks): arithmetic, or module:Class of your own. None: free-text prompts (prompts.path). Set: the seed prompts are problems of the family, each carrying its metadata (family, parameters, reference answer, level).",
+        description="Task family with verifiable rewards (eva.tasks): arithmetic, or module:Class of your own. None: "
+        "free-text prompts (prompts.path). Set: the seed prompts are problems of the family, each carrying its "
+        "metadata (family, parameters, reference answer, level).",
     )
     levels: tuple[str, ...] = Field(
         ("1d+", "1d*", "2d+"),
         min_length=1,
-        description="Difficulty levels of the generated seed problems (arithmetic: <digits>d<op>[w], op in + - * /, w = word problem; e.g. 1d+, 2d*, 3d-w).",
+        description="Difficulty levels of the generated seed problems (arithmetic: <digits>d<op>[w], op in + - * "
+        "/, w = "
+        "word problem; e.g. 1d+, 2d*, 3d-w).",
     )
     per_level: int = Field(
         16,
@@ -145,12 +161,15 @@ class TaskSection(_Section):
     )
     problems: str | None = Field(
         None,
-        description="A JSONL file of seed problems ({prompt, meta} per line, eva.tasks.problem_sets) instead of generating them.",
+        description="A JSONL file of seed problems ({prompt, meta} per line, eva.tasks.problem_sets) instead of "
+        "generating "
+        "them.",
     )
     seed: int = Field(
         0,
         ge=0,
-        description="Seed of problem generation (training seeds and the held-out set; their random streams and problem spaces are disjoint).",
+        description="Seed of problem generation (training seeds and the held-out set; their random streams and problem "
+        "spaces are disjoint).",
     )
     eval_levels: tuple[str, ...] | None = Field(
         None, description="Levels of the held-out evaluation set of `eva eval` (None: `levels`)."
@@ -177,42 +196,58 @@ class TaskSection(_Section):
 class CreatorSection(_Section):
     kind: Literal["llm", "program", "select"] = Field(
         "llm",
-        description="How children are made: llm (the creator LLM rewrites free-text prompts, EvolInstruct operators), program (a task family's mutations, harder/easier/sideways, the answer recomputed by code; needs task.family), or select (no children: the sampled prompts themselves take the evolved share of X'_t; selection without evolution, an ablation arm).",
+        description="How children are made: llm (the creator LLM rewrites free-text prompts, EvolInstruct operators), "
+        "program (a task family's mutations, harder/easier/sideways, the answer recomputed by code; needs "
+        "task.family), or select (no children: the sampled prompts themselves take the evolved share of X'_t; "
+        "selection without evolution, an ablation arm).",
     )
     population: int | None = Field(
         None,
         ge=1,
-        description="Size of the training set X'_t of every iteration. The creator asks for as many children as it takes to fill the evolved share (evolved_ratio of it; more rounds of variants while filters drop children, up to max_evolve_rounds), and the mix fills the rest with a uniform sample of the buffer. None: the size of the seed set.",
+        description="Size of the training set X'_t of every iteration. The creator asks for as many children as it "
+        "takes "
+        "to fill the evolved share (evolved_ratio of it; more rounds of variants while filters drop children, "
+        "up to max_evolve_rounds), and the mix fills the rest with a uniform sample of the buffer. None: the "
+        "size of the seed set.",
     )
     max_evolve_rounds: int = Field(
         4,
         ge=1,
-        description="Rounds of num_variants children per sampled parent the creator may spend to fill its share of the population.",
+        description="Rounds of num_variants children per sampled parent the creator may spend to fill its share of the "
+        "population.",
     )
     direction_rule: Literal["uniform", "frontier"] = Field(
         "uniform",
-        description="kind=program: uniform (harder, easier, sideways drawn at random per child) or frontier (toward the parent's frontier: harder when most of its responses were exactly right, easier when few were, sideways in between).",
+        description="kind=program: uniform (harder, easier, sideways drawn at random per child) or frontier "
+        "(toward the "
+        "parent's frontier: harder when most of its responses were exactly right, easier when few were, "
+        "sideways in between).",
     )
     metric: str = Field(
         "gap",
-        description=f"Informativeness of a prompt from its reward vector: {', '.join(metric_names())} (eva.metrics; DESIGN.md table).",
+        description=f"Informativeness of a prompt from its reward vector: {', '.join(metric_names())} (eva.metrics; "
+        f"DESIGN.md table).",
     )
     sample_frac: float = Field(
         0.25, gt=0, le=1, description="Fraction of the current prompt set sampled for evolving each iteration."
     )
     sample_method: str = Field(
         "weighted",
-        description="weighted (without replacement, prob. proportional to min-max normalized info), greedy (top-k) or uniform.",
+        description="weighted (without replacement, prob. proportional to min-max normalized info), greedy (top-k) or "
+        "uniform.",
     )
     num_variants: int = Field(4, ge=1, description="Rewrites requested per sampled prompt.")
     operators: tuple[str, ...] = Field(
         tuple(OPERATORS),
         min_length=1,
-        description=f"Evolve operators drawn from: {', '.join(OPERATORS)} (eva.evolve; breadth writes a new prompt in the same domain, the others make the same one harder).",
+        description=f"Evolve operators drawn from: {', '.join(OPERATORS)} (eva.evolve; breadth writes a new prompt "
+        f"in the "
+        f"same domain, the others make the same one harder).",
     )
     model: str = Field(
         "policy",
-        description="Creator LLM: policy (shares the solver's engine), initial (frozen initial policy) or a model path.",
+        description="Creator LLM: policy (shares the solver's engine), initial (frozen initial policy) or a model "
+        "path.",
     )
     temperature: float = Field(0.8, ge=0, description="Sampling temperature of the creator.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling of the creator.")
@@ -227,19 +262,24 @@ class CreatorSection(_Section):
     )
     prompt_filter: Literal["embedding", "text", "off"] = Field(
         "embedding",
-        description="kind=llm: drop children that are not prompts (eva.child_filter): text (English wording cues: talk about the prompt or the rewrite, an answer, no request), embedding (text, plus MiniLM cosines to the operator's instruction and to the parent; loads the packaged MiniLM in the driver), off.",
+        description="kind=llm: drop children that are not prompts (eva.child_filter): text (English wording cues: talk "
+        "about the prompt or the rewrite, an answer, no request), embedding (text, plus MiniLM cosines to the "
+        "operator's instruction and to the parent; loads the packaged MiniLM in the driver), off.",
     )
     max_meta_similarity: float = Field(
         0.35,
         ge=-1,
         le=1,
-        description="prompt_filter embedding: a child closer (MiniLM cosine) to its operator's instruction (the meta-prompt without the parent) than to its parent, and at least this close to the instruction, is dropped as meta_paraphrase.",
+        description="prompt_filter embedding: a child closer (MiniLM cosine) to its operator's instruction (the "
+        "meta-prompt without the parent) than to its parent, and at least this close to the instruction, is "
+        "dropped as meta_paraphrase.",
     )
     min_parent_similarity: float = Field(
         0.22,
         ge=-1,
         le=1,
-        description="prompt_filter embedding: MiniLM cosine between a child and its parent below which the child is dropped as off_topic.",
+        description="prompt_filter embedding: MiniLM cosine between a child and its parent below which the child is "
+        "dropped as off_topic.",
     )
     evolved_ratio: float = Field(
         0.8,
@@ -299,29 +339,40 @@ class SolverSection(_Section):
     )
     loss_type: str = Field(
         "sigmoid",
-        description="Preference loss (eva.losses.LOSSES), with the TRL trainer that runs it and the solver fields it reads: "
+        description="Preference loss (eva.losses.LOSSES), with the TRL trainer that runs it and the solver fields it "
+        "reads: "
         + ", ".join(f"{s.name} (TRL {s.family.upper()}: {', '.join(s.params)})" for s in LOSSES.values())
         + ".",
     )
     beta: float = Field(
         0.05,
         gt=0,
-        description="DPO beta of sigmoid/ipo/hinge/robust (inverse temperature of the implicit reward; IPO's tau). simpo and orpo do not read it.",
+        description="DPO beta of sigmoid/ipo/hinge/robust (inverse temperature of the implicit reward; IPO's tau). "
+        "simpo "
+        "and orpo do not read it.",
     )
     simpo_beta: float = Field(
         0.05,
         gt=0,
-        description="SimPO's beta (TRL CPOConfig.beta): scale of the length-normalized log-likelihood reward, on its own scale, not DPO's: the SimPO paper uses 2-2.5 (10 for gemma-2-9b-it). The default 0.05 is what simpo got before it had its own field (solver.beta).",
+        description="SimPO's beta (TRL CPOConfig.beta): scale of the length-normalized log-likelihood reward, on "
+        "its own "
+        "scale, not DPO's: the SimPO paper uses 2-2.5 (10 for gemma-2-9b-it). The default 0.05 is what simpo "
+        "got before it had its own field (solver.beta).",
     )
     simpo_gamma: float = Field(
         0.5,
         ge=0,
-        description="SimPO's target reward margin gamma (TRL CPOConfig.simpo_gamma; the loss subtracts gamma/simpo_beta from the log-likelihood difference). The SimPO paper tunes the ratio gamma/beta rather than gamma.",
+        description="SimPO's target reward margin gamma (TRL CPOConfig.simpo_gamma; the loss subtracts "
+        "gamma/simpo_beta "
+        "from the log-likelihood difference). The SimPO paper tunes the ratio gamma/beta rather than gamma.",
     )
     orpo_lambda: float = Field(
         0.05,
         gt=0,
-        description="ORPO's lambda (TRL ORPOConfig.beta): weight of the odds-ratio term added to the SFT loss. The ORPO authors train with 0.1 (TRL's default too). The default 0.05 is what orpo got before it had its own field (solver.beta).",
+        description="ORPO's lambda (TRL ORPOConfig.beta): weight of the odds-ratio term added to the SFT loss. The "
+        "ORPO "
+        "authors train with 0.1 (TRL's default too). The default 0.05 is what orpo got before it had its own "
+        "field (solver.beta).",
     )
     learning_rate: float = Field(1e-6, gt=0, description="Learning rate.")
     epochs: float = Field(1.0, gt=0, description="Epochs over the iteration's pairs.")
@@ -331,7 +382,8 @@ class SolverSection(_Section):
     max_prompt_length: int = Field(
         384,
         ge=8,
-        description="Max prompt tokens in training: the trainer keeps the last max_prompt_length tokens of the user text.",
+        description="Max prompt tokens in training: the trainer keeps the last max_prompt_length tokens of the "
+        "user text.",
     )
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Linear warmup as a share of the round's steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
@@ -366,16 +418,21 @@ class ScorerSpec(_Section):
     kind: str = Field(description=f"Scorer kind (eva.scorers): {', '.join(component_kinds())}.")
     weight: float = Field(
         1.0,
-        description="Weight of this scorer's score in the combination, after its fixed map onto [0, 1] (judge labels linearly, relevance cosine clipped at 0, reward_model sigmoid, wellformed as is, function clipped; eva.scorers); never standardized per batch.",
+        description="Weight of this scorer's score in the combination, after its fixed map onto [0, 1] (judge labels "
+        "linearly, relevance cosine clipped at 0, reward_model sigmoid, wellformed as is, function clipped; "
+        "eva.scorers); never standardized per batch.",
     )
     model: str | None = Field(
         None,
-        description=f"Model of {'/'.join(k for k, v in SCORER_KINDS.items() if v.model)}: path, builtin name, or initial (the frozen initial policy).",
+        description=f"Model of {'/'.join(k for k, v in SCORER_KINDS.items() if v.model)}: path, builtin name, or "
+        f"initial "
+        f"(the frozen initial policy).",
     )
     function: str | None = Field(None, description="module:function for kind=function. This executes user code.")
     judge_template: str | None = Field(
         None,
-        description=f"Judge prompt template for kind=judge ({', '.join(JUDGE_TEMPLATES)}; eva.judge); None: reward.judge_template.",
+        description=f"Judge prompt template for kind=judge ({', '.join(JUDGE_TEMPLATES)}; eva.judge); None: "
+        f"reward.judge_template.",
     )
 
     @field_validator("kind")
@@ -410,21 +467,26 @@ class RewardSection(_Section):
     )
     function: str | None = Field(
         None,
-        description="module:function for kind=function: called as f(prompts, responses) -> list[float]. Runs user code.",
+        description="module:function for kind=function: called as f(prompts, responses) -> list[float]. Runs user "
+        "code.",
     )
     judge_template: str = Field(
         "fewshot",
-        description=f"Judge prompt template ({', '.join(JUDGE_TEMPLATES)}; eva.judge); the reward is the expected label value.",
+        description=f"Judge prompt template ({', '.join(JUDGE_TEMPLATES)}; eva.judge); the reward is the expected "
+        f"label "
+        f"value.",
     )
     judge_dtype: DType = Field(
         "float32",
-        description="Judge engine dtype. float32 by default: bf16 logits are coarse (ties) and cost SmolLM2's judge ~5 points of accuracy.",
+        description="Judge engine dtype. float32 by default: bf16 logits are coarse (ties) and cost SmolLM2's judge ~5 "
+        "points of accuracy.",
     )
     batch_size: int = Field(16, ge=1, description="Scoring batch size (reward_model).")
     max_length: int = Field(1024, ge=16, description="Max tokens a scorer reads of prompt + response.")
     components: tuple[ScorerSpec, ...] = Field(
         DEFAULT_REWARD_COMPONENTS,
-        description="Scorers and weights for kind=combined; each scorer's score is mapped onto [0, 1] by a fixed rule before weighting (eva.scorers).",
+        description="Scorers and weights for kind=combined; each scorer's score is mapped onto [0, 1] by a fixed rule "
+        "before weighting (eva.scorers).",
     )
 
     @field_validator("kind")
@@ -447,7 +509,8 @@ class RewardSection(_Section):
             field = f"{where}.model" if spec.model else "model"
             if spec.kind == "reward_model" and (spec.model or self.model) == "initial":
                 raise ValueError(
-                    f"{field}{f' (of {where})' if where and not spec.model else ''} is 'initial', the policy: a causal LM, not a "
+                    f"{field}{f' (of {where})' if where and not spec.model else ''} is 'initial', the policy: "
+                    f"a causal LM, not a "
                     "reward model. kind reward_model needs the path of a sequence-classification reward model (e.g. "
                     "Skywork-Reward-Llama-3.1-8B-v0.2); kind judge scores with the initial policy"
                 )
@@ -487,7 +550,9 @@ class ActorResources(_Section):
     threads: int = Field(
         1,
         ge=1,
-        description="Torch threads inside the actor (trainer). May exceed num_cpus on purpose: the loop's stages run one at a time, so the trainer can use the cores the idle engines reserve.",
+        description="Torch threads inside the actor (trainer). May exceed num_cpus on purpose: the loop's stages "
+        "run one "
+        "at a time, so the trainer can use the cores the idle engines reserve.",
     )
 
 
@@ -501,11 +566,13 @@ class RaySection(_Section):
     reward: ActorResources = Field(default_factory=ActorResources, description="Reward scorer actors.")
     creator: ActorResources = Field(
         default_factory=ActorResources,
-        description="The creator model's own engine replicas (only when creator.model is not `policy`; otherwise the creator generates with the policy's engines).",
+        description="The creator model's own engine replicas (only when creator.model is not `policy`; otherwise the "
+        "creator generates with the policy's engines).",
     )
     placement: Literal["PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"] = Field(
         "PACK",
-        description="Placement-group strategy for engine replicas (one bundle of {CPU: num_cpus, GPU: num_gpus} per replica); STRICT_SPREAD puts each replica on its own node.",
+        description="Placement-group strategy for engine replicas (one bundle of {CPU: num_cpus, GPU: num_gpus} per "
+        "replica); STRICT_SPREAD puts each replica on its own node.",
     )
     placement_timeout_s: float = Field(
         300.0,
@@ -515,7 +582,8 @@ class RaySection(_Section):
     retries: int = Field(
         2,
         ge=0,
-        description="Retries of a failed generation batch (engine actor died or its node was lost) before the stage fails.",
+        description="Retries of a failed generation batch (engine actor died or its node was lost) before the "
+        "stage fails.",
     )
     timeout_s: float = Field(
         3600.0, gt=0, description="Longest wait for one actor call before the run stops (resumable)."
@@ -526,7 +594,9 @@ class CheckpointSection(_Section):
     keep_policies: int | None = Field(
         None,
         ge=1,
-        description="Keep the policies of only the last K committed iterations (plus iteration 0); None keeps all. Prompt buffers are never pruned.",
+        description="Keep the policies of only the last K committed iterations (plus iteration 0); None keeps all. "
+        "Prompt "
+        "buffers are never pruned.",
     )
 
 
@@ -557,13 +627,16 @@ class RunConfig(_Section):
             )
         if has_task and self.creator.kind == "llm" and not self.run.baseline:  # select and program keep the answers
             raise ValueError(
-                "creator.kind is llm with task.family set: an LLM rewrite changes the problem but not its reference answer, "
-                "so its reward would grade against a wrong answer. Use creator.kind: program (the family's mutations, the "
+                "creator.kind is llm with task.family set: an LLM rewrite changes the problem but not its "
+                "reference answer, "
+                "so its reward would grade against a wrong answer. Use creator.kind: program (the family's "
+                "mutations, the "
                 "answer recomputed by code)"
             )
         if has_task and self.prompts.path != PromptsSection().path:
             raise ValueError(
-                "prompts.path is for free-text prompts; with task.family set the seeds are generated, or read from task.problems"
+                "prompts.path is for free-text prompts; with task.family set the seeds are generated, or read "
+                "from task.problems"
             )
         return self
 
@@ -590,7 +663,8 @@ class RunConfig(_Section):
         for name, res in engines:
             if tp > 1 and res.num_gpus != tp:
                 raise ValueError(
-                    f"{name}.num_gpus is {res.num_gpus:g} but model.tensor_parallel_size is {tp}: a tensor-parallel engine "
+                    f"{name}.num_gpus is {res.num_gpus:g} but model.tensor_parallel_size is {tp}: a "
+                    f"tensor-parallel engine "
                     f"replica takes one whole GPU per rank, set {name}.num_gpus: {tp}"
                 )
         return self

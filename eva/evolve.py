@@ -322,7 +322,8 @@ _REFUSAL = re.compile(
     r"^\W*(?:i'?m sorry|i am sorry|sorry,? (?:but )?i\b|my apologies"
     r"|as an ai(?:\s+(?:language model|assistant|model))?\s*,|as a (?:large )?language model"
     r"|i(?: cannot| can't| can not| won't| will not| am unable to|'m unable to| am not able to|'m not able to)"
-    r" (?:help|assist|provide|create|write|comply|fulfill|generate|do (?:that|this|it)|rewrite|answer|complete|support)\b"
+    r" (?:help|assist|provide|create|write|comply|fulfill|generate|do "
+    r"(?:that|this|it)|rewrite|answer|complete|support)\b"
     r"|unfortunately,? i(?: cannot| can't| am unable|'m unable))",
     re.IGNORECASE,
 )

@@ -209,7 +209,8 @@ def run(
         except USER_ERRORS as e:
             _fail(str(e))
         console.print(
-            f"run directory: {rd.root}  (model {cfg.model.path}, {cfg.run.iterations} iterations{', baseline' if cfg.run.baseline else ''})"
+            f"run directory: {rd.root}  (model {cfg.model.path}, {cfg.run.iterations} "
+            f"iterations{', baseline' if cfg.run.baseline else ''})"
         )
         _run(cfg, rd)
 
@@ -317,7 +318,8 @@ def _status(rd: RunDir) -> None:
         t = incomplete[-1]
         done = rd.stages_done(t)
         console.print(
-            f"stopped in iteration {t} after stage {done[-1] if done else '(none)'}; continue with: eva resume {rd.root}"
+            f"stopped in iteration {t} after stage {done[-1] if done else '(none)'}; continue with: eva resume "
+            f"{rd.root}"
         )
     elif latest is not None and latest < cfg.run.iterations:
         console.print(f"{latest}/{cfg.run.iterations} iterations committed; continue with: eva resume {rd.root}")
@@ -359,7 +361,8 @@ def _print_damage(rd: RunDir) -> bool:
     console.print(
         "[bold red]damaged:[/] `eva resume` will refuse this run until the committed iterations verify:\n  "
         + "\n  ".join(problems)
-        + "\nRestore the named files from a backup or a copy of the run directory (they are listed, with sha256, in each "
+        + "\nRestore the named files from a backup or a copy of the run directory (they are listed, with sha256, "
+        "in each "
         "iteration's MANIFEST.json); if they cannot be restored, start a new run directory."
     )
     return True
@@ -523,7 +526,8 @@ def export(
         _fail(f"--out {out}: use a .jsonl or .parquet file name")
     if (inside := find_run_dir(out)) is not None:
         _fail(
-            f"--out {out} is inside the run directory {inside.root}: export writes outside run directories (they hold only what their runs commit)"
+            f"--out {out} is inside the run directory {inside.root}: export writes outside run directories "
+            f"(they hold only what their runs commit)"
         )
     if out.is_dir():
         _fail(f"--out {out} is a folder: give a file name")
@@ -591,12 +595,14 @@ def eval_(
     problems: Optional[Path] = typer.Option(
         None,
         "--problems",
-        help="Task runs: held-out problems as JSONL ({prompt, meta} per line); default: the run's held-out set (task.eval_levels, task.eval_per_level).",
+        help="Task runs: held-out problems as JSONL ({prompt, meta} per line); default: the run's held-out set "
+        "(task.eval_levels, task.eval_per_level).",
     ),
     iteration: Optional[list[int]] = typer.Option(
         None,
         "--iteration",
-        help="Iteration whose policy to evaluate (default: latest committed); task runs: repeat it for several, e.g. an accuracy curve.",
+        help="Iteration whose policy to evaluate (default: latest committed); task runs: repeat it for several, "
+        "e.g. an accuracy curve.",
     ),
     column: str = typer.Option("prompt", "--column", help="Column holding the prompt text."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N prompts."),
@@ -616,7 +622,8 @@ def eval_(
         _fail("--prompts: a free-text run is evaluated on held-out prompts; give a JSONL, Parquet or datasets file")
     if cfg.task.family is not None and prompts is not None:
         _fail(
-            f"--prompts: {rd.root} is a task run ({cfg.task.family}); give held-out problems with --problems, or none for its held-out set"
+            f"--prompts: {rd.root} is a task run ({cfg.task.family}); give held-out problems with --problems, "
+            f"or none for its held-out set"
         )
     try:
         check_functions(cfg.reward.functions())
@@ -633,7 +640,8 @@ def eval_(
         except _user_errors() as e:
             _fail(str(e))
     console.print(
-        f"iteration {t} vs initial on {result['n']} prompts: win rate {result['win_rate']:.3f} (± {result['win_rate_se']:.3f}), "
+        f"iteration {t} vs initial on {result['n']} prompts: win rate {result['win_rate']:.3f} (± "
+        f"{result['win_rate_se']:.3f}), "
         f"mean reward {result['mean_reward']:.4f} vs {result['mean_reward_initial']:.4f}  -> {result['path']}"
     )
 
@@ -683,7 +691,8 @@ def report(
         inside = find_run_dir(out / "index.html")
         if inside is not None and not (out.resolve() / "index.html").is_relative_to(inside.root / "report"):
             _fail(
-                f"--out {out} is inside the run directory {inside.root}: a report goes to its own report/ folder (the default) or outside run directories"
+                f"--out {out} is inside the run directory {inside.root}: a report goes to its own report/ "
+                f"folder (the default) or outside run directories"
             )
     try:
         path = build_report(
@@ -710,7 +719,8 @@ def model_prepare(force: bool = typer.Option(False, "--force", help="Convert aga
 def submit(
     config: Optional[Path] = typer.Argument(
         None,
-        help="YAML config; its path must be readable on the head node (shared storage, or relative inside --working-dir).",
+        help="YAML config; its path must be readable on the head node (shared storage, or relative inside "
+        "--working-dir).",
     ),
     preset: Optional[str] = typer.Option(None, "--preset", help="Built-in preset to start from."),
     set_: list[str] = typer.Option([], "--set", help="Override a field: section.field=value (repeatable)."),
@@ -737,7 +747,7 @@ def submit(
     ),
     job_id: Optional[str] = typer.Option(None, "--job-id", help="Submission id (default: generated)."),
 ) -> None:
-    """Submit `eva run ...` (or `eva resume RUN_DIR`) as a Ray Job on a cluster; prints the job id and how to follow its logs."""
+    """Submit `eva run ...` (or `eva resume RUN_DIR`) as a Ray Job on a cluster; prints the job id and how to follow its logs."""  # noqa: E501 (one line of --help)
     import shlex
 
     from pipelines.submit import SubmitError, job_address, job_runtime_env, resume_args, run_args, submit_job

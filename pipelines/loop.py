@@ -475,12 +475,17 @@ def check_not_stalled(run: RunDir, t: int, cfg: RunConfig) -> None:
         return
     run.log_event("stalled", iteration=t, iterations_without_pairs=streak)
     raise RunStalled(
-        f"iterations {t - streak + 1}-{t} built no preference pair ({streak} in a row; run.max_iterations_without_pairs is {limit}): "
-        f"every prompt's {cfg.solver.n_responses} responses scored alike, or their margins were at most solver.min_margin "
-        f"({cfg.solver.min_margin:g}), so nothing was trained. The run stopped with iteration {t} committed. Change what starves "
+        f"iterations {t - streak + 1}-{t} built no preference pair ({streak} in a row; "
+        f"run.max_iterations_without_pairs is {limit}): "
+        f"every prompt's {cfg.solver.n_responses} responses scored alike, or their margins were at most "
+        f"solver.min_margin "
+        f"({cfg.solver.min_margin:g}), so nothing was trained. The run stopped with iteration {t} committed. "
+        f"Change what starves "
         "it (a lower solver.min_margin, more solver.n_responses, a higher solver.temperature, a finer reward) with "
-        f"`eva run CONFIG --run-dir {run.root} --allow-change FIELD --set FIELD=VALUE`, or raise run.max_iterations_without_pairs "
-        f"the same way; `eva resume {run.root}` continues as it is and stops again after the next iteration without pairs"
+        f"`eva run CONFIG --run-dir {run.root} --allow-change FIELD --set FIELD=VALUE`, or raise "
+        f"run.max_iterations_without_pairs "
+        f"the same way; `eva resume {run.root}` continues as it is and stops again after the next iteration "
+        f"without pairs"
     )
 
 

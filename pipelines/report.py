@@ -10,9 +10,10 @@ regenerated at any time while a run is going on. What it reads per iteration:
     ../eval/*.json        held-out results of `eva eval`, when present
 
 The page is built in `pipelines.report_html` with the SVG helpers of `pipelines.report_svg`; this
-module only gathers numbers into the typed records of `pipelines.report_data`, which both read. Sizes are bounded for runs of any size:
-the prompt table shows at most `max_rows` rows (a uniform sample beyond that, said on the page), the
-informativeness histograms at most MAX_HISTOGRAMS iterations, the diff lists at most DIFF_LIST rows.
+module only gathers numbers into the typed records of `pipelines.report_data`, which both read. Sizes
+are bounded for runs of any size: the prompt table shows at most `max_rows` rows (a uniform sample
+beyond that, said on the page), the informativeness histograms at most MAX_HISTOGRAMS iterations, the
+diff lists at most DIFF_LIST rows.
 """
 
 from __future__ import annotations
@@ -153,7 +154,8 @@ def config_summary(cfg: RunConfig | None) -> dict[str, Any]:
         "variants per prompt": cfg.creator.num_variants,
         "evolved ratio": cfg.creator.evolved_ratio,
         "responses per prompt": cfg.solver.n_responses,
-        "loss": f"{cfg.solver.loss_type} ({', '.join(f'{k} {v:g}' for k, v in loss_parameters(cfg.solver).items())}, {cfg.solver.finetune}, reference {cfg.solver.reference})",
+        "loss": f"{cfg.solver.loss_type} ({', '.join(f'{k} {v:g}' for k, v in loss_parameters(cfg.solver).items())}, "
+        f"{cfg.solver.finetune}, reference {cfg.solver.reference})",
         "reward": cfg.reward.kind,
         "iterations planned": cfg.run.iterations,
     }
@@ -339,7 +341,8 @@ def lineage_warnings(buffer: PromptBuffer, t: int) -> list[str]:
     parents = sorted({p.parent_id for p in orphans if p.parent_id is not None})
     named = ", ".join(parents[:5]) + (f" and {len(parents) - 5} more" if len(parents) > 5 else "")
     return [
-        f"Damaged lineage in iterations/{t:04d}/{PROMPTS}: {len(orphans):,} prompt(s) name a parent that is not in the buffer "
+        f"Damaged lineage in iterations/{t:04d}/{PROMPTS}: {len(orphans):,} prompt(s) name a parent that is "
+        f"not in the buffer "
         f"({named}); their lineage chains are shown up to the break."
     ]
 

@@ -3,8 +3,9 @@
 One self-contained file: inline CSS, inline SVG charts, ~20 lines of script (the table search), a
 Content-Security-Policy that forbids every network load, and a JSON block with the numbers behind
 the charts (`<script type="application/json" id="eva-report-data">`) for anyone who wants to
-re-plot (tests check the visible text and the SVG marks, which carry their values in data-*). Prompts and responses are user/model data: every text goes through `esc`, and the
-JSON block escapes `<`, `>` and `&` so no text can close its script element.
+re-plot (tests check the visible text and the SVG marks, which carry their values in data-*).
+Prompts and responses are user/model data: every text goes through `esc`, and the JSON block escapes
+`<`, `>` and `&` so no text can close its script element.
 """
 
 from __future__ import annotations
@@ -150,14 +151,18 @@ def header(r: Report) -> str:
     live = ""
     if s.current is not None:
         done = ", ".join(s.current_stages) or "no stage finished yet"
-        live = f'<p class="live">Iteration {s.current} started and is not committed: {esc(done)}. This report shows committed iterations only.</p>'
+        live = (
+            f'<p class="live">Iteration {s.current} started and is not committed: {esc(done)}. This report shows '
+            f"committed iterations only.</p>"
+        )
     live += "".join(f'<p class="warn">{esc(w)}</p>' for w in r.warnings)
     facts = "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in r.config.items())
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in NAV)
     return (
         f'<header><h1>eva run report <span class="name">{esc(r.name)}</span></h1>'
         f'<p class="meta"><code>{esc(r.run_dir)}</code> · state: <b id="run-state">{esc(s.state)}</b> · '
-        f"iterations committed: <b>{esc(progress)}</b> · last event {esc(s.last_event or '–')} · generated {esc(r.generated_at)}</p>"
+        f"iterations committed: <b>{esc(progress)}</b> · last event {esc(s.last_event or '–')} · generated "
+        f"{esc(r.generated_at)}</p>"
         f'{live}<dl class="facts">{facts}</dl><nav>{nav}</nav></header>'
     )
 
@@ -199,8 +204,14 @@ def summary_section(r: Report) -> str:
         + "</tr>"
         for v in r.iterations
     )
-    table = f'<div class="scroll"><table id="summary-table" class="numbers"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
-    intro = "One row per committed iteration, from its <code>metrics.json</code>. Iteration 0 is the seed buffer and the initial policy."
+    table = (
+        f'<div class="scroll"><table id="summary-table" '
+        f'class="numbers"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
+    )
+    intro = (
+        "One row per committed iteration, from its <code>metrics.json</code>. Iteration 0 is the seed buffer and "
+        "the initial policy."
+    )
     return section("summary", "Summary", intro, table)
 
 
@@ -356,7 +367,10 @@ def creator_section(r: Report) -> str:
         length_card(r),
         train_mix_card(r),
     ]
-    intro = "How the creator moved the prompt distribution: what it found informative, what it wrote, and what the solver trained on."
+    intro = (
+        "How the creator moved the prompt distribution: what it found informative, what it wrote, and what the "
+        "solver trained on."
+    )
     return section("creator", "Creator and prompt population", intro, f'<div class="grid">{"".join(cards)}</div>')
 
 
@@ -379,7 +393,10 @@ def info_histograms(r: Report) -> str:
         "Per iteration, informativeness of every prompt of the estimate stage; each row is scaled to its tallest bar."
     )
     if shown < total:
-        note += f" Showing {shown} of {total} iterations, evenly spaced with the first and the last (limit: {MAX_HISTOGRAMS} histograms)."
+        note += (
+            f" Showing {shown} of {total} iterations, evenly spaced with the first and the last (limit: "
+            f"{MAX_HISTOGRAMS} histograms)."
+        )
     return card(
         "Informativeness distribution",
         histogram_rows(rows, edges, "informativeness", "informativeness histogram per iteration"),
@@ -505,8 +522,10 @@ def train_mix_card(r: Report) -> str:
 def step_html(s: PromptRow) -> str:
     facts = f"info {num(s.info)} · gap {num(s.gap)} · mean reward {num(s.mean_reward)} · born in iteration {s.born}"
     return (
-        f'<li class="step" data-id="{esc(s.id)}"><div class="step-head"><span class="op op-{esc(s.operator)}">{esc(s.operator)}</span>'
-        f'<span class="depth">depth {s.depth}</span><code>{esc(s.id)}</code><span class="facts-inline">{esc(facts)}</span></div>'
+        f'<li class="step" data-id="{esc(s.id)}"><div class="step-head"><span class="op '
+        f'op-{esc(s.operator)}">{esc(s.operator)}</span>'
+        f'<span class="depth">depth {s.depth}</span><code>{esc(s.id)}</code><span '
+        f'class="facts-inline">{esc(facts)}</span></div>'
         f'<div class="text clamp" title="click to expand">{clip(s.text)}</div></li>'
     )
 
@@ -522,7 +541,10 @@ def chain_html(i: int, chain: Chain) -> str:
             f"the {chain.steps[0].depth} earlier step(s) are unknown</li>{steps}"
         )
     elif chain.cycle:
-        steps = f'<li class="step missing"><b>lineage broken:</b> the parents of <code>{esc(chain.steps[0].id)}</code> form a cycle</li>{steps}'
+        steps = (
+            f'<li class="step missing"><b>lineage broken:</b> the parents of <code>{esc(chain.steps[0].id)}</code> '
+            f"form a cycle</li>{steps}"
+        )
     broken = " broken" if chain.broken else ""
     return f'<article class="chain{broken}"><h3>{head}</h3><ol class="steps">{steps}</ol></article>'
 
@@ -533,12 +555,16 @@ def lineage_section(r: Report) -> str:
     else:
         content = f'<div class="lineage">{"".join(chain_html(i, c) for i, c in enumerate(r.lineage, start=1))}</div>'
     intro = (
-        f"The {len(r.lineage)} most informative prompts of iteration {r.lineage_iteration}, each with its chain from the seed prompt "
+        f"The {len(r.lineage)} most informative prompts of iteration {r.lineage_iteration}, each with its "
+        f"chain from the seed prompt "
         "through every rewrite. Gap = max − min of the prompt's latest rewards; click a text to expand it."
     )
     broken = sum(c.broken for c in r.lineage)
     if broken:
-        intro += f' <b class="bad">{broken} of these chains are broken</b> (a parent is missing from the buffer): each shows the steps that exist.'
+        intro += (
+            f' <b class="bad">{broken} of these chains are broken</b> (a parent is missing from the buffer): each '
+            f"shows the steps that exist."
+        )
     return section("lineage", "Lineage of the most informative prompts", intro, content)
 
 
@@ -564,23 +590,34 @@ def table_section(r: Report) -> str:
         for h in ("id", "depth", "operator", "born", "info", "gap", "mean reward", "sampled", "trained", "text")
     )
     rows = "".join(
-        f'<tr data-id="{esc(p.id)}"><td><code>{esc(p.id)}</code></td><td class="num">{p.depth}</td><td>{esc(p.operator)}</td><td class="num">{p.born}</td>'
+        f'<tr data-id="{esc(p.id)}"><td><code>{esc(p.id)}</code></td><td '
+        f'class="num">{p.depth}</td><td>{esc(p.operator)}</td><td class="num">{p.born}</td>'
         f'<td class="num">{num(p.info)}</td><td class="num">{num(p.gap)}</td><td class="num">{num(p.mean_reward)}</td>'
-        f'<td class="num">{p.times_sampled}</td><td class="num">{p.times_trained}</td><td class="text"><div class="clamp">{clip(p.text)}</div></td></tr>'
+        f'<td class="num">{p.times_sampled}</td><td class="num">{p.times_trained}</td><td class="text"><div '
+        f'class="clamp">{clip(p.text)}</div></td></tr>'
         for p in r.table_rows
     )
     if r.table_total > len(r.table_rows):
         limit = (
-            f"The buffer holds {r.table_total:,} prompts; the table is capped at {r.max_rows:,} rows and shows a uniform random sample "
-            f"of {len(r.table_rows):,} (seed 0). <code>eva export RUN --iteration {r.table_iteration}</code> writes them all."
+            f"The buffer holds {r.table_total:,} prompts; the table is capped at {r.max_rows:,} rows and shows "
+            f"a uniform random sample "
+            f"of {len(r.table_rows):,} (seed 0). <code>eva export RUN --iteration {r.table_iteration}</code> "
+            f"writes them all."
         )
     else:
-        limit = f"All {r.table_total:,} prompts of the buffer (the table is capped at {r.max_rows:,} rows; larger buffers are sampled)."
+        limit = (
+            f"All {r.table_total:,} prompts of the buffer (the table is capped at {r.max_rows:,} rows; larger "
+            f"buffers are sampled)."
+        )
     search = (
-        f'<div class="search"><input id="prompt-search" type="search" placeholder="Filter by text, id or operator…" autocomplete="off">'
+        f'<div class="search"><input id="prompt-search" type="search" placeholder="Filter by text, id or '
+        f'operator…" autocomplete="off">'
         f'<span id="prompt-count">{len(r.table_rows):,} of {len(r.table_rows):,} rows</span></div>'
     )
-    table = f'<div class="scroll tall"><table id="prompt-table"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
+    table = (
+        f'<div class="scroll tall"><table '
+        f'id="prompt-table"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
+    )
     intro = f"Prompts of iteration {r.table_iteration}, most informative first. {limit}"
     return section("prompts", f"Prompts of iteration {r.table_iteration}", intro, search + table)
 
@@ -590,7 +627,8 @@ def _prompt_list(rows: Sequence[PromptRow], total: int, what: str) -> str:
         return f'<p class="empty">No prompt {what}.</p>'
     more = f'<p class="note">Showing {len(rows)} of {total:,}, most informative first.</p>' if total > len(rows) else ""
     items = "".join(
-        f'<li><span class="op op-{esc(p.operator)}">{esc(p.operator)}</span> <span class="depth">depth {p.depth}</span> '
+        f'<li><span class="op op-{esc(p.operator)}">{esc(p.operator)}</span> <span class="depth">depth '
+        f"{p.depth}</span> "
         f'<span class="facts-inline">info {num(p.info)}</span><div class="text clamp">{clip(p.text)}</div></li>'
         for p in rows
     )
@@ -603,8 +641,10 @@ def diff_section(d: Diff | None) -> str:
     ops = ", ".join(f"{esc(op)} {n}" for op, n in d.added_by_operator.items()) or "–"
     depths = ", ".join(f"depth {k}: {n}" for k, n in d.added_by_depth.items()) or "–"
     stats = (
-        f'<ul class="diffstats"><li>buffer <b>{d.size_a:,} → {d.size_b:,}</b> prompts: <b id="diff-added">+{d.num_added:,}</b> added, '
-        f'<b id="diff-dropped">−{d.num_dropped:,}</b> dropped</li><li>added by operator: {ops}</li><li>added by depth: {depths}</li>'
+        f'<ul class="diffstats"><li>buffer <b>{d.size_a:,} → {d.size_b:,}</b> prompts: <b '
+        f'id="diff-added">+{d.num_added:,}</b> added, '
+        f'<b id="diff-dropped">−{d.num_dropped:,}</b> dropped</li><li>added by operator: {ops}</li><li>added '
+        f"by depth: {depths}</li>"
         f"<li>mean prompt length {num(d.mean_length[0], 1)} → {num(d.mean_length[1], 1)} characters</li>"
         f"<li>mean informativeness {num(d.mean_info[0])} → {num(d.mean_info[1])}</li>"
         f"<li>{_train_change(d)}</li></ul>"
@@ -613,29 +653,43 @@ def diff_section(d: Diff | None) -> str:
         f'<div class="grid"><div class="card"><h3>Added</h3>{_prompt_list(d.added, d.num_added, "added")}</div>'
         f'<div class="card"><h3>Dropped</h3>{_prompt_list(d.dropped, d.num_dropped, "dropped")}</div></div>'
     )
-    intro = f"Buffer of iteration {d.a} against iteration {d.b} (<code>eva report --diff A B</code> picks others). Buffers only grow, so “dropped” is normally empty."
+    intro = (
+        f"Buffer of iteration {d.a} against iteration {d.b} (<code>eva report --diff A B</code> picks others). "
+        f"Buffers only grow, so “dropped” is normally empty."
+    )
     return section("diff", f"Diff: iteration {d.a} → {d.b}", intro, stats + lists)
 
 
 def _train_change(d: Diff) -> str:
     if d.a == 0:  # iteration 0 trains nothing: "no longer trained on" would be meaningless
         return f"training prompts of iteration {d.b}: {d.train_added:,} (iteration 0 trains nothing)"
-    return f"training prompts: {d.train_added:,} new in iteration {d.b}, {d.train_dropped:,} of iteration {d.a} no longer trained on"
+    return (
+        f"training prompts: {d.train_added:,} new in iteration {d.b}, {d.train_dropped:,} of iteration {d.a} no "
+        f"longer trained on"
+    )
 
 
 def eval_section(evals: list[dict[str, Any]]) -> str:
     if not evals:
-        intro = "No held-out evaluation yet. Run <code>eva eval RUN_DIR --prompts HELD_OUT.jsonl --iteration T</code>, then regenerate this report."
+        intro = (
+            "No held-out evaluation yet. Run <code>eva eval RUN_DIR --prompts HELD_OUT.jsonl --iteration T</code>, "
+            "then regenerate this report."
+        )
         return section("eval", "Held-out evaluation", intro, "")
     rows = "".join(
-        f'<tr data-iteration="{e["iteration"]}"><th>{e["iteration"]}</th>{cell(e.get("n"), "n", 0)}{cell(e.get("win_rate"), "win_rate", 3)}'
-        f"{cell(e.get('win_rate_se'), 'win_rate_se', 3)}{cell(e.get('mean_reward'), 'mean_reward')}{cell(e.get('mean_reward_initial'), 'mean_reward_initial')}"
+        f"<tr "
+        f'data-iteration="{e["iteration"]}"><th>{e["iteration"]}</th>'
+        f"{cell(e.get('n'), 'n', 0)}{cell(e.get('win_rate'), 'win_rate', 3)}"
+        f"{cell(e.get('win_rate_se'), 'win_rate_se', 3)}{cell(e.get('mean_reward'), 'mean_reward')}"
+        f"{cell(e.get('mean_reward_initial'), 'mean_reward_initial')}"
         f"<td>{esc(e.get('prompts', ''))}</td></tr>"
         for e in evals
     )
     table = (
-        '<div class="scroll"><table id="eval-table" class="numbers"><thead><tr><th>iteration</th><th>prompts</th><th>win rate</th><th>± se</th>'
-        f"<th>mean reward</th><th>initial policy</th><th>prompt file</th></tr></thead><tbody>{rows}</tbody></table></div>"
+        '<div class="scroll"><table id="eval-table" '
+        'class="numbers"><thead><tr><th>iteration</th><th>prompts</th><th>win rate</th><th>± se</th>'
+        f"<th>mean reward</th><th>initial policy</th><th>prompt "
+        f"file</th></tr></thead><tbody>{rows}</tbody></table></div>"
     )
     pts = [(e["iteration"], e.get("win_rate")) for e in evals]
     band = [
@@ -672,9 +726,12 @@ def _finite(*xs: Any) -> bool:
 
 def footer(r: Report) -> str:
     return (
-        f"<footer>Generated by <code>eva report</code> from committed iterations and events.jsonl only. Limits: prompt table {r.max_rows:,} rows "
-        f"(uniform sample beyond), prompt texts {TEXT_LIMIT:,} characters, informativeness histograms for at most {MAX_HISTOGRAMS} iterations, diff lists {DIFF_LIST} prompts each. "
-        "Self-contained: no network access; the numbers behind the charts are in the <code>eva-report-data</code> JSON block.</footer>"
+        f"<footer>Generated by <code>eva report</code> from committed iterations and events.jsonl only. "
+        f"Limits: prompt table {r.max_rows:,} rows "
+        f"(uniform sample beyond), prompt texts {TEXT_LIMIT:,} characters, informativeness histograms for at "
+        f"most {MAX_HISTOGRAMS} iterations, diff lists {DIFF_LIST} prompts each. "
+        "Self-contained: no network access; the numbers behind the charts are in the "
+        "<code>eva-report-data</code> JSON block.</footer>"
     )
 
 
@@ -748,7 +805,7 @@ ul.diffstats{background:var(--card);border:1px solid var(--line);border-radius:8
 ul.plist{list-style:none;margin:0;padding:0;max-height:520px;overflow:auto}
 ul.plist li{padding:6px 0;border-bottom:1px solid var(--line)}
 footer{margin-top:40px;color:var(--muted);font-size:12.5px;border-top:1px solid var(--line);padding-top:12px}
-"""
+"""  # noqa: E501 (CSS, one rule per line)
 
 # Filters the prompt table as the user types; expands a clamped text on click. No other script.
 SCRIPT = """

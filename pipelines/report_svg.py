@@ -108,20 +108,24 @@ class Frame:
                 f'<line class="grid" data-value="{v!r}" x1="{self.left}" x2="{self.right}" y1="{y:.1f}" y2="{y:.1f}"/>'
             )
             parts.append(
-                f'<text class="tick y-tick" data-value="{v!r}" x="{self.left - 6}" y="{y + 4:.1f}" text-anchor="end">{esc(fmt_tick(v, self.y_ticks))}</text>'
+                f'<text class="tick y-tick" data-value="{v!r}" x="{self.left - 6}" y="{y + 4:.1f}" '
+                f'text-anchor="end">{esc(fmt_tick(v, self.y_ticks))}</text>'
             )
         for v in self.x_ticks:
             label = (x_labels or {}).get(v, fmt_tick(v, self.x_ticks))
             parts.append(
-                f'<text class="tick" x="{self.x(v):.1f}" y="{self.bottom + 16}" text-anchor="middle">{esc(label)}</text>'
+                f'<text class="tick" x="{self.x(v):.1f}" y="{self.bottom + 16}" '
+                f'text-anchor="middle">{esc(label)}</text>'
             )
         parts.append(f'<line class="axis" x1="{self.left}" x2="{self.right}" y1="{self.bottom}" y2="{self.bottom}"/>')
         parts.append(
-            f'<text class="axis-title" x="{(self.left + self.right) / 2:.1f}" y="{self.height - 6}" text-anchor="middle">{esc(x_label)}</text>'
+            f'<text class="axis-title" x="{(self.left + self.right) / 2:.1f}" y="{self.height - 6}" '
+            f'text-anchor="middle">{esc(x_label)}</text>'
         )
         mid = (self.top + self.bottom) / 2
         parts.append(
-            f'<text class="axis-title" transform="translate(13 {mid:.1f}) rotate(-90)" text-anchor="middle">{esc(y_label)}</text>'
+            f'<text class="axis-title" transform="translate(13 {mid:.1f}) rotate(-90)" '
+            f'text-anchor="middle">{esc(y_label)}</text>'
         )
         return "".join(parts)
 
@@ -180,7 +184,8 @@ def line_chart(
                 f"{x_label} {x:g}: {fmt.format(lo)} – {fmt.format(hi)}" for x, lo, hi in s.band
             )
             parts.append(
-                f'<polygon class="band" data-series="{esc(s.name)}" points="{top} {bottom}" fill="{s.color}" fill-opacity="0.16"><title>{esc(tip)}</title></polygon>'
+                f'<polygon class="band" data-series="{esc(s.name)}" points="{top} {bottom}" fill="{s.color}" '
+                f'fill-opacity="0.16"><title>{esc(tip)}</title></polygon>'
             )
     for s in series:
         parts.append(_polyline(frame, s))
@@ -189,7 +194,8 @@ def line_chart(
                 tip = f"{s.name}, {x_label} {x:g}: {fmt.format(y)}"
                 data = f'data-series="{esc(s.name)}" data-x="{x:g}" data-y="{float(y)!r}"'
                 parts.append(
-                    f'<circle class="point" {data} cx="{frame.x(x):.1f}" cy="{frame.y(y):.1f}" r="3.2" fill="{s.color}"><title>{esc(tip)}</title></circle>'
+                    f'<circle class="point" {data} cx="{frame.x(x):.1f}" cy="{frame.y(y):.1f}" r="3.2" '
+                    f'fill="{s.color}"><title>{esc(tip)}</title></circle>'
                 )
     return svg(frame, "".join(parts), label, "line")
 
@@ -235,7 +241,8 @@ def stacked_bars(
             tip = f"{x_label} {x}: {name} {v:,.4g}{unit} (total {totals[i]:,.4g}{unit})"
             data = f'data-stack="{esc(name)}" data-x="{x}" data-value="{float(v)!r}"'
             parts.append(
-                f'<rect class="bar" {data} x="{frame.x(x) - bar / 2:.1f}" y="{y1:.1f}" width="{bar:.1f}" height="{max(0.5, y0 - y1):.1f}" fill="{colors[name]}"><title>{esc(tip)}</title></rect>'
+                f'<rect class="bar" {data} x="{frame.x(x) - bar / 2:.1f}" y="{y1:.1f}" width="{bar:.1f}" '
+                f'height="{max(0.5, y0 - y1):.1f}" fill="{colors[name]}"><title>{esc(tip)}</title></rect>'
             )
             base += v
     return svg(frame, "".join(parts), label, "bars")
@@ -262,10 +269,12 @@ def histogram_rows(
         peak = max(counts, default=0) or 1
         parts.append(f'<g class="hist-row" data-row="{esc(name)}">')
         parts.append(
-            f'<text class="tick row-label" x="{frame.left - 8}" y="{top + row_h / 2:.1f}" text-anchor="end">{esc(name)}</text>'
+            f'<text class="tick row-label" x="{frame.left - 8}" y="{top + row_h / 2:.1f}" '
+            f'text-anchor="end">{esc(name)}</text>'
         )
         parts.append(
-            f'<text class="tick" x="{frame.left - 8}" y="{top + row_h / 2 + 13:.1f}" text-anchor="end">{esc(sub)}</text>'
+            f'<text class="tick" x="{frame.left - 8}" y="{top + row_h / 2 + 13:.1f}" '
+            f'text-anchor="end">{esc(sub)}</text>'
         )
         parts.append(f'<line class="axis" x1="{frame.left}" x2="{frame.right}" y1="{top + row_h}" y2="{top + row_h}"/>')
         for i, c in enumerate(counts):
@@ -275,15 +284,19 @@ def histogram_rows(
             h = row_h * c / peak
             tip = f"{name}: {c} prompt(s) with {x_label} in [{edges[i]:.4g}, {edges[i + 1]:.4g})"
             parts.append(
-                f'<rect class="bar hist" x="{x0 + 0.5:.1f}" y="{top + row_h - h:.1f}" width="{max(1.0, x1 - x0 - 1):.1f}" height="{h:.1f}" fill="{color(0)}"><title>{esc(tip)}</title></rect>'
+                f'<rect class="bar hist" x="{x0 + 0.5:.1f}" y="{top + row_h - h:.1f}" '
+                f'width="{max(1.0, x1 - x0 - 1):.1f}" height="{h:.1f}" '
+                f'fill="{color(0)}"><title>{esc(tip)}</title></rect>'
             )
         parts.append("</g>")
     for v in frame.x_ticks:
         parts.append(
-            f'<text class="tick" x="{frame.x(v):.1f}" y="{frame.bottom + 16}" text-anchor="middle">{esc(fmt_tick(v, frame.x_ticks))}</text>'
+            f'<text class="tick" x="{frame.x(v):.1f}" y="{frame.bottom + 16}" '
+            f'text-anchor="middle">{esc(fmt_tick(v, frame.x_ticks))}</text>'
         )
     parts.append(
-        f'<text class="axis-title" x="{(frame.left + frame.right) / 2:.1f}" y="{height - 6}" text-anchor="middle">{esc(x_label)}</text>'
+        f'<text class="axis-title" x="{(frame.left + frame.right) / 2:.1f}" y="{height - 6}" '
+        f'text-anchor="middle">{esc(x_label)}</text>'
     )
     return svg(frame, "".join(parts), label, "histogram")
 

@@ -65,11 +65,14 @@ def job_runtime_env(extra_env: list[str], working_dir: Path | None) -> dict:
             raise ValueError(f"--env {item!r}: expected KEY=VALUE")
         if is_secret_name(key):
             raise ValueError(
-                f"--env {key}: secrets must not go into the job's runtime_env (visible in the dashboard and job API); set {key} in the nodes' environment (a Kubernetes Secret, the launcher's env)"
+                f"--env {key}: secrets must not go into the job's runtime_env (visible in the dashboard and "
+                f"job API); set {key} in the nodes' environment (a Kubernetes Secret, the launcher's env)"
             )
         if (kind := secret_value_kind(value)) is not None:  # the value is not echoed: it is the secret
             raise ValueError(
-                f"--env {key}: the value looks like {kind}; secrets must not go into the job's runtime_env (visible in the dashboard and job API): set {key} in the nodes' environment (a Kubernetes Secret, the launcher's env)"
+                f"--env {key}: the value looks like {kind}; secrets must not go into the job's runtime_env "
+                f"(visible in the dashboard and job API): set {key} in the nodes' environment (a Kubernetes "
+                f"Secret, the launcher's env)"
             )
         env[key] = value
     runtime_env: dict = {"env_vars": env}
@@ -130,8 +133,10 @@ def submit_job(
             )
         except AuthenticationError as e:
             raise SubmitError(
-                f"the Ray job API at {address} refused the submission: {str(e).splitlines()[0]}\nthe cluster uses token "
-                "authentication: set RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN (or ~/.ray/auth_token, or RAY_AUTH_TOKEN_PATH)"
+                f"the Ray job API at {address} refused the submission: {str(e).splitlines()[0]}\nthe cluster "
+                f"uses token "
+                "authentication: set RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN (or "
+                "~/.ray/auth_token, or RAY_AUTH_TOKEN_PATH)"
             ) from None
         except (ConnectionError, RuntimeError, ValueError) as e:
             agent_missing = AGENT_NOT_UP in str(e)

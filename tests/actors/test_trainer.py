@@ -205,7 +205,8 @@ def test_non_finite_training_fails_the_round_and_the_trainer(tiny_model_path, tm
         trainer.policy.model.norm.weight.fill_(float("nan"))  # every logit nan: so is every loss
     with pytest.raises(
         TrainingDivergedError,
-        match=r"iteration 1: training diverged: non-finite loss at step 1, 2, 3, 4 of 4; \d+ parameter tensors hold non-finite",
+        match=r"iteration 1: training diverged: non-finite loss at step 1, 2, 3, 4 of 4; \d+ parameter tensors hold "
+        r"non-finite",
     ):
         trainer.train(PAIRS, iteration=1)
     with pytest.raises(RuntimeError, match="unusable"):  # nothing of it can be saved or synced

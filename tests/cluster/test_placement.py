@@ -49,7 +49,9 @@ try:  # a third TP-2 replica has no GPUs left: a clear error, and nothing left r
     _engine_placement(ActorResources(num_cpus=0.1, num_gpus=2, replicas=1), 2, "PACK", 3, "creator")
 except ClusterError as e:
     out["error"] = str(e)
-out["pending"] = sum(1 for g in placement_group_table().values() if g["state"] != "REMOVED" and g["name"].startswith("eva-creator"))
+out["pending"] = sum(
+    1 for g in placement_group_table().values() if g["state"] != "REMOVED" and g["name"].startswith("eva-creator")
+)
 print("RESULT " + json.dumps(out))
 """
 

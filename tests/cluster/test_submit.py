@@ -136,7 +136,8 @@ def test_submit_job_errors_say_what_to_check(fake_client):
     fake_client.errors = [RuntimeError("No available agent")]
     with pytest.raises(
         SubmitError,
-        match="cannot submit to the Ray job API at http://h:1: No available agent\nthe head's dashboard agent serves no HTTP",
+        match="cannot submit to the Ray job API at http://h:1: No available agent\nthe head's dashboard agent serves "
+        "no HTTP",
     ):
         submit_job("http://h:1", "eva run", {}, None, wait_s=0, poll_s=0, on_wait=waits.append)  # the wait is over
     fake_client.errors = [ConnectionError("connection refused")]

@@ -411,7 +411,8 @@ def test_multi_megabyte_prompts_are_refused_with_their_count(tmp_path: Path) -> 
     path.write_text("".join(json.dumps({"prompt": r}) + "\n" for r in rows))
     with pytest.raises(
         DataError,
-        match=r"huge\.jsonl: 2 prompt\(s\) longer than 100,000 characters \(the longest, 3,145,728 characters, at line 2; the first at line 2\)",
+        match=r"huge\.jsonl: 2 prompt\(s\) longer than 100,000 characters \(the longest, 3,145,728 characters, at "
+        r"line 2; the first at line 2\)",
     ):
         load_seed_prompts(str(path), "prompt", None)
     assert len(load_seed_prompts(str(path), "prompt", 1)) == 1

@@ -18,7 +18,10 @@ from eva.child_filter import (
 from eva.config import CreatorSection
 from eva.evolve import OPERATORS, REASONS
 
-SARA = "Sara buys 3 notebooks at 2.40 euros each and a pen at 1.15 euros. She pays with a 10 euro note. How much change does she get?"
+SARA = (
+    "Sara buys 3 notebooks at 2.40 euros each and a pen at 1.15 euros. She pays with a 10 euro note. How much "
+    "change does she get?"
+)
 CHECK = PromptCheck(max_meta_similarity=0.35, min_parent_similarity=0.22)
 REWRITE = (
     "Sara buys 4 notebooks at 2.40 euros each and two pens at 1.15 euros. How much change does she get from 20 euros?"
@@ -132,7 +135,8 @@ def test_requests(text):
     [
         "The longest river in South America is the Amazon River.",
         "1. Choose a guitar\n2. Learn three chords\n3. Practice every day",  # advice: list items do not count
-        "Daytime is everything. What's good about cats? They sleep. Cats love their tails.",  # a question only in the middle
+        # a question only in the middle
+        "Daytime is everything. What's good about cats? They sleep. Cats love their tails.",
         "When to use a semicolon: when two independent clauses share one sentence.",
         "Implementation.",
         # a relative clause after a comma is no question; "let's" after one is an answer's voice

@@ -142,19 +142,23 @@ def test_fingerprint_ignores_mutable_fields_only():
     [
         (
             ["reward.kind=rm"],
-            r"--set reward.kind=rm: reward.kind: .*unknown scorer kind 'rm'; known: judge, reward_model, function, task, combined",
+            r"--set reward.kind=rm: reward.kind: .*unknown scorer kind 'rm'; known: judge, reward_model, "
+            r"function, task, combined",
         ),
         (
             ["reward.kind=wellformed"],
-            r"reward.kind: .*'wellformed' cannot be the whole reward .*allowed here: judge, reward_model, function, task, combined",
+            r"reward.kind: .*'wellformed' cannot be the whole reward .*allowed here: judge, reward_model, "
+            r"function, task, combined",
         ),
         (
             ['reward.components=[{"kind": "combined"}]'],
-            r"reward.components.0.kind: .*'combined' cannot be a component of combined; allowed here: judge, reward_model, function, relevance, wellformed",
+            r"reward.components.0.kind: .*'combined' cannot be a component of combined; allowed here: judge, "
+            r"reward_model, function, relevance, wellformed",
         ),
         (
             ["reward.judge_template=nope"],
-            r"reward.judge_template: .*unknown judge template 'nope'; known: plain, rubric, fewshot, yesno, yesno_plain",
+            r"reward.judge_template: .*unknown judge template 'nope'; known: plain, rubric, fewshot, yesno, "
+            r"yesno_plain",
         ),
         (
             ['reward.components=[{"kind": "judge", "judge_template": "Rubric"}]'],

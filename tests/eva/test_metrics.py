@@ -15,7 +15,8 @@ def test_the_config_takes_exactly_the_registered_names():
         assert load_config(None, [f"creator.metric={name}"], preset="tiny").creator.metric == name
     with pytest.raises(
         ConfigError,
-        match="creator.metric: .*unknown informativeness metric 'gapp'; known: gap, maxmean, dts, var, learnability, uniform, mean_inv",
+        match="creator.metric: .*unknown informativeness metric 'gapp'; known: gap, maxmean, dts, var, learnability, "
+        "uniform, mean_inv",
     ):
         load_config(None, ["creator.metric=gapp"], preset="tiny")
 

@@ -25,12 +25,14 @@ def test_unknown_or_misplaced_kinds_list_what_is_allowed():
         scorer_kind("rm")
     with pytest.raises(
         ValueError,
-        match=r"'relevance' cannot be the whole reward \(make it a component of combined\); allowed here: judge, reward_model, function, task, combined",
+        match=r"'relevance' cannot be the whole reward \(make it a component of combined\); allowed here: judge, "
+        r"reward_model, function, task, combined",
     ):
         scorer_kind("relevance")
     with pytest.raises(
         ValueError,
-        match="'combined' cannot be a component of combined; allowed here: judge, reward_model, function, relevance, wellformed",
+        match="'combined' cannot be a component of combined; allowed here: judge, reward_model, function, relevance, "
+        "wellformed",
     ):
         scorer_kind("combined", component=True)
 
@@ -57,7 +59,8 @@ def test_check_functions_imports_each_and_names_the_field(tmp_path, monkeypatch)
     check_functions([("reward.function", "my_rewards_mod:exact")])
     with pytest.raises(
         ValueError,
-        match=r"^reward\.function: reward function 'no_such_mod:f': cannot import module 'no_such_mod': ModuleNotFoundError",
+        match=r"^reward\.function: reward function 'no_such_mod:f': cannot import module 'no_such_mod': "
+        r"ModuleNotFoundError",
     ):
         check_functions([("reward.function", "no_such_mod:f")])
     with pytest.raises(ValueError, match=r"^reward\.components\.1\.function: .*has no callable 'NOT_CALLABLE'"):

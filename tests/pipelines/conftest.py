@@ -23,7 +23,8 @@ def run_eva(
     )
     if check and proc.returncode != 0:
         raise AssertionError(
-            f"eva {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+            f"eva {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- "
+            f"stderr\n{proc.stderr[-4000:]}"
         )
     return proc
 

@@ -231,7 +231,8 @@ def test_a_second_writer_gets_exit_2_naming_the_holder(eva, run_dir: Path, tmp_p
         [
             sys.executable,
             "-c",
-            "import sys, time; from eva.runlock import RunLock; RunLock(sys.argv[1], 'eva run --first').acquire(); print('held', flush=True); time.sleep(600)",
+            "import sys, time; from eva.runlock import RunLock; RunLock(sys.argv[1], 'eva run "
+            "--first').acquire(); print('held', flush=True); time.sleep(600)",
             str(run_dir),
         ],
         cwd=REPO,

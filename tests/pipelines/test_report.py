@@ -482,7 +482,8 @@ def test_a_run_over_every_size_limit_renders_within_the_limits_and_says_so(tmp_p
     html = build_report(run.root, tmp_path / "out", max_rows=50).read_text(encoding="utf-8")
     size = len(run.iteration(iterations).buffer())
     assert size == 120 + 4 * iterations
-    # histograms: at most the limit, evenly spread from the first estimated iteration to the last, each with its own count
+    # histograms: at most the limit, evenly spread from the first estimated iteration to the last,
+    # each with its own count
     rows = [
         (g.get("data-row"), g) for g in charts(html)["chart-info-hist"].iter(f"{SVG}g") if g.get("class") == "hist-row"
     ]
@@ -496,8 +497,8 @@ def test_a_run_over_every_size_limit_renders_within_the_limits_and_says_so(tmp_p
         )
         assert [x.text for x in g.iter(f"{SVG}text")][1] == f"n={n:,}"
     assert (
-        f"Showing {MAX_HISTOGRAMS} of {iterations} iterations, evenly spaced with the first and the last (limit: {MAX_HISTOGRAMS} histograms)."
-        in html
+        f"Showing {MAX_HISTOGRAMS} of {iterations} iterations, evenly spaced with the first and the last "
+        f"(limit: {MAX_HISTOGRAMS} histograms)." in html
     )
     assert len(plotted(charts(html)["chart-loss"], "train loss")) == iterations  # the curves are never subsampled
     # prompt table: a uniform sample of max_rows, the same one every time
