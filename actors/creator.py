@@ -67,7 +67,7 @@ def evolve_prompts(
     spec = SamplingSpec(1, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     keys = [f"{r.parent.id}:{i}" for i, r in enumerate(requests)]
     batch = engines.generate(keys, [r.meta_prompt for r in requests], [r.seed for r in requests], spec)
-    candidates = [(r, parse_evolved(g.responses[0])) for r, g in zip(requests, batch.generations)]
+    candidates = [(r, parse_evolved(g.responses[0])) for r, g in zip(requests, batch.generations, strict=True)]
     children, report = filter_evolved(
         candidates,
         existing_texts,

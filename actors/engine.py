@@ -163,7 +163,7 @@ class GenerationEngine:
                 num_tokens=tuple(len(c.token_ids) for c in out.outputs),
                 finish_reasons=tuple(str(c.finish_reason) for c in out.outputs),
             )
-            for key, out in zip(keys, outputs)
+            for key, out in zip(keys, outputs, strict=True)
         )
         return GenerationBatch(
             generations=generations,

@@ -74,7 +74,7 @@ class EnginePool:
         n = len(self.engines)
         bounds = [round(i * len(texts) / n) for i in range(n + 1)]
         chunks = []
-        for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
             if b > a:
                 args = (keys[a:b], texts[a:b], seeds[a:b], spec, chat)
                 chunks.append(_Chunk(i, args, self._submit(i, args)))

@@ -134,7 +134,7 @@ class JudgeScorer(Scorer):
         if not prompts:
             return []
         params = SamplingParams(n=1, temperature=0.0, max_tokens=1, logprob_token_ids=self.token_ids)
-        texts = [self.render(p, r) for p, r in zip(prompts, responses)]
+        texts = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
         outputs = self.engine.llm.generate(texts, params, use_tqdm=False)
         rows = []
         for out in outputs:
@@ -257,7 +257,7 @@ class RewardModelScorer(Scorer):
         # Clip the contents, not the rendered text: cutting the end would drop the assistant turn.
         overhead = len(tok.encode(self._chat("", ""), add_special_tokens=False))
         budget = max(8, self.max_length - overhead)
-        texts = [self._chat(*_clip_pair(tok, p, r, budget)) for p, r in zip(prompts, responses)]
+        texts = [self._chat(*_clip_pair(tok, p, r, budget)) for p, r in zip(prompts, responses, strict=True)]
         return tok(texts, add_special_tokens=False, **common)
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
@@ -305,7 +305,7 @@ class RelevanceScorer(Scorer):
         _check_pairs(prompts, responses)
         cache: dict[str, Any] = {}  # prompts repeat n times per call (n responses per prompt)
         out = []
-        for p, r in zip(prompts, responses):
+        for p, r in zip(prompts, responses, strict=True):
             if p not in cache:
                 cache[p] = self.embed(p)
             out.append(_finite_or_nan(float(cache[p] @ self.embed(r))) if r.strip() else 0.0)
@@ -325,7 +325,7 @@ class WellformedScorer(Scorer):
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
         _check_pairs(prompts, responses)
-        return [wellformed(p, r) for p, r in zip(prompts, responses)]
+        return [wellformed(p, r) for p, r in zip(prompts, responses, strict=True)]
 
 
 # -------------------------------------------------------------------------------- user function
@@ -379,7 +379,7 @@ class CombinedScorer(Scorer):
 
     def combine(self, raw: list[list[float]]) -> list[float]:
         return [
-            math.fsum(w * s.unit(r[i]) for (w, s), r in zip(self.components, raw))
+            math.fsum(w * s.unit(r[i]) for (w, s), r in zip(self.components, raw, strict=True))
             for i in range(len(raw[0]) if raw else 0)
         ]
 

@@ -58,7 +58,7 @@ def rollout(
     """
     seeds = [derive_seed(seed, stage, iteration, p.id) for p in prompts]
     batch = engines.generate([p.id for p in prompts], [p.text for p in prompts], seeds, spec)
-    flat_prompts = [p for p, g in zip(prompts, batch.generations) for _ in g.responses]
+    flat_prompts = [p for p, g in zip(prompts, batch.generations, strict=True) for _ in g.responses]
     flat_responses = [r for g in batch.generations for r in g.responses]
     t0 = time.perf_counter()
     retried: list[str]
@@ -72,7 +72,7 @@ def rollout(
         rewards, retried = [], []
     score_seconds = time.perf_counter() - t0
     scored, pos = [], 0
-    for p, g in zip(prompts, batch.generations):
+    for p, g in zip(prompts, batch.generations, strict=True):
         k = len(g.responses)
         scored.append(
             ScoredPrompt(prompt=p, responses=g.responses, rewards=tuple(float(r) for r in rewards[pos : pos + k]))

@@ -108,7 +108,10 @@ def paired_bootstrap(
     if not seeds:
         return None
     diffs = {
-        s: [(x >= 1.0) - (y >= 1.0) for x, y in zip(by[(a, s)]["grades"][str(t)], by[(b, s)]["grades"][str(t)])]
+        s: [
+            (x >= 1.0) - (y >= 1.0)
+            for x, y in zip(by[(a, s)]["grades"][str(t)], by[(b, s)]["grades"][str(t)], strict=True)
+        ]
         for s in seeds
     }
     point = statistics.fmean(statistics.fmean(d) for d in diffs.values())

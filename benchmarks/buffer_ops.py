@@ -44,7 +44,7 @@ def synthetic(n: int, seed: int = 0) -> tuple[list[Prompt], list[ScoredPrompt]]:
     prompts = seeds + kids
     rewards = np.random.default_rng(seed).normal(size=(n, N_REWARDS)).tolist()
     responses = ("response",) * N_REWARDS
-    scored = [ScoredPrompt(p, responses, tuple(r), info=max(r) - min(r)) for p, r in zip(prompts, rewards)]
+    scored = [ScoredPrompt(p, responses, tuple(r), info=max(r) - min(r)) for p, r in zip(prompts, rewards, strict=True)]
     return prompts, scored
 
 

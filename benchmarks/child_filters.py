@@ -199,10 +199,10 @@ def main() -> None:
         for half, mask in halves.items()
     }
     by_reason = {
-        half: dict(Counter(r or "kept" for r, m in zip(reasons["embedding"], mask) if m))
+        half: dict(Counter(r or "kept" for r, m in zip(reasons["embedding"], mask, strict=True) if m))
         for half, mask in halves.items()
     }
-    crosstab = Counter((r or "kept", row["kind"]) for r, row in zip(reasons["embedding"], rows))
+    crosstab = Counter((r or "kept", row["kind"]) for r, row in zip(reasons["embedding"], rows, strict=True))
     result = {
         "data": args.data or "eva/data/evolve_labels.jsonl",
         "rows": len(rows),

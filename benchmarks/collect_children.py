@@ -54,7 +54,7 @@ def main() -> None:
             [str(i) for i in range(len(requests))], [r.meta_prompt for r in requests], [r.seed for r in requests], spec
         )
         survivors = []
-        for request, gen in zip(requests, batch.generations):
+        for request, gen in zip(requests, batch.generations, strict=True):
             parsed = parse_evolved(gen.responses[0])
             kept, report = filter_evolved(
                 [(request, parsed)],

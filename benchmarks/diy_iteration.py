@@ -79,7 +79,7 @@ class Reward:
 
     def judge_scores(self, prompts: list[str], responses: list[str]) -> list[float]:
         scores = []
-        for p, r in zip(prompts, responses):  # one at a time: no padding effects, like eva's judge
+        for p, r in zip(prompts, responses, strict=True):  # one at a time: no padding effects, like eva's judge
             text = self.template.user.format(prompt=p, response=r) + self.template.suffix
             enc = self.tok(text, return_tensors="pt", truncation=True, max_length=1536)
             with torch.inference_mode():
@@ -92,13 +92,14 @@ class Reward:
         judge = self.judge_scores(prompts, responses)
         rel = self.relevance.score(prompts, responses)
         return [
-            0.3 * j + 0.1 * max(c, 0.0) + 0.6 * wellformed(p, r) for j, c, p, r in zip(judge, rel, prompts, responses)
+            0.3 * j + 0.1 * max(c, 0.0) + 0.6 * wellformed(p, r)
+            for j, c, p, r in zip(judge, rel, prompts, responses, strict=True)
         ]
 
 
 def rollout(model, tok, reward: Reward, prompts: list[str], s) -> tuple[list[list[str]], list[list[float]]]:
     responses = generate(model, tok, prompts, s.n_responses, s.temperature, s.top_p, s.max_new_tokens)
-    flat_p = [p for p, rs in zip(prompts, responses) for _ in rs]
+    flat_p = [p for p, rs in zip(prompts, responses, strict=True) for _ in rs]
     flat_r = [r for rs in responses for r in rs]
     flat = reward(flat_p, flat_r)
     rewards, pos = [], 0
@@ -156,7 +157,7 @@ def main() -> None:
     # 5. pairs + DPO
     t0 = time.perf_counter()
     rows = []
-    for p, rs, rw in zip(train_prompts, responses, rewards):
+    for p, rs, rw in zip(train_prompts, responses, rewards, strict=True):
         best, worst = max(range(len(rs)), key=lambda i: rw[i]), min(range(len(rs)), key=lambda i: rw[i])
         if rw[best] - rw[worst] > s.min_margin:
             rows.append(

@@ -51,7 +51,7 @@ def pairwise_accuracy(good: list[float], bad: list[float]) -> float:
             return 0.0
         return 1.0 if g > b else 0.5 if g == b else 0.0
 
-    return sum(point(g, b) for g, b in zip(good, bad)) / max(1, len(good))
+    return sum(point(g, b) for g, b in zip(good, bad, strict=True)) / max(1, len(good))
 
 
 def evaluate(scores: list[float], triples: list[dict[str, str]]) -> dict[str, float]:
@@ -98,7 +98,7 @@ def search_weights(
         last = round(1 - sum(ws), 1)
         if last < 0:
             continue
-        weights = dict(zip(names, (*ws, last)))
+        weights = dict(zip(names, (*ws, last), strict=True))
         scores = combine(weights, scorers, raw)
         row = evaluate(scores, triples)
         key = (row["even"], min(row[k] for k in KINDS if k in row))  # ties: the less lopsided design

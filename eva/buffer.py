@@ -304,7 +304,7 @@ def _list_values(column: pa.ChunkedArray) -> list[Sequence[float]]:
     array = column.combine_chunks()
     offsets = array.offsets.to_numpy().tolist()  # absolute positions into array.values
     flat = array.values.to_numpy(zero_copy_only=False).tolist()
-    return [tuple(flat[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
+    return [tuple(flat[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
 
 
 # --- an iteration's tables (eva.tables writes and reads them) -----------------------------------------

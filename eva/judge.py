@@ -13,7 +13,7 @@ from dataclasses import dataclass
 def expected_label(logprobs: Sequence[float], values: Sequence[float]) -> float:
     """E[value] under the label distribution renormalized over the labels (a softmax over their
     logprobs, computed stably). nan when no label has finite logprob."""
-    finite = [(lp, v) for lp, v in zip(logprobs, values) if math.isfinite(lp)]
+    finite = [(lp, v) for lp, v in zip(logprobs, values, strict=True) if math.isfinite(lp)]
     if not finite:
         return math.nan
     top = max(lp for lp, _ in finite)

@@ -162,11 +162,11 @@ def _run(cfg: RunConfig, run: RunDir) -> None:
     except Interrupted:
         reporter.close()
         err.print(f"stopped at a safe point. Resume with:\n    eva resume {run.root}")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     except KeyboardInterrupt:
         reporter.close()
         err.print(f"aborted. The last committed iteration is intact; resume with:\n    eva resume {run.root}")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     except _user_errors() as e:
         reporter.close()
         _fail(str(e))

@@ -101,7 +101,7 @@ def evaluate_task(
     one engine, weights swapped between iterations. Each iteration's result goes to eval/ (with
     iteration 0's beside it when 0 is among `iterations`); returns {iteration: result}."""
     folders = {t: run.iteration(t) for t in iterations}
-    for t, folder in folders.items():
+    for folder in folders.values():
         if not folder.has_policy():
             raise FileNotFoundError(
                 f"{folder.policy} has no policy (pruned by checkpoint.keep_policies, or not committed)"

@@ -436,7 +436,9 @@ def run_iteration(ctx: Ctx, t: int) -> IterationMetrics:
         wanted = round(ctx.cfg.creator.evolved_ratio * population(ctx))
         evolved, evolve_report = evolve(ctx, t, buffer, [by_id[p.id] for p in sampled], wanted)
         parents = [s.prompt.parent_id for s in estimated if s.prompt.parent_id is not None]
-        parents_info = dict(zip(parents, buffer.info_array(parents).tolist()))  # as last estimated (iteration t-1)
+        parents_info = dict(
+            zip(parents, buffer.info_array(parents).tolist(), strict=True)
+        )  # as last estimated (iteration t-1)
         buffer.add(evolved)
         train_prompts = mix(ctx, t, buffer, sampled if ctx.cfg.creator.kind == "select" else evolved)
     solved = scored_stage(ctx, t, "solve", buffer, train_prompts)

@@ -46,7 +46,7 @@ def grade(prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     out = []
-    for prompt, response in zip(prompts, responses):
+    for prompt, response in zip(prompts, responses, strict=True):
         meta = meta_of(prompt)
         out.append(float(family_of(meta).grade(meta, response)))
     return out

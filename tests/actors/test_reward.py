@@ -64,7 +64,7 @@ def test_judge_on_tiny_model_is_finite_continuous(tiny_engine) -> None:
 def test_judge_is_batch_independent(tiny_engine) -> None:
     judge = JudgeScorer(tiny_engine, "fewshot", 256)
     batch = judge.score(PROMPTS, RESPONSES)
-    alone = [judge.score([p], [r])[0] for p, r in zip(PROMPTS, RESPONSES)]
+    alone = [judge.score([p], [r])[0] for p, r in zip(PROMPTS, RESPONSES, strict=True)]
     assert alone == batch  # exact: per-request computation, fp32 judge
 
 
@@ -264,5 +264,5 @@ def test_default_scorer_accuracy(tmp_path: Path) -> None:
     good = scorer.score(prompts, [t["good"] for t in triples])
     bad = scorer.score(prompts, [t["bad"] for t in triples])
     assert all(math.isfinite(x) for x in good + bad)
-    accuracy = sum(1.0 if g > b else 0.5 if g == b else 0.0 for g, b in zip(good, bad)) / len(triples)
+    accuracy = sum(1.0 if g > b else 0.5 if g == b else 0.0 for g, b in zip(good, bad, strict=True)) / len(triples)
     assert accuracy >= 0.85, f"pairwise accuracy {accuracy:.3f}"

@@ -80,7 +80,7 @@ def test_without_similarities_only_the_wording_decides():
 
 
 def test_child_reason_takes_the_similarities_from_embed():
-    axes = dict(zip(("parent", "instruction", "elsewhere"), np.eye(3)))
+    axes = dict(zip(("parent", "instruction", "elsewhere"), np.eye(3), strict=True))
     vectors = {
         SARA: axes["parent"],
         "INSTRUCTION": axes["instruction"],

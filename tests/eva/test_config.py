@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from eva.config import (
     DEFAULT_PRESET,
@@ -47,7 +48,7 @@ def test_presets_ship_and_load():
 
 def test_frozen_and_extra_forbidden():
     cfg = RunConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.run.seed = 3  # type: ignore[misc]
     with pytest.raises(ConfigError, match="unknown field"):
         config_from_dict({"run": {"nmae": "x"}}, "x.yaml")

@@ -284,7 +284,7 @@ def run_filter(existing=BUFFER):
     # kept texts go first so the batch duplicates/near duplicates of KEPT[0] come after it
     ordered = KEPT + texts
     requests = [EvolveRequest(PARENT, OPS[i % len(OPS)], "meta", i) for i in range(len(ordered))]
-    return requests, filter_evolved(list(zip(requests, ordered)), existing, **LIMITS, prompt_check=CHECK)
+    return requests, filter_evolved(list(zip(requests, ordered, strict=True)), existing, **LIMITS, prompt_check=CHECK)
 
 
 def test_filter_counts_every_reason_exactly():
@@ -298,7 +298,7 @@ def test_filter_counts_every_reason_exactly():
 
 def test_kept_children_carry_lineage():
     requests, (kept, _) = run_filter()
-    for child, request in zip(kept, requests):
+    for child, request in zip(kept, requests, strict=False):
         assert child.parent_id == PARENT.id and child.root_id == PARENT.id
         assert child.depth == 1 and child.iteration == 3 and child.operator == request.operator
     grandchild_request = EvolveRequest(kept[0], "deepen", "meta", 0)
@@ -321,7 +321,7 @@ def test_filter_with_a_kept_index_gives_the_same_result_and_leaves_it_unchanged(
 def test_without_a_prompt_check_only_the_first_reasons_drop():
     requests = [EvolveRequest(PARENT, "deepen", "meta", i) for i in range(4)]
     texts = [CASES["answer"][0], CASES["not_a_request"][0], CASES["off_topic"][0], CASES["meta_paraphrase"][1]]
-    kept, report = filter_evolved(list(zip(requests, texts)), BUFFER, **LIMITS)
+    kept, report = filter_evolved(list(zip(requests, texts, strict=True)), BUFFER, **LIMITS)
     assert [c.text for c in kept] == texts and report.kept == 4 and not any(report.dropped.values())
     assert list(report.dropped) == list(REASONS)  # the new reasons are listed, at zero
 

@@ -178,7 +178,7 @@ def test_mutation_walk(level, directions, seed):
             # Exactly one of: one operand gains a digit, the op moves one step, the story is added.
             steps = (sum(dhi) - sum(dlo), ohi - olo, int(whi) - int(wlo))
             assert sorted(steps) == [0, 0, 1], (lo.meta, hi.meta)
-            assert all(h >= l for h, l in zip(dhi, dlo))
+            assert all(high >= low for high, low in zip(dhi, dlo, strict=True))
             # The coarse label never moves the wrong way either.
             (lab_dlo, lab_olo, lab_wlo), (lab_dhi, lab_ohi, lab_whi) = parse_level(lo.level), parse_level(hi.level)
             assert lab_dhi >= lab_dlo and OPS.index(lab_ohi) >= OPS.index(lab_olo) and lab_whi >= lab_wlo

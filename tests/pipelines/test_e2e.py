@@ -250,7 +250,7 @@ def test_two_writers_on_one_run_dir_exactly_one_proceeds(tmp_path: Path):
     ]
     outputs = [p.communicate(timeout=900) for p in procs]
     codes = [p.returncode for p in procs]
-    assert sorted(codes) == [0, 2], [(c, o[1][-2000:]) for c, o in zip(codes, outputs)]
+    assert sorted(codes) == [0, 2], [(c, o[1][-2000:]) for c, o in zip(codes, outputs, strict=True)]
     winner, loser = (procs[0], procs[1]) if codes[0] == 0 else (procs[1], procs[0])
     message = outputs[procs.index(loser)][1]
     assert f"{run_dir} is in use by another" in message and "Traceback" not in message

@@ -273,7 +273,7 @@ def band(svg: ET.Element, series: str) -> dict[int, tuple[float, float]]:
     poly = next(p for p in svg.iter(f"{SVG}polygon") if p.get("data-series") == series)
     pts = [tuple(map(float, xy.split(","))) for xy in poly.get("points").split()]
     top, bottom = pts[: len(pts) // 2], pts[len(pts) // 2 :][::-1]
-    return {x_of[x]: (scale.value(lo), scale.value(hi)) for (x, hi), (_, lo) in zip(top, bottom)}
+    return {x_of[x]: (scale.value(lo), scale.value(hi)) for (x, hi), (_, lo) in zip(top, bottom, strict=True)}
 
 
 def bars(svg: ET.Element) -> dict[int, dict[str, float]]:
@@ -334,9 +334,9 @@ def check_charts(html: str, run: RunDir) -> None:
         t: {depth_name(d): float(n) for d, n in Counter(p.depth for p in ps).items()} for t, ps in buffers.items()
     }
     trained_on = {t: [p for p in buffers[t] if p.id in set(run.iteration(t).train_ids())] for t in trained}
-    origin = lambda p, t: (
+    origin = lambda p, t: (  # noqa: E731
         "seed" if p.depth == 0 else "evolved this iteration" if p.iteration == t else "evolved earlier"
-    )  # noqa: E731
+    )
     assert bars(svgs["chart-train-mix"]) == {
         t: {k: float(n) for k, n in Counter(origin(p, t) for p in ps).items()} for t, ps in trained_on.items()
     }
@@ -491,7 +491,7 @@ def test_a_run_over_every_size_limit_renders_within_the_limits_and_says_so(tmp_p
     assert (
         len(picked) == MAX_HISTOGRAMS and picked[0] == 1 and picked[-1] == iterations and picked == sorted(set(picked))
     )
-    for t, (_, g) in zip(picked, rows):
+    for t, (_, g) in zip(picked, rows, strict=True):
         n = int(
             np.isfinite(run.iteration(t).scored_table("estimate").column("info").to_numpy(zero_copy_only=False)).sum()
         )

@@ -100,6 +100,6 @@ def test_task_metadata_survives_resume_and_export_and_eval_counts_exact_answers(
     result = json.loads((killed / "eval" / "iteration_0002.json").read_text())
     answers = [json.loads(line)["meta"]["answer"] for line in problems.read_text().splitlines()]
     numbers = [re.findall(r"-?\d+(?:\.\d+)?", r.replace(",", "")) for r in result["responses"]]
-    by_hand = sum(1 for a, n in zip(answers, numbers) if n and float(n[-1]) == a)
+    by_hand = sum(1 for a, n in zip(answers, numbers, strict=True) if n and float(n[-1]) == a)
     assert result["levels"]["all"]["n"] == 10 and result["levels"]["1d+"]["n"] == result["levels"]["1d*"]["n"] == 5
     assert result["levels"]["all"]["accuracy"] == by_hand / 10 and "initial" in result and "1d*" in shown
