@@ -428,7 +428,10 @@ def build_scorer(
     def make(spec: ScorerSpec, field: str) -> Scorer:
         kind = scorer_kind(spec.kind, component=True)  # eva.config checked the name when it loaded
         if kind.function:
-            return FunctionScorer(spec.function or reward.function)  # eva.config makes sure there is one
+            function = spec.function or reward.function
+            if function is None:  # eva.config refuses this when it loads
+                raise ValueError(f"{field}: kind={spec.kind} needs `function: module:function`")
+            return FunctionScorer(function)
         path = (
             _model(spec.model, MINILM_MODEL if spec.kind == RelevanceScorer.name else reward.model, initial_model_path)
             if kind.model

@@ -32,7 +32,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import ray
 import torch
@@ -46,6 +46,9 @@ from eva.losses import loss_spec, trl_arguments
 from eva.results import TrainingDivergedError
 from eva.seeding import derive_seed
 from eva.types import PreferencePair
+
+if TYPE_CHECKING:  # transformers is imported where it is used: importing this module stays light
+    from transformers import PreTrainedModel
 
 # The TRL classes of each loss family (eva.losses.Family): module, config, trainer, and the config
 # arguments the family needs (CPO and ORPO want the raw prompt/chosen/rejected columns kept).
@@ -217,9 +220,8 @@ class PolicyTrainer:
             with atomic_folder(target, replace=True) as tmp:
                 # save_pretrained drops tied keys and maps names back to the checkpoint layout itself
                 self.policy.save_pretrained(tmp, state_dict=_weights(self.policy, self.dtype), safe_serialization=True)
-                self.policy.config.dtype = (
-                    self.dtype
-                )  # save_pretrained wrote the fp32 model's dtype: say what the file holds
+                # save_pretrained wrote the fp32 model's dtype: say what the file holds
+                self.policy.config.dtype = self.dtype
                 self.policy.config.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
         finally:
@@ -234,7 +236,7 @@ class PolicyTrainer:
 
     # --- internals --------------------------------------------------------------------------
 
-    def _load_model(self, path: str, frozen: bool = False) -> torch.nn.Module:
+    def _load_model(self, path: str, frozen: bool = False) -> PreTrainedModel:
         from transformers import AutoModelForCausalLM
 
         remote = {"trust_remote_code": self.trust_remote_code}
@@ -274,7 +276,8 @@ class PolicyTrainer:
     def _fit_prompt(self, text: str) -> str:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         limit = self.solver.max_prompt_length
-        return text if len(ids) <= limit else self.tokenizer.decode(ids[-limit:])
+        # transformers types decode as `str | list[str]` (no overloads); one list of ids decodes to a str
+        return text if len(ids) <= limit else cast(str, self.tokenizer.decode(ids[-limit:]))
 
     def _make_trainer(self, dataset, ref_model: torch.nn.Module | None, iteration: int):
         s = self.solver
@@ -331,7 +334,7 @@ class PolicyTrainer:
         torch.manual_seed(derive_seed(self.seed, "lora", iteration))
         return getattr(trl, trainer_class)(args=args, callbacks=[_step_logger(iteration, self._progress)], **kwargs)
 
-    def _finish(self, trainer) -> torch.nn.Module:
+    def _finish(self, trainer) -> PreTrainedModel:
         """The trained policy as a plain model: LoRA merged, TRL's patches removed, rounded to dtype."""
         from peft import PeftModel
 
@@ -376,7 +379,7 @@ def _weights(model: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[s
     return out
 
 
-def _revert_names(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _revert_names(model: PreTrainedModel, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Undo transformers 5 load-time weight conversions (none for Llama) so names match the checkpoint."""
     try:
         from transformers.core_model_loading import revert_weight_conversion

@@ -448,13 +448,11 @@ class RunDir:
                 continue
             # Temp folders of a policy save that a kill interrupted, committed by an eva that listed
             # them (see commit): policy weights too, and nobody reads them.
+            manifest = self.manifest(t)
+            assert manifest is not None  # t is among the committed iterations
             leftovers = sorted(
-                {
-                    rel.split("/")[0]
-                    for rel in self.manifest(t)["files"]
-                    if "/" in rel and is_temp_file(Path(rel.split("/")[0]))
-                }
-            )  # type: ignore[index]
+                {rel.split("/")[0] for rel in manifest["files"] if "/" in rel and is_temp_file(Path(rel.split("/")[0]))}
+            )
             if not folder.exists() and not leftovers:
                 continue
             for name in (POLICY, *leftovers):

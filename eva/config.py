@@ -536,7 +536,10 @@ class RewardSection(_Section):
         for where, spec in specs:
             if SCORER_KINDS[spec.kind].function:
                 field = f"reward.{where}.function" if spec.function else "reward.function"
-                out.append((field, spec.function or self.function))
+                function = spec.function or self.function
+                if function is None:  # the validator refuses this; a model_construct'ed section skips it
+                    raise ValueError(f"{field}: kind={spec.kind} needs `function: module:function`")
+                out.append((field, function))
         return out
 
 

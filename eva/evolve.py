@@ -434,8 +434,11 @@ def filter_evolved(
     dropped = dict.fromkeys(REASONS, 0)
     for request, text in candidates:
         reason = content_reason(text, min_chars=min_chars, max_chars=max_chars)
-        if reason is None:
-            reason = _novelty_reason(text, request.parent, index, batch)
+        if reason is not None:
+            dropped[reason] += 1
+            continue
+        assert text is not None  # content_reason calls a missing text "empty"
+        reason = _novelty_reason(text, request.parent, index, batch)
         if reason is None and prompt_check is not None:
             reason = child_reason(text, request.parent.text, instruction(request.operator), prompt_check)
         if reason is not None:

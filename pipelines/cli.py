@@ -18,11 +18,19 @@ import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from eva.atomic import atomic_path
@@ -46,10 +54,13 @@ app.add_typer(model_app, name="model")
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, RunDirError, DataError, FileNotFoundError, RunLockedError)
+ErrorTypes = tuple[type[Exception], ...]
+USER_ERRORS: ErrorTypes = (ConfigError, RunDirError, DataError, FileNotFoundError, RunLockedError)
+# What a damaged or unreadable file in a run directory raises while a read-only command reads it.
+READ_ERRORS: ErrorTypes = (*USER_ERRORS, ValueError, KeyError, OSError)
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
 
@@ -60,7 +71,7 @@ def _reading(rd: RunDir):
     JSON, a broken lineage link, no permission) ends in one line naming it and exit 2."""
     try:
         yield
-    except (*USER_ERRORS, ValueError, KeyError, OSError) as e:
+    except READ_ERRORS as e:
         _fail(f"{rd.root}: {e}" if str(rd.root) not in str(e) else str(e))
 
 
@@ -95,18 +106,21 @@ def _check_inputs(cfg: RunConfig, rd: RunDir) -> None:
         load_seed_prompts(cfg.prompts.path, cfg.prompts.column, cfg.prompts.limit)
 
 
-def _user_errors():
+def _user_errors() -> ErrorTypes:
     """Exception types that mean bad input (exit 2), including the actor layer's, imported lazily."""
     from actors.models import ModelError
     from eva.results import TrainingDivergedError
 
+    cluster_error: type[Exception] = ModelError
     try:
         from actors.cluster import ClusterError
+
+        cluster_error = ClusterError
     except Exception:  # the actor layer may not import (e.g. vllm missing): still report clearly
-        ClusterError = ModelError  # noqa: N806
+        pass
     from pipelines.loop import RunStalled
 
-    return (*USER_ERRORS, ModelError, ClusterError, TrainingDivergedError, RunStalled)
+    return (*USER_ERRORS, ModelError, cluster_error, TrainingDivergedError, RunStalled)
 
 
 class Reporter:
@@ -118,7 +132,7 @@ class Reporter:
 
     def __init__(self) -> None:
         self.bar: Progress | None = None
-        self.task = None
+        self.task: TaskID | None = None  # the bar's one task, while there is a bar
 
     def __call__(self, message: str) -> None:
         self.close()
@@ -139,6 +153,7 @@ class Reporter:
             self.bar.start()
             self.task = self.bar.add_task(description, total=total, completed=done, unit=unit)
         else:
+            assert self.task is not None  # added with the bar
             self.bar.update(self.task, description=description, completed=done, total=total, unit=unit)
 
     def close(self) -> None:
@@ -613,7 +628,8 @@ def eval_(
 
     rd = _open(run_dir)
     with _reading(rd):
-        picked = [_committed_iteration(rd, i) for i in (iteration or [None])]
+        wanted: list[int | None] = [*iteration] if iteration else [None]  # None: the latest committed
+        picked = [_committed_iteration(rd, i) for i in wanted]
         t = picked[-1]
         cfg = rd.config()
     if len(picked) > 1 and cfg.task.family is None:
@@ -762,7 +778,7 @@ def submit(
             )
         else:
             args = run_args(config, preset, _overrides(set_, run_dir, iterations, baseline))
-    except (*USER_ERRORS, ValueError) as e:
+    except USER_ERRORS + (ValueError,) as e:
         _fail(str(e))
     entrypoint = shlex.join(args)
     address = job_address(address)
