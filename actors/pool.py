@@ -63,9 +63,8 @@ class EnginePool:
     timeout_s: float
     retries: int = 2  # resubmissions of a failed chunk before the call fails
     version: str | None = None  # label of the weights every replica must serve (None: unchecked)
-    _weights: object = field(
-        default=None, repr=False
-    )  # the weights of `version` (ObjectRef or path); None: the start weights
+    # the weights of `version` (ObjectRef or path); None: the start weights
+    _weights: object = field(default=None, repr=False)
 
     def generate_async(
         self, keys: list[str], texts: list[str], seeds: list[int], spec: SamplingSpec, chat: bool = True

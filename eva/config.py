@@ -799,9 +799,8 @@ def _describe(error: ValidationError, sources: dict[str, str], default_source: s
     for err in error.errors():
         loc = ".".join(str(p) for p in err["loc"])
         src = _source_of(loc, sources, default_source)
-        got = (
-            "" if err["type"] == "missing" or not loc else f" (got {err.get('input')!r})"
-        )  # a check across sections: not the whole config
+        # a check across sections: not the whole config
+        got = "" if err["type"] == "missing" or not loc else f" (got {err.get('input')!r})"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
@@ -818,9 +817,8 @@ def _source_of(loc: str, sources: dict[str, str], default: str) -> str:
     """Where the value at `loc` came from. A section-level error (a cross-field check) blames the
     source that last set anything inside the section; a field error the most specific source
     recorded for the field or one of its parents."""
-    inside = [
-        src for key, src in sources.items() if not loc or key.startswith(f"{loc}.")
-    ]  # loc "": a check across sections
+    # loc "": a check across sections
+    inside = [src for key, src in sources.items() if not loc or key.startswith(f"{loc}.")]
     if inside:
         return inside[-1]
     return next((sources[k] for k in _prefixes(loc) if k in sources), default)

@@ -309,9 +309,8 @@ def _status(rd: RunDir) -> None:
             table.add_row(str(t), state, ",".join(stages) or "-", f"{wall:.1f}", "", "", "", "", "", "")
             continue
         rm = m.reward_summary.get("mean")
-        share = (
-            m.timing.overhead_share if m.timing.wall_s > 0 else None
-        )  # time outside generate/score/train (actors.busy); none in iteration 0
+        # time outside generate/score/train (actors.busy); none in iteration 0
+        share = m.timing.overhead_share if m.timing.wall_s > 0 else None
         table.add_row(
             str(t),
             state,

@@ -206,9 +206,8 @@ def evolve(
     if (done := finished(ctx, t, "evolve")) is not None:
         return folder.evolved(), filter_report_from_marker(done, "kept")
     with stage(ctx, t, "evolve") as counts:
-        ctx.report.progress(
-            f"[{t}] evolve", 0, len(parents), "parents"
-        )  # one generate call per round: the bar shows it runs
+        # one generate call per round: the bar shows it runs
+        ctx.report.progress(f"[{t}] evolve", 0, len(parents), "parents")
         children, report, stats, rounds = create_children(ctx, t, buffer, parents, wanted)
         log_retries(ctx, t, "evolve", stats.retries)
         folder.write_evolved(children)
@@ -308,9 +307,8 @@ def train(ctx: Ctx, t: int, built: list[PreferencePair]) -> TrainResult:
         try:
             result = wait_training(ctx, t, trainer.train.remote(built, t))  # no pairs: pi_t = pi_{t-1}, steps 0
         except ray.exceptions.RayTaskError as e:
-            if isinstance(
-                e.cause, TrainingDivergedError
-            ):  # the actor's message, without Ray's wrapping and remote traceback
+            # the actor's message, without Ray's wrapping and remote traceback
+            if isinstance(e.cause, TrainingDivergedError):
                 raise TrainingDivergedError(str(e.cause)) from None
             raise
         counts.update({k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -414,9 +412,8 @@ def redo_stale_stages(ctx: Ctx, t: int) -> list[str]:
 def run_iteration(ctx: Ctx, t: int) -> IterationMetrics:
     """One iteration of Algorithm 1 (or of the baseline), resuming from its finished stages."""
     ctx.started = time.time()
-    ctx.actors.drain_busy(
-        ctx.timeout
-    )  # spans from before this iteration (actor start-up, an earlier resume) are not its work
+    # spans from before this iteration (actor start-up, an earlier resume) are not its work
+    ctx.actors.drain_busy(ctx.timeout)
     prev = ctx.run.iteration(t - 1)
     buffer = prev.buffer()
     redo_stale_stages(ctx, t)
@@ -436,9 +433,8 @@ def run_iteration(ctx: Ctx, t: int) -> IterationMetrics:
         wanted = round(ctx.cfg.creator.evolved_ratio * population(ctx))
         evolved, evolve_report = evolve(ctx, t, buffer, [by_id[p.id] for p in sampled], wanted)
         parents = [s.prompt.parent_id for s in estimated if s.prompt.parent_id is not None]
-        parents_info = dict(
-            zip(parents, buffer.info_array(parents).tolist(), strict=True)
-        )  # as last estimated (iteration t-1)
+        # as last estimated (iteration t-1)
+        parents_info = dict(zip(parents, buffer.info_array(parents).tolist(), strict=True))
         buffer.add(evolved)
         train_prompts = mix(ctx, t, buffer, sampled if ctx.cfg.creator.kind == "select" else evolved)
     solved = scored_stage(ctx, t, "solve", buffer, train_prompts)
@@ -504,9 +500,8 @@ def init_iteration_zero(cfg: RunConfig, run: RunDir, policy_path: str) -> None:
         seeds = load_seed_prompts(cfg.prompts.path, cfg.prompts.column, cfg.prompts.limit)
     folder.write_buffer(PromptBuffer.from_prompts(seeds))
     folder.write_train_ids([p.id for p in seeds])
-    if (
-        not folder.policy.exists()
-    ):  # a copy fsynced before and after its rename (eva.atomic); a killed copy's temp folder goes at commit
+    # a copy fsynced before and after its rename (eva.atomic); a killed copy's temp folder goes at commit
+    if not folder.policy.exists():
         with atomic_folder(folder.policy) as tmp:
             shutil.copytree(policy_path, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("EVA_SOURCE", ".*"))
     folder.write_metrics(IterationMetrics(iteration=0, buffer_size=len(seeds)))

@@ -295,9 +295,10 @@ def solver_section(r: Report) -> str:
     )
     stages = [s for s in STAGE_ORDER if any(v.stage_seconds.get(s) for v in r.iterations)]
     stages += sorted({s for v in r.iterations for s in v.stage_seconds} - set(stages) - set(STAGE_ORDER))
+    # fixed per stage across reports
     colors = {
         s: color(STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER) + i) for i, s in enumerate(stages)
-    }  # fixed per stage across reports
+    }
     timed = [v for v in r.iterations if v.t > 0]
     times = stacked_bars(
         [v.t for v in timed],
@@ -422,9 +423,8 @@ def info_summary_card(r: Report) -> str:
 
 def _category_colors(names: Sequence[str]) -> dict[str, str]:
     evolved = [n for n in names if n != "seed"]
-    out = {
-        n: PALETTE[i % (len(PALETTE) - 1)] for i, n in enumerate(evolved)
-    }  # the last palette colour is the seed grey
+    # the last palette colour is the seed grey
+    out = {n: PALETTE[i % (len(PALETTE) - 1)] for i, n in enumerate(evolved)}
     return {"seed": SEED_COLOR, **out} if "seed" in names else out
 
 

@@ -59,9 +59,8 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
 
 def fmt_tick(value: float, ticks: Sequence[float]) -> str:
     """A tick label with just enough decimals to tell neighbouring ticks apart."""
-    step = (
-        float(f"{abs(ticks[1] - ticks[0]):.6g}") if len(ticks) > 1 else 1.0
-    )  # without float noise: 0.6928 - 0.6927 < 1e-4
+    # without float noise: 0.6928 - 0.6927 < 1e-4
+    step = float(f"{abs(ticks[1] - ticks[0]):.6g}") if len(ticks) > 1 else 1.0
     if step >= 1 and abs(value) < 1e6:
         return f"{value:,.0f}"
     quarter = 1 if round(step / 10 ** math.floor(math.log10(step)), 6) == 2.5 else 0  # a step of 2.5: one more digit
@@ -171,9 +170,8 @@ def line_chart(
     ys += [v for s in series for _, lo, hi in s.band for v in (lo, hi) if math.isfinite(v)]
     xs = [x for s in series for x, y in s.points if y is not None]
     lo, hi = (min(y_domain[0], *ys), max(y_domain[1], *ys)) if y_domain is not None else (min(ys), max(ys))
-    x_ticks = (
-        nice_ticks(min(xs), max(xs)) if continuous_x else iteration_ticks(xs)
-    )  # continuous: e.g. tokens, not iterations
+    # continuous: e.g. tokens, not iterations
+    x_ticks = nice_ticks(min(xs), max(xs)) if continuous_x else iteration_ticks(xs)
     frame = Frame(x_ticks, nice_ticks(lo, hi), x_domain=(min(xs), max(xs)) if max(xs) > min(xs) else None)
     parts = [frame.axes(x_label, y_label)]
     for s in series:

@@ -54,9 +54,8 @@ def test_rollout_and_evolve_with_the_creators_own_model_keep_lineage(ray_session
         assert all(len(p.responses) == len(p.rewards) == s.n_responses for p in scored)
         assert all(math.isfinite(r) for p in scored for r in p.rewards) and stats.new_tokens > 0 and stats.retries == ()
         assert len({r for p in scored for r in p.rewards}) > len(seeds)  # continuous scores, not a few levels
-        again, _ = rollout(
-            actors.policy, actors.reward, seeds, spec, 0, "estimate", 1, 600
-        )  # in the driver: same seeds, same rollouts
+        # in the driver: same seeds, same rollouts
+        again, _ = rollout(actors.policy, actors.reward, seeds, spec, 0, "estimate", 1, 600)
         assert again == scored
 
         parents = seeds[:4]
@@ -98,9 +97,8 @@ def test_minilm_check_drops_a_paraphrase_of_the_meta_prompt_and_keeps_rewrites()
     assert float(embed(out_of_office + " Keep it under 50 words.") @ embed(meta)) >= check.max_meta_similarity
     assert child_reason(out_of_office + " Keep it under 50 words.", out_of_office, meta, check) is None
     vector = embed(parent)
-    assert (
-        vector is embed(parent) and abs(float(vector @ vector) - 1) < 1e-5 and not vector.flags.writeable
-    )  # cached, unit, shared
+    # cached, unit, shared
+    assert vector is embed(parent) and abs(float(vector @ vector) - 1) < 1e-5 and not vector.flags.writeable
     assert (
         prompt_check(CreatorSection(prompt_filter="text")).embed is None
         and prompt_check(CreatorSection(prompt_filter="off")) is None

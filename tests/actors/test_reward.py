@@ -225,9 +225,8 @@ def test_combined_weighting_by_hand() -> None:
 def test_every_scorer_kind_of_the_reward_actor_has_one_scorer_class() -> None:
     classes = [cls for cls in Scorer.__subclasses__() if cls.__module__ == "actors.reward"]
     in_actor = [name for name, kind in SCORER_KINDS.items() if kind.actor]  # task is graded in the rollouts
-    assert (
-        sorted(cls.name for cls in classes) == sorted(in_actor) and "task" not in in_actor
-    )  # the class's name is its kind
+    # the class's name is its kind
+    assert sorted(cls.name for cls in classes) == sorted(in_actor) and "task" not in in_actor
 
 
 def test_reward_actor_counts_pairs_and_nonfinite(user_module: str, tmp_path: Path) -> None:

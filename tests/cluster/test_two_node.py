@@ -322,9 +322,8 @@ def test_worker_node_lost_mid_rollout_then_resume_finishes(cluster, tmp_path):
         return
     assert not rd.committed(1), "a failed job must not leave iteration 1 committed"
     cluster.add_worker()
-    proc = run_eva(
-        "submit", "--resume", str(run), "--address", cluster.dashboard, env=cluster.env
-    )  # resume, as a Ray Job again
+    # resume, as a Ray Job again
+    proc = run_eva("submit", "--resume", str(run), "--address", cluster.dashboard, env=cluster.env)
     assert f"eva resume {run}" in proc.stdout
     resumed = proc.stdout.split("submitted job ", 1)[1].split(":", 1)[0]
     assert _wait_job(client, resumed) == JobStatus.SUCCEEDED, client.get_job_logs(resumed)[-4000:]

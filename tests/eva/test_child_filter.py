@@ -97,9 +97,8 @@ def test_child_reason_takes_the_similarities_from_embed():
     check = PromptCheck(0.35, 0.22, embed)
     assert child_reason(REWRITE, SARA, "INSTRUCTION", check) is None
     assert child_reason("Describe a lighthouse at night.", SARA, "INSTRUCTION", check) == "off_topic"
-    assert (
-        child_reason("Add a word limit and a format to it.", SARA, "INSTRUCTION", check) == "meta_paraphrase"
-    )  # 0.89 vs 0.45
+    # 0.89 vs 0.45
+    assert child_reason("Add a word limit and a format to it.", SARA, "INSTRUCTION", check) == "meta_paraphrase"
     assert set(calls) == set(vectors)  # child, parent and instruction are embedded
     no_embed = PromptCheck(0.35, 0.22)
     assert child_reason("Describe a lighthouse at night.", SARA, "INSTRUCTION", no_embed) is None

@@ -120,9 +120,8 @@ def test_status_inspect_diff_export(eva, reference_run: Path, tmp_path: Path):
     assert "NaN" not in out.read_text()
     ds = datasets.load_dataset("json", data_files=str(out), split="train")
     assert ds.num_rows == len(buffer) and sorted(ds["id"]) == sorted(buffer.ids())
-    eva(
-        "export", str(reference_run), "--iteration", "0", "--what", "prompts", "--out", str(out)
-    )  # the seeds: no stats yet
+    # the seeds: no stats yet
+    eva("export", str(reference_run), "--iteration", "0", "--what", "prompts", "--out", str(out))
     assert "NaN" not in out.read_text()
     ds = datasets.load_dataset("json", data_files=str(out), split="train")
     assert ds.num_rows == cfg_limit(reference_run) and all(row["info"] is None and row["rewards"] == [] for row in ds)

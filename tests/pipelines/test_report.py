@@ -343,9 +343,10 @@ def check_charts(html: str, run: RunDir) -> None:
     mean_length = lambda ps: float(np.mean([len(p.text) for p in ps]))  # noqa: E731
     length = svgs["chart-length"]
     assert plotted(length, "buffer mean") == pytest.approx({t: mean_length(ps) for t, ps in buffers.items()})
+    # none in iteration 0
     assert plotted(length, "training prompts mean") == pytest.approx(
         {t: mean_length(ps) for t, ps in trained_on.items()}
-    )  # none in iteration 0
+    )
 
 
 def check_summary_table(html: str, run: RunDir) -> None:
@@ -465,9 +466,8 @@ def test_hostile_prompt_text_is_escaped_everywhere(tmp_path: Path):
     make_run(tmp_path / "run", extra_text=HOSTILE)
     html = build_report(tmp_path / "run", tmp_path / "out").read_text(encoding="utf-8")
     assert "window.__pwned" in html  # the text is there ...
-    assert (
-        "<script>window" not in html and "<img src=x" not in html and "</textarea>" not in html
-    )  # ... but never as markup
+    # ... but never as markup
+    assert "<script>window" not in html and "<img src=x" not in html and "</textarea>" not in html
     assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;&lt;img src=x onerror=&quot;" in html
     assert html.count("<script") == 2  # the JSON data block and the page's own script, nothing else
     data_block = html.split('id="eva-report-data">', 1)[1].split("</script>", 1)[0]
@@ -594,9 +594,8 @@ def _drop_prompt(run: RunDir, t: int, pid: str) -> None:
     the checksums)."""
     folder = run.iteration(t)
     table = folder.buffer().to_table()
-    write_table(
-        table.filter(pc.not_equal(table.column("id"), pid)), folder.file(PROMPTS)
-    )  # by hand: no writer drops a prompt
+    # by hand: no writer drops a prompt
+    write_table(table.filter(pc.not_equal(table.column("id"), pid)), folder.file(PROMPTS))
     folder.file(MANIFEST).unlink()
     run.commit(t)
 
@@ -786,9 +785,8 @@ def test_line_chart_keeps_every_point_on_the_chart():
     )
     cys = [float(c.get("cy")) for c in chart.iter(f"{SVG}circle")]
     scale = YScale(chart)
-    assert (
-        scale.value(max(cys)) <= -0.1 + scale.tol and scale.value(min(cys)) >= 1.25 - scale.tol
-    )  # the range widened to the data
+    # the range widened to the data
+    assert scale.value(max(cys)) <= -0.1 + scale.tol and scale.value(min(cys)) >= 1.25 - scale.tol
     assert min(cys) >= MARGIN_TOP - 0.05
     x_labels = [
         t.text for t in chart.iter(f"{SVG}text") if t.get("class") == "tick" and t.get("text-anchor") == "middle"

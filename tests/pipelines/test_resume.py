@@ -93,9 +93,8 @@ def test_extend_a_finished_run(eva, reference_run: Path, tmp_path: Path):
     copy = tmp_path / "extend"
     shutil.copytree(reference_run, copy)
     before = RunDir(copy).manifest(2)
-    eva(
-        "run", "--preset", "tiny", "--run-dir", str(copy), "--iterations", "3"
-    )  # `eva run` on an existing run extends it
+    # `eva run` on an existing run extends it
+    eva("run", "--preset", "tiny", "--run-dir", str(copy), "--iterations", "3")
     run = RunDir(copy)
     assert run.latest() == 3 and run.verify_all() == [] and run.config().run.iterations == 3
     assert run.manifest(2) == before
