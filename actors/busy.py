@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 Span = tuple[str, float, float]  # (kind, start, end), seconds since the epoch
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
@@ -59,7 +59,9 @@ def init_ray(cfg: RunConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict[str, Any] = dict(runtime_env={"env_vars": actor_env()}, log_to_driver=False, configure_logging=True, logging_level="WARNING")
+    kwargs: dict[str, Any] = dict(
+        runtime_env={"env_vars": actor_env()}, log_to_driver=False, configure_logging=True, logging_level="WARNING"
+    )
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         # Inside a Ray Job (`eva submit`): the job's runtime_env already carries actor_env(), and Ray
         # refuses to merge a second one that sets the same variables.
@@ -89,7 +91,9 @@ def _check_fits(cfg: RunConfig, with_creator_engine: bool) -> None:
             )
 
 
-def engine_bundles(res: ActorResources, tensor_parallel: int, strategy: str) -> list[tuple[list[dict[str, float]], str]]:
+def engine_bundles(
+    res: ActorResources, tensor_parallel: int, strategy: str
+) -> list[tuple[list[dict[str, float]], str]]:
     """The placement groups of one kind of engine: (bundles, strategy) per group.
 
     Tensor parallel 1: one group, one {CPU, GPU} bundle per replica, placed by `ray.placement`.
@@ -108,16 +112,24 @@ def engine_bundles(res: ActorResources, tensor_parallel: int, strategy: str) -> 
 
 def _engine_placement(res: ActorResources, tensor_parallel: int, strategy: str, timeout_s: float, what: str) -> list:
     """engine_bundles as placement groups, all ready within `timeout_s` (else none is left behind)."""
-    groups = [placement_group(bundles, strategy=how, name=f"eva-{what}-{os.getpid()}-{i}") for i, (bundles, how) in enumerate(engine_bundles(res, tensor_parallel, strategy))]
+    groups = [
+        placement_group(bundles, strategy=how, name=f"eva-{what}-{os.getpid()}-{i}")
+        for i, (bundles, how) in enumerate(engine_bundles(res, tensor_parallel, strategy))
+    ]
     ready, _ = ray.wait([g.ready() for g in groups], num_returns=len(groups), timeout=timeout_s)
     if len(ready) < len(groups):
         for group in groups:
             remove_placement_group(group)
         nodes = [n for n in ray.nodes() if n.get("Alive")]
-        layout = f"{len(groups)} group(s) of {groups[0].bundle_specs} ({'STRICT_PACK per replica' if tensor_parallel > 1 else strategy})"
+        layout = (
+            f"{len(groups)} group(s) of {groups[0].bundle_specs} "
+            f"({'STRICT_PACK per replica' if tensor_parallel > 1 else strategy})"
+        )
         raise ClusterError(
-            f"ray.{what}: {res.replicas} replica(s) as {layout} did not fit the cluster within {timeout_s:g}s ({len(nodes)} alive "
-            f"node(s): {[n.get('Resources', {}) for n in nodes]}); lower replicas, num_cpus/num_gpus or tensor_parallel_size, add "
+            f"ray.{what}: {res.replicas} replica(s) as {layout} did not fit the cluster within {timeout_s:g}s "
+            f"({len(nodes)} alive "
+            f"node(s): {[n.get('Resources', {}) for n in nodes]}); lower replicas, num_cpus/num_gpus or "
+            f"tensor_parallel_size, add "
             "nodes, or use placement PACK/SPREAD (STRICT_SPREAD needs one node per replica)"
         )
     return groups
@@ -127,16 +139,27 @@ def _engines(cls, res: ActorResources, groups: list, tensor_parallel: int, args:
     """One engine actor per replica: bundle i of the one group (TP 1), or bundle 0 of group i, asking
     no GPU itself and capturing its child tasks, so vLLM's rank workers land in the group (TP > 1)."""
     if tensor_parallel == 1:
-        where = [PlacementGroupSchedulingStrategy(groups[0], placement_group_bundle_index=i) for i in range(res.replicas)]
+        where = [
+            PlacementGroupSchedulingStrategy(groups[0], placement_group_bundle_index=i) for i in range(res.replicas)
+        ]
         return [_remote(cls, res, scheduling_strategy=w).remote(*args) for w in where]
     return [
-        _remote(cls, res, num_gpus=0, scheduling_strategy=PlacementGroupSchedulingStrategy(g, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)).remote(*args)
+        _remote(
+            cls,
+            res,
+            num_gpus=0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                g, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+            ),
+        ).remote(*args)
         for g in groups
     ]
 
 
 def _remote(cls, res: ActorResources, **options):
-    return ray.remote(cls).options(**{"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "max_restarts": res.max_restarts, **options})
+    return ray.remote(cls).options(
+        **{"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "max_restarts": res.max_restarts, **options}
+    )
 
 
 @dataclass
@@ -197,7 +220,9 @@ def start_actors(cfg: RunConfig, policy_path: str, initial_path: str, start_iter
     tp = cfg.model.tensor_parallel_size
     groups = _engine_placement(cfg.ray.engine, tp, cfg.ray.placement, wait_pg, "engine")
     version = f"policy-{start_iteration}"
-    engines = _engines(GenerationEngine, cfg.ray.engine, groups, tp, (policy_path, cfg.model, work, cfg.run.seed, version))
+    engines = _engines(
+        GenerationEngine, cfg.ray.engine, groups, tp, (policy_path, cfg.model, work, cfg.run.seed, version)
+    )
     policy = EnginePool(engines, timeout, cfg.ray.retries, version=version)
     if own_creator:
         creator_path = initial_path if cfg.creator.model == "initial" else resolve_model_path(cfg.creator.model)
@@ -208,19 +233,41 @@ def start_actors(cfg: RunConfig, policy_path: str, initial_path: str, start_iter
                 remove_placement_group(group)
             raise
         groups += creator_groups
-        engines = _engines(GenerationEngine, cfg.ray.creator, creator_groups, tp, (creator_path, cfg.model, work, cfg.run.seed, "creator"))
+        engines = _engines(
+            GenerationEngine,
+            cfg.ray.creator,
+            creator_groups,
+            tp,
+            (creator_path, cfg.model, work, cfg.run.seed, "creator"),
+        )
         creator_engines = EnginePool(engines, timeout, cfg.ray.retries, version="creator")
     else:
         creator_engines = policy  # the creator generates with the policy's engines
     reward = None  # a task grader is pure code: no process to hold it (eva.scorers, `actor`)
     if SCORER_KINDS[cfg.reward.kind].actor:
-        reward = _remote(RewardActor, cfg.ray.reward).remote(cfg.reward, initial_path, work, trust_remote_code=cfg.model.trust_remote_code)
-    trainer = _remote(PolicyTrainer, cfg.ray.trainer, max_concurrency=2).remote(  # 2: progress() answers while train() runs
-        policy_path, initial_path, cfg.solver, cfg.model.dtype, work, cfg.run.seed, threads=cfg.ray.trainer.threads, iteration=start_iteration,
+        reward = _remote(RewardActor, cfg.ray.reward).remote(
+            cfg.reward, initial_path, work, trust_remote_code=cfg.model.trust_remote_code
+        )
+    trainer = _remote(
+        PolicyTrainer, cfg.ray.trainer, max_concurrency=2
+    ).remote(  # 2: progress() answers while train() runs
+        policy_path,
+        initial_path,
+        cfg.solver,
+        cfg.model.dtype,
+        work,
+        cfg.run.seed,
+        threads=cfg.ray.trainer.threads,
+        iteration=start_iteration,
         trust_remote_code=cfg.model.trust_remote_code,
     )
     actors = Actors(policy, creator_engines, reward, trainer, groups)
-    kinds = {"engine": policy.engines, "creator_engine": creator_engines.engines if own_creator else [], "reward": actors._scorers(), "trainer": [trainer]}
+    kinds = {
+        "engine": policy.engines,
+        "creator_engine": creator_engines.engines if own_creator else [],
+        "reward": actors._scorers(),
+        "trainer": [trainer],
+    }
     pending = {kind: [_node_of(h) for h in handles] for kind, handles in kinds.items()}
     try:
         ray.get([e.ready.remote() for e in {*policy.engines, *creator_engines.engines}], timeout=timeout)

@@ -48,18 +48,26 @@ def prompt_check(cfg: CreatorSection) -> PromptCheck | None:
 
 
 def evolve_prompts(
-    engines: EnginePool, parents: list[Prompt], existing_texts: list[str], cfg: CreatorSection, seed: int, iteration: int, round_: int = 0
+    engines: EnginePool,
+    parents: list[Prompt],
+    existing_texts: list[str],
+    cfg: CreatorSection,
+    seed: int,
+    iteration: int,
+    round_: int = 0,
 ) -> tuple[list[Prompt], FilterReport, RolloutStats]:
     """`cfg.num_variants` rewrites per parent, parsed and filtered against `existing_texts` (the
     buffer) and each other, and checked to be prompts (`cfg.prompt_filter`); each child records its
     parent, root, depth, operator and `iteration`. Round `round_` > 0 asks again with fresh seeds
     (population control: filters dropped too many)."""
-    round_seed = derive_seed(seed, "evolve", iteration) if round_ == 0 else derive_seed(seed, "evolve", iteration, round_)
+    round_seed = (
+        derive_seed(seed, "evolve", iteration) if round_ == 0 else derive_seed(seed, "evolve", iteration, round_)
+    )
     requests = build_evolve_requests(parents, cfg.num_variants, cfg.operators, round_seed)
     spec = SamplingSpec(1, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     keys = [f"{r.parent.id}:{i}" for i, r in enumerate(requests)]
     batch = engines.generate(keys, [r.meta_prompt for r in requests], [r.seed for r in requests], spec)
-    candidates = [(r, parse_evolved(g.responses[0])) for r, g in zip(requests, batch.generations)]
+    candidates = [(r, parse_evolved(g.responses[0])) for r, g in zip(requests, batch.generations, strict=True)]
     children, report = filter_evolved(
         candidates,
         existing_texts,
@@ -69,4 +77,8 @@ def evolve_prompts(
         iteration=iteration,
         prompt_check=prompt_check(cfg),
     )
-    return children, report, RolloutStats(generate_seconds=batch.seconds, new_tokens=batch.new_tokens, retries=batch.retries)
+    return (
+        children,
+        report,
+        RolloutStats(generate_seconds=batch.seconds, new_tokens=batch.new_tokens, retries=batch.retries),
+    )

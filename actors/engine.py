@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from actors.busy import BusyLog, Span
 from eva.config import ModelSection
@@ -68,7 +69,6 @@ def _cpu_scheduler(max_model_len: int) -> dict[str, Any]:
     return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}
 
 
-
 class GenerationEngine:
     """One vLLM engine. Ray wraps it as an actor (`ray.remote(GenerationEngine)`); usable directly too.
 
@@ -78,7 +78,9 @@ class GenerationEngine:
     the wrong policy (actors.pool then pushes the current weights and asks again).
     """
 
-    def __init__(self, model_path: str, model: ModelSection, workdir: str, seed: int = 0, weights_version: str = "start") -> None:
+    def __init__(
+        self, model_path: str, model: ModelSection, workdir: str, seed: int = 0, weights_version: str = "start"
+    ) -> None:
         configure_engine_env(workdir, model.kv_cache_gib)
         from vllm import LLM
         from vllm.platforms import current_platform
@@ -106,10 +108,17 @@ class GenerationEngine:
         self.busy = BusyLog()
 
     def ready(self) -> dict[str, float | str]:
-        return {"model_path": self.model_path, "start_seconds": self.start_seconds, "pid": os.getpid(), "weights_version": self.weights_version}
+        return {
+            "model_path": self.model_path,
+            "start_seconds": self.start_seconds,
+            "pid": os.getpid(),
+            "weights_version": self.weights_version,
+        }
 
     def apply_chat_template(self, text: str, system: str | None = None) -> str:
-        messages: list[Any] = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+        messages: list[Any] = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": text}
+        ]
         return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
     def generate(
@@ -130,7 +139,10 @@ class GenerationEngine:
         from vllm import SamplingParams
 
         if expect_weights is not None and expect_weights != self.weights_version:
-            raise StaleWeightsError(f"engine (pid {os.getpid()}) serves weights {self.weights_version!r}, the caller expects {expect_weights!r}")
+            raise StaleWeightsError(
+                f"engine (pid {os.getpid()}) serves weights {self.weights_version!r}, the caller expects "
+                f"{expect_weights!r}"
+            )
         if not (len(keys) == len(texts) == len(seeds)):
             raise ValueError(f"keys/texts/seeds differ in length: {len(keys)}/{len(texts)}/{len(seeds)}")
         if not texts:
@@ -151,7 +163,7 @@ class GenerationEngine:
                 num_tokens=tuple(len(c.token_ids) for c in out.outputs),
                 finish_reasons=tuple(str(c.finish_reason) for c in out.outputs),
             )
-            for key, out in zip(keys, outputs)
+            for key, out in zip(keys, outputs, strict=True)
         )
         return GenerationBatch(
             generations=generations,
@@ -181,7 +193,9 @@ class GenerationEngine:
             result.append({lp.decoded_token: lp.logprob for lp in top.values() if lp.decoded_token is not None})
         return result
 
-    def update_weights(self, weights: Mapping[str, "object"] | Iterable[tuple[str, object]], version: str | None = None) -> float:
+    def update_weights(
+        self, weights: Mapping[str, object] | Iterable[tuple[str, object]], version: str | None = None
+    ) -> float:
         """Push new weights (HF names -> CPU tensors) into the running engine, labelled `version`
         (None: keep the label); returns seconds.
 
@@ -236,7 +250,9 @@ def refresh_output_heads(model) -> int:
     Idempotent: unquantized heads keep their weight (`remove_weight=False`) and only re-pack it."""
     from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
 
-    heads = [m for m in model.modules() if isinstance(m, ParallelLMHead) and getattr(m, "quant_method", None) is not None]
+    heads = [
+        m for m in model.modules() if isinstance(m, ParallelLMHead) and getattr(m, "quant_method", None) is not None
+    ]
     for head in heads:
         head.quant_method.process_weights_after_loading(head)
     return len(heads)

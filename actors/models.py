@@ -27,7 +27,7 @@ class ModelError(RuntimeError):
 
 
 def assigned_device(who: str = "reward actor") -> str:
-    """"cuda" when Ray gave the calling actor GPUs (its `num_gpus` > 0), else "cpu".
+    """ "cuda" when Ray gave the calling actor GPUs (its `num_gpus` > 0), else "cpu".
 
     Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for an actor that asked for no GPU, so
     `torch.cuda.is_available()` would let a `num_gpus: 0` actor take GPU 0 behind Ray's back.
@@ -39,7 +39,10 @@ def assigned_device(who: str = "reward actor") -> str:
     import torch
 
     if not torch.cuda.is_available():
-        raise ModelError(f"Ray assigned this {who} a GPU but torch sees no CUDA device: install the GPU build (`.[gpu]`, deploy/Dockerfile)")
+        raise ModelError(
+            f"Ray assigned this {who} a GPU but torch sees no CUDA device: install the GPU build (`.[gpu]`, "
+            f"deploy/Dockerfile)"
+        )
     return "cuda"  # Ray set CUDA_VISIBLE_DEVICES to the assigned GPU(s): cuda:0 is ours
 
 
@@ -73,7 +76,11 @@ def minilm_path() -> Path:
 
 
 def _is_complete(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    return (
+        (folder / "config.json").is_file()
+        and (folder / "model.safetensors").is_file()
+        and (folder / "tokenizer.json").is_file()
+    )
 
 
 def _build_atomically(target: Path, build) -> Path:

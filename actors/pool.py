@@ -16,14 +16,13 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 import ray
 from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError
 
 from actors.engine import GenerationBatch, SamplingSpec, StaleWeightsError
-
 
 log = logging.getLogger("eva.pool")
 
@@ -64,14 +63,17 @@ class EnginePool:
     timeout_s: float
     retries: int = 2  # resubmissions of a failed chunk before the call fails
     version: str | None = None  # label of the weights every replica must serve (None: unchecked)
-    _weights: object = field(default=None, repr=False)  # the weights of `version` (ObjectRef or path); None: the start weights
+    # the weights of `version` (ObjectRef or path); None: the start weights
+    _weights: object = field(default=None, repr=False)
 
-    def generate_async(self, keys: list[str], texts: list[str], seeds: list[int], spec: SamplingSpec, chat: bool = True) -> list:
+    def generate_async(
+        self, keys: list[str], texts: list[str], seeds: list[int], spec: SamplingSpec, chat: bool = True
+    ) -> list:
         """Start generation on all replicas (contiguous, near-equal chunks); returns handles in order for gather()."""
         n = len(self.engines)
         bounds = [round(i * len(texts) / n) for i in range(n + 1)]
         chunks = []
-        for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
             if b > a:
                 args = (keys[a:b], texts[a:b], seeds[a:b], spec, chat)
                 chunks.append(_Chunk(i, args, self._submit(i, args)))
@@ -105,8 +107,11 @@ class EnginePool:
                     wait_until_available(self.engines[engine], self.timeout_s)
                 elif not isinstance(e, StaleWeightsError):  # dead, or its node is: the next replica
                     engine = (engine + 1) % len(self.engines)
-                line = (f"engine replica {chunk.engine} failed on a batch of {len(chunk.args[0])} prompts ({type(e).__name__}); "
-                        f"retry {attempt + 1}/{self.retries} on replica {engine} with weights {self.version!r}")
+                line = (
+                    f"engine replica {chunk.engine} failed on a batch of {len(chunk.args[0])} prompts "
+                    f"({type(e).__name__}); "
+                    f"retry {attempt + 1}/{self.retries} on replica {engine} with weights {self.version!r}"
+                )
                 log.warning(line)
                 retried.append(line)
                 self._push(engine)
@@ -124,19 +129,25 @@ class EnginePool:
         except LOST as e:  # let the generate call that follows fail (and count) on its own
             log.warning("engine replica %d: weight re-sync before retry failed (%s)", engine, type(e).__name__)
 
-    def generate(self, keys: list[str], texts: list[str], seeds: list[int], spec: SamplingSpec, chat: bool = True) -> GenerationBatch:
+    def generate(
+        self, keys: list[str], texts: list[str], seeds: list[int], spec: SamplingSpec, chat: bool = True
+    ) -> GenerationBatch:
         return self.gather(self.generate_async(keys, texts, seeds, spec, chat))
 
     def update_weights(self, weights_ref, version: str | None = None) -> float:
         """Push one state dict (an ObjectRef, put once) into every replica as `version` (default: a
         fresh label); returns the slowest replica's seconds."""
         self.adopt(weights_ref, version or uuid.uuid4().hex[:12])
-        return max(ray.get([e.update_weights.remote(weights_ref, self.version) for e in self.engines], timeout=self.timeout_s))
+        return max(
+            ray.get([e.update_weights.remote(weights_ref, self.version) for e in self.engines], timeout=self.timeout_s)
+        )
 
     def load_weights_from_path(self, path: str, version: str | None = None) -> float:
         """Every replica reloads a saved policy folder, as `version` (default: a fresh label)."""
         self.adopt(path, version or uuid.uuid4().hex[:12])
-        return max(ray.get([e.load_weights_from_path.remote(path, self.version) for e in self.engines], timeout=self.timeout_s))
+        return max(
+            ray.get([e.load_weights_from_path.remote(path, self.version) for e in self.engines], timeout=self.timeout_s)
+        )
 
     def adopt(self, weights, version: str) -> None:
         """Record weights another copy of this pool pushed already (ObjectRef or path, and its label)."""

@@ -22,9 +22,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from actors.busy import BusyLog, Span
 from actors.models import MINILM_MODEL, ModelError, assigned_device, resolve_model_path
@@ -83,7 +84,9 @@ def label_token_ids(tokenizer: Any, labels: Sequence[tuple[str, float]]) -> list
     for text, _ in labels:
         tokens = tokenizer.encode(text, add_special_tokens=False)
         if len(tokens) != 1:
-            raise ValueError(f"judge label {text!r} is {len(tokens)} tokens for this tokenizer; labels must be single tokens")
+            raise ValueError(
+                f"judge label {text!r} is {len(tokens)} tokens for this tokenizer; labels must be single tokens"
+            )
         ids.append(tokens[0])
     return ids
 
@@ -131,7 +134,7 @@ class JudgeScorer(Scorer):
         if not prompts:
             return []
         params = SamplingParams(n=1, temperature=0.0, max_tokens=1, logprob_token_ids=self.token_ids)
-        texts = [self.render(p, r) for p, r in zip(prompts, responses)]
+        texts = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
         outputs = self.engine.llm.generate(texts, params, use_tqdm=False)
         rows = []
         for out in outputs:
@@ -149,7 +152,9 @@ class JudgeScorer(Scorer):
 # ---------------------------------------------------------------------------- HF encoder scorers
 
 
-def _load_hf(model_path: str, kind: str, threads: int, *, trust_remote_code: bool = False, device: str = "cpu") -> tuple[Any, Any]:
+def _load_hf(
+    model_path: str, kind: str, threads: int, *, trust_remote_code: bool = False, device: str = "cpu"
+) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -229,7 +234,9 @@ class RewardModelScorer(Scorer):
         check_reward_model(model_path, trust_remote_code, field)
         self.model_path, self.max_length = model_path, max_length
         self.device = device or assigned_device()
-        self.tokenizer, self.model = _load_hf(model_path, "reward_model", threads, trust_remote_code=trust_remote_code, device=self.device)
+        self.tokenizer, self.model = _load_hf(
+            model_path, "reward_model", threads, trust_remote_code=trust_remote_code, device=self.device
+        )
         self.custom = not type(self.model).__module__.startswith("transformers.")
         self.batch_size = 1 if self.custom else batch_size
         if self.tokenizer.pad_token is None:  # decoder reward models often ship without one
@@ -250,7 +257,7 @@ class RewardModelScorer(Scorer):
         # Clip the contents, not the rendered text: cutting the end would drop the assistant turn.
         overhead = len(tok.encode(self._chat("", ""), add_special_tokens=False))
         budget = max(8, self.max_length - overhead)
-        texts = [self._chat(*_clip_pair(tok, p, r, budget)) for p, r in zip(prompts, responses)]
+        texts = [self._chat(*_clip_pair(tok, p, r, budget)) for p, r in zip(prompts, responses, strict=True)]
         return tok(texts, add_special_tokens=False, **common)
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
@@ -260,7 +267,9 @@ class RewardModelScorer(Scorer):
         out: list[float] = []
         with torch.inference_mode():
             for i in range(0, len(prompts), self.batch_size):
-                batch = self._encode(prompts[i : i + self.batch_size], responses[i : i + self.batch_size]).to(self.device)
+                batch = self._encode(prompts[i : i + self.batch_size], responses[i : i + self.batch_size]).to(
+                    self.device
+                )
                 raw = reward_values(self.model(**batch), batch["input_ids"].shape[0])
                 out.extend(_finite_or_nan(float(x)) for x in raw.cpu())
         return out
@@ -296,7 +305,7 @@ class RelevanceScorer(Scorer):
         _check_pairs(prompts, responses)
         cache: dict[str, Any] = {}  # prompts repeat n times per call (n responses per prompt)
         out = []
-        for p, r in zip(prompts, responses):
+        for p, r in zip(prompts, responses, strict=True):
             if p not in cache:
                 cache[p] = self.embed(p)
             out.append(_finite_or_nan(float(cache[p] @ self.embed(r))) if r.strip() else 0.0)
@@ -316,7 +325,7 @@ class WellformedScorer(Scorer):
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
         _check_pairs(prompts, responses)
-        return [wellformed(p, r) for p, r in zip(prompts, responses)]
+        return [wellformed(p, r) for p, r in zip(prompts, responses, strict=True)]
 
 
 # -------------------------------------------------------------------------------- user function
@@ -370,7 +379,7 @@ class CombinedScorer(Scorer):
 
     def combine(self, raw: list[list[float]]) -> list[float]:
         return [
-            math.fsum(w * s.unit(r[i]) for (w, s), r in zip(self.components, raw))
+            math.fsum(w * s.unit(r[i]) for (w, s), r in zip(self.components, raw, strict=True))
             for i in range(len(raw[0]) if raw else 0)
         ]
 
@@ -419,14 +428,23 @@ def build_scorer(
     def make(spec: ScorerSpec, field: str) -> Scorer:
         kind = scorer_kind(spec.kind, component=True)  # eva.config checked the name when it loaded
         if kind.function:
-            return FunctionScorer(spec.function or reward.function)  # eva.config makes sure there is one
-        path = _model(spec.model, MINILM_MODEL if spec.kind == RelevanceScorer.name else reward.model, initial_model_path) if kind.model else ""
+            function = spec.function or reward.function
+            if function is None:  # eva.config refuses this when it loads
+                raise ValueError(f"{field}: kind={spec.kind} needs `function: module:function`")
+            return FunctionScorer(function)
+        path = (
+            _model(spec.model, MINILM_MODEL if spec.kind == RelevanceScorer.name else reward.model, initial_model_path)
+            if kind.model
+            else ""
+        )
         if spec.kind == JudgeScorer.name:
             if path not in engines:
                 engines[path] = judge_engine(path, reward.max_length, workdir, reward.judge_dtype)
             return JudgeScorer(engines[path], spec.judge_template or reward.judge_template, reward.max_length)
         if spec.kind == RewardModelScorer.name:  # eva.config refuses `initial` here: a causal LM is no reward model
-            return RewardModelScorer(path, reward.batch_size, reward.max_length, trust_remote_code=trust_remote_code, field=field)
+            return RewardModelScorer(
+                path, reward.batch_size, reward.max_length, trust_remote_code=trust_remote_code, field=field
+            )
         if spec.kind == RelevanceScorer.name:
             return RelevanceScorer(path)
         if spec.kind == WellformedScorer.name:
@@ -435,7 +453,10 @@ def build_scorer(
 
     if reward.kind == CombinedScorer.name:
         return CombinedScorer(
-            [(c.weight, make(c, f"reward.components.{i}.model" if c.model else "reward.model")) for i, c in enumerate(reward.components)]
+            [
+                (c.weight, make(c, f"reward.components.{i}.model" if c.model else "reward.model"))
+                for i, c in enumerate(reward.components)
+            ]
         )
     return make(ScorerSpec(kind=reward.kind, model=reward.model, function=reward.function), "reward.model")
 
@@ -443,7 +464,9 @@ def build_scorer(
 class RewardActor:
     """The reward scorer behind a Ray actor (`ray.remote(RewardActor)`); plain class, no Ray import."""
 
-    def __init__(self, reward: RewardSection, initial_model_path: str, workdir: str, *, trust_remote_code: bool = False) -> None:
+    def __init__(
+        self, reward: RewardSection, initial_model_path: str, workdir: str, *, trust_remote_code: bool = False
+    ) -> None:
         t0 = time.perf_counter()
         self.scorer = build_scorer(reward, initial_model_path, workdir, trust_remote_code=trust_remote_code)
         self.kind = reward.kind

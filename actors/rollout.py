@@ -20,7 +20,9 @@ from eva.types import Prompt, ScoredPrompt
 log = logging.getLogger("eva.rollout")
 
 
-def score_with_retries(reward, prompts: list[str], responses: list[str], retries: int, timeout_s: float) -> tuple[list[float], list[str]]:
+def score_with_retries(
+    reward, prompts: list[str], responses: list[str], retries: int, timeout_s: float
+) -> tuple[list[float], list[str]]:
     """The reward actor's scores, asking again (up to `retries` times) if the actor died: Ray
     restarts it (`ray.reward.max_restarts`) with the same frozen models, so the scores are the same."""
     lines: list[str] = []
@@ -30,7 +32,10 @@ def score_with_retries(reward, prompts: list[str], responses: list[str], retries
         except LOST as e:
             if attempt == retries or not wait_until_available(reward, timeout_s):
                 raise
-            lines.append(f"reward actor failed on a batch of {len(prompts)} responses ({type(e).__name__}); retry {attempt + 1}/{retries}")
+            lines.append(
+                f"reward actor failed on a batch of {len(prompts)} responses ({type(e).__name__}); retry "
+                f"{attempt + 1}/{retries}"
+            )
             log.warning(lines[-1])
     raise AssertionError("unreachable")
 
@@ -53,21 +58,25 @@ def rollout(
     """
     seeds = [derive_seed(seed, stage, iteration, p.id) for p in prompts]
     batch = engines.generate([p.id for p in prompts], [p.text for p in prompts], seeds, spec)
-    flat_prompts = [p for p, g in zip(prompts, batch.generations) for _ in g.responses]
+    flat_prompts = [p for p, g in zip(prompts, batch.generations, strict=True) for _ in g.responses]
     flat_responses = [r for g in batch.generations for r in g.responses]
     t0 = time.perf_counter()
     retried: list[str]
     if reward is None:  # verifiable rewards: pure code, graded here against the prompt's own answer
         rewards, retried = task_grade(flat_prompts, flat_responses), []
     elif flat_responses:
-        rewards, retried = score_with_retries(reward, [p.text for p in flat_prompts], flat_responses, engines.retries, timeout_s)
+        rewards, retried = score_with_retries(
+            reward, [p.text for p in flat_prompts], flat_responses, engines.retries, timeout_s
+        )
     else:
         rewards, retried = [], []
     score_seconds = time.perf_counter() - t0
     scored, pos = [], 0
-    for p, g in zip(prompts, batch.generations):
+    for p, g in zip(prompts, batch.generations, strict=True):
         k = len(g.responses)
-        scored.append(ScoredPrompt(prompt=p, responses=g.responses, rewards=tuple(float(r) for r in rewards[pos : pos + k])))
+        scored.append(
+            ScoredPrompt(prompt=p, responses=g.responses, rewards=tuple(float(r) for r in rewards[pos : pos + k]))
+        )
         pos += k
     stats = RolloutStats(
         generate_seconds=batch.seconds,

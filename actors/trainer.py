@@ -32,7 +32,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import ray
 import torch
@@ -46,6 +46,9 @@ from eva.losses import loss_spec, trl_arguments
 from eva.results import TrainingDivergedError
 from eva.seeding import derive_seed
 from eva.types import PreferencePair
+
+if TYPE_CHECKING:  # transformers is imported where it is used: importing this module stays light
+    from transformers import PreTrainedModel
 
 # The TRL classes of each loss family (eva.losses.Family): module, config, trainer, and the config
 # arguments the family needs (CPO and ORPO want the raw prompt/chosen/rejected columns kept).
@@ -113,7 +116,11 @@ class PolicyTrainer:
 
     def ready(self) -> dict[str, Any]:
         """Cheap call to wait on after starting the actor."""
-        return {"pid": os.getpid(), "threads": torch.get_num_threads(), "params": sum(p.numel() for p in self.policy.parameters())}
+        return {
+            "pid": os.getpid(),
+            "threads": torch.get_num_threads(),
+            "params": sum(p.numel() for p in self.policy.parameters()),
+        }
 
     def train(self, pairs: list[PreferencePair], iteration: int) -> dict[str, Any]:
         """One round of preference optimization on `pairs`; returns metrics (losses, steps, seconds).
@@ -133,10 +140,14 @@ class PolicyTrainer:
 
     def _expect(self, iteration: int | None, call: str) -> None:
         if self._diverged is not None:
-            raise RuntimeError(f"trainer.{call}: {self._diverged}; the policy in memory is unusable: resume redoes the stage")
+            raise RuntimeError(
+                f"trainer.{call}: {self._diverged}; the policy in memory is unusable: resume redoes the stage"
+            )
         if iteration is not None and self.iteration is not None and iteration != self.iteration:
-            raise RuntimeError(f"trainer.{call}: the trainer holds the policy of iteration {self.iteration}, not {iteration} "
-                               "(it was restarted and lost its state): the stage fails, resume redoes it")
+            raise RuntimeError(
+                f"trainer.{call}: the trainer holds the policy of iteration {self.iteration}, not {iteration} "
+                "(it was restarted and lost its state): the stage fails, resume redoes it"
+            )
 
     def progress(self) -> tuple[int, int]:
         """(steps done, steps) of the round in progress: the actor runs with max_concurrency 2 so the
@@ -163,7 +174,8 @@ class PolicyTrainer:
             # full fine-tuning trained self.policy in place: it holds the bad weights now
             self._diverged = f"iteration {iteration}: {problem}"
             raise TrainingDivergedError(
-                f"iteration {iteration}: training diverged: {problem}. Nothing of the iteration was saved or committed. "
+                f"iteration {iteration}: training diverged: {problem}. Nothing of the iteration was saved or "
+                f"committed. "
                 "Lower solver.learning_rate (or check the pairs and the reward), then continue with "
                 "`eva run --run-dir RUN_DIR --allow-change solver.learning_rate --set solver.learning_rate=...`"
             )
@@ -199,14 +211,17 @@ class PolicyTrainer:
         self._expect(iteration, "save")
         target = Path(path)
         if is_committed(target.parent):
-            raise RuntimeError(f"trainer.save: {target.parent} is a committed iteration: its {target.name}/ is never replaced")
+            raise RuntimeError(
+                f"trainer.save: {target.parent} is a committed iteration: its {target.name}/ is never replaced"
+            )
         config_dtype = self.policy.config.dtype
         try:
             # an uncommitted iteration's policy/ is replaced: resume redoes the stage if we crash midway
             with atomic_folder(target, replace=True) as tmp:
                 # save_pretrained drops tied keys and maps names back to the checkpoint layout itself
                 self.policy.save_pretrained(tmp, state_dict=_weights(self.policy, self.dtype), safe_serialization=True)
-                self.policy.config.dtype = self.dtype  # save_pretrained wrote the fp32 model's dtype: say what the file holds
+                # save_pretrained wrote the fp32 model's dtype: say what the file holds
+                self.policy.config.dtype = self.dtype
                 self.policy.config.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
         finally:
@@ -221,7 +236,7 @@ class PolicyTrainer:
 
     # --- internals --------------------------------------------------------------------------
 
-    def _load_model(self, path: str, frozen: bool = False) -> torch.nn.Module:
+    def _load_model(self, path: str, frozen: bool = False) -> PreTrainedModel:
         from transformers import AutoModelForCausalLM
 
         remote = {"trust_remote_code": self.trust_remote_code}
@@ -261,7 +276,8 @@ class PolicyTrainer:
     def _fit_prompt(self, text: str) -> str:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         limit = self.solver.max_prompt_length
-        return text if len(ids) <= limit else self.tokenizer.decode(ids[-limit:])
+        # transformers types decode as `str | list[str]` (no overloads); one list of ids decodes to a str
+        return text if len(ids) <= limit else cast(str, self.tokenizer.decode(ids[-limit:]))
 
     def _make_trainer(self, dataset, ref_model: torch.nn.Module | None, iteration: int):
         s = self.solver
@@ -306,7 +322,9 @@ class PolicyTrainer:
         module, config_class, trainer_class, family_args = TRL_TRAINERS[spec.family]
         trl = importlib.import_module(module)
         args = getattr(trl, config_class)(**common, **family_args, **trl_arguments(s))
-        kwargs = dict(model=self.policy, train_dataset=dataset, processing_class=self.tokenizer, peft_config=peft_config)
+        kwargs = dict(
+            model=self.policy, train_dataset=dataset, processing_class=self.tokenizer, peft_config=peft_config
+        )
         if not spec.reference_free:
             kwargs["ref_model"] = ref_model
         # The PEFT model (random LoRA A matrices) is built inside TRL's trainer, before transformers'
@@ -316,7 +334,7 @@ class PolicyTrainer:
         torch.manual_seed(derive_seed(self.seed, "lora", iteration))
         return getattr(trl, trainer_class)(args=args, callbacks=[_step_logger(iteration, self._progress)], **kwargs)
 
-    def _finish(self, trainer) -> torch.nn.Module:
+    def _finish(self, trainer) -> PreTrainedModel:
         """The trained policy as a plain model: LoRA merged, TRL's patches removed, rounded to dtype."""
         from peft import PeftModel
 
@@ -361,7 +379,7 @@ def _weights(model: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[s
     return out
 
 
-def _revert_names(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _revert_names(model: PreTrainedModel, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Undo transformers 5 load-time weight conversions (none for Llama) so names match the checkpoint."""
     try:
         from transformers.core_model_loading import revert_weight_conversion
@@ -389,9 +407,15 @@ def _divergence(losses: list[float], model: torch.nn.Module) -> str | None:
     bad_params = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
     problems = []
     if bad_steps:
-        problems.append(f"non-finite loss at step {', '.join(map(str, bad_steps[:5]))}{' ...' if len(bad_steps) > 5 else ''} of {len(losses)}")
+        problems.append(
+            f"non-finite loss at step "
+            f"{', '.join(map(str, bad_steps[:5]))}{' ...' if len(bad_steps) > 5 else ''} of {len(losses)}"
+        )
     if bad_params:
-        problems.append(f"{len(bad_params)} parameter tensors hold non-finite values ({', '.join(bad_params[:3])}{', ...' if len(bad_params) > 3 else ''})")
+        problems.append(
+            f"{len(bad_params)} parameter tensors hold non-finite values "
+            f"({', '.join(bad_params[:3])}{', ...' if len(bad_params) > 3 else ''})"
+        )
     return "; ".join(problems) or None
 
 
@@ -433,6 +457,10 @@ def _step_logger(iteration: int, progress: list[int]):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
                 rate = (time.perf_counter() - self.t0) / max(state.global_step, 1)
-                print(f"[train it={iteration}] step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} ({rate:.2f} s/step)", flush=True)
+                print(
+                    f"[train it={iteration}] step {state.global_step}/{state.max_steps} loss "
+                    f"{logs['loss']:.4f} ({rate:.2f} s/step)",
+                    flush=True,
+                )
 
     return StepLine()

@@ -34,7 +34,14 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def measure(args: list[str], env: dict | None = None, every_s: float = 1.0, log: Path | None = None, also: tuple[int, ...] = (), cwd: Path = REPO) -> dict:
+def measure(
+    args: list[str],
+    env: dict | None = None,
+    every_s: float = 1.0,
+    log: Path | None = None,
+    also: tuple[int, ...] = (),
+    cwd: Path = REPO,
+) -> dict:
     """Run `args` (from `cwd`, default the repo root), sampling the tree's RSS every `every_s`; raise if
     it fails. `env` adds to the environment (OMP_NUM_THREADS=1 unless given); a None value removes a
     variable. `also`: more process trees to count (the nodes of a cluster the command joins)."""
@@ -84,16 +91,50 @@ class LocalCluster:
 
         self.free_port, self.cpus, self.folder = free_port, cpus_per_node, folder
         self.address = f"127.0.0.1:{free_port()}"
-        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+        self.env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "disabled",
+            "OMP_NUM_THREADS": "1",
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        }
         self.env.pop("RAY_ADDRESS", None)
         self.nodes: list[subprocess.Popen] = []
 
     def add_node(self) -> None:
         name = "head" if not self.nodes else f"worker{len(self.nodes)}"
-        role = ["--head", f"--port={self.address.split(':')[1]}", "--include-dashboard=false"] if not self.nodes else [f"--address={self.address}"]
-        ports = [f"--{flag}={self.free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")]
-        cmd = [str(Path(sys.executable).with_name("ray")), "start", *role, f"--num-cpus={self.cpus}", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats", *ports]
-        self.nodes.append(subprocess.Popen(cmd, env=self.env, stdout=open(self.folder / f"{name}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
+        role = (
+            ["--head", f"--port={self.address.split(':')[1]}", "--include-dashboard=false"]
+            if not self.nodes
+            else [f"--address={self.address}"]
+        )
+        ports = [
+            f"--{flag}={self.free_port()}"
+            for flag in (
+                "dashboard-agent-listen-port",
+                "dashboard-agent-grpc-port",
+                "runtime-env-agent-port",
+                "metrics-export-port",
+            )
+        ]
+        cmd = [
+            str(Path(sys.executable).with_name("ray")),
+            "start",
+            *role,
+            f"--num-cpus={self.cpus}",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            "--disable-usage-stats",
+            *ports,
+        ]
+        self.nodes.append(
+            subprocess.Popen(
+                cmd,
+                env=self.env,
+                stdout=open(self.folder / f"{name}.log", "w"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         deadline = time.time() + 180
         while self.alive_nodes() < len(self.nodes):
             if time.time() > deadline:
@@ -102,7 +143,9 @@ class LocalCluster:
 
     def alive_nodes(self) -> int:
         ray = str(Path(sys.executable).with_name("ray"))
-        out = subprocess.run([ray, "status", "--address", self.address], env=self.env, capture_output=True, text=True, timeout=60).stdout
+        out = subprocess.run(
+            [ray, "status", "--address", self.address], env=self.env, capture_output=True, text=True, timeout=60
+        ).stdout
         return sum(1 for line in out.split("Active:", 1)[-1].split("Pending:", 1)[0].splitlines() if "node_" in line)
 
     @property

@@ -68,19 +68,29 @@ def run_arm(folder: Path, arm: str, seed: int, heldout: Path) -> dict:
         timing = measure(eva("run", "--preset", PRESET, *flags, *[a for s in sets for a in ("--set", s)]), log=log)
     run = RunDir(run_dir)
     iterations = [t for t in EVAL_AT if t <= run.latest()]
-    measure(eva("eval", str(run_dir), "--problems", str(heldout), *[a for t in iterations for a in ("--iteration", str(t))]),
-            log=folder / f"{arm}-seed{seed}-eval.log")
+    measure(
+        eva(
+            "eval", str(run_dir), "--problems", str(heldout), *[a for t in iterations for a in ("--iteration", str(t))]
+        ),
+        log=folder / f"{arm}-seed{seed}-eval.log",
+    )
     metrics = [run.iteration(t).metrics() for t in range(1, run.latest() + 1)]
     tokens = [0]
     for m in metrics:
         tokens.append(tokens[-1] + sum(m.tokens_generated.values()))
     evals = {t: json.loads(run.eval_path(t).read_text()) for t in iterations}
     return {
-        "arm": arm, "seed": seed, "sets": sets[3:], **timing,
+        "arm": arm,
+        "seed": seed,
+        "sets": sets[3:],
+        **timing,
         "tokens": tokens,  # cumulative generated tokens after each iteration (0 = before training)
-        "pairs": [m.num_pairs for m in metrics], "steps": [m.train_steps for m in metrics],
-        "tie_share": [m.health.tie_share for m in metrics], "solve_exact": [m.health.solve_exact for m in metrics],
-        "sampled_info": [m.health.sampled_info for m in metrics], "estimated_info": [m.health.estimated_info for m in metrics],
+        "pairs": [m.num_pairs for m in metrics],
+        "steps": [m.train_steps for m in metrics],
+        "tie_share": [m.health.tie_share for m in metrics],
+        "solve_exact": [m.health.solve_exact for m in metrics],
+        "sampled_info": [m.health.sampled_info for m in metrics],
+        "estimated_info": [m.health.estimated_info for m in metrics],
         "train_levels": [m.health.train_levels for m in metrics],
         "accuracy": {t: e["levels"]["all"]["accuracy"] for t, e in evals.items()},
         "levels": {t: {k: v["accuracy"] for k, v in e["levels"].items()} for t, e in evals.items()},
@@ -88,14 +98,22 @@ def run_arm(folder: Path, arm: str, seed: int, heldout: Path) -> dict:
     }
 
 
-def paired_bootstrap(rows: list[dict], a: str, b: str, t: int, draws: int = 10000, seed: int = 0) -> tuple[float, float, float] | None:
+def paired_bootstrap(
+    rows: list[dict], a: str, b: str, t: int, draws: int = 10000, seed: int = 0
+) -> tuple[float, float, float] | None:
     """Mean held-out exact-match difference a - b at iteration t, paired by seed and problem, with a
     95% interval: resample seeds, then problems (the same problems for both arms of a seed)."""
     by = {(r["arm"], r["seed"]): r for r in rows}
     seeds = sorted(s for s in {r["seed"] for r in rows} if (a, s) in by and (b, s) in by)
     if not seeds:
         return None
-    diffs = {s: [(x >= 1.0) - (y >= 1.0) for x, y in zip(by[(a, s)]["grades"][str(t)], by[(b, s)]["grades"][str(t)])] for s in seeds}
+    diffs = {
+        s: [
+            (x >= 1.0) - (y >= 1.0)
+            for x, y in zip(by[(a, s)]["grades"][str(t)], by[(b, s)]["grades"][str(t)], strict=True)
+        ]
+        for s in seeds
+    }
     point = statistics.fmean(statistics.fmean(d) for d in diffs.values())
     rng = random.Random(seed)
     stats = []
@@ -109,7 +127,10 @@ def paired_bootstrap(rows: list[dict], a: str, b: str, t: int, draws: int = 1000
 def print_tables(rows: list[dict]) -> None:
     last = str(max(EVAL_AT))
     print("\nPer arm: held-out exact match (mean ± sample std over seeds), budget and creator health per iteration\n")
-    print("| arm | seeds | iteration 0 | iteration 2 | iteration 4 | tokens / iteration | pairs / iteration | DPO steps | tie share | solve exact | wall s / run |")
+    print(
+        "| arm | seeds | iteration 0 | iteration 2 | iteration 4 | tokens / iteration | pairs / iteration | "
+        "DPO steps | tie share | solve exact | wall s / run |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for arm in ARMS:
         rs = [r for r in rows if r["arm"] == arm]
@@ -117,17 +138,39 @@ def print_tables(rows: list[dict]) -> None:
             continue
 
         def spread(values: list[float]) -> str:
-            return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+            return (
+                f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+                if len(values) > 1
+                else f"{values[0]:.3f}"
+            )
 
-        accs = [spread([r["accuracy"][str(t)] for r in rs if str(t) in r["accuracy"]]) if all(str(t) in r["accuracy"] for r in rs) else "-" for t in EVAL_AT]
+        accs = [
+            spread([r["accuracy"][str(t)] for r in rs if str(t) in r["accuracy"]])
+            if all(str(t) in r["accuracy"] for r in rs)
+            else "-"
+            for t in EVAL_AT
+        ]
         per_it = statistics.fmean(r["tokens"][-1] / (len(r["tokens"]) - 1) for r in rs)
-        print(f"| {arm} | {len(rs)} | {' | '.join(accs)} | {per_it:,.0f} | {statistics.fmean(statistics.fmean(r['pairs']) for r in rs):.1f} | "
-              f"{statistics.fmean(sum(r['steps']) for r in rs):.0f} | {statistics.fmean(statistics.fmean(r['tie_share']) for r in rs):.2f} | "
-              f"{statistics.fmean(statistics.fmean(x for x in r['solve_exact'] if x is not None) for r in rs):.3f} | {statistics.fmean(r['wall_s'] for r in rs):.0f} |")
+        print(
+            f"| {arm} | {len(rs)} | {' | '.join(accs)} | {per_it:,.0f} | "
+            f"{statistics.fmean(statistics.fmean(r['pairs']) for r in rs):.1f} | "
+            f"{statistics.fmean(sum(r['steps']) for r in rs):.0f} | "
+            f"{statistics.fmean(statistics.fmean(r['tie_share']) for r in rs):.2f} | "
+            f"{statistics.fmean(statistics.fmean(x for x in r['solve_exact'] if x is not None) for r in rs):.3f} "
+            f"| {statistics.fmean(r['wall_s'] for r in rs):.0f} |"
+        )
     print(f"\nPaired differences at iteration {last} (held-out exact match; bootstrap over seeds and problems)\n")
     print("| comparison | difference | 95% interval | excludes 0 |")
     print("|---|---:|---|---|")
-    for a, b in [("eva", "B0"), ("eva", "B2"), ("eva", "B1"), ("B2", "B0"), ("eva-learn", "B0"), ("eva-frontier", "B0"), ("eva-both", "B0")]:
+    for a, b in [
+        ("eva", "B0"),
+        ("eva", "B2"),
+        ("eva", "B1"),
+        ("B2", "B0"),
+        ("eva-learn", "B0"),
+        ("eva-frontier", "B0"),
+        ("eva-both", "B0"),
+    ]:
         res = paired_bootstrap(rows, a, b, int(last))
         if res:
             point, lo, hi = res
@@ -142,11 +185,24 @@ def plot(rows: list[dict]) -> None:
         for t in EVAL_AT:
             have = [r for r in rs if str(t) in r["accuracy"] and t < len(r["tokens"])]
             if have:
-                points.append((statistics.fmean(r["tokens"][t] for r in have) / 1000, statistics.fmean(r["accuracy"][str(t)] for r in have)))
+                points.append(
+                    (
+                        statistics.fmean(r["tokens"][t] for r in have) / 1000,
+                        statistics.fmean(r["accuracy"][str(t)] for r in have),
+                    )
+                )
         series.append(Series(arm, points, color(i), dashed=arm.startswith("B")))
-    chart = line_chart(series, "held-out exact match", "held-out accuracy against generated tokens", x_label="generated tokens (thousands)",
-                       fmt="{:.3f}", continuous_x=True)
-    legend = "".join(f'<text x="{70 + 110 * i}" y="14" fill="{s.color}" font-size="12">{s.name}</text>' for i, s in enumerate(series))
+    chart = line_chart(
+        series,
+        "held-out exact match",
+        "held-out accuracy against generated tokens",
+        x_label="generated tokens (thousands)",
+        fmt="{:.3f}",
+        continuous_x=True,
+    )
+    legend = "".join(
+        f'<text x="{70 + 110 * i}" y="14" fill="{s.color}" font-size="12">{s.name}</text>' for i, s in enumerate(series)
+    )
     if chart:
         SVG.write_text(chart.replace("</svg>", f"{legend}</svg>"))
 
@@ -156,7 +212,11 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=["B0", "B1", "B2", "eva"], choices=list(ARMS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "out" / "ablation")
-    parser.add_argument("--keep-policies", action="store_true", help="Keep every run's policies (about 270 MB per iteration); default: drop them after the evaluation.")
+    parser.add_argument(
+        "--keep-policies",
+        action="store_true",
+        help="Keep every run's policies (about 270 MB per iteration); default: drop them after the evaluation.",
+    )
     args = parser.parse_args()
     folder = args.out_dir
     folder.mkdir(parents=True, exist_ok=True)
@@ -174,7 +234,11 @@ def main() -> None:
             rows.append(row)
             if not args.keep_policies:  # evaluated: keep the initial and the last policy (the manifests say so)
                 RunDir(folder / f"{arm}-seed{seed}").prune_policies(1)
-            print(f"  {arm} seed {seed}: exact match {row['accuracy']}, {row['tokens'][-1]:,} tokens, pairs {row['pairs']}, {row['wall_s']:.0f} s", flush=True)
+            print(
+                f"  {arm} seed {seed}: exact match {row['accuracy']}, {row['tokens'][-1]:,} tokens, pairs "
+                f"{row['pairs']}, {row['wall_s']:.0f} s",
+                flush=True,
+            )
             OUT.parent.mkdir(exist_ok=True)
             OUT.write_text(json.dumps({"preset": PRESET, "eval_at": EVAL_AT, "runs": rows}, indent=1))
     print_tables(rows)

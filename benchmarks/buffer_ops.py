@@ -37,11 +37,14 @@ def synthetic(n: int, seed: int = 0) -> tuple[list[Prompt], list[ScoredPrompt]]:
     """n prompts (half seeds, half one-step rewrites of them) and one estimate each."""
     n_seeds = max(1, n // 2)
     seeds = [Prompt.seed(f"Synthetic seed prompt {i}: explain topic {i % 997} step by step.") for i in range(n_seeds)]
-    kids = [seeds[i % n_seeds].child(f"{seeds[i % n_seeds].text} Add constraint {i}.", "constraints", 1) for i in range(n - n_seeds)]
+    kids = [
+        seeds[i % n_seeds].child(f"{seeds[i % n_seeds].text} Add constraint {i}.", "constraints", 1)
+        for i in range(n - n_seeds)
+    ]
     prompts = seeds + kids
     rewards = np.random.default_rng(seed).normal(size=(n, N_REWARDS)).tolist()
     responses = ("response",) * N_REWARDS
-    scored = [ScoredPrompt(p, responses, tuple(r), info=max(r) - min(r)) for p, r in zip(prompts, rewards)]
+    scored = [ScoredPrompt(p, responses, tuple(r), info=max(r) - min(r)) for p, r in zip(prompts, rewards, strict=True)]
     return prompts, scored
 
 
@@ -100,7 +103,12 @@ def main() -> None:
         "benchmark": "buffer_ops",
         "repeats": args.repeats,
         "rewards_per_prompt": N_REWARDS,
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "numpy": np.__version__, "pyarrow": pa.__version__},
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "numpy": np.__version__,
+            "pyarrow": pa.__version__,
+        },
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "results": results,
         "markdown": table,

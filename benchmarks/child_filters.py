@@ -69,7 +69,10 @@ def scores(kept: np.ndarray, keep: np.ndarray) -> dict[str, Any]:
         r = hit / truth.sum() if truth.sum() else float("nan")
         out[f"{name}_precision"], out[f"{name}_recall"] = p, r
         out[f"{name}_f1"] = 2 * p * r / (p + r) if p + r > 0 else 0.0
-        out[f"{name}_precision_ci"], out[f"{name}_recall_ci"] = wilson(hit, int(decided.sum())), wilson(hit, int(truth.sum()))
+        out[f"{name}_precision_ci"], out[f"{name}_recall_ci"] = (
+            wilson(hit, int(decided.sum())),
+            wilson(hit, int(truth.sum())),
+        )
     return out
 
 
@@ -93,20 +96,28 @@ def similarities(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     return parent, meta
 
 
-def decide(kept_before: np.ndarray, wording_drop: np.ndarray, parent: np.ndarray, meta: np.ndarray, tm: float, tp: float) -> np.ndarray:
+def decide(
+    kept_before: np.ndarray, wording_drop: np.ndarray, parent: np.ndarray, meta: np.ndarray, tm: float, tp: float
+) -> np.ndarray:
     """Kept or not, as `prompt_reason` decides, vectorised: the other filters and the wording keep the
     child, it is not a meta paraphrase (at least `tm` close to the instruction and closer to it than
     to the parent), and it is at least `tp` close to the parent."""
     return kept_before & ~wording_drop & ~((meta >= tm) & (meta > parent)) & (parent >= tp)
 
 
-def tune(kept_before: np.ndarray, wording_drop: np.ndarray, parent: np.ndarray, meta: np.ndarray, keep: np.ndarray) -> tuple[float, float, float]:
+def tune(
+    kept_before: np.ndarray, wording_drop: np.ndarray, parent: np.ndarray, meta: np.ndarray, keep: np.ndarray
+) -> tuple[float, float, float]:
     """(max_meta_similarity, min_parent_similarity, F1 of keep) maximising F1 of keep on these rows.
 
     The decision is `decide`'s, over the grid. Many pairs
     tie (few labelled children sit near a threshold): the middle of the tied range is taken, the
     meta threshold first, so each sits as far from the labelled examples on both sides as it can."""
-    f1 = {(tm, tp): scores(decide(kept_before, wording_drop, parent, meta, tm, tp), keep)["keep_f1"] for tm in META_GRID for tp in PARENT_GRID}
+    f1 = {
+        (tm, tp): scores(decide(kept_before, wording_drop, parent, meta, tm, tp), keep)["keep_f1"]
+        for tm in META_GRID
+        for tp in PARENT_GRID
+    }
     top = max(f1.values())
     best = [pair for pair, value in f1.items() if value == top]
     metas = sorted({tm for tm, _ in best})
@@ -128,7 +139,9 @@ def seed_check(creator: CreatorSection) -> dict[str, int]:
     for i, seed in enumerate(seeds):
         j = int(near[i].argmax())
         for op in OPERATORS:
-            reason = prompt_reason(seed, seeds[j], check, (float(near[i, j]), float(vectors[i] @ embed(instruction(op)))))
+            reason = prompt_reason(
+                seed, seeds[j], check, (float(near[i, j]), float(vectors[i] @ embed(instruction(op))))
+            )
             counts[reason or "kept"] += 1
     return {"seeds": len(seeds), "operators": len(OPERATORS), **counts}
 
@@ -137,28 +150,43 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=None, help="labelled JSONL (default: the packaged set)")
     ap.add_argument("--out", default="benchmarks/out/child_filters.json")
-    ap.add_argument("--tune-only", action="store_true", help="print the thresholds the tuning half picks, and nothing on the held-out half")
+    ap.add_argument(
+        "--tune-only",
+        action="store_true",
+        help="print the thresholds the tuning half picks, and nothing on the held-out half",
+    )
     args = ap.parse_args()
 
     t0 = time.perf_counter()
     rows = load_rows(args.data)
     keep = np.array([bool(r["keep"]) for r in rows])
-    halves = {"tuning (even lines)": np.arange(len(rows)) % 2 == 0, "held-out (odd lines)": np.arange(len(rows)) % 2 == 1}
+    halves = {
+        "tuning (even lines)": np.arange(len(rows)) % 2 == 0,
+        "held-out (odd lines)": np.arange(len(rows)) % 2 == 1,
+    }
     default = CreatorSection()
     reasons = {s: [filter_reason(r, default.model_copy(update={"prompt_filter": s})) for r in rows] for s in SETTINGS}
     parent, meta = similarities(rows)
 
     kept_before = np.array([r is None for r in reasons["off"]])
     plain = PromptCheck(default.max_meta_similarity, default.min_parent_similarity)
-    wording_drop = np.array([bool(r["child"].strip()) and prompt_reason(r["child"], r["parent"], plain) is not None for r in rows])
+    wording_drop = np.array(
+        [bool(r["child"].strip()) and prompt_reason(r["child"], r["parent"], plain) is not None for r in rows]
+    )
     tuning = halves["tuning (even lines)"]
     tm, tp, f1 = tune(kept_before[tuning], wording_drop[tuning], parent[tuning], meta[tuning], keep[tuning])
     if args.tune_only:
         print(f"tuning half: max_meta_similarity={tm}, min_parent_similarity={tp}, keep F1 {f1:.3f}")
         return
-    vectorised = decide(kept_before, wording_drop, parent, meta, default.max_meta_similarity, default.min_parent_similarity)
-    assert (vectorised == np.array([r is None for r in reasons["embedding"]])).all(), "grid decision differs from filter_evolved"
-    embedding_only = decide(kept_before, np.zeros(len(rows), bool), parent, meta, default.max_meta_similarity, default.min_parent_similarity)
+    vectorised = decide(
+        kept_before, wording_drop, parent, meta, default.max_meta_similarity, default.min_parent_similarity
+    )
+    assert (vectorised == np.array([r is None for r in reasons["embedding"]])).all(), (
+        "grid decision differs from filter_evolved"
+    )
+    embedding_only = decide(
+        kept_before, np.zeros(len(rows), bool), parent, meta, default.max_meta_similarity, default.min_parent_similarity
+    )
 
     decisions = {
         "off (the filters before this change)": kept_before,
@@ -166,14 +194,23 @@ def main() -> None:
         DEFAULT_ROW: vectorised,
         "ablation: MiniLM checks without wording": embedding_only,
     }
-    table = {half: {name: scores(kept[mask], keep[mask]) for name, kept in decisions.items()} for half, mask in halves.items()}
-    by_reason = {half: dict(Counter(r or "kept" for r, m in zip(reasons["embedding"], mask) if m)) for half, mask in halves.items()}
-    crosstab = Counter((r or "kept", row["kind"]) for r, row in zip(reasons["embedding"], rows))
+    table = {
+        half: {name: scores(kept[mask], keep[mask]) for name, kept in decisions.items()}
+        for half, mask in halves.items()
+    }
+    by_reason = {
+        half: dict(Counter(r or "kept" for r, m in zip(reasons["embedding"], mask, strict=True) if m))
+        for half, mask in halves.items()
+    }
+    crosstab = Counter((r or "kept", row["kind"]) for r, row in zip(reasons["embedding"], rows, strict=True))
     result = {
         "data": args.data or "eva/data/evolve_labels.jsonl",
         "rows": len(rows),
         "labelled": dict(Counter(r["kind"] for r in rows)),
-        "defaults": {"max_meta_similarity": default.max_meta_similarity, "min_parent_similarity": default.min_parent_similarity},
+        "defaults": {
+            "max_meta_similarity": default.max_meta_similarity,
+            "min_parent_similarity": default.min_parent_similarity,
+        },
         "tuned_on_even_lines": {"max_meta_similarity": tm, "min_parent_similarity": tp, "keep_f1": f1},
         "scores": table,
         "reasons": by_reason,
@@ -186,8 +223,11 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(markdown(result))
     if (tm, tp) != (default.max_meta_similarity, default.min_parent_similarity):
-        print(f"\nNOTE: the grid on the tuning half picks max_meta_similarity={tm}, min_parent_similarity={tp} "
-              f"(keep F1 {f1:.3f}); the config defaults are {default.max_meta_similarity}, {default.min_parent_similarity}")
+        print(
+            f"\nNOTE: the grid on the tuning half picks max_meta_similarity={tm}, min_parent_similarity={tp} "
+            f"(keep F1 {f1:.3f}); the config defaults are {default.max_meta_similarity}, "
+            f"{default.min_parent_similarity}"
+        )
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -196,29 +236,49 @@ def markdown(result: dict[str, Any]) -> str:
 
     lines = []
     for half, rows in result["scores"].items():
-        lines += [f"\n{half}: {next(iter(rows.values()))['n']} children, {next(iter(rows.values()))['labelled_keep']} labelled keep\n",
-                  "| filters | kept | keep precision | keep recall | keep F1 | drop precision | drop recall | drop F1 |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"\n{half}: {next(iter(rows.values()))['n']} children, "
+            f"{next(iter(rows.values()))['labelled_keep']} labelled keep\n",
+            "| filters | kept | keep precision | keep recall | keep F1 | drop precision | drop recall | drop F1 |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for name, s in rows.items():
-            lines.append(f"| {name} | {s['kept']} | {num(s['keep_precision'])} | {num(s['keep_recall'])} | {num(s['keep_f1'])} | "
-                         f"{num(s['drop_precision'])} | {num(s['drop_recall'])} | {num(s['drop_f1'])} |")
+            lines.append(
+                f"| {name} | {s['kept']} | {num(s['keep_precision'])} | {num(s['keep_recall'])} | "
+                f"{num(s['keep_f1'])} | "
+                f"{num(s['drop_precision'])} | {num(s['drop_recall'])} | {num(s['drop_f1'])} |"
+            )
     lines.append("\n95% intervals (Wilson), default filters:")
     for half, rows in result["scores"].items():
         s = rows[DEFAULT_ROW]
         names = ("keep_precision", "keep_recall", "drop_precision", "drop_recall")
-        lines.append(f"- {half}: " + ", ".join(f"{n.replace('_', ' ')} [{s[n + '_ci'][0]:.2f}, {s[n + '_ci'][1]:.2f}]" for n in names))
-    lines += ["\nDrop reasons with the default filters:\n", "| reason | " + " | ".join(result["reasons"]) + " |", "|---|" + "---:|" * len(result["reasons"])]
+        lines.append(
+            f"- {half}: "
+            + ", ".join(f"{n.replace('_', ' ')} [{s[n + '_ci'][0]:.2f}, {s[n + '_ci'][1]:.2f}]" for n in names)
+        )
+    lines += [
+        "\nDrop reasons with the default filters:\n",
+        "| reason | " + " | ".join(result["reasons"]) + " |",
+        "|---|" + "---:|" * len(result["reasons"]),
+    ]
     names = sorted({r for counts in result["reasons"].values() for r in counts}, key=lambda r: (r == "kept", r))
     for reason in names:
-        lines.append(f"| {reason} | " + " | ".join(str(counts.get(reason, 0)) for counts in result["reasons"].values()) + " |")
+        lines.append(
+            f"| {reason} | " + " | ".join(str(counts.get(reason, 0)) for counts in result["reasons"].values()) + " |"
+        )
     tuned = result["tuned_on_even_lines"]
-    lines.append(f"\nThresholds (grid on the tuning half, keep F1 {tuned['keep_f1']:.3f}): max_meta_similarity "
-                 f"{tuned['max_meta_similarity']}, min_parent_similarity {tuned['min_parent_similarity']}; "
-                 f"config defaults {result['defaults']['max_meta_similarity']}, {result['defaults']['min_parent_similarity']}.")
+    lines.append(
+        f"\nThresholds (grid on the tuning half, keep F1 {tuned['keep_f1']:.3f}): max_meta_similarity "
+        f"{tuned['max_meta_similarity']}, min_parent_similarity {tuned['min_parent_similarity']}; "
+        f"config defaults {result['defaults']['max_meta_similarity']}, {result['defaults']['min_parent_similarity']}."
+    )
     seeds = result["seed_check"]
     drops = ", ".join(f"{k} {v}" for k, v in seeds.items() if k not in ("seeds", "operators", "kept")) or "none"
-    lines.append(f"Builtin seed prompts as children of their nearest other seed, under each of the {seeds['operators']} operators "
-                 f"({seeds['seeds'] * seeds['operators']} checks): kept {seeds.get('kept', 0)}; dropped: {drops}.")
+    lines.append(
+        f"Builtin seed prompts as children of their nearest other seed, under each of the {seeds['operators']} "
+        f"operators "
+        f"({seeds['seeds'] * seeds['operators']} checks): kept {seeds.get('kept', 0)}; dropped: {drops}."
+    )
     return "\n".join(lines)
 
 

@@ -50,24 +50,39 @@ def main() -> None:
     for generation in range(1, args.generations + 1):
         t0 = time.perf_counter()
         requests = build_evolve_requests(parents, args.variants, c.operators, args.seed + generation)
-        batch = engine.generate([str(i) for i in range(len(requests))], [r.meta_prompt for r in requests], [r.seed for r in requests], spec)
+        batch = engine.generate(
+            [str(i) for i in range(len(requests))], [r.meta_prompt for r in requests], [r.seed for r in requests], spec
+        )
         survivors = []
-        for request, gen in zip(requests, batch.generations):
+        for request, gen in zip(requests, batch.generations, strict=True):
             parsed = parse_evolved(gen.responses[0])
             kept, report = filter_evolved(
-                [(request, parsed)], index, min_chars=c.min_prompt_chars, max_chars=c.max_prompt_chars,
-                near_dup_threshold=c.near_duplicate_threshold, iteration=generation,
+                [(request, parsed)],
+                index,
+                min_chars=c.min_prompt_chars,
+                max_chars=c.max_prompt_chars,
+                near_dup_threshold=c.near_duplicate_threshold,
+                iteration=generation,
             )
             old_reason = next((k for k, v in report.dropped.items() if v), None)
-            rows.append({
-                "parent": request.parent.text, "operator": request.operator, "child": parsed or "",
-                "raw": gen.responses[0], "depth": request.parent.depth + 1, "old_reason": old_reason,
-            })
+            rows.append(
+                {
+                    "parent": request.parent.text,
+                    "operator": request.operator,
+                    "child": parsed or "",
+                    "raw": gen.responses[0],
+                    "depth": request.parent.depth + 1,
+                    "old_reason": old_reason,
+                }
+            )
             for child in kept:
                 index.add(child.text)
                 survivors.append(child)
-        print(f"generation {generation}: {len(requests)} requests, {len(survivors)} passed, {batch.new_tokens} tokens, "
-              f"{time.perf_counter() - t0:.0f}s", flush=True)
+        print(
+            f"generation {generation}: {len(requests)} requests, {len(survivors)} passed, {batch.new_tokens} tokens, "
+            f"{time.perf_counter() - t0:.0f}s",
+            flush=True,
+        )
         parents = survivors[: args.parents_per_generation]
         if not parents:
             break

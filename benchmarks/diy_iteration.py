@@ -41,16 +41,26 @@ from eva.judge import JUDGE_TEMPLATES
 from eva.wellformed import wellformed
 
 
-def generate(model, tok, texts: list[str], n: int, temperature: float, top_p: float, max_new_tokens: int, batch_size: int = 8) -> list[list[str]]:
+def generate(
+    model, tok, texts: list[str], n: int, temperature: float, top_p: float, max_new_tokens: int, batch_size: int = 8
+) -> list[list[str]]:
     """n sampled responses per user message, through the chat template."""
-    chats = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True) for t in texts]
+    chats = [
+        tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
+        for t in texts
+    ]
     out = []
     for i in range(0, len(chats), batch_size):
         enc = tok(chats[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.inference_mode():
             ids = model.generate(
-                **enc, do_sample=True, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                num_return_sequences=n, pad_token_id=tok.pad_token_id,
+                **enc,
+                do_sample=True,
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+                num_return_sequences=n,
+                pad_token_id=tok.pad_token_id,
             )
         texts_out = tok.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         out += [texts_out[j : j + n] for j in range(0, len(texts_out), n)]
@@ -69,7 +79,7 @@ class Reward:
 
     def judge_scores(self, prompts: list[str], responses: list[str]) -> list[float]:
         scores = []
-        for p, r in zip(prompts, responses):  # one at a time: no padding effects, like eva's judge
+        for p, r in zip(prompts, responses, strict=True):  # one at a time: no padding effects, like eva's judge
             text = self.template.user.format(prompt=p, response=r) + self.template.suffix
             enc = self.tok(text, return_tensors="pt", truncation=True, max_length=1536)
             with torch.inference_mode():
@@ -81,12 +91,15 @@ class Reward:
     def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
         judge = self.judge_scores(prompts, responses)
         rel = self.relevance.score(prompts, responses)
-        return [0.3 * j + 0.1 * max(c, 0.0) + 0.6 * wellformed(p, r) for j, c, p, r in zip(judge, rel, prompts, responses)]
+        return [
+            0.3 * j + 0.1 * max(c, 0.0) + 0.6 * wellformed(p, r)
+            for j, c, p, r in zip(judge, rel, prompts, responses, strict=True)
+        ]
 
 
 def rollout(model, tok, reward: Reward, prompts: list[str], s) -> tuple[list[list[str]], list[list[float]]]:
     responses = generate(model, tok, prompts, s.n_responses, s.temperature, s.top_p, s.max_new_tokens)
-    flat_p = [p for p, rs in zip(prompts, responses) for _ in rs]
+    flat_p = [p for p, rs in zip(prompts, responses, strict=True) for _ in rs]
     flat_r = [r for rs in responses for r in rs]
     flat = reward(flat_p, flat_r)
     rewards, pos = [], 0
@@ -144,20 +157,42 @@ def main() -> None:
     # 5. pairs + DPO
     t0 = time.perf_counter()
     rows = []
-    for p, rs, rw in zip(train_prompts, responses, rewards):
+    for p, rs, rw in zip(train_prompts, responses, rewards, strict=True):
         best, worst = max(range(len(rs)), key=lambda i: rw[i]), min(range(len(rs)), key=lambda i: rw[i])
         if rw[best] - rw[worst] > s.min_margin:
-            rows.append({"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": rs[best]}], "rejected": [{"role": "assistant", "content": rs[worst]}]})
+            rows.append(
+                {
+                    "prompt": [{"role": "user", "content": p}],
+                    "chosen": [{"role": "assistant", "content": rs[best]}],
+                    "rejected": [{"role": "assistant", "content": rs[worst]}],
+                }
+            )
     rows = (rows * (eva_pairs // max(len(rows), 1) + 1))[:eva_pairs]  # as many pairs (so steps) as eva's round
     from trl import DPOConfig, DPOTrainer
 
     dpo_args = DPOConfig(
-        output_dir=str(args.out / "trl"), learning_rate=s.learning_rate, num_train_epochs=s.epochs,
-        per_device_train_batch_size=s.per_device_batch_size, gradient_accumulation_steps=s.gradient_accumulation_steps,
-        max_length=s.max_length, beta=s.beta, loss_type=[s.loss_type], bf16=False, use_cpu=True, report_to=[],
-        save_strategy="no", logging_steps=1, disable_tqdm=True,
+        output_dir=str(args.out / "trl"),
+        learning_rate=s.learning_rate,
+        num_train_epochs=s.epochs,
+        per_device_train_batch_size=s.per_device_batch_size,
+        gradient_accumulation_steps=s.gradient_accumulation_steps,
+        max_length=s.max_length,
+        beta=s.beta,
+        loss_type=[s.loss_type],
+        bf16=False,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
     )
-    trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model).eval(), args=dpo_args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=copy.deepcopy(model).eval(),
+        args=dpo_args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+    )
     trainer.train()
     steps = trainer.state.global_step
     timings["train"] = time.perf_counter() - t0
@@ -169,10 +204,22 @@ def main() -> None:
     timings["save"] = time.perf_counter() - t0
 
     end = time.perf_counter()
-    print("RESULT" + json.dumps({
-        "load_s": t_loaded - t_start, "iteration_s": end - t_loaded, "stages": timings, "steps": steps, "pairs": len(rows),
-        "estimate_prompts": len(seeds), "evolved": len(evolved), "train_prompts": len(train_prompts), "threads": torch.get_num_threads(),
-    }))
+    print(
+        "RESULT"
+        + json.dumps(
+            {
+                "load_s": t_loaded - t_start,
+                "iteration_s": end - t_loaded,
+                "stages": timings,
+                "steps": steps,
+                "pairs": len(rows),
+                "estimate_prompts": len(seeds),
+                "evolved": len(evolved),
+                "train_prompts": len(train_prompts),
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -40,7 +40,13 @@ def bench_vllm(model: str, n: int, max_tokens: int) -> dict:
     spec = SamplingSpec(1, 0.7, 0.9, max_tokens)
     engine.generate(["w"], texts[:1], [0], spec)  # warm-up
     batch = engine.generate([str(i) for i in range(n)], texts, list(range(n)), spec)
-    return {"engine": "vllm", "new_tokens": batch.new_tokens, "seconds": batch.seconds, "tok_per_s": batch.new_tokens / batch.seconds, "start_s": engine.start_seconds}
+    return {
+        "engine": "vllm",
+        "new_tokens": batch.new_tokens,
+        "seconds": batch.seconds,
+        "tok_per_s": batch.new_tokens / batch.seconds,
+        "start_s": engine.start_seconds,
+    }
 
 
 def bench_hf(model: str, n: int, max_tokens: int, batch_size: int = 8) -> dict:
@@ -53,19 +59,34 @@ def bench_hf(model: str, n: int, max_tokens: int, batch_size: int = 8) -> dict:
     path = resolve_model_path(model)
     tok = AutoTokenizer.from_pretrained(path, padding_side="left")
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
-    chats = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True) for t in _prompts(n)]
+    chats = [
+        tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
+        for t in _prompts(n)
+    ]
     torch.manual_seed(0)
     new_tokens, t0 = 0, time.perf_counter()
     for i in range(0, n, batch_size):
         enc = tok(chats[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.inference_mode():
-            out = lm.generate(**enc, do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=max_tokens, pad_token_id=tok.pad_token_id)
+            out = lm.generate(
+                **enc,
+                do_sample=True,
+                temperature=0.7,
+                top_p=0.9,
+                max_new_tokens=max_tokens,
+                pad_token_id=tok.pad_token_id,
+            )
         gen = out[:, enc["input_ids"].shape[1] :]
         # count tokens up to and including the first eos, like vLLM does
         for row in gen.tolist():
             new_tokens += next((j + 1 for j, x in enumerate(row) if x == tok.eos_token_id), len(row))
     seconds = time.perf_counter() - t0
-    return {"engine": f"transformers.generate (bf16, batch {batch_size})", "new_tokens": new_tokens, "seconds": seconds, "tok_per_s": new_tokens / seconds}
+    return {
+        "engine": f"transformers.generate (bf16, batch {batch_size})",
+        "new_tokens": new_tokens,
+        "seconds": seconds,
+        "tok_per_s": new_tokens / seconds,
+    }
 
 
 def bench_sync(model: str, steps_pairs: int = 8) -> dict:
@@ -80,14 +101,21 @@ def bench_sync(model: str, steps_pairs: int = 8) -> dict:
     from eva.types import PreferencePair
 
     path = resolve_model_path(model)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": actor_env()})
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": actor_env()}
+    )
     try:
-        engine = ray.remote(num_cpus=1)(GenerationEngine).remote(path, ModelSection(path=path, max_model_len=1024), "/tmp/eva-bench")
+        engine = ray.remote(num_cpus=1)(GenerationEngine).remote(
+            path, ModelSection(path=path, max_model_len=1024), "/tmp/eva-bench"
+        )
         solver = SolverSection(per_device_batch_size=2, max_length=512, max_prompt_length=256, learning_rate=1e-6)
         trainer = ray.remote(num_cpus=1)(PolicyTrainer).remote(path, path, solver, "bfloat16", "/tmp/eva-bench", 0)
         ray.get([engine.ready.remote(), trainer.ready.remote()], timeout=600)
         texts = _prompts(steps_pairs)
-        pairs = [PreferencePair(str(i), t, "A helpful, complete answer to: " + t, "no", 1.0, 0.0, 1) for i, t in enumerate(texts)]
+        pairs = [
+            PreferencePair(str(i), t, "A helpful, complete answer to: " + t, "no", 1.0, 0.0, 1)
+            for i, t in enumerate(texts)
+        ]
         train = ray.get(trainer.train.remote(pairs, 1), timeout=1200)
         t0 = time.perf_counter()
         weights = trainer.state_dict.remote()
@@ -95,12 +123,20 @@ def bench_sync(model: str, steps_pairs: int = 8) -> dict:
         round_trip = time.perf_counter() - t0
     finally:
         ray.shutdown()
-    return {"train_steps": train["steps"], "s_per_step": train["seconds_per_step"], "sync_engine_s": engine_s, "sync_round_trip_s": round_trip}
+    return {
+        "train_steps": train["steps"],
+        "s_per_step": train["seconds_per_step"],
+        "sync_engine_s": engine_s,
+        "sync_round_trip_s": round_trip,
+    }
 
 
 def _child(kind: str, args: argparse.Namespace) -> dict:
     """Run one side in a fresh process (vLLM patches torch threading in its process)."""
-    code = f"import json,sys; from benchmarks.generation import bench_{kind} as f; print('RESULT'+json.dumps(f({args.model!r}, {args.prompts}, {args.max_tokens})))"
+    code = (
+        f"import json,sys; from benchmarks.generation import bench_{kind} as f; "
+        f"print('RESULT'+json.dumps(f({args.model!r}, {args.prompts}, {args.max_tokens})))"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[6:])
@@ -115,14 +151,23 @@ def main() -> None:
     args = parser.parse_args()
     rows = [_child("vllm", args), _child("hf", args)]
     sync = None if args.skip_sync else bench_sync(args.model)
-    print(f"\nGeneration, {args.prompts} prompts x {args.max_tokens} max new tokens, n=1, T=0.7, 1 thread each ({args.model})\n")
+    print(
+        f"\nGeneration, {args.prompts} prompts x {args.max_tokens} max new tokens, n=1, T=0.7, 1 thread each "
+        f"({args.model})\n"
+    )
     print("| engine | new tokens | seconds | tokens/s |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['engine']} | {r['new_tokens']} | {r['seconds']:.1f} | {r['tok_per_s']:.0f} |")
     print(f"\nvLLM / transformers throughput: {rows[0]['tok_per_s'] / rows[1]['tok_per_s']:.1f}x")
     if sync:
-        print("\n| DPO step (full, batch 2, 1 thread) | weight sync into engine | sync round trip (object store) | sync / step |\n|---|---|---|---|")
-        print(f"| {sync['s_per_step']:.2f} s | {sync['sync_engine_s']:.3f} s | {sync['sync_round_trip_s']:.3f} s | {sync['sync_round_trip_s'] / sync['s_per_step']:.1%} |")
+        print(
+            "\n| DPO step (full, batch 2, 1 thread) | weight sync into engine | sync round trip (object store) "
+            "| sync / step |\n|---|---|---|---|"
+        )
+        print(
+            f"| {sync['s_per_step']:.2f} s | {sync['sync_engine_s']:.3f} s | {sync['sync_round_trip_s']:.3f} s "
+            f"| {sync['sync_round_trip_s'] / sync['s_per_step']:.1%} |"
+        )
     OUT.mkdir(exist_ok=True)
     (OUT / "generation.json").write_text(json.dumps({"args": vars(args), "generation": rows, "sync": sync}, indent=2))
 

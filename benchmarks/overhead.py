@@ -59,22 +59,39 @@ def print_tables(result: dict) -> None:
     print("| iteration | " + " | ".join(STAGES) + " | iteration |")
     print("|---:|" + "---:|" * (len(STAGES) + 1))
     for r in rows:
-        print(f"| {r['iteration']} | " + " | ".join(f"{r['stages'].get(s, 0.0):.2f}" for s in STAGES) + f" | {r['wall_s']:.1f} |")
+        print(
+            f"| {r['iteration']} | "
+            + " | ".join(f"{r['stages'].get(s, 0.0):.2f}" for s in STAGES)
+            + f" | {r['wall_s']:.1f} |"
+        )
     print("\nWhere the iteration's wall time went (s); generate is engine-seconds, busy the union of all work\n")
-    print("| iteration | generate | score | train | busy (union) | weight sync | policy save | overhead | overhead share |")
+    print(
+        "| iteration | generate | score | train | busy (union) | weight sync | policy save | overhead | "
+        "overhead share |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['iteration']} | {r['generate_s']:.1f} | {r['score_s']:.1f} | {r['train_s']:.1f} | {r['busy_s']:.1f} | "
+            f"| {r['iteration']} | {r['generate_s']:.1f} | {r['score_s']:.1f} | {r['train_s']:.1f} | "
+            f"{r['busy_s']:.1f} | "
             f"{r['sync_s']:.2f} | {r['save_s']:.2f} | {r['overhead_s']:.1f} | **{r['overhead_share']:.1%}** |"
         )
     total_wall = sum(r["wall_s"] for r in rows)
     total_over = sum(r["overhead_s"] for r in rows)
-    print(f"\nall iterations: overhead {total_over:.1f} s of {total_wall:.1f} s = {total_over / total_wall:.1%} (target < 5%)")
+    print(
+        f"\nall iterations: overhead {total_over:.1f} s of {total_wall:.1f} s = {total_over / total_wall:.1%} "
+        f"(target < 5%)"
+    )
     if result.get("actors_up_s"):
-        print(f"actors start-up (once per run, not in any iteration): {', '.join(f'{s:.1f} s' for s in result['actors_up_s'])}")
+        print(
+            f"actors start-up (once per run, not in any iteration): "
+            f"{', '.join(f'{s:.1f} s' for s in result['actors_up_s'])}"
+        )
     if result.get("run"):
-        print(f"whole `eva run`: {result['run']['wall_s']:.1f} s wall, peak RSS of its process tree {result['run']['peak_rss_gb']:.1f} GB")
+        print(
+            f"whole `eva run`: {result['run']['wall_s']:.1f} s wall, peak RSS of its process tree "
+            f"{result['run']['peak_rss_gb']:.1f} GB"
+        )
 
 
 def main() -> None:

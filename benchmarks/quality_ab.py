@@ -61,16 +61,22 @@ def budget(run_dir: Path) -> dict:
     }
 
 
-def one_arm(folder: Path, arm: str, seed: int, preset: str, sets: list[str], heldout: Path, heldout_texts: set[str]) -> dict:
+def one_arm(
+    folder: Path, arm: str, seed: int, preset: str, sets: list[str], heldout: Path, heldout_texts: set[str]
+) -> dict:
     name = f"{arm}-seed{seed}"
     run_dir = folder / name
     flags = ["--baseline"] if arm != "eva" else []
     sets = [f"run.dir={run_dir}", f"run.seed={seed}", *sets]
-    timing = measure(eva("run", "--preset", preset, *flags, *[a for s in sets for a in ("--set", s)]), log=folder / f"{name}.log")
+    timing = measure(
+        eva("run", "--preset", preset, *flags, *[a for s in sets for a in ("--set", s)]), log=folder / f"{name}.log"
+    )
     b = budget(run_dir)
     leaked = heldout_texts & b.pop("texts")
     if leaked:
-        raise RuntimeError(f"{run_dir}: {len(leaked)} held-out prompts are in the training buffer, e.g. {next(iter(leaked))!r}")
+        raise RuntimeError(
+            f"{run_dir}: {len(leaked)} held-out prompts are in the training buffer, e.g. {next(iter(leaked))!r}"
+        )
     measure(eva("eval", str(run_dir), "--prompts", str(heldout)), log=folder / f"{name}-eval.log")
     result = json.loads(RunDir(run_dir).eval_path(b["iterations"]).read_text())
     keep = ("n", "win_rate", "win_rate_se", "mean_reward", "mean_reward_initial")
@@ -96,38 +102,61 @@ def _spread(values: list[float]) -> str:
 
 def print_tables(rows: list[dict]) -> None:
     print("\nPer run (held-out prompts, final policy vs the initial policy)\n")
-    print("| arm | seed | settings | win rate (± se) | mean reward | initial policy | Δ reward | tokens generated | train prompts | pairs | DPO steps | wall (s) |")
+    print(
+        "| arm | seed | settings | win rate (± se) | mean reward | initial policy | Δ reward | tokens "
+        "generated | train prompts | pairs | DPO steps | wall (s) |"
+    )
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['arm']} | {r['seed']} | {' '.join(r['sets']) or '-'} | {r['win_rate']:.3f} ± {r['win_rate_se']:.3f} | {r['mean_reward']:.4f} | "
-            f"{r['mean_reward_initial']:.4f} | {r['mean_reward'] - r['mean_reward_initial']:+.4f} | {r['tokens']} | {r['train_prompts']} | "
+            f"| {r['arm']} | {r['seed']} | {' '.join(r['sets']) or '-'} | {r['win_rate']:.3f} ± "
+            f"{r['win_rate_se']:.3f} | {r['mean_reward']:.4f} | "
+            f"{r['mean_reward_initial']:.4f} | {r['mean_reward'] - r['mean_reward_initial']:+.4f} | "
+            f"{r['tokens']} | {r['train_prompts']} | "
             f"{r['pairs']} | {r['steps']} | {r['wall_s']:.0f} |"
         )
-    print("\nOver seeds (mean ± sample std over seeds; held-out prompts per eval: " + ", ".join(sorted({str(r["n"]) for r in rows})) + ")\n")
-    print("| arm | seeds | win rate vs initial | mean reward | Δ reward vs initial | tokens generated | pairs | DPO steps |")
+    print(
+        "\nOver seeds (mean ± sample std over seeds; held-out prompts per eval: "
+        + ", ".join(sorted({str(r["n"]) for r in rows}))
+        + ")\n"
+    )
+    print(
+        "| arm | seeds | win rate vs initial | mean reward | Δ reward vs initial | tokens generated | pairs | "
+        "DPO steps |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for arm in ARMS:
         rs = [r for r in rows if r["arm"] == arm]
         if rs:
             print(
-                f"| {arm} | {len(rs)} | {_spread([r['win_rate'] for r in rs])} | {_spread([r['mean_reward'] for r in rs])} | "
-                f"{_spread([r['mean_reward'] - r['mean_reward_initial'] for r in rs])} | {statistics.fmean(r['tokens'] for r in rs):.0f} | "
+                f"| {arm} | {len(rs)} | {_spread([r['win_rate'] for r in rs])} | "
+                f"{_spread([r['mean_reward'] for r in rs])} | "
+                f"{_spread([r['mean_reward'] - r['mean_reward_initial'] for r in rs])} | "
+                f"{statistics.fmean(r['tokens'] for r in rs):.0f} | "
                 f"{statistics.fmean(r['pairs'] for r in rs):.1f} | {statistics.fmean(r['steps'] for r in rs):.1f} |"
             )
     eva_rows = {r["seed"]: r for r in rows if r["arm"] == "eva"}
     for arm in ARMS[1:]:
-        deltas = [eva_rows[r["seed"]]["mean_reward"] - r["mean_reward"] for r in rows if r["arm"] == arm and r["seed"] in eva_rows]
+        deltas = [
+            eva_rows[r["seed"]]["mean_reward"] - r["mean_reward"]
+            for r in rows
+            if r["arm"] == arm and r["seed"] in eva_rows
+        ]
         if len(deltas) > 1:
             se = statistics.stdev(deltas) / math.sqrt(len(deltas))
-            print(f"\neva − {arm}, held-out mean reward, paired by seed: {statistics.fmean(deltas):+.4f} ± {se:.4f} (se over {len(deltas)} seeds)")
+            print(
+                f"\neva − {arm}, held-out mean reward, paired by seed: {statistics.fmean(deltas):+.4f} ± "
+                f"{se:.4f} (se over {len(deltas)} seeds)"
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--preset", default="cpu-default")
-    parser.add_argument("--offset", type=int, default=32, help="Held-out prompts: the builtin seed prompts from this position on.")
+    parser.add_argument(
+        "--offset", type=int, default=32, help="Held-out prompts: the builtin seed prompts from this position on."
+    )
     parser.add_argument("--heldout", type=int, default=0, help="How many held-out prompts (0: all from --offset on).")
     parser.add_argument("--out-dir", type=Path, default=None, help="Where the runs go (default: a new temp folder).")
     args = parser.parse_args()
@@ -139,8 +168,12 @@ def main() -> None:
     for seed in args.seeds:
         for r in one_seed(folder, seed, args.preset, heldout, texts):
             rows.append(r)
-            print(f"  {r['arm']} seed {seed}: win rate {r['win_rate']:.3f}, mean reward {r['mean_reward']:.4f} (initial {r['mean_reward_initial']:.4f}), "
-                  f"{r['tokens']} tokens, {r['pairs']} pairs, {r['wall_s']:.0f} s", flush=True)
+            print(
+                f"  {r['arm']} seed {seed}: win rate {r['win_rate']:.3f}, mean reward {r['mean_reward']:.4f} "
+                f"(initial {r['mean_reward_initial']:.4f}), "
+                f"{r['tokens']} tokens, {r['pairs']} pairs, {r['wall_s']:.0f} s",
+                flush=True,
+            )
         OUT.parent.mkdir(exist_ok=True)
         OUT.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": rows}, indent=2))
     print_tables(rows)

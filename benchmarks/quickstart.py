@@ -39,7 +39,9 @@ def quickstart_line(readme: Path, index: int = 0) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--keep", type=Path, help="Clone into this (new) folder and keep it; default: a temp folder, removed.")
+    parser.add_argument(
+        "--keep", type=Path, help="Clone into this (new) folder and keep it; default: a temp folder, removed."
+    )
     args = parser.parse_args()
     folder = args.keep or Path(tempfile.mkdtemp(prefix="eva-quickstart-"))
     clone, cache = folder / "eva", folder / "cache"
@@ -52,15 +54,20 @@ def main() -> None:
     run = RunDir(next((clone / "runs").iterdir()))
     events = run.events()
     at = {e["kind"]: e["ts"] for e in events if e["kind"] in ("init", "actors_up")}
-    parts = [("install (scripts/install.sh)", run.config_path.stat().st_mtime - t0),
-             ("model conversion + iteration 0", at["init"] - run.config_path.stat().st_mtime),
-             ("Ray + actors start-up", at["actors_up"] - at["init"])]
+    parts = [
+        ("install (scripts/install.sh)", run.config_path.stat().st_mtime - t0),
+        ("model conversion + iteration 0", at["init"] - run.config_path.stat().st_mtime),
+        ("Ray + actors start-up", at["actors_up"] - at["init"]),
+    ]
     parts += [(f"iteration {e['iteration']}", e["seconds"]) for e in events if e["kind"] == "iteration_end"]
     print(f"\nThe first Quickstart line from a fresh clone (`{line}`), empty model cache\n")
     print("| part | seconds |\n|---|---:|")
     for name, seconds in parts:
         print(f"| {name} | {seconds:.1f} |")
-    print(f"| **total** | **{result['wall_s']:.0f}** |\n\npeak summed RSS of the process tree: {result['peak_rss_gb']:.1f} GB")
+    print(
+        f"| **total** | **{result['wall_s']:.0f}** |\n\npeak summed RSS of the process tree: "
+        f"{result['peak_rss_gb']:.1f} GB"
+    )
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps({"command": line, **result, "parts": dict(parts)}, indent=2))
     if args.keep is None:

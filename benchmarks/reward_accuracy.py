@@ -45,12 +45,13 @@ def load_triples(path: str | Path | None = None) -> list[dict[str, str]]:
 
 def pairwise_accuracy(good: list[float], bad: list[float]) -> float:
     """Share of lines with good > bad; ties count 1/2, a nan on either side counts as wrong."""
+
     def point(g: float, b: float) -> float:
         if not (math.isfinite(g) and math.isfinite(b)):
             return 0.0
         return 1.0 if g > b else 0.5 if g == b else 0.0
 
-    return sum(point(g, b) for g, b in zip(good, bad)) / max(1, len(good))
+    return sum(point(g, b) for g, b in zip(good, bad, strict=True)) / max(1, len(good))
 
 
 def evaluate(scores: list[float], triples: list[dict[str, str]]) -> dict[str, float]:
@@ -88,14 +89,16 @@ def pairwise_ab(engine: Any, triples: list[dict[str, str]]) -> list[float]:
     return p_good + [1 - p for p in p_good]
 
 
-def search_weights(names: list[str], scorers: dict[str, Scorer], raw: dict[str, list[float]], triples: list[dict[str, str]]) -> tuple[dict[str, float], list[float]]:
+def search_weights(
+    names: list[str], scorers: dict[str, Scorer], raw: dict[str, list[float]], triples: list[dict[str, str]]
+) -> tuple[dict[str, float], list[float]]:
     """Best weights (on a 0.1 grid, summing to 1) for the components `names`, chosen on even lines."""
     best: tuple[tuple[float, float], dict[str, float], list[float]] | None = None
     for ws in itertools.product(GRID, repeat=len(names) - 1):
         last = round(1 - sum(ws), 1)
         if last < 0:
             continue
-        weights = dict(zip(names, (*ws, last)))
+        weights = dict(zip(names, (*ws, last), strict=True))
         scores = combine(weights, scorers, raw)
         row = evaluate(scores, triples)
         key = (row["even"], min(row[k] for k in KINDS if k in row))  # ties: the less lopsided design
@@ -147,7 +150,9 @@ def main() -> None:
     scorers: dict[str, Scorer] = {}
 
     t0 = time.perf_counter()
-    engine = judge_engine(resolve_model_path(args.model), RewardSection().max_length, workdir, RewardSection().judge_dtype)
+    engine = judge_engine(
+        resolve_model_path(args.model), RewardSection().max_length, workdir, RewardSection().judge_dtype
+    )
     seconds["judge engine start"] = time.perf_counter() - t0
     for name in JUDGE_TEMPLATES:
         scorers[f"judge:{name}"] = JudgeScorer(engine, name)
@@ -172,17 +177,30 @@ def main() -> None:
         rows[f"best on even: {label}"] = evaluate(scores, triples)
         searched[label] = weights
     default = default_design(set(raw))
-    rows["DEFAULT " + " + ".join(f"{w:g} {n}" for n, w in default.items())] = evaluate(combine(default, scorers, raw), triples)
+    rows["DEFAULT " + " + ".join(f"{w:g} {n}" for n, w in default.items())] = evaluate(
+        combine(default, scorers, raw), triples
+    )
 
     print(markdown(rows))
     print("\nseconds for all", len(prompts), "pairs:", {k: round(v, 2) for k, v in seconds.items()})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "date": time.strftime("%Y-%m-%d"), "machine": platform.platform(), "model": args.model,
-        "lines": len(triples), "rows": rows, "searched_weights": searched, "default": default,
-        "seconds": seconds, "raw": raw,
-    }, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "date": time.strftime("%Y-%m-%d"),
+                "machine": platform.platform(),
+                "model": args.model,
+                "lines": len(triples),
+                "rows": rows,
+                "searched_weights": searched,
+                "default": default,
+                "seconds": seconds,
+                "raw": raw,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {out}")
 
 

@@ -36,7 +36,9 @@ def prompt_file(folder: Path, n: int) -> Path:
 def one_run(folder: Path, name: str, prompts: Path, overrides: list[str], also: tuple[int, ...] = ()) -> dict:
     run_dir = folder / name
     sets = [f"run.dir={run_dir}", "run.iterations=1", f"prompts.path={prompts}", "prompts.limit=null", *overrides]
-    timing = measure(eva("run", "--preset", "tiny", *[a for s in sets for a in ("--set", s)]), log=folder / f"{name}.log", also=also)
+    timing = measure(
+        eva("run", "--preset", "tiny", *[a for s in sets for a in ("--set", s)]), log=folder / f"{name}.log", also=also
+    )
     run = RunDir(run_dir)
     m = run.iteration(1).metrics()
     events = run.events()
@@ -75,27 +77,48 @@ def main() -> None:
             cluster.add_node()
             path = prompt_file(folder, args.replica_prompts)
             for k in args.replicas:
-                r = one_run(folder, f"replicas-{k}", path, [f"ray.address={cluster.address}", f"ray.engine.replicas={k}", "ray.placement=SPREAD"], also=cluster.pids)
+                r = one_run(
+                    folder,
+                    f"replicas-{k}",
+                    path,
+                    [f"ray.address={cluster.address}", f"ray.engine.replicas={k}", "ray.placement=SPREAD"],
+                    also=cluster.pids,
+                )
                 by_replicas.append({"replicas": k, **r})
                 print(f"  {k} replicas: iteration {r['iteration_s']:.1f} s", flush=True)
         finally:
             cluster.close()
 
     print("\nIteration cost vs prompts (tiny preset, 1 iteration, local Ray with 2 CPUs)\n")
-    print("| prompts | train prompts | tokens generated | DPO steps | estimate (s) | evolve (s) | solve (s) | train (s) | iteration (s) | s / prompt | overhead | peak RSS (GB) |")
+    print(
+        "| prompts | train prompts | tokens generated | DPO steps | estimate (s) | evolve (s) | solve (s) | "
+        "train (s) | iteration (s) | s / prompt | overhead | peak RSS (GB) |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in by_size:
         st = r["stages"]
-        print(f"| {r['prompts']} | {r['train_prompts']} | {r['tokens']} | {r['steps']} | {st['estimate']:.1f} | {st['evolve']:.1f} | {st['solve']:.1f} | "
-              f"{st['train']:.1f} | {r['iteration_s']:.1f} | {r['iteration_s'] / r['prompts']:.3f} | {r['overhead_share']:.1%} | {r['peak_rss_gb']:.1f} |")
+        print(
+            f"| {r['prompts']} | {r['train_prompts']} | {r['tokens']} | {r['steps']} | {st['estimate']:.1f} | "
+            f"{st['evolve']:.1f} | {st['solve']:.1f} | "
+            f"{st['train']:.1f} | {r['iteration_s']:.1f} | {r['iteration_s'] / r['prompts']:.3f} | "
+            f"{r['overhead_share']:.1%} | {r['peak_rss_gb']:.1f} |"
+        )
     if by_replicas:
-        print(f"\nIteration cost vs engine replicas ({args.replica_prompts} prompts, head + 1 worker node on loopback, SPREAD)\n")
-        print("| replicas | engines on nodes | estimate (s) | solve (s) | iteration (s) | actors up (s) | peak RSS (GB) |")
+        print(
+            f"\nIteration cost vs engine replicas ({args.replica_prompts} prompts, head + 1 worker node on "
+            f"loopback, SPREAD)\n"
+        )
+        print(
+            "| replicas | engines on nodes | estimate (s) | solve (s) | iteration (s) | actors up (s) | peak RSS (GB) |"
+        )
         print("|---:|---:|---:|---:|---:|---:|---:|")
         for r in by_replicas:
             st = r["stages"]
             spread = len(set((r["nodes"] or {}).get("engine", [])))
-            print(f"| {r['replicas']} | {spread} | {st['estimate']:.1f} | {st['solve']:.1f} | {r['iteration_s']:.1f} | {r['actors_up_s']:.1f} | {r['peak_rss_gb']:.1f} |")
+            print(
+                f"| {r['replicas']} | {spread} | {st['estimate']:.1f} | {st['solve']:.1f} | "
+                f"{r['iteration_s']:.1f} | {r['actors_up_s']:.1f} | {r['peak_rss_gb']:.1f} |"
+            )
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps({"prompts": by_size, "replicas": by_replicas}, indent=2))
 

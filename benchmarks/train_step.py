@@ -46,8 +46,13 @@ def run_one(name: str, steps: int, response_tokens: int, max_length: int, lr: fl
     rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()][: 2 * steps]
     work = tempfile.mkdtemp(prefix="eva-train-bench-")
     solver = SolverSection(
-        loss_type="sigmoid", finetune=cfg["finetune"], learning_rate=cfg["learning_rate"], epochs=1,
-        per_device_batch_size=2, max_length=max_length, max_prompt_length=max_length // 2,
+        loss_type="sigmoid",
+        finetune=cfg["finetune"],
+        learning_rate=cfg["learning_rate"],
+        epochs=1,
+        per_device_batch_size=2,
+        max_length=max_length,
+        max_prompt_length=max_length // 2,
     )
     t0 = time.perf_counter()
     trainer = PolicyTrainer(path, path, solver, cfg["dtype"], work, seed=0)
@@ -58,8 +63,13 @@ def run_one(name: str, steps: int, response_tokens: int, max_length: int, lr: fl
         n = max(1, len(tok.encode(text, add_special_tokens=False)))
         return " ".join([text] * max(1, response_tokens // n))
 
-    pairs = [PreferencePair(str(i), r["prompt"], lengthen(r["good"]), lengthen(r["bad"]), 1.0, 0.0, 1) for i, r in enumerate(rows)]
-    seq_tokens = sum(len(tok.encode(p.prompt + p.chosen)) + len(tok.encode(p.prompt + p.rejected)) for p in pairs) / (2 * len(pairs))
+    pairs = [
+        PreferencePair(str(i), r["prompt"], lengthen(r["good"]), lengthen(r["bad"]), 1.0, 0.0, 1)
+        for i, r in enumerate(rows)
+    ]
+    seq_tokens = sum(len(tok.encode(p.prompt + p.chosen)) + len(tok.encode(p.prompt + p.rejected)) for p in pairs) / (
+        2 * len(pairs)
+    )
     before = trainer.state_dict()
     t0 = time.perf_counter()
     metrics = trainer.train(pairs, iteration=1)
@@ -72,11 +82,22 @@ def run_one(name: str, steps: int, response_tokens: int, max_length: int, lr: fl
     save_s = time.perf_counter() - t0
     changed = sum(int((before[k] != after[k]).sum()) for k in before) / sum(t.numel() for t in before.values())
     return {
-        "config": name, "dtype": cfg["dtype"], "finetune": cfg["finetune"], "lr": cfg["learning_rate"], "batch": 2,
-        "max_length": max_length, "tokens_per_seq": round(seq_tokens), "steps": metrics["steps"],
-        "s_per_step": round(metrics["seconds_per_step"], 3), "round_s": round(round_s, 2), "load_s": round(load_s, 2),
-        "state_dict_s": round(state_s, 3), "save_s": round(save_s, 3), "changed": round(changed, 4),
-        "loss_first": round(metrics["losses"][0], 4), "loss_last": round(metrics["last_loss"], 4),
+        "config": name,
+        "dtype": cfg["dtype"],
+        "finetune": cfg["finetune"],
+        "lr": cfg["learning_rate"],
+        "batch": 2,
+        "max_length": max_length,
+        "tokens_per_seq": round(seq_tokens),
+        "steps": metrics["steps"],
+        "s_per_step": round(metrics["seconds_per_step"], 3),
+        "round_s": round(round_s, 2),
+        "load_s": round(load_s, 2),
+        "state_dict_s": round(state_s, 3),
+        "save_s": round(save_s, 3),
+        "changed": round(changed, 4),
+        "loss_first": round(metrics["losses"][0], 4),
+        "loss_last": round(metrics["last_loss"], 4),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "threads": torch.get_num_threads(),
     }
@@ -97,18 +118,49 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false"}
     rows = []
     for name in args.configs.split(","):
-        cmd = [sys.executable, "-m", "benchmarks.train_step", "--child", name, "--steps", str(args.steps),
-               "--response-tokens", str(args.response_tokens), "--max-length", str(args.max_length)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.train_step",
+            "--child",
+            name,
+            "--steps",
+            str(args.steps),
+            "--response-tokens",
+            str(args.response_tokens),
+            "--max-length",
+            str(args.max_length),
+        ]
         cmd += ["--lr", str(args.lr)] if args.lr else []
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(f"done {name}", file=sys.stderr)
-    cols = ["config", "finetune", "dtype", "lr", "tokens_per_seq", "steps", "s_per_step", "round_s", "state_dict_s", "save_s", "changed", "loss_first", "loss_last", "peak_rss_gb"]
+    cols = [
+        "config",
+        "finetune",
+        "dtype",
+        "lr",
+        "tokens_per_seq",
+        "steps",
+        "s_per_step",
+        "round_s",
+        "state_dict_s",
+        "save_s",
+        "changed",
+        "loss_first",
+        "loss_last",
+        "peak_rss_gb",
+    ]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(str(r[c]) for c in cols) + " |")
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "loadavg": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    meta = {
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "loadavg": os.getloadavg(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
     OUT.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
 
 

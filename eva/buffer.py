@@ -89,6 +89,7 @@ _NUM_COLUMNS: dict[str, tuple[type, float]] = {
     "times_trained": (np.int64, 0),
 }
 
+
 class PromptBuffer:
     """A versioned set of prompts with lineage and per-prompt stats (one version per iteration).
 
@@ -303,7 +304,7 @@ def _list_values(column: pa.ChunkedArray) -> list[Sequence[float]]:
     array = column.combine_chunks()
     offsets = array.offsets.to_numpy().tolist()  # absolute positions into array.values
     flat = array.values.to_numpy(zero_copy_only=False).tolist()
-    return [tuple(flat[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
+    return [tuple(flat[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
 
 
 # --- an iteration's tables (eva.tables writes and reads them) -----------------------------------------
@@ -358,7 +359,8 @@ def load_seed_prompts(path: str | Any, column: str = "prompt", limit: int | None
     if too_long:
         where, n = max(too_long, key=lambda w: w[1])
         raise DataError(
-            f"{source}: {len(too_long)} prompt(s) longer than {MAX_PROMPT_CHARS:,} characters (the longest, {n:,} characters, "
+            f"{source}: {len(too_long)} prompt(s) longer than {MAX_PROMPT_CHARS:,} characters (the longest, "
+            f"{n:,} characters, "
             f"at {where}; the first at {too_long[0][0]}): is {column!r} the prompt column? Shorten or drop them"
         )
     if not seen:
@@ -370,11 +372,17 @@ def _check_text(text: str, where: str) -> None:
     """DataError for characters no prompt may hold: NUL, and lone surrogates (a JSON escape such as
     \\ud800 without its pair decodes to one; it cannot be written as UTF-8)."""
     if "\x00" in text:
-        raise DataError(f"{where}: the text holds a NUL character (U+0000) at position {text.index(chr(0))}: binary data, not a prompt")
+        raise DataError(
+            f"{where}: the text holds a NUL character (U+0000) at position {text.index(chr(0))}: binary data, "
+            f"not a prompt"
+        )
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise DataError(f"{where}: the text holds a lone surrogate {text[e.start]!r} at position {e.start} (half of a UTF-16 pair, e.g. an escape like \\ud83d without its partner): not valid Unicode text") from None
+        raise DataError(
+            f"{where}: the text holds a lone surrogate {text[e.start]!r} at position {e.start} (half of a "
+            f"UTF-16 pair, e.g. an escape like \\ud83d without its partner): not valid Unicode text"
+        ) from None
 
 
 def _decode_utf8(data: bytes, source: str) -> str:
@@ -384,7 +392,8 @@ def _decode_utf8(data: bytes, source: str) -> str:
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise DataError(
-            f"{source}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}): save the file as UTF-8 "
+            f"{source}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}): save the "
+            f"file as UTF-8 "
             "(e.g. `iconv -f latin1 -t utf-8`)"
         ) from None
 
@@ -395,7 +404,9 @@ def _column_values(path: str, column: str) -> tuple[str, Iterator[tuple[str, Any
         import datasets  # heavy import: only for this source
 
         if not isinstance(path, (datasets.Dataset, datasets.DatasetDict)):
-            raise DataError(f"seed prompts: expected a path, {BUILTIN_SEED} or a datasets.Dataset, got {type(path).__name__}")
+            raise DataError(
+                f"seed prompts: expected a path, {BUILTIN_SEED} or a datasets.Dataset, got {type(path).__name__}"
+            )
         return "in-memory dataset", _dataset_column(path, "in-memory dataset", column)
     path = str(path)
     if path.startswith("builtin:"):
@@ -414,7 +425,9 @@ def _column_values(path: str, column: str) -> tuple[str, Iterator[tuple[str, Any
         return str(p), _jsonl_values(_decode_utf8(p.read_bytes(), str(p)), str(p), column)
     if p.suffix == ".parquet":
         return str(p), _parquet_values(p, column)
-    raise DataError(f"{p}: unknown file type {p.suffix!r}; expected .jsonl, .parquet, a datasets folder or {BUILTIN_SEED}")
+    raise DataError(
+        f"{p}: unknown file type {p.suffix!r}; expected .jsonl, .parquet, a datasets folder or {BUILTIN_SEED}"
+    )
 
 
 def _jsonl_values(text: str, source: str, column: str) -> Iterator[tuple[str, Any]]:
@@ -453,7 +466,9 @@ def _dataset_values(path: Path, column: str) -> Iterator[tuple[str, Any]]:
     import datasets  # heavy import: only for this source
 
     if not ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
-        raise DataError(f"{path}: a folder, but not one written by datasets' save_to_disk (no state.json or dataset_dict.json)")
+        raise DataError(
+            f"{path}: a folder, but not one written by datasets' save_to_disk (no state.json or dataset_dict.json)"
+        )
     return _dataset_column(datasets.load_from_disk(str(path)), str(path), column)
 
 

@@ -43,9 +43,9 @@ from eva.atomic import (  # noqa: F401  (re-exported: the run directory's writer
     remove_temp_leftovers,
     sha256_file,
 )
+from eva.config import MUTABLE_FIELDS, ConfigError, RunConfig, config_from_dict, fingerprint, flatten
 from eva.iteration import POLICY, IterationDir
 from eva.runlock import LOCK_FILE, RunLock
-from eva.config import MUTABLE_FIELDS, ConfigError, RunConfig, config_from_dict, fingerprint, flatten
 
 MANIFEST = "MANIFEST.json"
 STAGES = "stages"
@@ -279,7 +279,9 @@ class RunDir:
             raise ValueError(f"invalid stage name {stage!r}")
         return self.iteration_dir(t) / STAGES / f"{stage}.done"
 
-    def mark_stage(self, t: int, stage: str, info: dict[str, Any] | None = None, config_hash: str | None = None) -> None:
+    def mark_stage(
+        self, t: int, stage: str, info: dict[str, Any] | None = None, config_hash: str | None = None
+    ) -> None:
         """Record that `stage` of iteration t finished; call after the stage's outputs are written.
         `config_hash`: the fingerprint of the config the stage ran under (`stale_stages` reads it)."""
         if self.committed(t):
@@ -415,7 +417,9 @@ class RunDir:
         """Raise CorruptCheckpointError naming the bad files if iteration t does not verify."""
         problems = self.verify(t)
         if problems:
-            raise CorruptCheckpointError(f"iteration {t} of {self.root} is corrupt:\n  " + "\n  ".join(problems), problems)
+            raise CorruptCheckpointError(
+                f"iteration {t} of {self.root} is corrupt:\n  " + "\n  ".join(problems), problems
+            )
 
     def _rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -444,7 +448,11 @@ class RunDir:
                 continue
             # Temp folders of a policy save that a kill interrupted, committed by an eva that listed
             # them (see commit): policy weights too, and nobody reads them.
-            leftovers = sorted({rel.split("/")[0] for rel in self.manifest(t)["files"] if "/" in rel and is_temp_file(Path(rel.split("/")[0]))})  # type: ignore[index]
+            manifest = self.manifest(t)
+            assert manifest is not None  # t is among the committed iterations
+            leftovers = sorted(
+                {rel.split("/")[0] for rel in manifest["files"] if "/" in rel and is_temp_file(Path(rel.split("/")[0]))}
+            )
             if not folder.exists() and not leftovers:
                 continue
             for name in (POLICY, *leftovers):

@@ -64,7 +64,8 @@ _INSTRUCTION_VERBS = frozenset(
 _REQUEST_OPENER = re.compile(
     r"^(?:please|kindly|can you|could you|would you|will you|help me|i need|i want|i'd like|i would like"
     r"|tell me|show me|give me|let's|your (?:response|answer|reply|text|story|essay|poem) (?:should|must)"
-    r"|how (?:do|does|did|can|could|should|would|is|are|much|many|long|often)|(?:what|why|which|who) (?:is|are|was|were|do|does|did|should|would|can|could)"
+    r"|how (?:do|does|did|can|could|should|would|is|are|much|many|long|often)|(?:what|why|which|who) "
+    r"(?:is|are|was|were|do|does|did|should|would|can|could)"
     r"|imagine|suppose|assume)\b",
     re.IGNORECASE,
 )
@@ -137,7 +138,9 @@ def talks_about_the_rewrite(child: str, parent: str) -> bool:
     return any(m.group(0).lower() not in parent_words for m in _ABOUT_THE_REWRITE.finditer(child))
 
 
-def prompt_reason(child: str, parent: str, check: PromptCheck, similarities: tuple[float, float] | None = None) -> str | None:
+def prompt_reason(
+    child: str, parent: str, check: PromptCheck, similarities: tuple[float, float] | None = None
+) -> str | None:
     """Why `child` is not a usable prompt for `parent` (one of CHILD_REASONS), or None to keep it.
 
     `similarities`: cosines of the child's embedding to the parent's and to the operator's
@@ -146,7 +149,12 @@ def prompt_reason(child: str, parent: str, check: PromptCheck, similarities: tup
     to_parent, to_instruction = similarities if similarities is not None else (None, None)
     if talks_about_the_rewrite(child, parent):
         return "meta_paraphrase"
-    if to_parent is not None and to_instruction is not None and to_instruction >= check.max_meta_similarity and to_instruction > to_parent:
+    if (
+        to_parent is not None
+        and to_instruction is not None
+        and to_instruction >= check.max_meta_similarity
+        and to_instruction > to_parent
+    ):
         return "meta_paraphrase"
     if looks_like_answer(child, parent):
         return "answer"
@@ -163,4 +171,6 @@ def child_reason(child: str, parent: str, instruction: str, check: PromptCheck) 
     if check.embed is None:
         return prompt_reason(child, parent, check)
     vector = check.embed(child)
-    return prompt_reason(child, parent, check, (float(vector @ check.embed(parent)), float(vector @ check.embed(instruction))))
+    return prompt_reason(
+        child, parent, check, (float(vector @ check.embed(parent)), float(vector @ check.embed(instruction)))
+    )

@@ -46,12 +46,38 @@ class _Section(BaseModel):
 
 
 class RunSection(_Section):
-    name: str = Field("eva", min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="Run name; the run directory defaults to runs/<name>.")
-    seed: int = Field(0, ge=0, description="Master seed: sampling, evolve requests and per-request generation seeds derive from it.")
-    iterations: int = Field(2, ge=1, description="Number of self-play iterations to run (iteration 0 is the seed buffer and initial policy).")
-    dir: str | None = Field(None, description="Run directory (local path or shared-storage path). Default: runs/<name>.")
-    max_iterations_without_pairs: int = Field(3, ge=1, description="Stop the run (exit 2, resumable) after this many consecutive iterations built no preference pair (all n responses of every prompt scored alike, or margins at most solver.min_margin): it would go on training nothing. Change what starves it (solver.min_margin, solver.n_responses, solver.temperature, the reward) or raise this, then continue.")
-    baseline: bool = Field(False, description="The fixed-prompt baseline (plain iterative DPO: no estimate, sample, evolve or mix) for A/B comparisons at equal budget; `eva run --baseline` sets it. Part of the run's identity: a run never switches loops.")
+    name: str = Field(
+        "eva",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Run name; the run directory defaults to runs/<name>.",
+    )
+    seed: int = Field(
+        0, ge=0, description="Master seed: sampling, evolve requests and per-request generation seeds derive from it."
+    )
+    iterations: int = Field(
+        2,
+        ge=1,
+        description="Number of self-play iterations to run (iteration 0 is the seed buffer and initial policy).",
+    )
+    dir: str | None = Field(
+        None, description="Run directory (local path or shared-storage path). Default: runs/<name>."
+    )
+    max_iterations_without_pairs: int = Field(
+        3,
+        ge=1,
+        description="Stop the run (exit 2, resumable) after this many consecutive iterations built no preference "
+        "pair (all "
+        "n responses of every prompt scored alike, or margins at most solver.min_margin): it would go on "
+        "training nothing. Change what starves it (solver.min_margin, solver.n_responses, solver.temperature, "
+        "the reward) or raise this, then continue.",
+    )
+    baseline: bool = Field(
+        False,
+        description="The fixed-prompt baseline (plain iterative DPO: no estimate, sample, evolve or mix) for A/B "
+        "comparisons at equal budget; `eva run --baseline` sets it. Part of the run's identity: a run never "
+        "switches loops.",
+    )
 
     @model_validator(mode="after")
     def _local_path(self) -> RunSection:
@@ -68,31 +94,89 @@ class RunSection(_Section):
 
 
 class ModelSection(_Section):
-    path: str = Field("builtin:smollm2-135m-instruct", description="Policy: a local HF model folder, or builtin:smollm2-135m-instruct / builtin:tiny (built offline).")
+    path: str = Field(
+        "builtin:smollm2-135m-instruct",
+        description="Policy: a local HF model folder, or builtin:smollm2-135m-instruct / builtin:tiny (built offline).",
+    )
     dtype: DType = Field("bfloat16", description="Weights dtype for generation and for saved policies.")
     max_model_len: int = Field(2048, ge=64, description="Max tokens (prompt + response) the engines handle.")
-    trust_remote_code: bool = Field(False, description="Allow model code from the model folder. Off: it executes arbitrary code.")
-    enforce_eager: bool = Field(True, description="vLLM eager mode (no torch.compile): starts in seconds; compiled is faster but slow to start on CPU.")
-    kv_cache_gib: int = Field(1, ge=1, description="vLLM CPU KV-cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE). GPU engines use gpu_memory_utilization.")
-    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="Share of GPU memory one vLLM engine may take (GPU only).")
+    trust_remote_code: bool = Field(
+        False, description="Allow model code from the model folder. Off: it executes arbitrary code."
+    )
+    enforce_eager: bool = Field(
+        True,
+        description="vLLM eager mode (no torch.compile): starts in seconds; compiled is faster but slow to start "
+        "on CPU.",
+    )
+    kv_cache_gib: int = Field(
+        1,
+        ge=1,
+        description="vLLM CPU KV-cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE). GPU engines use "
+        "gpu_memory_utilization.",
+    )
+    gpu_memory_utilization: float = Field(
+        0.5, gt=0, le=1, description="Share of GPU memory one vLLM engine may take (GPU only)."
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism per engine (GPU clusters).")
 
 
 class PromptsSection(_Section):
-    path: str = Field("builtin:seed", description="Seed prompts: JSONL, Parquet, a saved `datasets` folder, or builtin:seed (200+ shipped instructions).")
+    path: str = Field(
+        "builtin:seed",
+        description="Seed prompts: JSONL, Parquet, a saved `datasets` folder, or builtin:seed (200+ shipped "
+        "instructions).",
+    )
     column: str = Field("prompt", min_length=1, description="Column (JSON key) that holds the prompt text.")
-    limit: int | None = Field(None, ge=1, description="Use only the first N seed prompts (after dropping empties and duplicates).")
-    baseline_sample: int | None = Field(None, ge=1, description="Baseline runs only: train each iteration on a fresh uniform sample of this many fixed prompts (seeded by run.seed and the iteration), e.g. as many as the eva run it is compared with trains on. None: all of them every iteration.")
+    limit: int | None = Field(
+        None, ge=1, description="Use only the first N seed prompts (after dropping empties and duplicates)."
+    )
+    baseline_sample: int | None = Field(
+        None,
+        ge=1,
+        description="Baseline runs only: train each iteration on a fresh uniform sample of this many fixed prompts "
+        "(seeded "
+        "by run.seed and the iteration), e.g. as many as the eva run it is compared with trains on. None: all "
+        "of them every iteration.",
+    )
 
 
 class TaskSection(_Section):
-    family: str | None = Field(None, description="Task family with verifiable rewards (eva.tasks): arithmetic, or module:Class of your own. None: free-text prompts (prompts.path). Set: the seed prompts are problems of the family, each carrying its metadata (family, parameters, reference answer, level).")
-    levels: tuple[str, ...] = Field(("1d+", "1d*", "2d+"), min_length=1, description="Difficulty levels of the generated seed problems (arithmetic: <digits>d<op>[w], op in + - * /, w = word problem; e.g. 1d+, 2d*, 3d-w).")
-    per_level: int = Field(16, ge=1, description="Seed problems generated per level (training side of the split: never a held-out problem).")
-    problems: str | None = Field(None, description="A JSONL file of seed problems ({prompt, meta} per line, eva.tasks.problem_sets) instead of generating them.")
-    seed: int = Field(0, ge=0, description="Seed of problem generation (training seeds and the held-out set; their random streams and problem spaces are disjoint).")
-    eval_levels: tuple[str, ...] | None = Field(None, description="Levels of the held-out evaluation set of `eva eval` (None: `levels`).")
-    eval_per_level: int = Field(60, ge=1, description="Held-out problems per level for `eva eval` (greedy exact-match accuracy per level).")
+    family: str | None = Field(
+        None,
+        description="Task family with verifiable rewards (eva.tasks): arithmetic, or module:Class of your own. None: "
+        "free-text prompts (prompts.path). Set: the seed prompts are problems of the family, each carrying its "
+        "metadata (family, parameters, reference answer, level).",
+    )
+    levels: tuple[str, ...] = Field(
+        ("1d+", "1d*", "2d+"),
+        min_length=1,
+        description="Difficulty levels of the generated seed problems (arithmetic: <digits>d<op>[w], op in + - * "
+        "/, w = "
+        "word problem; e.g. 1d+, 2d*, 3d-w).",
+    )
+    per_level: int = Field(
+        16,
+        ge=1,
+        description="Seed problems generated per level (training side of the split: never a held-out problem).",
+    )
+    problems: str | None = Field(
+        None,
+        description="A JSONL file of seed problems ({prompt, meta} per line, eva.tasks.problem_sets) instead of "
+        "generating "
+        "them.",
+    )
+    seed: int = Field(
+        0,
+        ge=0,
+        description="Seed of problem generation (training seeds and the held-out set; their random streams and problem "
+        "spaces are disjoint).",
+    )
+    eval_levels: tuple[str, ...] | None = Field(
+        None, description="Levels of the held-out evaluation set of `eva eval` (None: `levels`)."
+    )
+    eval_per_level: int = Field(
+        60, ge=1, description="Held-out problems per level for `eva eval` (greedy exact-match accuracy per level)."
+    )
 
     @model_validator(mode="after")
     def _family_and_levels(self) -> TaskSection:
@@ -110,26 +194,99 @@ class TaskSection(_Section):
 
 
 class CreatorSection(_Section):
-    kind: Literal["llm", "program", "select"] = Field("llm", description="How children are made: llm (the creator LLM rewrites free-text prompts, EvolInstruct operators), program (a task family's mutations, harder/easier/sideways, the answer recomputed by code; needs task.family), or select (no children: the sampled prompts themselves take the evolved share of X'_t; selection without evolution, an ablation arm).")
-    population: int | None = Field(None, ge=1, description="Size of the training set X'_t of every iteration. The creator asks for as many children as it takes to fill the evolved share (evolved_ratio of it; more rounds of variants while filters drop children, up to max_evolve_rounds), and the mix fills the rest with a uniform sample of the buffer. None: the size of the seed set.")
-    max_evolve_rounds: int = Field(4, ge=1, description="Rounds of num_variants children per sampled parent the creator may spend to fill its share of the population.")
-    direction_rule: Literal["uniform", "frontier"] = Field("uniform", description="kind=program: uniform (harder, easier, sideways drawn at random per child) or frontier (toward the parent's frontier: harder when most of its responses were exactly right, easier when few were, sideways in between).")
-    metric: str = Field("gap", description=f"Informativeness of a prompt from its reward vector: {', '.join(metric_names())} (eva.metrics; DESIGN.md table).")
-    sample_frac: float = Field(0.25, gt=0, le=1, description="Fraction of the current prompt set sampled for evolving each iteration.")
-    sample_method: str = Field("weighted", description="weighted (without replacement, prob. proportional to min-max normalized info), greedy (top-k) or uniform.")
+    kind: Literal["llm", "program", "select"] = Field(
+        "llm",
+        description="How children are made: llm (the creator LLM rewrites free-text prompts, EvolInstruct operators), "
+        "program (a task family's mutations, harder/easier/sideways, the answer recomputed by code; needs "
+        "task.family), or select (no children: the sampled prompts themselves take the evolved share of X'_t; "
+        "selection without evolution, an ablation arm).",
+    )
+    population: int | None = Field(
+        None,
+        ge=1,
+        description="Size of the training set X'_t of every iteration. The creator asks for as many children as it "
+        "takes "
+        "to fill the evolved share (evolved_ratio of it; more rounds of variants while filters drop children, "
+        "up to max_evolve_rounds), and the mix fills the rest with a uniform sample of the buffer. None: the "
+        "size of the seed set.",
+    )
+    max_evolve_rounds: int = Field(
+        4,
+        ge=1,
+        description="Rounds of num_variants children per sampled parent the creator may spend to fill its share of the "
+        "population.",
+    )
+    direction_rule: Literal["uniform", "frontier"] = Field(
+        "uniform",
+        description="kind=program: uniform (harder, easier, sideways drawn at random per child) or frontier "
+        "(toward the "
+        "parent's frontier: harder when most of its responses were exactly right, easier when few were, "
+        "sideways in between).",
+    )
+    metric: str = Field(
+        "gap",
+        description=f"Informativeness of a prompt from its reward vector: {', '.join(metric_names())} (eva.metrics; "
+        f"DESIGN.md table).",
+    )
+    sample_frac: float = Field(
+        0.25, gt=0, le=1, description="Fraction of the current prompt set sampled for evolving each iteration."
+    )
+    sample_method: str = Field(
+        "weighted",
+        description="weighted (without replacement, prob. proportional to min-max normalized info), greedy (top-k) or "
+        "uniform.",
+    )
     num_variants: int = Field(4, ge=1, description="Rewrites requested per sampled prompt.")
-    operators: tuple[str, ...] = Field(tuple(OPERATORS), min_length=1, description=f"Evolve operators drawn from: {', '.join(OPERATORS)} (eva.evolve; breadth writes a new prompt in the same domain, the others make the same one harder).")
-    model: str = Field("policy", description="Creator LLM: policy (shares the solver's engine), initial (frozen initial policy) or a model path.")
+    operators: tuple[str, ...] = Field(
+        tuple(OPERATORS),
+        min_length=1,
+        description=f"Evolve operators drawn from: {', '.join(OPERATORS)} (eva.evolve; breadth writes a new prompt "
+        f"in the "
+        f"same domain, the others make the same one harder).",
+    )
+    model: str = Field(
+        "policy",
+        description="Creator LLM: policy (shares the solver's engine), initial (frozen initial policy) or a model "
+        "path.",
+    )
     temperature: float = Field(0.8, ge=0, description="Sampling temperature of the creator.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling of the creator.")
     max_new_tokens: int = Field(256, ge=8, description="Max tokens of one rewrite.")
     min_prompt_chars: int = Field(12, ge=1, description="Evolved prompts shorter than this are dropped.")
     max_prompt_chars: int = Field(1500, ge=16, description="Evolved prompts longer than this are dropped.")
-    near_duplicate_threshold: float = Field(0.85, gt=0, le=1, description="Character 3-gram Jaccard at or above which an evolved prompt counts as a near duplicate.")
-    prompt_filter: Literal["embedding", "text", "off"] = Field("embedding", description="kind=llm: drop children that are not prompts (eva.child_filter): text (English wording cues: talk about the prompt or the rewrite, an answer, no request), embedding (text, plus MiniLM cosines to the operator's instruction and to the parent; loads the packaged MiniLM in the driver), off.")
-    max_meta_similarity: float = Field(0.35, ge=-1, le=1, description="prompt_filter embedding: a child closer (MiniLM cosine) to its operator's instruction (the meta-prompt without the parent) than to its parent, and at least this close to the instruction, is dropped as meta_paraphrase.")
-    min_parent_similarity: float = Field(0.22, ge=-1, le=1, description="prompt_filter embedding: MiniLM cosine between a child and its parent below which the child is dropped as off_topic.")
-    evolved_ratio: float = Field(0.8, ge=0, le=1, description="Share of evolved prompts in the training mix; the rest is a uniform sample of the buffer.")
+    near_duplicate_threshold: float = Field(
+        0.85,
+        gt=0,
+        le=1,
+        description="Character 3-gram Jaccard at or above which an evolved prompt counts as a near duplicate.",
+    )
+    prompt_filter: Literal["embedding", "text", "off"] = Field(
+        "embedding",
+        description="kind=llm: drop children that are not prompts (eva.child_filter): text (English wording cues: talk "
+        "about the prompt or the rewrite, an answer, no request), embedding (text, plus MiniLM cosines to the "
+        "operator's instruction and to the parent; loads the packaged MiniLM in the driver), off.",
+    )
+    max_meta_similarity: float = Field(
+        0.35,
+        ge=-1,
+        le=1,
+        description="prompt_filter embedding: a child closer (MiniLM cosine) to its operator's instruction (the "
+        "meta-prompt without the parent) than to its parent, and at least this close to the instruction, is "
+        "dropped as meta_paraphrase.",
+    )
+    min_parent_similarity: float = Field(
+        0.22,
+        ge=-1,
+        le=1,
+        description="prompt_filter embedding: MiniLM cosine between a child and its parent below which the child is "
+        "dropped as off_topic.",
+    )
+    evolved_ratio: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="Share of evolved prompts in the training mix; the rest is a uniform sample of the buffer.",
+    )
 
     @field_validator("prompt_filter", mode="before")
     @classmethod
@@ -157,7 +314,9 @@ class CreatorSection(_Section):
     @model_validator(mode="after")
     def _lengths(self) -> CreatorSection:
         if self.min_prompt_chars >= self.max_prompt_chars:
-            raise ValueError(f"min_prompt_chars ({self.min_prompt_chars}) must be below max_prompt_chars ({self.max_prompt_chars})")
+            raise ValueError(
+                f"min_prompt_chars ({self.min_prompt_chars}) must be below max_prompt_chars ({self.max_prompt_chars})"
+            )
         return self
 
 
@@ -165,7 +324,9 @@ class LoraSection(_Section):
     r: int = Field(8, ge=1, description="LoRA rank.")
     alpha: int = Field(16, ge=1, description="LoRA alpha.")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
-    target_modules: tuple[str, ...] = Field(("q_proj", "k_proj", "v_proj", "o_proj"), description="Module names LoRA adapts.")
+    target_modules: tuple[str, ...] = Field(
+        ("q_proj", "k_proj", "v_proj", "o_proj"), description="Module names LoRA adapts."
+    )
 
 
 class SolverSection(_Section):
@@ -173,27 +334,64 @@ class SolverSection(_Section):
     temperature: float = Field(0.7, ge=0, description="Sampling temperature of the policy.")
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling of the policy.")
     max_new_tokens: int = Field(256, ge=1, description="Max new tokens of one response.")
-    min_margin: float = Field(0.0, ge=0, description="Pairs whose reward margin is not above this are dropped (ties carry no signal).")
+    min_margin: float = Field(
+        0.0, ge=0, description="Pairs whose reward margin is not above this are dropped (ties carry no signal)."
+    )
     loss_type: str = Field(
         "sigmoid",
-        description="Preference loss (eva.losses.LOSSES), with the TRL trainer that runs it and the solver fields it reads: "
-        + ", ".join(f"{s.name} (TRL {s.family.upper()}: {', '.join(s.params)})" for s in LOSSES.values()) + ".",
+        description="Preference loss (eva.losses.LOSSES), with the TRL trainer that runs it and the solver fields it "
+        "reads: "
+        + ", ".join(f"{s.name} (TRL {s.family.upper()}: {', '.join(s.params)})" for s in LOSSES.values())
+        + ".",
     )
-    beta: float = Field(0.05, gt=0, description="DPO beta of sigmoid/ipo/hinge/robust (inverse temperature of the implicit reward; IPO's tau). simpo and orpo do not read it.")
-    simpo_beta: float = Field(0.05, gt=0, description="SimPO's beta (TRL CPOConfig.beta): scale of the length-normalized log-likelihood reward, on its own scale, not DPO's: the SimPO paper uses 2-2.5 (10 for gemma-2-9b-it). The default 0.05 is what simpo got before it had its own field (solver.beta).")
-    simpo_gamma: float = Field(0.5, ge=0, description="SimPO's target reward margin gamma (TRL CPOConfig.simpo_gamma; the loss subtracts gamma/simpo_beta from the log-likelihood difference). The SimPO paper tunes the ratio gamma/beta rather than gamma.")
-    orpo_lambda: float = Field(0.05, gt=0, description="ORPO's lambda (TRL ORPOConfig.beta): weight of the odds-ratio term added to the SFT loss. The ORPO authors train with 0.1 (TRL's default too). The default 0.05 is what orpo got before it had its own field (solver.beta).")
+    beta: float = Field(
+        0.05,
+        gt=0,
+        description="DPO beta of sigmoid/ipo/hinge/robust (inverse temperature of the implicit reward; IPO's tau). "
+        "simpo "
+        "and orpo do not read it.",
+    )
+    simpo_beta: float = Field(
+        0.05,
+        gt=0,
+        description="SimPO's beta (TRL CPOConfig.beta): scale of the length-normalized log-likelihood reward, on "
+        "its own "
+        "scale, not DPO's: the SimPO paper uses 2-2.5 (10 for gemma-2-9b-it). The default 0.05 is what simpo "
+        "got before it had its own field (solver.beta).",
+    )
+    simpo_gamma: float = Field(
+        0.5,
+        ge=0,
+        description="SimPO's target reward margin gamma (TRL CPOConfig.simpo_gamma; the loss subtracts "
+        "gamma/simpo_beta "
+        "from the log-likelihood difference). The SimPO paper tunes the ratio gamma/beta rather than gamma.",
+    )
+    orpo_lambda: float = Field(
+        0.05,
+        gt=0,
+        description="ORPO's lambda (TRL ORPOConfig.beta): weight of the odds-ratio term added to the SFT loss. The "
+        "ORPO "
+        "authors train with 0.1 (TRL's default too). The default 0.05 is what orpo got before it had its own "
+        "field (solver.beta).",
+    )
     learning_rate: float = Field(1e-6, gt=0, description="Learning rate.")
     epochs: float = Field(1.0, gt=0, description="Epochs over the iteration's pairs.")
     per_device_batch_size: int = Field(2, ge=1, description="Pairs per device per step.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Steps accumulated per optimizer update.")
     max_length: int = Field(768, ge=16, description="Max tokens of prompt + response in training.")
-    max_prompt_length: int = Field(384, ge=8, description="Max prompt tokens in training: the trainer keeps the last max_prompt_length tokens of the user text.")
+    max_prompt_length: int = Field(
+        384,
+        ge=8,
+        description="Max prompt tokens in training: the trainer keeps the last max_prompt_length tokens of the "
+        "user text.",
+    )
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Linear warmup as a share of the round's steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     finetune: Literal["full", "lora"] = Field("full", description="Full fine-tuning or LoRA adapters (peft).")
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA settings (used when finetune=lora).")
-    reference: Literal["previous", "initial"] = Field("previous", description="Reference policy of iteration t: pi_{t-1} (previous) or pi_0 (initial).")
+    reference: Literal["previous", "initial"] = Field(
+        "previous", description="Reference policy of iteration t: pi_{t-1} (previous) or pi_0 (initial)."
+    )
 
     @field_validator("loss_type")
     @classmethod
@@ -204,7 +402,9 @@ class SolverSection(_Section):
     @model_validator(mode="after")
     def _prompt_fits(self) -> SolverSection:
         if self.max_prompt_length >= self.max_length:
-            raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length})")
+            raise ValueError(
+                f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length})"
+            )
         return self
 
 
@@ -216,10 +416,24 @@ def _judge_template(name: str | None) -> str | None:
 
 class ScorerSpec(_Section):
     kind: str = Field(description=f"Scorer kind (eva.scorers): {', '.join(component_kinds())}.")
-    weight: float = Field(1.0, description="Weight of this scorer's score in the combination, after its fixed map onto [0, 1] (judge labels linearly, relevance cosine clipped at 0, reward_model sigmoid, wellformed as is, function clipped; eva.scorers); never standardized per batch.")
-    model: str | None = Field(None, description=f"Model of {'/'.join(k for k, v in SCORER_KINDS.items() if v.model)}: path, builtin name, or initial (the frozen initial policy).")
+    weight: float = Field(
+        1.0,
+        description="Weight of this scorer's score in the combination, after its fixed map onto [0, 1] (judge labels "
+        "linearly, relevance cosine clipped at 0, reward_model sigmoid, wellformed as is, function clipped; "
+        "eva.scorers); never standardized per batch.",
+    )
+    model: str | None = Field(
+        None,
+        description=f"Model of {'/'.join(k for k, v in SCORER_KINDS.items() if v.model)}: path, builtin name, or "
+        f"initial "
+        f"(the frozen initial policy).",
+    )
     function: str | None = Field(None, description="module:function for kind=function. This executes user code.")
-    judge_template: str | None = Field(None, description=f"Judge prompt template for kind=judge ({', '.join(JUDGE_TEMPLATES)}; eva.judge); None: reward.judge_template.")
+    judge_template: str | None = Field(
+        None,
+        description=f"Judge prompt template for kind=judge ({', '.join(JUDGE_TEMPLATES)}; eva.judge); None: "
+        f"reward.judge_template.",
+    )
 
     @field_validator("kind")
     @classmethod
@@ -241,14 +455,39 @@ DEFAULT_REWARD_COMPONENTS: tuple[ScorerSpec, ...] = (
 
 
 class RewardSection(_Section):
-    kind: str = Field("combined", description="Scorer kind (eva.scorers): " + "; ".join(f"{name} ({SCORER_KINDS[name].about})" for name in reward_kinds()) + ".")
-    model: str = Field("initial", description="Judge LLM or reward model: a path, a builtin name, or initial (the frozen initial policy).")
-    function: str | None = Field(None, description="module:function for kind=function: called as f(prompts, responses) -> list[float]. Runs user code.")
-    judge_template: str = Field("fewshot", description=f"Judge prompt template ({', '.join(JUDGE_TEMPLATES)}; eva.judge); the reward is the expected label value.")
-    judge_dtype: DType = Field("float32", description="Judge engine dtype. float32 by default: bf16 logits are coarse (ties) and cost SmolLM2's judge ~5 points of accuracy.")
+    kind: str = Field(
+        "combined",
+        description="Scorer kind (eva.scorers): "
+        + "; ".join(f"{name} ({SCORER_KINDS[name].about})" for name in reward_kinds())
+        + ".",
+    )
+    model: str = Field(
+        "initial",
+        description="Judge LLM or reward model: a path, a builtin name, or initial (the frozen initial policy).",
+    )
+    function: str | None = Field(
+        None,
+        description="module:function for kind=function: called as f(prompts, responses) -> list[float]. Runs user "
+        "code.",
+    )
+    judge_template: str = Field(
+        "fewshot",
+        description=f"Judge prompt template ({', '.join(JUDGE_TEMPLATES)}; eva.judge); the reward is the expected "
+        f"label "
+        f"value.",
+    )
+    judge_dtype: DType = Field(
+        "float32",
+        description="Judge engine dtype. float32 by default: bf16 logits are coarse (ties) and cost SmolLM2's judge ~5 "
+        "points of accuracy.",
+    )
     batch_size: int = Field(16, ge=1, description="Scoring batch size (reward_model).")
     max_length: int = Field(1024, ge=16, description="Max tokens a scorer reads of prompt + response.")
-    components: tuple[ScorerSpec, ...] = Field(DEFAULT_REWARD_COMPONENTS, description="Scorers and weights for kind=combined; each scorer's score is mapped onto [0, 1] by a fixed rule before weighting (eva.scorers).")
+    components: tuple[ScorerSpec, ...] = Field(
+        DEFAULT_REWARD_COMPONENTS,
+        description="Scorers and weights for kind=combined; each scorer's score is mapped onto [0, 1] by a fixed rule "
+        "before weighting (eva.scorers).",
+    )
 
     @field_validator("kind")
     @classmethod
@@ -270,7 +509,8 @@ class RewardSection(_Section):
             field = f"{where}.model" if spec.model else "model"
             if spec.kind == "reward_model" and (spec.model or self.model) == "initial":
                 raise ValueError(
-                    f"{field}{f' (of {where})' if where and not spec.model else ''} is 'initial', the policy: a causal LM, not a "
+                    f"{field}{f' (of {where})' if where and not spec.model else ''} is 'initial', the policy: "
+                    f"a causal LM, not a "
                     "reward model. kind reward_model needs the path of a sequence-classification reward model (e.g. "
                     "Skywork-Reward-Llama-3.1-8B-v0.2); kind judge scores with the initial policy"
                 )
@@ -280,51 +520,100 @@ class RewardSection(_Section):
             total = sum(c.weight for c in self.components)
             if not total > 0:  # all zero: every reward is 0, no pair ever forms; negative: the scale flips
                 weights = ", ".join(f"{c.kind} {c.weight:g}" for c in self.components)
-                raise ValueError(f"components: the weights ({weights}) sum to {total:g}; they must sum to a positive number")
+                raise ValueError(
+                    f"components: the weights ({weights}) sum to {total:g}; they must sum to a positive number"
+                )
         return self
 
     def functions(self) -> list[tuple[str, str]]:
         """(field, module:function) of every user function the reward calls."""
-        specs = [(f"components.{i}", c) for i, c in enumerate(self.components)] if self.kind == "combined" else [("", ScorerSpec(kind=self.kind))]
+        specs = (
+            [(f"components.{i}", c) for i, c in enumerate(self.components)]
+            if self.kind == "combined"
+            else [("", ScorerSpec(kind=self.kind))]
+        )
         out = []
         for where, spec in specs:
             if SCORER_KINDS[spec.kind].function:
                 field = f"reward.{where}.function" if spec.function else "reward.function"
-                out.append((field, spec.function or self.function))
+                function = spec.function or self.function
+                if function is None:  # the validator refuses this; a model_construct'ed section skips it
+                    raise ValueError(f"{field}: kind={spec.kind} needs `function: module:function`")
+                out.append((field, function))
         return out
 
 
 class ActorResources(_Section):
-    num_cpus: float = Field(0.5, gt=0, description="CPUs Ray reserves for one actor (fractional allowed; keep the sum within the cluster).")
+    num_cpus: float = Field(
+        0.5, gt=0, description="CPUs Ray reserves for one actor (fractional allowed; keep the sum within the cluster)."
+    )
     num_gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves for one actor.")
     replicas: int = Field(1, ge=1, description="Number of actors of this kind (engine replicas split rollouts).")
     max_restarts: int = Field(0, ge=-1, description="Ray actor restarts after a crash (-1: unlimited).")
-    threads: int = Field(1, ge=1, description="Torch threads inside the actor (trainer). May exceed num_cpus on purpose: the loop's stages run one at a time, so the trainer can use the cores the idle engines reserve.")
+    threads: int = Field(
+        1,
+        ge=1,
+        description="Torch threads inside the actor (trainer). May exceed num_cpus on purpose: the loop's stages "
+        "run one "
+        "at a time, so the trainer can use the cores the idle engines reserve.",
+    )
 
 
 class RaySection(_Section):
-    address: str | None = Field(None, description="Ray cluster to join (auto, ray://...). None: RAY_ADDRESS or a new local cluster.")
+    address: str | None = Field(
+        None, description="Ray cluster to join (auto, ray://...). None: RAY_ADDRESS or a new local cluster."
+    )
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a new local cluster (None: all).")
     engine: ActorResources = Field(default_factory=ActorResources, description="Policy generation engines (vLLM).")
     trainer: ActorResources = Field(default_factory=ActorResources, description="The TRL training actor.")
     reward: ActorResources = Field(default_factory=ActorResources, description="Reward scorer actors.")
-    creator: ActorResources = Field(default_factory=ActorResources, description="The creator model's own engine replicas (only when creator.model is not `policy`; otherwise the creator generates with the policy's engines).")
-    placement: Literal["PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"] = Field("PACK", description="Placement-group strategy for engine replicas (one bundle of {CPU: num_cpus, GPU: num_gpus} per replica); STRICT_SPREAD puts each replica on its own node.")
-    placement_timeout_s: float = Field(300.0, gt=0, description="Longest wait for the engines' placement group before the run stops with what did not fit.")
-    retries: int = Field(2, ge=0, description="Retries of a failed generation batch (engine actor died or its node was lost) before the stage fails.")
-    timeout_s: float = Field(3600.0, gt=0, description="Longest wait for one actor call before the run stops (resumable).")
+    creator: ActorResources = Field(
+        default_factory=ActorResources,
+        description="The creator model's own engine replicas (only when creator.model is not `policy`; otherwise the "
+        "creator generates with the policy's engines).",
+    )
+    placement: Literal["PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"] = Field(
+        "PACK",
+        description="Placement-group strategy for engine replicas (one bundle of {CPU: num_cpus, GPU: num_gpus} per "
+        "replica); STRICT_SPREAD puts each replica on its own node.",
+    )
+    placement_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="Longest wait for the engines' placement group before the run stops with what did not fit.",
+    )
+    retries: int = Field(
+        2,
+        ge=0,
+        description="Retries of a failed generation batch (engine actor died or its node was lost) before the "
+        "stage fails.",
+    )
+    timeout_s: float = Field(
+        3600.0, gt=0, description="Longest wait for one actor call before the run stops (resumable)."
+    )
 
 
 class CheckpointSection(_Section):
-    keep_policies: int | None = Field(None, ge=1, description="Keep the policies of only the last K committed iterations (plus iteration 0); None keeps all. Prompt buffers are never pruned.")
+    keep_policies: int | None = Field(
+        None,
+        ge=1,
+        description="Keep the policies of only the last K committed iterations (plus iteration 0); None keeps all. "
+        "Prompt "
+        "buffers are never pruned.",
+    )
 
 
 class RunConfig(_Section):
     run: RunSection = Field(default_factory=RunSection, description="Run identity and length.")
     model: ModelSection = Field(default_factory=ModelSection, description="The policy model and engine settings.")
     prompts: PromptsSection = Field(default_factory=PromptsSection, description="The seed prompt set.")
-    task: TaskSection = Field(default_factory=TaskSection, description="A task family with verifiable rewards (seed problems, grading, mutation, held-out evaluation).")
-    creator: CreatorSection = Field(default_factory=CreatorSection, description="Prompt evolution (estimate, sample, evolve, mix).")
+    task: TaskSection = Field(
+        default_factory=TaskSection,
+        description="A task family with verifiable rewards (seed problems, grading, mutation, held-out evaluation).",
+    )
+    creator: CreatorSection = Field(
+        default_factory=CreatorSection, description="Prompt evolution (estimate, sample, evolve, mix)."
+    )
     solver: SolverSection = Field(default_factory=SolverSection, description="Rollouts and preference optimization.")
     reward: RewardSection = Field(default_factory=RewardSection, description="Reward scorer.")
     ray: RaySection = Field(default_factory=RaySection, description="Ray cluster and per-actor resources.")
@@ -336,21 +625,31 @@ class RunConfig(_Section):
         if self.reward.kind == "task" and not has_task:
             raise ValueError("reward.kind is task but task.family is not set: the task grader needs a family")
         if self.creator.kind == "program" and not has_task:
-            raise ValueError("creator.kind is program but task.family is not set: program mutations come from a task family")
+            raise ValueError(
+                "creator.kind is program but task.family is not set: program mutations come from a task family"
+            )
         if has_task and self.creator.kind == "llm" and not self.run.baseline:  # select and program keep the answers
             raise ValueError(
-                "creator.kind is llm with task.family set: an LLM rewrite changes the problem but not its reference answer, "
-                "so its reward would grade against a wrong answer. Use creator.kind: program (the family's mutations, the "
+                "creator.kind is llm with task.family set: an LLM rewrite changes the problem but not its "
+                "reference answer, "
+                "so its reward would grade against a wrong answer. Use creator.kind: program (the family's "
+                "mutations, the "
                 "answer recomputed by code)"
             )
         if has_task and self.prompts.path != PromptsSection().path:
-            raise ValueError("prompts.path is for free-text prompts; with task.family set the seeds are generated, or read from task.problems")
+            raise ValueError(
+                "prompts.path is for free-text prompts; with task.family set the seeds are generated, or read "
+                "from task.problems"
+            )
         return self
 
     @model_validator(mode="after")
     def _responses_fit(self) -> RunConfig:
         # the engines left-truncate a prompt to make room for the new tokens; with none left there is nothing to keep
-        for field, tokens in (("solver.max_new_tokens", self.solver.max_new_tokens), ("creator.max_new_tokens", self.creator.max_new_tokens)):
+        for field, tokens in (
+            ("solver.max_new_tokens", self.solver.max_new_tokens),
+            ("creator.max_new_tokens", self.creator.max_new_tokens),
+        ):
             if tokens >= self.model.max_model_len:
                 raise ValueError(
                     f"{field} ({tokens}) must be below model.max_model_len ({self.model.max_model_len}): prompt and "
@@ -361,11 +660,14 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _engine_gpus(self) -> RunConfig:
         tp = self.model.tensor_parallel_size
-        engines = [("ray.engine", self.ray.engine)] + ([("ray.creator", self.ray.creator)] if self.creator.model != "policy" else [])
+        engines = [("ray.engine", self.ray.engine)] + (
+            [("ray.creator", self.ray.creator)] if self.creator.model != "policy" else []
+        )
         for name, res in engines:
             if tp > 1 and res.num_gpus != tp:
                 raise ValueError(
-                    f"{name}.num_gpus is {res.num_gpus:g} but model.tensor_parallel_size is {tp}: a tensor-parallel engine "
+                    f"{name}.num_gpus is {res.num_gpus:g} but model.tensor_parallel_size is {tp}: a "
+                    f"tensor-parallel engine "
                     f"replica takes one whole GPU per rank, set {name}.num_gpus: {tp}"
                 )
         return self
@@ -426,7 +728,9 @@ def _preset(name: str) -> dict[str, Any]:
     return _read_yaml((resources.files("eva.presets") / f"{name}.yaml").read_text(), f"preset {name}")
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any], source: str, sources: dict[str, str], prefix: str = "") -> None:
+def _merge(
+    base: dict[str, Any], update: dict[str, Any], source: str, sources: dict[str, str], prefix: str = ""
+) -> None:
     """Deep-merge `update` into `base`, recording which source set each leaf (for error messages)."""
     for key, value in update.items():
         path = f"{prefix}{key}"
@@ -456,7 +760,9 @@ def parse_override(item: str) -> dict[str, Any]:
     return tree
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), preset: str | None = None) -> RunConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), preset: str | None = None
+) -> RunConfig:
     """Resolve a RunConfig from a preset, a YAML file and `a.b=c` overrides (later wins).
 
     With neither `path` nor `preset`, the `cpu-default` preset is the base.
@@ -493,7 +799,8 @@ def _describe(error: ValidationError, sources: dict[str, str], default_source: s
     for err in error.errors():
         loc = ".".join(str(p) for p in err["loc"])
         src = _source_of(loc, sources, default_source)
-        got = "" if err["type"] == "missing" or not loc else f" (got {err.get('input')!r})"  # a check across sections: not the whole config
+        # a check across sections: not the whole config
+        got = "" if err["type"] == "missing" or not loc else f" (got {err.get('input')!r})"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
@@ -510,7 +817,8 @@ def _source_of(loc: str, sources: dict[str, str], default: str) -> str:
     """Where the value at `loc` came from. A section-level error (a cross-field check) blames the
     source that last set anything inside the section; a field error the most specific source
     recorded for the field or one of its parents."""
-    inside = [src for key, src in sources.items() if not loc or key.startswith(f"{loc}.")]  # loc "": a check across sections
+    # loc "": a check across sections
+    inside = [src for key, src in sources.items() if not loc or key.startswith(f"{loc}.")]
     if inside:
         return inside[-1]
     return next((sources[k] for k in _prefixes(loc) if k in sources), default)

@@ -19,7 +19,7 @@ def char_ngrams(text: str, n: int = 3) -> set[str]:
     norm = normalize_text(text)
     if len(norm) < n:
         return {norm} if norm else set()
-    return {norm[i: i + n] for i in range(len(norm) - n + 1)}
+    return {norm[i : i + n] for i in range(len(norm) - n + 1)}
 
 
 def jaccard(a: set, b: set) -> float:
@@ -88,7 +88,7 @@ class NearDuplicateIndex:
             self._postings.setdefault((gid, band), []).append(index)
         self._flat = _grown(self._flat, self._used + len(ids))
         self._starts, self._sizes = _grown(self._starts, index + 1), _grown(self._sizes, index + 1)
-        self._flat[self._used: self._used + len(ids)] = ids
+        self._flat[self._used : self._used + len(ids)] = ids
         self._starts[index], self._sizes[index] = self._used, len(ids)
         self._used += len(ids)
         self._count += 1
@@ -103,7 +103,9 @@ class NearDuplicateIndex:
         if probe <= 0 or not known:
             return []
         # Slack on both ends so float rounding of the bounds can only widen the band range.
-        bands = range(self._band(self.threshold * size * (1 - 1e-9)), self._band(size / self.threshold * (1 + 1e-9)) + 1)
+        bands = range(
+            self._band(self.threshold * size * (1 - 1e-9)), self._band(size / self.threshold * (1 + 1e-9)) + 1
+        )
         candidates = sorted({i for gid in known[:probe] for b in bands for i in self._postings.get((gid, b), ())})
         if not candidates:
             return []

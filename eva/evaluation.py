@@ -40,11 +40,15 @@ def task_accuracy(levels: Sequence[str], grades: Sequence[float]) -> dict[str, d
     if len(levels) != len(grades):
         raise ValueError(f"{len(levels)} levels but {len(grades)} grades")
     by_level: dict[str, list[float]] = {}
-    for level, grade in zip(levels, grades):
+    for level, grade in zip(levels, grades, strict=True):
         by_level.setdefault(level, []).append(float(grade))
     by_level = dict(sorted(by_level.items()))
     by_level["all"] = [float(g) for g in grades]
     return {
-        level: {"n": len(g), "accuracy": sum(1 for x in g if x >= 1.0) / len(g) if g else math.nan, "mean_grade": float(np.mean(g)) if g else math.nan}
+        level: {
+            "n": len(g),
+            "accuracy": sum(1 for x in g if x >= 1.0) / len(g) if g else math.nan,
+            "mean_grade": float(np.mean(g)) if g else math.nan,
+        }
         for level, g in by_level.items()
     }

@@ -92,7 +92,9 @@ def check_operators(operators: Sequence[str]) -> None:
         raise ValueError(f"no evolve operators given; known operators: {', '.join(OPERATORS)}")
     unknown = [op for op in operators if op not in OPERATORS]
     if unknown:
-        raise ValueError(f"unknown evolve operator(s) {', '.join(map(repr, unknown))}; known operators: {', '.join(OPERATORS)}")
+        raise ValueError(
+            f"unknown evolve operator(s) {', '.join(map(repr, unknown))}; known operators: {', '.join(OPERATORS)}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,7 +134,9 @@ def draw_operators(operators: Sequence[str], num_variants: int, seed: int, paren
     return order[:num_variants]
 
 
-def build_evolve_requests(prompts: Sequence[Prompt], num_variants: int, operators: Sequence[str], seed: int) -> list[EvolveRequest]:
+def build_evolve_requests(
+    prompts: Sequence[Prompt], num_variants: int, operators: Sequence[str], seed: int
+) -> list[EvolveRequest]:
     """`num_variants` requests per prompt, in prompt order then variant order.
 
     A prompt gets the same operators and seeds whatever else is in the batch (all randomness is
@@ -144,7 +148,9 @@ def build_evolve_requests(prompts: Sequence[Prompt], num_variants: int, operator
     requests = []
     for parent in prompts:
         for variant, op in enumerate(draw_operators(operators, num_variants, seed, parent.id)):
-            requests.append(EvolveRequest(parent, op, render_meta_prompt(op, parent.text), request_seed(seed, parent.id, variant)))
+            requests.append(
+                EvolveRequest(parent, op, render_meta_prompt(op, parent.text), request_seed(seed, parent.id, variant))
+            )
     return requests
 
 
@@ -173,7 +179,9 @@ _INTERJECTION = r"(?:sure|certainly|of course|okay|ok|absolutely|alright|great|y
 _INTERJECTION_ONLY = re.compile(rf"^\W*{_INTERJECTION}\W*$", re.IGNORECASE)
 _INTERJECTION_LEAD = re.compile(rf"^\W*{_INTERJECTION}[!.]+\s+", re.IGNORECASE)
 _ASSISTANT_LINE = re.compile(rf"^\W*(?:{_INTERJECTION}\b|here(?:'s|’s|\s+is|\s+are)\b)", re.IGNORECASE)
-_MENTIONS_PROMPT = re.compile(r"\b(?:prompts?|instructions?|questions?|versions?|rewrite|rewritten|tasks?)\b", re.IGNORECASE)
+_MENTIONS_PROMPT = re.compile(
+    r"\b(?:prompts?|instructions?|questions?|versions?|rewrite|rewritten|tasks?)\b", re.IGNORECASE
+)
 _FENCE = re.compile(r"^```[^\n`]*\n(.*?)\n?```$", re.DOTALL)
 _PARAGRAPH_SPLIT = re.compile(r"\n[ \t]*\n")
 # A later paragraph that talks about the prompt instead of being part of it.
@@ -184,7 +192,19 @@ _COMMENTARY = re.compile(
     r"|i (?:have )?(?:added|made|changed|rewrote|modified|replaced)\b)",
     re.IGNORECASE,
 )
-_QUOTE_PAIRS = (('"""', '"""'), ("**", "**"), ("__", "__"), ('"', '"'), ("'", "'"), ("`", "`"), ("*", "*"), ("“", "”"), ("‘", "’"), ("«", "»"), ("„", "“"))
+_QUOTE_PAIRS = (
+    ('"""', '"""'),
+    ("**", "**"),
+    ("__", "__"),
+    ('"', '"'),
+    ("'", "'"),
+    ("`", "`"),
+    ("*", "*"),
+    ("“", "”"),
+    ("‘", "’"),
+    ("«", "»"),
+    ("„", "“"),
+)
 _LABEL_WINDOW = 300  # labels are short; bounding the window keeps hostile inputs linear
 
 
@@ -235,9 +255,9 @@ def _strip_leading_labels(text: str) -> str:
             return (after + "\n" + rest).strip()
     label = _LABEL.match(head)
     if label and label.end() > 0:
-        return text[label.end():].strip()
+        return text[label.end() :].strip()
     lead = _INTERJECTION_LEAD.match(head)
-    return text[lead.end():].strip() if lead else text.strip()
+    return text[lead.end() :].strip() if lead else text.strip()
 
 
 def _strip_wrappers(text: str) -> str:
@@ -247,7 +267,7 @@ def _strip_wrappers(text: str) -> str:
         if fenced and "```" not in fenced.group(1):
             return fenced.group(1).strip()
     for opening, closing in _QUOTE_PAIRS:
-        inner = text[len(opening): len(text) - len(closing)]
+        inner = text[len(opening) : len(text) - len(closing)]
         # Only a pair that wraps everything: `"a" and "b"` starts and ends with quotes but is not wrapped.
         if len(text) >= len(opening) + len(closing) and text.startswith(opening) and text.endswith(closing):
             if not _quote_inside(inner, opening, closing):
@@ -278,20 +298,32 @@ def _drop_commentary(text: str) -> str:
 # Filtering
 # ---------------------------------------------------------------------------------------------
 
-REASONS: tuple[str, ...] = ("empty", "too_short", "too_long", "garbage", "meta_echo", "refusal", "duplicate", "near_duplicate", *CHILD_REASONS)
+REASONS: tuple[str, ...] = (
+    "empty",
+    "too_short",
+    "too_long",
+    "garbage",
+    "meta_echo",
+    "refusal",
+    "duplicate",
+    "near_duplicate",
+    *CHILD_REASONS,
+)
 
 _BAD_CHARS = re.compile(r"[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 _CHAR_RUN = re.compile(r"(\S)\1{19,}")
 _CHUNK_LOOP = re.compile(r"(.{10,80}?)\1{2,}", re.DOTALL)  # a phrase said three times in a row
 _WORD = re.compile(r"\w+")
 _LABEL_INSIDE = re.compile(
-    r"(?:#\s*)?\b(?:new|rewritten|given|original|evolved|revised)\s+(?:prompt|instruction)\s*#?\s*:|\{prompt\}", re.IGNORECASE
+    r"(?:#\s*)?\b(?:new|rewritten|given|original|evolved|revised)\s+(?:prompt|instruction)\s*#?\s*:|\{prompt\}",
+    re.IGNORECASE,
 )
 _REFUSAL = re.compile(
     r"^\W*(?:i'?m sorry|i am sorry|sorry,? (?:but )?i\b|my apologies"
     r"|as an ai(?:\s+(?:language model|assistant|model))?\s*,|as a (?:large )?language model"
     r"|i(?: cannot| can't| can not| won't| will not| am unable to|'m unable to| am not able to|'m not able to)"
-    r" (?:help|assist|provide|create|write|comply|fulfill|generate|do (?:that|this|it)|rewrite|answer|complete|support)\b"
+    r" (?:help|assist|provide|create|write|comply|fulfill|generate|do "
+    r"(?:that|this|it)|rewrite|answer|complete|support)\b"
     r"|unfortunately,? i(?: cannot| can't| am unable|'m unable))",
     re.IGNORECASE,
 )
@@ -391,7 +423,9 @@ def filter_evolved(
     """
     if isinstance(existing, NearDuplicateIndex):
         if not math.isclose(existing.threshold, near_dup_threshold):
-            raise ValueError(f"index threshold {existing.threshold} differs from near_dup_threshold {near_dup_threshold}")
+            raise ValueError(
+                f"index threshold {existing.threshold} differs from near_dup_threshold {near_dup_threshold}"
+            )
         index = existing
     else:
         index = NearDuplicateIndex(near_dup_threshold, existing)
@@ -400,8 +434,11 @@ def filter_evolved(
     dropped = dict.fromkeys(REASONS, 0)
     for request, text in candidates:
         reason = content_reason(text, min_chars=min_chars, max_chars=max_chars)
-        if reason is None:
-            reason = _novelty_reason(text, request.parent, index, batch)
+        if reason is not None:
+            dropped[reason] += 1
+            continue
+        assert text is not None  # content_reason calls a missing text "empty"
+        reason = _novelty_reason(text, request.parent, index, batch)
         if reason is None and prompt_check is not None:
             reason = child_reason(text, request.parent.text, instruction(request.operator), prompt_check)
         if reason is not None:

@@ -102,7 +102,10 @@ class IterationDir:
     def scored(self, stage: str, buffer: PromptBuffer) -> list[ScoredPrompt]:
         """The rollouts of `stage` ("estimate" or "solve"); prompts are looked up in `buffer`."""
         rows = self.scored_table(stage).to_pylist()
-        return [ScoredPrompt(buffer.get(r["prompt_id"]), tuple(r["responses"]), tuple(r["rewards"]), r["info"]) for r in rows]
+        return [
+            ScoredPrompt(buffer.get(r["prompt_id"]), tuple(r["responses"]), tuple(r["rewards"]), r["info"])
+            for r in rows
+        ]
 
     def write_scored(self, stage: str, scored: list[ScoredPrompt]) -> None:
         # Non-finite rewards are stored as they are (null would hide that the scorer failed).

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 def expected_label(logprobs: Sequence[float], values: Sequence[float]) -> float:
     """E[value] under the label distribution renormalized over the labels (a softmax over their
     logprobs, computed stably). nan when no label has finite logprob."""
-    finite = [(lp, v) for lp, v in zip(logprobs, values) if math.isfinite(lp)]
+    finite = [(lp, v) for lp, v in zip(logprobs, values, strict=True) if math.isfinite(lp)]
     if not finite:
         return math.nan
     top = max(lp for lp, _ in finite)
@@ -65,7 +65,8 @@ JUDGE_TEMPLATES: dict[str, JudgeTemplate] = {
             "Question: What color is grass?\nAnswer: Grass is green because it contains chlorophyll.\nScore: 9\n\n"
             "Question: What color is grass?\nAnswer: Bananas are rich in potassium.\nScore: 1\n\n"
             "Question: How do I open a jar?\nAnswer: Nobody cares, figure it out yourself.\nScore: 1\n\n"
-            "Question: How do I open a jar?\nAnswer: Run the lid under hot water for a minute, then twist it with a dry towel.\nScore: 9\n\n"
+            "Question: How do I open a jar?\nAnswer: Run the lid under hot water for a minute, then twist it "
+            "with a dry towel.\nScore: 9\n\n"
             "Question: {prompt}\nAnswer: {response}\n"
         ),
         suffix="Score: ",
@@ -73,12 +74,14 @@ JUDGE_TEMPLATES: dict[str, JudgeTemplate] = {
         chat=False,
     ),
     "yesno": JudgeTemplate(
-        user="Question: {prompt}\nAnswer: {response}\n\nIs this a good answer to the question: on topic, correct, complete and polite? Reply Yes or No.",
+        user="Question: {prompt}\nAnswer: {response}\n\nIs this a good answer to the question: on topic, correct, "
+        "complete and polite? Reply Yes or No.",
         suffix="",
         labels=_YES_NO,
     ),
     "yesno_plain": JudgeTemplate(
-        user="Question: {prompt}\nAnswer: {response}\n\nIs this a good, helpful and polite answer to the question (Yes or No)?\n",
+        user="Question: {prompt}\nAnswer: {response}\n\nIs this a good, helpful and polite answer to the question "
+        "(Yes or No)?\n",
         suffix="Verdict: ",
         labels=_YES_NO,
         chat=False,

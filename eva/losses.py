@@ -55,7 +55,12 @@ register(LossSpec("hinge", "dpo", "hinge", False, _DPO, summary="SLiC hinge loss
 register(LossSpec("robust", "dpo", "robust", False, _DPO, summary="robust DPO (Chowdhury et al. 2024)"))
 register(
     LossSpec(
-        "simpo", "cpo", "simpo", True, {"simpo_beta": "beta", "simpo_gamma": "simpo_gamma"}, {"cpo_alpha": 0.0},
+        "simpo",
+        "cpo",
+        "simpo",
+        True,
+        {"simpo_beta": "beta", "simpo_gamma": "simpo_gamma"},
+        {"cpo_alpha": 0.0},
         summary="SimPO (Meng et al. 2024): CPO's simpo loss without the BC term",
     )
 )

@@ -11,7 +11,9 @@ from eva.types import FilterReport, PreferencePair, ScoredPrompt
 DROP_REASONS: tuple[str, ...] = ("too_few_rewards", "tie", "below_margin")
 
 
-def build_pairs(scored: Sequence[ScoredPrompt], min_margin: float, iteration: int) -> tuple[list[PreferencePair], FilterReport]:
+def build_pairs(
+    scored: Sequence[ScoredPrompt], min_margin: float, iteration: int
+) -> tuple[list[PreferencePair], FilterReport]:
     """One pair per prompt: the best- vs the worst-rewarded response, over the finite rewards only.
 
     Ties in the best or worst reward go to the first response (deterministic). Dropped:

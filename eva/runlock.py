@@ -113,7 +113,9 @@ class RunLock:
                 raise
             os.close(fd)
         else:
-            raise RunLockedError(f"{self.path}: could not take the lock: the file keeps being replaced by other processes")
+            raise RunLockedError(
+                f"{self.path}: could not take the lock: the file keeps being replaced by other processes"
+            )
         previous = LockHolder.parse(os.pread(fd, 1 << 16, 0))
         self.taken_over = previous  # a record left in a lock nobody held: its writer died holding it
         record = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(), "command": self.command}
@@ -138,8 +140,10 @@ class RunLock:
             return None
         h = self.taken_over
         if h.alive() is None:
-            why = (f"no process holds it any more (it ended, or host {h.host} lost its lease on the storage); if that "
-                   "process still runs, this storage does not share locks between hosts: stop one of them")
+            why = (
+                f"no process holds it any more (it ended, or host {h.host} lost its lease on the storage); if that "
+                "process still runs, this storage does not share locks between hosts: stop one of them"
+            )
         elif h.alive():
             why = "that process id is in use again, but not by the lock's holder (the lock was free)"
         else:
@@ -154,7 +158,8 @@ class RunLock:
         except OSError as e:
             if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 raise RunLockedError(
-                    f"{self.path}: the storage of this run directory cannot lock files ({e.strerror}): mount it with lock "
+                    f"{self.path}: the storage of this run directory cannot lock files ({e.strerror}): mount "
+                    f"it with lock "
                     "support (NFSv4, or NFSv3 with lockd; not `nolock`) so two writers cannot damage a run"
                 ) from None
             raise
@@ -168,11 +173,16 @@ class RunLock:
     def _held_message(self, holder: LockHolder | None) -> str:
         where = self.path.parent
         if holder is None:
-            return f"{where} is in use by another eva process (it has not recorded itself in {self.path} yet); wait for it to finish"
+            return (
+                f"{where} is in use by another eva process (it has not recorded itself in {self.path} yet); wait "
+                f"for it to finish"
+            )
         if holder.alive() is False:
             return (
-                f"{where} is locked: {self.path} is held by a process that inherited it from {holder.describe()}, which is "
-                f"gone. Find the process that still has the file open (`fuser -v {self.path}` or `lsof {self.path}`), stop it, "
+                f"{where} is locked: {self.path} is held by a process that inherited it from "
+                f"{holder.describe()}, which is "
+                f"gone. Find the process that still has the file open (`fuser -v {self.path}` or `lsof "
+                f"{self.path}`), stop it, "
                 "and try again"
             )
         return f"{where} is in use by another writer: {holder.describe()}. Wait for it to finish, or stop it first"

@@ -52,14 +52,27 @@ class ScorerKind:
 
 SCORER_KINDS: dict[str, ScorerKind] = {
     "judge": ScorerKind("LLM-as-a-judge via vLLM logprobs", model=True, function=False, unit=linear_unit),
-    "reward_model": ScorerKind("HF sequence-classification reward model", model=True, function=False, unit=sigmoid_unit),
+    "reward_model": ScorerKind(
+        "HF sequence-classification reward model", model=True, function=False, unit=sigmoid_unit
+    ),
     "function": ScorerKind("user module:function", model=False, function=True, unit=linear_unit),
     # Components only: each says little on its own (relevance would read reward.model, the policy, as its encoder).
     "relevance": ScorerKind("MiniLM prompt-response cosine", model=True, function=False, unit=linear_unit, alone=False),
-    "wellformed": ScorerKind("text rules: repetition, truncation, length, echo", model=False, function=False, unit=linear_unit, alone=False),
+    "wellformed": ScorerKind(
+        "text rules: repetition, truncation, length, echo", model=False, function=False, unit=linear_unit, alone=False
+    ),
     # The task family's grader on the prompt's metadata (eva.tasks): pure code, so no actor holds it.
-    "task": ScorerKind("the task family's grader: exact match with partial credit", model=False, function=False, unit=linear_unit, component=False, actor=False),
-    "combined": ScorerKind("weighted sum of `components`", model=False, function=False, unit=linear_unit, component=False),
+    "task": ScorerKind(
+        "the task family's grader: exact match with partial credit",
+        model=False,
+        function=False,
+        unit=linear_unit,
+        component=False,
+        actor=False,
+    ),
+    "combined": ScorerKind(
+        "weighted sum of `components`", model=False, function=False, unit=linear_unit, component=False
+    ),
 }
 
 
@@ -101,7 +114,9 @@ def load_function(spec: str) -> Callable[[list[str], list[str]], Sequence[float]
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # any import-time failure is the user's module, say so
-        raise ValueError(f"reward function {spec!r}: cannot import module {module_name!r}: {type(e).__name__}: {e}") from e
+        raise ValueError(
+            f"reward function {spec!r}: cannot import module {module_name!r}: {type(e).__name__}: {e}"
+        ) from e
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ValueError(f"reward function {spec!r}: module {module_name!r} has no callable {attr!r}")

@@ -51,7 +51,9 @@ class Prompt:
     @classmethod
     def seed(cls, text: str, meta: str | None = None) -> Prompt:
         pid = prompt_id(text)
-        return cls(id=pid, text=text, parent_id=None, root_id=pid, depth=0, operator=SEED_OPERATOR, iteration=0, meta=meta)
+        return cls(
+            id=pid, text=text, parent_id=None, root_id=pid, depth=0, operator=SEED_OPERATOR, iteration=0, meta=meta
+        )
 
     def child(self, text: str, operator: str, iteration: int, meta: str | None = None) -> Prompt:
         """A rewrite of this prompt, carrying the lineage on."""
@@ -220,7 +222,11 @@ class IterationMetrics:
         timing = dict(data.pop("timing", None) or {})
         if legacy:
             data.setdefault("buffer_size", int(legacy.get("buffer_size", 0)))
-            kinds = {k[len("busy_") : -len("_s")]: v for k, v in legacy.items() if k.startswith("busy_") and k.endswith("_s") and k != "busy_s"}
+            kinds = {
+                k[len("busy_") : -len("_s")]: v
+                for k, v in legacy.items()
+                if k.startswith("busy_") and k.endswith("_s") and k != "busy_s"
+            }
             names = {f.name for f in dataclasses.fields(Timing)}
             timing = {**{k: v for k, v in legacy.items() if k in names}, "busy_by_kind": kinds, **timing}
         health = data.pop("health", None) or {}

@@ -18,11 +18,19 @@ import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from eva.atomic import atomic_path
@@ -30,22 +38,29 @@ from eva.buffer import PromptBuffer, load_seed_prompts
 from eva.checkpoint import CorruptCheckpointError, RunDir, RunDirError, check_writable, find_run_dir
 from eva.config import ConfigError, RunConfig, config_from_dict, load_config
 from eva.iteration import PAIRS
+from eva.metrics import informativeness
 from eva.runlock import RunLockedError, read_holder
 from eva.scorers import check_functions
-from eva.metrics import informativeness
 from eva.tables import DataError
 from eva.types import IterationMetrics
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="eva: open-ended self-play RLHF (creator evolves prompts, solver learns on them).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="eva: open-ended self-play RLHF (creator evolves prompts, solver learns on them).",
+)
 model_app = typer.Typer(no_args_is_help=True, help="Offline models: prepare the embedded default.")
 app.add_typer(model_app, name="model")
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, RunDirError, DataError, FileNotFoundError, RunLockedError)
+ErrorTypes = tuple[type[Exception], ...]
+USER_ERRORS: ErrorTypes = (ConfigError, RunDirError, DataError, FileNotFoundError, RunLockedError)
+# What a damaged or unreadable file in a run directory raises while a read-only command reads it.
+READ_ERRORS: ErrorTypes = (*USER_ERRORS, ValueError, KeyError, OSError)
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
 
@@ -56,7 +71,7 @@ def _reading(rd: RunDir):
     JSON, a broken lineage link, no permission) ends in one line naming it and exit 2."""
     try:
         yield
-    except (*USER_ERRORS, ValueError, KeyError, OSError) as e:
+    except READ_ERRORS as e:
         _fail(f"{rd.root}: {e}" if str(rd.root) not in str(e) else str(e))
 
 
@@ -91,18 +106,21 @@ def _check_inputs(cfg: RunConfig, rd: RunDir) -> None:
         load_seed_prompts(cfg.prompts.path, cfg.prompts.column, cfg.prompts.limit)
 
 
-def _user_errors():
+def _user_errors() -> ErrorTypes:
     """Exception types that mean bad input (exit 2), including the actor layer's, imported lazily."""
     from actors.models import ModelError
     from eva.results import TrainingDivergedError
 
+    cluster_error: type[Exception] = ModelError
     try:
         from actors.cluster import ClusterError
+
+        cluster_error = ClusterError
     except Exception:  # the actor layer may not import (e.g. vllm missing): still report clearly
-        ClusterError = ModelError  # noqa: N806
+        pass
     from pipelines.loop import RunStalled
 
-    return (*USER_ERRORS, ModelError, ClusterError, TrainingDivergedError, RunStalled)
+    return (*USER_ERRORS, ModelError, cluster_error, TrainingDivergedError, RunStalled)
 
 
 class Reporter:
@@ -114,7 +132,7 @@ class Reporter:
 
     def __init__(self) -> None:
         self.bar: Progress | None = None
-        self.task = None
+        self.task: TaskID | None = None  # the bar's one task, while there is a bar
 
     def __call__(self, message: str) -> None:
         self.close()
@@ -123,12 +141,19 @@ class Reporter:
     def progress(self, description: str, done: int, total: int | None, unit: str = "") -> None:
         if self.bar is None:
             self.bar = Progress(
-                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[unit]}"),
-                TimeElapsedColumn(), console=console, transient=True,
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[unit]}"),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
             )
             self.bar.start()
             self.task = self.bar.add_task(description, total=total, completed=done, unit=unit)
         else:
+            assert self.task is not None  # added with the bar
             self.bar.update(self.task, description=description, completed=done, total=total, unit=unit)
 
     def close(self) -> None:
@@ -137,7 +162,7 @@ class Reporter:
             self.bar = None
 
 
-def _overrides(sets: List[str], run_dir: Optional[str], iterations: Optional[int], baseline: bool) -> list[str]:
+def _overrides(sets: list[str], run_dir: Optional[str], iterations: Optional[int], baseline: bool) -> list[str]:
     """The --set list, then what the dedicated options set (they win)."""
     extra = {"run.dir": run_dir, "run.iterations": iterations, "run.baseline": "true" if baseline else None}
     return [*sets, *(f"{k}={v}" for k, v in extra.items() if v is not None)]
@@ -152,11 +177,11 @@ def _run(cfg: RunConfig, run: RunDir) -> None:
     except Interrupted:
         reporter.close()
         err.print(f"stopped at a safe point. Resume with:\n    eva resume {run.root}")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     except KeyboardInterrupt:
         reporter.close()
         err.print(f"aborted. The last committed iteration is intact; resume with:\n    eva resume {run.root}")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     except _user_errors() as e:
         reporter.close()
         _fail(str(e))
@@ -169,11 +194,17 @@ def _run(cfg: RunConfig, run: RunDir) -> None:
 def run(
     config: Optional[Path] = typer.Argument(None, help="YAML config; default: the cpu-default preset."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Built-in preset to start from (cpu-default, tiny)."),
-    set_: List[str] = typer.Option([], "--set", help="Override a field: section.field=value (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field: section.field=value (repeatable)."),
     run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Run directory (default: runs/<run.name>)."),
-    iterations: Optional[int] = typer.Option(None, "--iterations", help="Total iterations; on an existing run this extends it."),
-    baseline: bool = typer.Option(False, "--baseline", help="Plain iterative DPO on the fixed seed prompts (no creator): sets run.baseline."),
-    allow_change: List[str] = typer.Option([], "--allow-change", help="Accept a changed config field of an existing run (repeatable)."),
+    iterations: Optional[int] = typer.Option(
+        None, "--iterations", help="Total iterations; on an existing run this extends it."
+    ),
+    baseline: bool = typer.Option(
+        False, "--baseline", help="Plain iterative DPO on the fixed seed prompts (no creator): sets run.baseline."
+    ),
+    allow_change: list[str] = typer.Option(
+        [], "--allow-change", help="Accept a changed config field of an existing run (repeatable)."
+    ),
 ) -> None:
     """Run the self-play loop (or the baseline) on local Ray or a cluster (RAY_ADDRESS)."""
     try:
@@ -192,7 +223,10 @@ def run(
             rd.init(cfg, allow_changes=allow_change)
         except USER_ERRORS as e:
             _fail(str(e))
-        console.print(f"run directory: {rd.root}  (model {cfg.model.path}, {cfg.run.iterations} iterations{', baseline' if cfg.run.baseline else ''})")
+        console.print(
+            f"run directory: {rd.root}  (model {cfg.model.path}, {cfg.run.iterations} "
+            f"iterations{', baseline' if cfg.run.baseline else ''})"
+        )
         _run(cfg, rd)
 
 
@@ -215,7 +249,10 @@ def resume(
         try:
             problems = rd.verify_all()  # what resume continues from, up to the highest MANIFEST
             if problems:
-                _fail(f"{run_dir}: committed iterations fail verification (restore the files or start a new run):\n  " + "\n  ".join(problems))
+                _fail(
+                    f"{run_dir}: committed iterations fail verification (restore the files or start a new run):\n  "
+                    + "\n  ".join(problems)
+                )
             rd.init(cfg)
         except USER_ERRORS as e:
             _fail(str(e))
@@ -250,7 +287,18 @@ def status(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
 def _status(rd: RunDir) -> None:
     cfg = rd.config()
     table = Table(title=f"{rd.root}  ({cfg.run.iterations} iterations planned)")
-    for col in ("iter", "state", "stages done", "wall s", "overhead", "buffer", "evolved", "pairs", "mean reward", "loss"):
+    for col in (
+        "iter",
+        "state",
+        "stages done",
+        "wall s",
+        "overhead",
+        "buffer",
+        "evolved",
+        "pairs",
+        "mean reward",
+        "loss",
+    ):
         table.add_column(col)
     for t in rd.iterations():
         m = _metrics(rd, t)
@@ -261,10 +309,19 @@ def _status(rd: RunDir) -> None:
             table.add_row(str(t), state, ",".join(stages) or "-", f"{wall:.1f}", "", "", "", "", "", "")
             continue
         rm = m.reward_summary.get("mean")
-        share = m.timing.overhead_share if m.timing.wall_s > 0 else None  # time outside generate/score/train (actors.busy); none in iteration 0
+        # time outside generate/score/train (actors.busy); none in iteration 0
+        share = m.timing.overhead_share if m.timing.wall_s > 0 else None
         table.add_row(
-            str(t), state, ",".join(stages) or "-", f"{sum(m.stage_seconds.values()):.1f}", f"{share:.1%}" if share is not None else "",
-            str(m.buffer_size), str(m.num_evolved), str(m.num_pairs), f"{rm:.3f}" if rm is not None else "", _fmt(m.train_loss),
+            str(t),
+            state,
+            ",".join(stages) or "-",
+            f"{sum(m.stage_seconds.values()):.1f}",
+            f"{share:.1%}" if share is not None else "",
+            str(m.buffer_size),
+            str(m.num_evolved),
+            str(m.num_pairs),
+            f"{rm:.3f}" if rm is not None else "",
+            _fmt(m.train_loss),
         )
     console.print(table)
     latest = max(_committed(rd), default=None)
@@ -274,7 +331,10 @@ def _status(rd: RunDir) -> None:
     if incomplete:
         t = incomplete[-1]
         done = rd.stages_done(t)
-        console.print(f"stopped in iteration {t} after stage {done[-1] if done else '(none)'}; continue with: eva resume {rd.root}")
+        console.print(
+            f"stopped in iteration {t} after stage {done[-1] if done else '(none)'}; continue with: eva resume "
+            f"{rd.root}"
+        )
     elif latest is not None and latest < cfg.run.iterations:
         console.print(f"{latest}/{cfg.run.iterations} iterations committed; continue with: eva resume {rd.root}")
     else:
@@ -291,9 +351,15 @@ def _print_writer(rd: RunDir) -> bool:
     if alive:
         console.print(f"running: {holder.describe()}", markup=False)
     elif alive is None:
-        console.print(f"writer: {holder.describe()}, on another host: running, unless it died without releasing the lock", markup=False)
+        console.print(
+            f"writer: {holder.describe()}, on another host: running, unless it died without releasing the lock",
+            markup=False,
+        )
     else:
-        console.print(f"last writer: {holder.describe()}, gone without releasing the lock (the next writer takes it over)", markup=False)
+        console.print(
+            f"last writer: {holder.describe()}, gone without releasing the lock (the next writer takes it over)",
+            markup=False,
+        )
     return bool(alive)
 
 
@@ -307,8 +373,10 @@ def _print_damage(rd: RunDir) -> bool:
     if not problems:
         return False
     console.print(
-        "[bold red]damaged:[/] `eva resume` will refuse this run until the committed iterations verify:\n  " + "\n  ".join(problems)
-        + "\nRestore the named files from a backup or a copy of the run directory (they are listed, with sha256, in each "
+        "[bold red]damaged:[/] `eva resume` will refuse this run until the committed iterations verify:\n  "
+        + "\n  ".join(problems)
+        + "\nRestore the named files from a backup or a copy of the run directory (they are listed, with sha256, "
+        "in each "
         "iteration's MANIFEST.json); if they cannot be restored, start a new run directory."
     )
     return True
@@ -360,12 +428,25 @@ def _lineage(rd: RunDir, t: int, buf: PromptBuffer, pid: str) -> None:
     _columns(table, ("depth", "id", "operator", "born", "reward gap", "info", "mean reward"))
     for p in buf.ancestry(pid):
         st = buf.stats(p.id)
-        table.add_row(str(p.depth), p.id, p.operator, str(p.iteration), _fmt(informativeness(st["rewards"], "gap")), _fmt(_nan_none(st["info"])), _fmt(_nan_none(st["mean_reward"])), p.text)
+        table.add_row(
+            str(p.depth),
+            p.id,
+            p.operator,
+            str(p.iteration),
+            _fmt(informativeness(st["rewards"], "gap")),
+            _fmt(_nan_none(st["info"])),
+            _fmt(_nan_none(st["mean_reward"])),
+            p.text,
+        )
     console.print(table)
 
 
 def _top(rd: RunDir, t: int, buf: PromptBuffer, top: int, sort: str) -> None:
-    keys = {"informativeness": lambda p, st: _nan_none(st["info"]), "reward": lambda p, st: _nan_none(st["mean_reward"]), "depth": lambda p, st: p.depth}
+    keys = {
+        "informativeness": lambda p, st: _nan_none(st["info"]),
+        "reward": lambda p, st: _nan_none(st["mean_reward"]),
+        "depth": lambda p, st: p.depth,
+    }
     if sort not in keys:
         _fail(f"--sort must be one of {', '.join(keys)}, got {sort!r}")
     value = keys[sort]
@@ -374,7 +455,17 @@ def _top(rd: RunDir, t: int, buf: PromptBuffer, top: int, sort: str) -> None:
     table = Table(title=f"{rd.root} iteration {t}: {len(buf)} prompts, top {top} by {sort}")
     _columns(table, ("id", "depth", "operator", "born", "info", "mean reward", "sampled", "trained"))
     for p, st in rows[:top]:
-        table.add_row(p.id, str(p.depth), p.operator, str(p.iteration), _fmt(_nan_none(st["info"])), _fmt(_nan_none(st["mean_reward"])), str(st["times_sampled"]), str(st["times_trained"]), p.text[:160])
+        table.add_row(
+            p.id,
+            str(p.depth),
+            p.operator,
+            str(p.iteration),
+            _fmt(_nan_none(st["info"])),
+            _fmt(_nan_none(st["mean_reward"])),
+            str(st["times_sampled"]),
+            str(st["times_trained"]),
+            p.text[:160],
+        )
     console.print(table)
 
 
@@ -422,10 +513,14 @@ def _diff(rd: RunDir, a: int, b: int) -> None:
     def stats(buf: PromptBuffer) -> tuple[float, float]:
         lengths = [len(p.text) for p in buf.prompts()]
         info = buf.info_array()
-        return float(np.mean(lengths)) if lengths else 0.0, float(np.nanmean(info)) if np.isfinite(info).any() else float("nan")
+        return float(np.mean(lengths)) if lengths else 0.0, float(np.nanmean(info)) if np.isfinite(
+            info
+        ).any() else float("nan")
 
     (la, ia), (lb, ib) = stats(ba), stats(bb)
-    console.print(f"mean prompt length: {la:.1f} -> {lb:.1f} chars ({lb - la:+.1f});  mean informativeness: {ia:.4f} -> {ib:.4f}")
+    console.print(
+        f"mean prompt length: {la:.1f} -> {lb:.1f} chars ({lb - la:+.1f});  mean informativeness: {ia:.4f} -> {ib:.4f}"
+    )
     for p in added[:10]:
         console.print(f"  + [{p.operator}] {p.id} (parent {p.parent_id}): {p.text[:120]}")
 
@@ -444,7 +539,10 @@ def export(
     if out.suffix.lower() not in (".jsonl", ".parquet"):
         _fail(f"--out {out}: use a .jsonl or .parquet file name")
     if (inside := find_run_dir(out)) is not None:
-        _fail(f"--out {out} is inside the run directory {inside.root}: export writes outside run directories (they hold only what their runs commit)")
+        _fail(
+            f"--out {out} is inside the run directory {inside.root}: export writes outside run directories "
+            f"(they hold only what their runs commit)"
+        )
     if out.is_dir():
         _fail(f"--out {out} is a folder: give a file name")
     with _reading(rd):
@@ -463,8 +561,16 @@ def _export(rd: RunDir, iteration: Optional[int], what: str, out: Path) -> None:
         if not folder.has_pairs():
             _fail(f"iteration {t} of {rd.root} has no {PAIRS} (iteration 0 holds only the seed buffer)")
         rows = [
-            {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "prompt_id": p.prompt_id,
-             "chosen_reward": p.chosen_reward, "rejected_reward": p.rejected_reward, "margin": p.margin, "iteration": p.iteration}
+            {
+                "prompt": p.prompt,
+                "chosen": p.chosen,
+                "rejected": p.rejected,
+                "prompt_id": p.prompt_id,
+                "chosen_reward": p.chosen_reward,
+                "rejected_reward": p.rejected_reward,
+                "margin": p.margin,
+                "iteration": p.iteration,
+            }
             for p in folder.pairs()
         ]
         table = pa.Table.from_pylist(rows) if rows else pa.table({k: [] for k in ("prompt", "chosen", "rejected")})
@@ -495,9 +601,23 @@ def _json_safe(x):
 @app.command("eval")
 def eval_(
     run_dir: Path = typer.Argument(..., help="Run directory."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Held-out prompts (JSONL, Parquet or a datasets folder) the run never trained on (free-text runs)."),
-    problems: Optional[Path] = typer.Option(None, "--problems", help="Task runs: held-out problems as JSONL ({prompt, meta} per line); default: the run's held-out set (task.eval_levels, task.eval_per_level)."),
-    iteration: Optional[List[int]] = typer.Option(None, "--iteration", help="Iteration whose policy to evaluate (default: latest committed); task runs: repeat it for several, e.g. an accuracy curve."),
+    prompts: Optional[Path] = typer.Option(
+        None,
+        "--prompts",
+        help="Held-out prompts (JSONL, Parquet or a datasets folder) the run never trained on (free-text runs).",
+    ),
+    problems: Optional[Path] = typer.Option(
+        None,
+        "--problems",
+        help="Task runs: held-out problems as JSONL ({prompt, meta} per line); default: the run's held-out set "
+        "(task.eval_levels, task.eval_per_level).",
+    ),
+    iteration: Optional[list[int]] = typer.Option(
+        None,
+        "--iteration",
+        help="Iteration whose policy to evaluate (default: latest committed); task runs: repeat it for several, "
+        "e.g. an accuracy curve.",
+    ),
     column: str = typer.Option("prompt", "--column", help="Column holding the prompt text."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N prompts."),
 ) -> None:
@@ -507,7 +627,8 @@ def eval_(
 
     rd = _open(run_dir)
     with _reading(rd):
-        picked = [_committed_iteration(rd, i) for i in (iteration or [None])]
+        wanted: list[int | None] = [*iteration] if iteration else [None]  # None: the latest committed
+        picked = [_committed_iteration(rd, i) for i in wanted]
         t = picked[-1]
         cfg = rd.config()
     if len(picked) > 1 and cfg.task.family is None:
@@ -515,7 +636,10 @@ def eval_(
     if cfg.task.family is None and prompts is None:
         _fail("--prompts: a free-text run is evaluated on held-out prompts; give a JSONL, Parquet or datasets file")
     if cfg.task.family is not None and prompts is not None:
-        _fail(f"--prompts: {rd.root} is a task run ({cfg.task.family}); give held-out problems with --problems, or none for its held-out set")
+        _fail(
+            f"--prompts: {rd.root} is a task run ({cfg.task.family}); give held-out problems with --problems, "
+            f"or none for its held-out set"
+        )
     try:
         check_functions(cfg.reward.functions())
     except ValueError as e:
@@ -531,7 +655,8 @@ def eval_(
         except _user_errors() as e:
             _fail(str(e))
     console.print(
-        f"iteration {t} vs initial on {result['n']} prompts: win rate {result['win_rate']:.3f} (± {result['win_rate_se']:.3f}), "
+        f"iteration {t} vs initial on {result['n']} prompts: win rate {result['win_rate']:.3f} (± "
+        f"{result['win_rate_se']:.3f}), "
         f"mean reward {result['mean_reward']:.4f} vs {result['mean_reward_initial']:.4f}  -> {result['path']}"
     )
 
@@ -542,20 +667,34 @@ def _print_task_eval(result: dict) -> None:
         table.add_column(col)
     initial = result.get("initial", result["levels"])
     for level, row in result["levels"].items():
-        table.add_row(level, str(row["n"]), f"{initial[level]['accuracy']:.3f}", f"{row['accuracy']:.3f}", f"{row['mean_grade']:.3f}")
+        table.add_row(
+            level,
+            str(row["n"]),
+            f"{initial[level]['accuracy']:.3f}",
+            f"{row['accuracy']:.3f}",
+            f"{row['mean_grade']:.3f}",
+        )
     console.print(table)
     console.print(f"-> {result['path']}")
 
 
 @app.command()
 def report(
-    run_dir: Path = typer.Argument(..., help="Run directory (finished or still running: only committed iterations are read)."),
+    run_dir: Path = typer.Argument(
+        ..., help="Run directory (finished or still running: only committed iterations are read)."
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for index.html (default: RUN_DIR/report)."),
     open_: bool = typer.Option(False, "--open", help="Open the report in the default web browser."),
-    iteration: Optional[int] = typer.Option(None, "--iteration", help="Iteration whose prompts fill the table (default: latest committed)."),
-    diff: Optional[Tuple[int, int]] = typer.Option(None, "--diff", help="Two committed iterations A B to compare (default: first vs last)."),
+    iteration: Optional[int] = typer.Option(
+        None, "--iteration", help="Iteration whose prompts fill the table (default: latest committed)."
+    ),
+    diff: Optional[tuple[int, int]] = typer.Option(
+        None, "--diff", help="Two committed iterations A B to compare (default: first vs last)."
+    ),
     top: int = typer.Option(10, "--top", min=0, help="Lineage chains to show (the most informative prompts)."),
-    max_rows: int = typer.Option(2000, "--max-rows", min=1, help="Most rows of the prompt table; larger buffers are sampled uniformly."),
+    max_rows: int = typer.Option(
+        2000, "--max-rows", min=1, help="Most rows of the prompt table; larger buffers are sampled uniformly."
+    ),
 ) -> None:
     """A self-contained HTML report: curves, prompt population, lineage, prompt table, diff, held-out eval."""
     from pipelines.report import build_report
@@ -566,9 +705,14 @@ def report(
             _fail(f"--out {out} is an existing file: give a folder (the report is written as FOLDER/index.html)")
         inside = find_run_dir(out / "index.html")
         if inside is not None and not (out.resolve() / "index.html").is_relative_to(inside.root / "report"):
-            _fail(f"--out {out} is inside the run directory {inside.root}: a report goes to its own report/ folder (the default) or outside run directories")
+            _fail(
+                f"--out {out} is inside the run directory {inside.root}: a report goes to its own report/ "
+                f"folder (the default) or outside run directories"
+            )
     try:
-        path = build_report(rd.root, out, table_iteration=iteration, diff=diff, top_k=top, max_rows=max_rows, open_browser=open_)
+        path = build_report(
+            rd.root, out, table_iteration=iteration, diff=diff, top_k=top, max_rows=max_rows, open_browser=open_
+        )
     except USER_ERRORS as e:
         _fail(str(e))
     console.print(f"report: {path}")
@@ -588,19 +732,37 @@ def model_prepare(force: bool = typer.Option(False, "--force", help="Convert aga
 
 @app.command()
 def submit(
-    config: Optional[Path] = typer.Argument(None, help="YAML config; its path must be readable on the head node (shared storage, or relative inside --working-dir)."),
+    config: Optional[Path] = typer.Argument(
+        None,
+        help="YAML config; its path must be readable on the head node (shared storage, or relative inside "
+        "--working-dir).",
+    ),
     preset: Optional[str] = typer.Option(None, "--preset", help="Built-in preset to start from."),
-    set_: List[str] = typer.Option([], "--set", help="Override a field: section.field=value (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field: section.field=value (repeatable)."),
     run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Run directory on storage every node shares."),
-    iterations: Optional[int] = typer.Option(None, "--iterations", min=1, help="Total iterations (with --resume: the new total)."),
+    iterations: Optional[int] = typer.Option(
+        None, "--iterations", min=1, help="Total iterations (with --resume: the new total)."
+    ),
     baseline: bool = typer.Option(False, "--baseline", help="Plain iterative DPO on the fixed seed prompts."),
-    resume: Optional[str] = typer.Option(None, "--resume", help="Submit `eva resume RUN_DIR` instead: continue that run (after a crash, a lost node, or to extend it)."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray dashboard / job API (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS, http://127.0.0.1:8265)."),
-    env: List[str] = typer.Option([], "--env", help="KEY=VALUE for the job's processes (repeatable; no secrets)."),
-    working_dir: Optional[Path] = typer.Option(None, "--working-dir", help="Upload this folder as the job's working_dir (not needed when eva is installed on the nodes)."),
+    resume: Optional[str] = typer.Option(
+        None,
+        "--resume",
+        help="Submit `eva resume RUN_DIR` instead: continue that run (after a crash, a lost node, or to extend it).",
+    ),
+    address: Optional[str] = typer.Option(
+        None,
+        "--address",
+        help="Ray dashboard / job API (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS, http://127.0.0.1:8265).",
+    ),
+    env: list[str] = typer.Option([], "--env", help="KEY=VALUE for the job's processes (repeatable; no secrets)."),
+    working_dir: Optional[Path] = typer.Option(
+        None,
+        "--working-dir",
+        help="Upload this folder as the job's working_dir (not needed when eva is installed on the nodes).",
+    ),
     job_id: Optional[str] = typer.Option(None, "--job-id", help="Submission id (default: generated)."),
 ) -> None:
-    """Submit `eva run ...` (or `eva resume RUN_DIR`) as a Ray Job on a cluster; prints the job id and how to follow its logs."""
+    """Submit `eva run ...` (or `eva resume RUN_DIR`) as a Ray Job on a cluster; prints the job id and how to follow its logs."""  # noqa: E501 (one line of --help)
     import shlex
 
     from pipelines.submit import SubmitError, job_address, job_runtime_env, resume_args, run_args, submit_job
@@ -608,10 +770,14 @@ def submit(
     try:
         runtime_env = job_runtime_env(env, working_dir)
         if resume:
-            args = resume_args(resume, iterations, {"CONFIG": config, "--preset": preset, "--set": set_, "--run-dir": run_dir, "--baseline": baseline})
+            args = resume_args(
+                resume,
+                iterations,
+                {"CONFIG": config, "--preset": preset, "--set": set_, "--run-dir": run_dir, "--baseline": baseline},
+            )
         else:
             args = run_args(config, preset, _overrides(set_, run_dir, iterations, baseline))
-    except (*USER_ERRORS, ValueError) as e:
+    except USER_ERRORS + (ValueError,) as e:
         _fail(str(e))
     entrypoint = shlex.join(args)
     address = job_address(address)

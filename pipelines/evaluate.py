@@ -24,21 +24,33 @@ from eva.tasks import Problem, get_family, heldout_set, read_problems
 from eva.tasks.prompts import grade, prompt_of
 
 
-def evaluate(cfg: RunConfig, run: RunDir, iteration: int, prompts_path: str, column: str = "prompt", limit: int | None = None) -> dict:
+def evaluate(
+    cfg: RunConfig, run: RunDir, iteration: int, prompts_path: str, column: str = "prompt", limit: int | None = None
+) -> dict:
     """Win rate of pi_iteration vs pi_0 and mean rewards on held-out prompts; written to eval/."""
     from actors.reward import RewardActor
 
     evaluated, initial = run.iteration(iteration), run.iteration(0)
     for folder in (evaluated, initial):
         if not folder.has_policy():
-            raise FileNotFoundError(f"{folder.policy} has no policy (pruned by checkpoint.keep_policies, or not committed)")
+            raise FileNotFoundError(
+                f"{folder.policy} has no policy (pruned by checkpoint.keep_policies, or not committed)"
+            )
     policy_dir, initial_dir = evaluated.policy, initial.policy
     prompts = load_seed_prompts(prompts_path, column, limit)
     check_writable(run.root)  # the result goes to <run>/eval/: fail before the engines start
     init_ray(cfg)
     work = workdir_for(cfg)
-    engine: Any = ray.remote(GenerationEngine).options(num_cpus=cfg.ray.engine.num_cpus, num_gpus=cfg.ray.engine.num_gpus).remote(str(initial_dir), cfg.model, work, cfg.run.seed)
-    reward: Any = ray.remote(RewardActor).options(num_cpus=cfg.ray.reward.num_cpus, num_gpus=cfg.ray.reward.num_gpus).remote(cfg.reward, str(initial_dir), work, trust_remote_code=cfg.model.trust_remote_code)
+    engine: Any = (
+        ray.remote(GenerationEngine)
+        .options(num_cpus=cfg.ray.engine.num_cpus, num_gpus=cfg.ray.engine.num_gpus)
+        .remote(str(initial_dir), cfg.model, work, cfg.run.seed)
+    )
+    reward: Any = (
+        ray.remote(RewardActor)
+        .options(num_cpus=cfg.ray.reward.num_cpus, num_gpus=cfg.ray.reward.num_gpus)
+        .remote(cfg.reward, str(initial_dir), work, trust_remote_code=cfg.model.trust_remote_code)
+    )
     pool = EnginePool([engine], cfg.ray.timeout_s)
     t0 = time.perf_counter()
     try:
@@ -82,21 +94,29 @@ def heldout_problems(cfg: RunConfig, problems_path: str | None = None, limit: in
     return problems[:limit] if limit is not None else problems
 
 
-def evaluate_task(cfg: RunConfig, run: RunDir, iterations: list[int], problems_path: str | None = None, limit: int | None = None) -> dict:
+def evaluate_task(
+    cfg: RunConfig, run: RunDir, iterations: list[int], problems_path: str | None = None, limit: int | None = None
+) -> dict:
     """Greedy exact-match accuracy per difficulty level of each iteration's policy on held-out problems;
     one engine, weights swapped between iterations. Each iteration's result goes to eval/ (with
     iteration 0's beside it when 0 is among `iterations`); returns {iteration: result}."""
     folders = {t: run.iteration(t) for t in iterations}
-    for t, folder in folders.items():
+    for folder in folders.values():
         if not folder.has_policy():
-            raise FileNotFoundError(f"{folder.policy} has no policy (pruned by checkpoint.keep_policies, or not committed)")
+            raise FileNotFoundError(
+                f"{folder.policy} has no policy (pruned by checkpoint.keep_policies, or not committed)"
+            )
     problems = heldout_problems(cfg, problems_path, limit)
     if not problems:
         raise ValueError("no held-out problems to evaluate")
     check_writable(run.root)  # results go to <run>/eval/: fail before the engine starts
     init_ray(cfg)
     first = str(folders[iterations[0]].policy)
-    engine: Any = ray.remote(GenerationEngine).options(num_cpus=cfg.ray.engine.num_cpus, num_gpus=cfg.ray.engine.num_gpus).remote(first, cfg.model, workdir_for(cfg), cfg.run.seed)
+    engine: Any = (
+        ray.remote(GenerationEngine)
+        .options(num_cpus=cfg.ray.engine.num_cpus, num_gpus=cfg.ray.engine.num_gpus)
+        .remote(first, cfg.model, workdir_for(cfg), cfg.run.seed)
+    )
     pool = EnginePool([engine], cfg.ray.timeout_s)
     prompts = [prompt_of(p) for p in problems]
     levels = [p.level for p in problems]
@@ -111,8 +131,15 @@ def evaluate_task(cfg: RunConfig, run: RunDir, iterations: list[int], problems_p
             responses = [g.responses[0] for g in pool.generate(keys, texts, seeds, spec).generations]
             source = problems_path or f"held-out {cfg.task.family} (task.seed {cfg.task.seed})"
             grades = grade(prompts, responses)
-            results[t] = {"iteration": t, "kind": "task", "problems": source, "levels": task_accuracy(levels, grades),
-                          "seconds": round(time.perf_counter() - t0, 2), "grades": grades, "responses": responses}
+            results[t] = {
+                "iteration": t,
+                "kind": "task",
+                "problems": source,
+                "levels": task_accuracy(levels, grades),
+                "seconds": round(time.perf_counter() - t0, 2),
+                "grades": grades,
+                "responses": responses,
+            }
     finally:
         ray.kill(engine)
     for t, result in results.items():

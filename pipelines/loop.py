@@ -185,25 +185,40 @@ def sample(ctx: Ctx, t: int, buffer: PromptBuffer, scored: list[ScoredPrompt]) -
         return buffer.prompts(folder.sampled_ids())
     with stage(ctx, t, "sample") as counts:
         c = ctx.cfg.creator
-        picks = sample_prompts([s.info for s in scored], sample_size(len(scored), c.sample_frac), c.sample_method, derive_seed(ctx.cfg.run.seed, "sample", t))
+        picks = sample_prompts(
+            [s.info for s in scored],
+            sample_size(len(scored), c.sample_frac),
+            c.sample_method,
+            derive_seed(ctx.cfg.run.seed, "sample", t),
+        )
         picked = [scored[i].prompt for i in picks]
         folder.write_sampled_ids([p.id for p in picked])
         counts.update(sampled=len(picked), of=len(scored))
     return picked
 
 
-def evolve(ctx: Ctx, t: int, buffer: PromptBuffer, parents: list[ScoredPrompt], wanted: int) -> tuple[list[Prompt], FilterReport]:
+def evolve(
+    ctx: Ctx, t: int, buffer: PromptBuffer, parents: list[ScoredPrompt], wanted: int
+) -> tuple[list[Prompt], FilterReport]:
     """Step 3: `wanted` children of the sampled prompts, parsed, filtered, with lineage: rewrites by
     the creator LLM, or the task family's mutations (creator.kind)."""
     folder = ctx.run.iteration(t)
     if (done := finished(ctx, t, "evolve")) is not None:
         return folder.evolved(), filter_report_from_marker(done, "kept")
     with stage(ctx, t, "evolve") as counts:
-        ctx.report.progress(f"[{t}] evolve", 0, len(parents), "parents")  # one generate call per round: the bar shows it runs
+        # one generate call per round: the bar shows it runs
+        ctx.report.progress(f"[{t}] evolve", 0, len(parents), "parents")
         children, report, stats, rounds = create_children(ctx, t, buffer, parents, wanted)
         log_retries(ctx, t, "evolve", stats.retries)
         folder.write_evolved(children)
-        counts.update(requested=report.total, kept=report.kept, wanted=wanted, rounds=rounds, new_tokens=stats.new_tokens, dropped=report.dropped)
+        counts.update(
+            requested=report.total,
+            kept=report.kept,
+            wanted=wanted,
+            rounds=rounds,
+            new_tokens=stats.new_tokens,
+            dropped=report.dropped,
+        )
     return children, report
 
 
@@ -219,11 +234,15 @@ def create_children(
     rounds = 0
     while c.kind != "select" and len(kept) < wanted and parents and rounds < c.max_evolve_rounds:
         if c.kind == "program":
-            got, report = mutate_prompts(parents, c.num_variants, c.direction_rule, seed, t, [*buffer.ids(), *(p.id for p in kept)], rounds)
+            got, report = mutate_prompts(
+                parents, c.num_variants, c.direction_rule, seed, t, [*buffer.ids(), *(p.id for p in kept)], rounds
+            )
             stat = RolloutStats()
         else:
             texts = [*buffer.texts(), *(p.text for p in kept)]
-            got, report, stat = evolve_prompts(ctx.actors.creator_engines, [p.prompt for p in parents], texts, c, seed, t, rounds)
+            got, report, stat = evolve_prompts(
+                ctx.actors.creator_engines, [p.prompt for p in parents], texts, c, seed, t, rounds
+            )
         kept, rounds = kept + got, rounds + 1
         reports.append(report)
         stats.append(stat)
@@ -288,7 +307,8 @@ def train(ctx: Ctx, t: int, built: list[PreferencePair]) -> TrainResult:
         try:
             result = wait_training(ctx, t, trainer.train.remote(built, t))  # no pairs: pi_t = pi_{t-1}, steps 0
         except ray.exceptions.RayTaskError as e:
-            if isinstance(e.cause, TrainingDivergedError):  # the actor's message, without Ray's wrapping and remote traceback
+            # the actor's message, without Ray's wrapping and remote traceback
+            if isinstance(e.cause, TrainingDivergedError):
                 raise TrainingDivergedError(str(e.cause)) from None
             raise
         counts.update({k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -364,7 +384,12 @@ def tensorboard_writer(run: RunDir):
 def log_scalars(writer, t: int, metrics: dict) -> None:
     """Every finite number of an iteration's metrics.json as a scalar at step t (tag: the key path)."""
     for key, value in flatten(metrics).items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and key != "iteration":
+        if (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and key != "iteration"
+        ):
             writer.add_scalar(key.replace(".", "/"), value, t)
     writer.flush()
 
@@ -378,14 +403,17 @@ def redo_stale_stages(ctx: Ctx, t: int) -> list[str]:
     redo = ctx.run.stale_stages(t, ctx.cfg.fingerprint())
     if redo:
         ctx.run.drop_stages(t, redo)
-        ctx.report(f"[{t}] stages {', '.join(redo)} ran under a different config (changed with --allow-change): redoing them")
+        ctx.report(
+            f"[{t}] stages {', '.join(redo)} ran under a different config (changed with --allow-change): redoing them"
+        )
     return redo
 
 
 def run_iteration(ctx: Ctx, t: int) -> IterationMetrics:
     """One iteration of Algorithm 1 (or of the baseline), resuming from its finished stages."""
     ctx.started = time.time()
-    ctx.actors.drain_busy(ctx.timeout)  # spans from before this iteration (actor start-up, an earlier resume) are not its work
+    # spans from before this iteration (actor start-up, an earlier resume) are not its work
+    ctx.actors.drain_busy(ctx.timeout)
     prev = ctx.run.iteration(t - 1)
     buffer = prev.buffer()
     redo_stale_stages(ctx, t)
@@ -405,7 +433,8 @@ def run_iteration(ctx: Ctx, t: int) -> IterationMetrics:
         wanted = round(ctx.cfg.creator.evolved_ratio * population(ctx))
         evolved, evolve_report = evolve(ctx, t, buffer, [by_id[p.id] for p in sampled], wanted)
         parents = [s.prompt.parent_id for s in estimated if s.prompt.parent_id is not None]
-        parents_info = dict(zip(parents, buffer.info_array(parents).tolist()))  # as last estimated (iteration t-1)
+        # as last estimated (iteration t-1)
+        parents_info = dict(zip(parents, buffer.info_array(parents).tolist(), strict=True))
         buffer.add(evolved)
         train_prompts = mix(ctx, t, buffer, sampled if ctx.cfg.creator.kind == "select" else evolved)
     solved = scored_stage(ctx, t, "solve", buffer, train_prompts)
@@ -414,8 +443,15 @@ def run_iteration(ctx: Ctx, t: int) -> IterationMetrics:
     t_commit = time.perf_counter()
     markers = {name: ctx.run.stage_info(t, name) for name in ctx.run.stages_done(t)}
     results = IterationResults(
-        iteration=t, estimated=estimated, sampled=sampled, evolve_report=evolve_report, solved=solved, pairs=built,
-        pairs_report=pairs_report, train=trained, stage_seconds={name: m.get("seconds", 0.0) for name, m in markers.items()},
+        iteration=t,
+        estimated=estimated,
+        sampled=sampled,
+        evolve_report=evolve_report,
+        solved=solved,
+        pairs=built,
+        pairs_report=pairs_report,
+        train=trained,
+        stage_seconds={name: m.get("seconds", 0.0) for name, m in markers.items()},
         tokens_generated={name: markers[name].get("new_tokens", 0) for name in GENERATING_STAGES if name in markers},
         parents_info={k: (None if math.isnan(v) else v) for k, v in parents_info.items()},
     )
@@ -437,12 +473,17 @@ def check_not_stalled(run: RunDir, t: int, cfg: RunConfig) -> None:
         return
     run.log_event("stalled", iteration=t, iterations_without_pairs=streak)
     raise RunStalled(
-        f"iterations {t - streak + 1}-{t} built no preference pair ({streak} in a row; run.max_iterations_without_pairs is {limit}): "
-        f"every prompt's {cfg.solver.n_responses} responses scored alike, or their margins were at most solver.min_margin "
-        f"({cfg.solver.min_margin:g}), so nothing was trained. The run stopped with iteration {t} committed. Change what starves "
+        f"iterations {t - streak + 1}-{t} built no preference pair ({streak} in a row; "
+        f"run.max_iterations_without_pairs is {limit}): "
+        f"every prompt's {cfg.solver.n_responses} responses scored alike, or their margins were at most "
+        f"solver.min_margin "
+        f"({cfg.solver.min_margin:g}), so nothing was trained. The run stopped with iteration {t} committed. "
+        f"Change what starves "
         "it (a lower solver.min_margin, more solver.n_responses, a higher solver.temperature, a finer reward) with "
-        f"`eva run CONFIG --run-dir {run.root} --allow-change FIELD --set FIELD=VALUE`, or raise run.max_iterations_without_pairs "
-        f"the same way; `eva resume {run.root}` continues as it is and stops again after the next iteration without pairs"
+        f"`eva run CONFIG --run-dir {run.root} --allow-change FIELD --set FIELD=VALUE`, or raise "
+        f"run.max_iterations_without_pairs "
+        f"the same way; `eva resume {run.root}` continues as it is and stops again after the next iteration "
+        f"without pairs"
     )
 
 
@@ -459,7 +500,8 @@ def init_iteration_zero(cfg: RunConfig, run: RunDir, policy_path: str) -> None:
         seeds = load_seed_prompts(cfg.prompts.path, cfg.prompts.column, cfg.prompts.limit)
     folder.write_buffer(PromptBuffer.from_prompts(seeds))
     folder.write_train_ids([p.id for p in seeds])
-    if not folder.policy.exists():  # a copy fsynced before and after its rename (eva.atomic); a killed copy's temp folder goes at commit
+    # a copy fsynced before and after its rename (eva.atomic); a killed copy's temp folder goes at commit
+    if not folder.policy.exists():
         with atomic_folder(folder.policy) as tmp:
             shutil.copytree(policy_path, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("EVA_SOURCE", ".*"))
     folder.write_metrics(IterationMetrics(iteration=0, buffer_size=len(seeds)))
@@ -471,7 +513,9 @@ def run_loop(cfg: RunConfig, run: RunDir, report: Reporter) -> int:
     """Run (or resume) iterations until `run.iterations` are committed; returns the last committed."""
     problems = run.verify_all()
     if problems:
-        raise CorruptCheckpointError(f"{run.root}: committed iterations fail verification:\n  " + "\n  ".join(problems), problems)
+        raise CorruptCheckpointError(
+            f"{run.root}: committed iterations fail verification:\n  " + "\n  ".join(problems), problems
+        )
     initial = resolve_model_path(cfg.model.path)
     init_iteration_zero(cfg, run, initial)
     run.sync_latest()  # a kill between an iteration's MANIFEST and LATEST: it is committed (and verified above)

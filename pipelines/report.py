@@ -10,9 +10,10 @@ regenerated at any time while a run is going on. What it reads per iteration:
     ../eval/*.json        held-out results of `eva eval`, when present
 
 The page is built in `pipelines.report_html` with the SVG helpers of `pipelines.report_svg`; this
-module only gathers numbers into the typed records of `pipelines.report_data`, which both read. Sizes are bounded for runs of any size:
-the prompt table shows at most `max_rows` rows (a uniform sample beyond that, said on the page), the
-informativeness histograms at most MAX_HISTOGRAMS iterations, the diff lists at most DIFF_LIST rows.
+module only gathers numbers into the typed records of `pipelines.report_data`, which both read. Sizes
+are bounded for runs of any size: the prompt table shows at most `max_rows` rows (a uniform sample
+beyond that, said on the page), the informativeness histograms at most MAX_HISTOGRAMS iterations, the
+diff lists at most DIFF_LIST rows.
 """
 
 from __future__ import annotations
@@ -71,7 +72,14 @@ def build_report(
     return path
 
 
-def collect(run: RunDir, *, table_iteration: int | None = None, diff: tuple[int, int] | None = None, top_k: int = DEFAULT_TOP_K, max_rows: int = DEFAULT_MAX_ROWS) -> Report:
+def collect(
+    run: RunDir,
+    *,
+    table_iteration: int | None = None,
+    diff: tuple[int, int] | None = None,
+    top_k: int = DEFAULT_TOP_K,
+    max_rows: int = DEFAULT_MAX_ROWS,
+) -> Report:
     """Gather every number of the report from the committed iterations and events.jsonl."""
     if not run.root.is_dir():
         raise RunDirError(f"{run.root} does not exist")
@@ -79,10 +87,14 @@ def collect(run: RunDir, *, table_iteration: int | None = None, diff: tuple[int,
         raise RunDirError(f"{run.root} is not a run directory (no run.yaml)")
     committed = [t for t in run.iterations() if run.committed(t)]
     if not committed:
-        raise RunDirError(f"{run.root} has no committed iteration yet (nothing to report; iteration 0 commits when the run starts)")
+        raise RunDirError(
+            f"{run.root} has no committed iteration yet (nothing to report; iteration 0 commits when the run starts)"
+        )
     for t in [table_iteration, *(diff or ())]:
         if t is not None and t not in committed:
-            raise RunDirError(f"iteration {t} is not committed in {run.root} (committed: {', '.join(map(str, committed))})")
+            raise RunDirError(
+                f"iteration {t} is not committed in {run.root} (committed: {', '.join(map(str, committed))})"
+            )
     if max_rows < 1 or top_k < 0:
         raise ValueError(f"max_rows must be >= 1 and top_k >= 0, got {max_rows}, {top_k}")
     config = _config(run)
@@ -142,7 +154,8 @@ def config_summary(cfg: RunConfig | None) -> dict[str, Any]:
         "variants per prompt": cfg.creator.num_variants,
         "evolved ratio": cfg.creator.evolved_ratio,
         "responses per prompt": cfg.solver.n_responses,
-        "loss": f"{cfg.solver.loss_type} ({', '.join(f'{k} {v:g}' for k, v in loss_parameters(cfg.solver).items())}, {cfg.solver.finetune}, reference {cfg.solver.reference})",
+        "loss": f"{cfg.solver.loss_type} ({', '.join(f'{k} {v:g}' for k, v in loss_parameters(cfg.solver).items())}, "
+        f"{cfg.solver.finetune}, reference {cfg.solver.reference})",
         "reward": cfg.reward.kind,
         "iterations planned": cfg.run.iterations,
     }
@@ -155,7 +168,9 @@ def run_status(committed: list[int], events: list[dict[str, Any]], cfg: RunConfi
     current = next((t for t in reversed(started) if isinstance(t, int) and t not in committed), None)
     stages: list[str] = []
     if current is not None:
-        start = max(i for i, e in enumerate(events) if e.get("kind") == "iteration_start" and e.get("iteration") == current)
+        start = max(
+            i for i, e in enumerate(events) if e.get("kind") == "iteration_start" and e.get("iteration") == current
+        )
         stages = [e["stage"] for e in events[start:] if e.get("kind") == "stage_end" and e.get("iteration") == current]
     last_event = events[-1].get("time") if events else None
     if planned is not None and committed[-1] >= planned:
@@ -191,7 +206,11 @@ def iteration_view(run: RunDir, t: int, events: list[dict[str, Any]]) -> Iterati
     train = table.filter(pc.is_in(table.column("id"), value_set=pa.array(_train_ids(run, t), pa.string())))
     train_lengths = pc.utf8_length(train.column("text")).to_numpy().astype(float)
     depth, born = train.column("depth").to_numpy(), train.column("iteration").to_numpy()
-    info = folder.scored_table("estimate", ["info"]).column("info").to_numpy(zero_copy_only=False) if folder.has_scored("estimate") else np.empty(0)
+    info = (
+        folder.scored_table("estimate", ["info"]).column("info").to_numpy(zero_copy_only=False)
+        if folder.has_scored("estimate")
+        else np.empty(0)
+    )
     info = np.asarray(info, dtype=float)
     return IterationView(
         t=t,
@@ -220,14 +239,21 @@ def stage_seconds(metrics: IterationMetrics, events: list[dict[str, Any]], t: in
     seconds = {k: float(v) for k, v in metrics.stage_seconds.items()}
     for e in events:
         stage = e.get("stage")
-        if e.get("kind") == "stage_end" and e.get("iteration") == t and isinstance(stage, str) and not seconds.get(stage, 0):
+        if (
+            e.get("kind") == "stage_end"
+            and e.get("iteration") == t
+            and isinstance(stage, str)
+            and not seconds.get(stage, 0)
+        ):
             seconds[stage] = float(e.get("seconds") or 0.0)
     return seconds
 
 
 def _value_counts(column: pa.ChunkedArray) -> dict[Any, int]:
     counts = pc.value_counts(column).to_pylist()
-    return {c["values"]: int(c["counts"]) for c in sorted(counts, key=lambda c: (c["values"] is None, str(c["values"])))}
+    return {
+        c["values"]: int(c["counts"]) for c in sorted(counts, key=lambda c: (c["values"] is None, str(c["values"])))
+    }
 
 
 def _length_summary(lengths: np.ndarray) -> dict[str, float]:
@@ -251,9 +277,16 @@ def histogram_iterations(ts: list[int], limit: int = MAX_HISTOGRAMS) -> list[int
 def prompt_row(buffer: PromptBuffer, pid: str) -> PromptRow:
     p, st = buffer.get(pid), buffer.stats(pid)
     return PromptRow(
-        id=p.id, text=p.text, depth=p.depth, operator=p.operator, born=p.iteration,
-        info=st["info"], mean_reward=st["mean_reward"], gap=informativeness(st["rewards"], "gap"),
-        times_sampled=st["times_sampled"], times_trained=st["times_trained"],
+        id=p.id,
+        text=p.text,
+        depth=p.depth,
+        operator=p.operator,
+        born=p.iteration,
+        info=st["info"],
+        mean_reward=st["mean_reward"],
+        gap=informativeness(st["rewards"], "gap"),
+        times_sampled=st["times_sampled"],
+        times_trained=st["times_trained"],
     )
 
 
@@ -307,8 +340,11 @@ def lineage_warnings(buffer: PromptBuffer, t: int) -> list[str]:
         return []
     parents = sorted({p.parent_id for p in orphans if p.parent_id is not None})
     named = ", ".join(parents[:5]) + (f" and {len(parents) - 5} more" if len(parents) > 5 else "")
-    return [f"Damaged lineage in iterations/{t:04d}/{PROMPTS}: {len(orphans):,} prompt(s) name a parent that is not in the buffer "
-            f"({named}); their lineage chains are shown up to the break."]
+    return [
+        f"Damaged lineage in iterations/{t:04d}/{PROMPTS}: {len(orphans):,} prompt(s) name a parent that is "
+        f"not in the buffer "
+        f"({named}); their lineage chains are shown up to the break."
+    ]
 
 
 def iteration_diff(run: RunDir, a_buf: PromptBuffer, b_buf: PromptBuffer, a: int, b: int) -> Diff:
@@ -321,15 +357,20 @@ def iteration_diff(run: RunDir, a_buf: PromptBuffer, b_buf: PromptBuffer, a: int
         operators[p.operator] = operators.get(p.operator, 0) + 1
         depths[p.depth] = depths.get(p.depth, 0) + 1
     return Diff(
-        a=a, b=b, size_a=len(a_buf), size_b=len(b_buf),
+        a=a,
+        b=b,
+        size_a=len(a_buf),
+        size_b=len(b_buf),
         added=[prompt_row(b_buf, pid) for pid in _by_info(b_buf, added)[:DIFF_LIST]],
         dropped=[prompt_row(a_buf, pid) for pid in _by_info(a_buf, dropped)[:DIFF_LIST]],
-        num_added=len(added), num_dropped=len(dropped),
+        num_added=len(added),
+        num_dropped=len(dropped),
         added_by_operator=dict(sorted(operators.items(), key=lambda kv: -kv[1])),
         added_by_depth=dict(sorted(depths.items())),
         mean_length=(_mean_length(a_buf), _mean_length(b_buf)),
         mean_info=(_mean_info(a_buf), _mean_info(b_buf)),
-        train_added=len(train_b - train_a), train_dropped=len(train_a - train_b),
+        train_added=len(train_b - train_a),
+        train_dropped=len(train_a - train_b),
     )
 
 

@@ -3,8 +3,9 @@
 One self-contained file: inline CSS, inline SVG charts, ~20 lines of script (the table search), a
 Content-Security-Policy that forbids every network load, and a JSON block with the numbers behind
 the charts (`<script type="application/json" id="eva-report-data">`) for anyone who wants to
-re-plot (tests check the visible text and the SVG marks, which carry their values in data-*). Prompts and responses are user/model data: every text goes through `esc`, and the
-JSON block escapes `<`, `>` and `&` so no text can close its script element.
+re-plot (tests check the visible text and the SVG marks, which carry their values in data-*).
+Prompts and responses are user/model data: every text goes through `esc`, and the JSON block escapes
+`<`, `>` and `&` so no text can close its script element.
 """
 
 from __future__ import annotations
@@ -28,11 +29,21 @@ TEXT_LIMIT = 2000  # characters of one prompt shown; seed sets can hold very lon
 def render_page(r: Report) -> str:
     nonce = secrets.token_urlsafe(16)
     body = "".join(
-        [header(r), summary_section(r), solver_section(r), creator_section(r), lineage_section(r), table_section(r), diff_section(r.diff), eval_section(r.evals), footer(r)]
+        [
+            header(r),
+            summary_section(r),
+            solver_section(r),
+            creator_section(r),
+            lineage_section(r),
+            table_section(r),
+            diff_section(r.diff),
+            eval_section(r.evals),
+            footer(r),
+        ]
     )
     csp = f"default-src 'none'; style-src 'unsafe-inline'; img-src data:; script-src 'nonce-{nonce}'"
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>eva report · {esc(r.name)}</title><style>{CSS}</style></head><body>"
@@ -57,7 +68,7 @@ def clip(text: str) -> str:
     """A prompt text for the page, escaped, cut at TEXT_LIMIT characters (the cut is said)."""
     if len(text) <= TEXT_LIMIT:
         return esc(text)
-    return f"{esc(text[:TEXT_LIMIT])}<i class=\"cut\"> … ({len(text) - TEXT_LIMIT:,} more characters)</i>"
+    return f'{esc(text[:TEXT_LIMIT])}<i class="cut"> … ({len(text) - TEXT_LIMIT:,} more characters)</i>'
 
 
 def cell(x: Any, key: str, digits: int = 4) -> str:
@@ -96,15 +107,35 @@ def data_json(r: Report) -> str:
         "generated_at": r.generated_at,
         "status": {"state": r.status.state, "committed": r.status.committed, "current": r.status.current},
         "iterations": [
-            {"iteration": v.t, "metrics": v.metrics.to_dict(), "stage_seconds": v.stage_seconds, "buffer_size": v.buffer_size, "by_operator": v.by_operator,
-             "by_depth": v.by_depth, "length": v.length, "train_length": v.train_length, "train_mix": v.train_mix, "info_count": len(v.info)}
+            {
+                "iteration": v.t,
+                "metrics": v.metrics.to_dict(),
+                "stage_seconds": v.stage_seconds,
+                "buffer_size": v.buffer_size,
+                "by_operator": v.by_operator,
+                "by_depth": v.by_depth,
+                "length": v.length,
+                "train_length": v.train_length,
+                "train_mix": v.train_mix,
+                "info_count": len(v.info),
+            }
             for v in r.iterations
         ],
-        "table": {"iteration": r.table_iteration, "rows": len(r.table_rows), "total": r.table_total, "max_rows": r.max_rows},
-        "lineage": {"iteration": r.lineage_iteration, "chains": [[s.id for s in chain.steps] for chain in r.lineage],
-                    "missing_parents": [chain.missing_parent for chain in r.lineage]},
+        "table": {
+            "iteration": r.table_iteration,
+            "rows": len(r.table_rows),
+            "total": r.table_total,
+            "max_rows": r.max_rows,
+        },
+        "lineage": {
+            "iteration": r.lineage_iteration,
+            "chains": [[s.id for s in chain.steps] for chain in r.lineage],
+            "missing_parents": [chain.missing_parent for chain in r.lineage],
+        },
         "warnings": r.warnings,
-        "diff": None if r.diff is None else {"a": r.diff.a, "b": r.diff.b, "added": r.diff.num_added, "dropped": r.diff.num_dropped},
+        "diff": None
+        if r.diff is None
+        else {"a": r.diff.a, "b": r.diff.b, "added": r.diff.num_added, "dropped": r.diff.num_dropped},
         "evals": r.evals,
     }
     text = json.dumps(clean_json(data), allow_nan=False, sort_keys=True)
@@ -120,19 +151,31 @@ def header(r: Report) -> str:
     live = ""
     if s.current is not None:
         done = ", ".join(s.current_stages) or "no stage finished yet"
-        live = f'<p class="live">Iteration {s.current} started and is not committed: {esc(done)}. This report shows committed iterations only.</p>'
+        live = (
+            f'<p class="live">Iteration {s.current} started and is not committed: {esc(done)}. This report shows '
+            f"committed iterations only.</p>"
+        )
     live += "".join(f'<p class="warn">{esc(w)}</p>' for w in r.warnings)
     facts = "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in r.config.items())
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in NAV)
     return (
         f'<header><h1>eva run report <span class="name">{esc(r.name)}</span></h1>'
         f'<p class="meta"><code>{esc(r.run_dir)}</code> · state: <b id="run-state">{esc(s.state)}</b> · '
-        f"iterations committed: <b>{esc(progress)}</b> · last event {esc(s.last_event or '–')} · generated {esc(r.generated_at)}</p>"
-        f"{live}<dl class=\"facts\">{facts}</dl><nav>{nav}</nav></header>"
+        f"iterations committed: <b>{esc(progress)}</b> · last event {esc(s.last_event or '–')} · generated "
+        f"{esc(r.generated_at)}</p>"
+        f'{live}<dl class="facts">{facts}</dl><nav>{nav}</nav></header>'
     )
 
 
-NAV = (("summary", "Summary"), ("solver", "Solver"), ("creator", "Creator"), ("lineage", "Lineage"), ("prompts", "Prompts"), ("diff", "Diff"), ("eval", "Held-out eval"))
+NAV = (
+    ("summary", "Summary"),
+    ("solver", "Solver"),
+    ("creator", "Creator"),
+    ("lineage", "Lineage"),
+    ("prompts", "Prompts"),
+    ("diff", "Diff"),
+    ("eval", "Held-out eval"),
+)
 
 # (column title, key in the data-key attribute, value getter, digits)
 SUMMARY_COLUMNS: tuple[tuple[str, str, Callable[[IterationView], Any], int], ...] = (
@@ -156,11 +199,19 @@ SUMMARY_COLUMNS: tuple[tuple[str, str, Callable[[IterationView], Any], int], ...
 def summary_section(r: Report) -> str:
     head = "<th>iteration</th>" + "".join(f"<th>{esc(title)}</th>" for title, *_ in SUMMARY_COLUMNS)
     rows = "".join(
-        f'<tr data-iteration="{v.t}"><th>{v.t}</th>' + "".join(cell(get(v), key, digits) for _, key, get, digits in SUMMARY_COLUMNS) + "</tr>"
+        f'<tr data-iteration="{v.t}"><th>{v.t}</th>'
+        + "".join(cell(get(v), key, digits) for _, key, get, digits in SUMMARY_COLUMNS)
+        + "</tr>"
         for v in r.iterations
     )
-    table = f'<div class="scroll"><table id="summary-table" class="numbers"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
-    intro = "One row per committed iteration, from its <code>metrics.json</code>. Iteration 0 is the seed buffer and the initial policy."
+    table = (
+        f'<div class="scroll"><table id="summary-table" '
+        f'class="numbers"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
+    )
+    intro = (
+        "One row per committed iteration, from its <code>metrics.json</code>. Iteration 0 is the seed buffer and "
+        "the initial policy."
+    )
     return section("summary", "Summary", intro, table)
 
 
@@ -174,52 +225,153 @@ def _metric_points(r: Report, key: str) -> list[tuple[float, float | None]]:
 # One-line charts of a scalar IterationMetrics field (metrics.json): (card id, title, note, series, y label, field,
 # colour index, fixed y range). A table, so a test can swap a field and see its chart check fail.
 METRIC_CHARTS: tuple[tuple[str, str, str, str, str, str, int, tuple[float, float] | None], ...] = (
-    ("chart-loss", "Train loss", "Mean preference loss of the training round.", "train loss", "loss", "train_loss", 2, None),
-    ("chart-accuracy", "Reward accuracy", "Share of pairs whose implicit reward ranks chosen above rejected.", "reward accuracy", "accuracy", "reward_accuracy", 4, (0.0, 1.0)),
-    ("chart-margin", "Pair margin", "Mean reward margin of the preference pairs (chosen − rejected).", "mean margin", "chosen − rejected reward", "mean_margin", 6, None),
+    (
+        "chart-loss",
+        "Train loss",
+        "Mean preference loss of the training round.",
+        "train loss",
+        "loss",
+        "train_loss",
+        2,
+        None,
+    ),
+    (
+        "chart-accuracy",
+        "Reward accuracy",
+        "Share of pairs whose implicit reward ranks chosen above rejected.",
+        "reward accuracy",
+        "accuracy",
+        "reward_accuracy",
+        4,
+        (0.0, 1.0),
+    ),
+    (
+        "chart-margin",
+        "Pair margin",
+        "Mean reward margin of the preference pairs (chosen − rejected).",
+        "mean margin",
+        "chosen − rejected reward",
+        "mean_margin",
+        6,
+        None,
+    ),
 )
 
 
-def metric_card(r: Report, chart_id: str, title: str, note: str, name: str, y_label: str, key: str, color_index: int, y_domain: tuple[float, float] | None) -> str:
-    chart = line_chart([Series(name, _metric_points(r, key), color(color_index))], y_label, f"{title.lower()} per iteration", y_domain=y_domain)
+def metric_card(
+    r: Report,
+    chart_id: str,
+    title: str,
+    note: str,
+    name: str,
+    y_label: str,
+    key: str,
+    color_index: int,
+    y_domain: tuple[float, float] | None,
+) -> str:
+    chart = line_chart(
+        [Series(name, _metric_points(r, key), color(color_index))],
+        y_label,
+        f"{title.lower()} per iteration",
+        y_domain=y_domain,
+    )
     return card(title, chart, note, chart_id=chart_id)
 
 
 def solver_section(r: Report) -> str:
     rs = [(v.t, v.metrics.reward_summary) for v in r.iterations if v.metrics.reward_summary.get("count")]
     reward = line_chart(
-        [Series("mean", [(t, s.get("mean")) for t, s in rs], color(0), band=[(t, s["p10"], s["p90"]) for t, s in rs]),
-         Series("median", [(t, s.get("p50")) for t, s in rs], color(0), dashed=True)],
-        "reward", "reward of solver responses per iteration",
+        [
+            Series(
+                "mean", [(t, s.get("mean")) for t, s in rs], color(0), band=[(t, s["p10"], s["p90"]) for t, s in rs]
+            ),
+            Series("median", [(t, s.get("p50")) for t, s in rs], color(0), dashed=True),
+        ],
+        "reward",
+        "reward of solver responses per iteration",
     )
-    reward_keys = legend([("mean", color(0)), ("median", color(0)), ("p10–p90", "rgba(66,105,208,.25)")], dashed=["median"])
+    reward_keys = legend(
+        [("mean", color(0)), ("median", color(0)), ("p10–p90", "rgba(66,105,208,.25)")], dashed=["median"]
+    )
     stages = [s for s in STAGE_ORDER if any(v.stage_seconds.get(s) for v in r.iterations)]
     stages += sorted({s for v in r.iterations for s in v.stage_seconds} - set(stages) - set(STAGE_ORDER))
-    colors = {s: color(STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER) + i) for i, s in enumerate(stages)}  # fixed per stage across reports
+    # fixed per stage across reports
+    colors = {
+        s: color(STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER) + i) for i, s in enumerate(stages)
+    }
     timed = [v for v in r.iterations if v.t > 0]
-    times = stacked_bars([v.t for v in timed], {s: [v.stage_seconds.get(s, 0.0) for v in timed] for s in stages}, colors, "seconds", "stage wall time per iteration", unit=" s")
+    times = stacked_bars(
+        [v.t for v in timed],
+        {s: [v.stage_seconds.get(s, 0.0) for v in timed] for s in stages},
+        colors,
+        "seconds",
+        "stage wall time per iteration",
+        unit=" s",
+    )
     cards = [
-        card("Reward of solver responses", reward, "Rewards of the responses sampled for the training prompts (solve stage).", reward_keys, "chart-reward"),
+        card(
+            "Reward of solver responses",
+            reward,
+            "Rewards of the responses sampled for the training prompts (solve stage).",
+            reward_keys,
+            "chart-reward",
+        ),
         *(metric_card(r, *spec) for spec in METRIC_CHARTS),
-        card("Stage wall time", times, "Seconds per stage, stacked (metrics.json; zeros filled from events.jsonl).", legend([(s, colors[s]) for s in stages]), "chart-stages"),
+        card(
+            "Stage wall time",
+            times,
+            "Seconds per stage, stacked (metrics.json; zeros filled from events.jsonl).",
+            legend([(s, colors[s]) for s in stages]),
+            "chart-stages",
+        ),
         tokens_card(timed, colors),
     ]
-    return section("solver", "Solver", "Did the policy improve on the prompts it was given?", f'<div class="grid">{"".join(cards)}</div>')
+    return section(
+        "solver",
+        "Solver",
+        "Did the policy improve on the prompts it was given?",
+        f'<div class="grid">{"".join(cards)}</div>',
+    )
 
 
 def tokens_card(views: list[IterationView], colors: dict[str, str]) -> str:
-    names = sorted({k for v in views for k in v.metrics.tokens_generated}, key=lambda k: STAGE_ORDER.index(k) if k in STAGE_ORDER else 99)
+    names = sorted(
+        {k for v in views for k in v.metrics.tokens_generated},
+        key=lambda k: STAGE_ORDER.index(k) if k in STAGE_ORDER else 99,
+    )
     keyed = {k: colors.get(k, color(len(STAGE_ORDER) + i)) for i, k in enumerate(names)}
-    chart = stacked_bars([v.t for v in views], {k: [float(v.metrics.tokens_generated.get(k, 0)) for v in views] for k in names}, keyed, "new tokens", "tokens generated per iteration")
-    return card("Tokens generated", chart, "New tokens sampled per stage: estimate and solve by the policy, evolve by the creator.", legend([(k, keyed[k]) for k in names]), "chart-tokens")
+    chart = stacked_bars(
+        [v.t for v in views],
+        {k: [float(v.metrics.tokens_generated.get(k, 0)) for v in views] for k in names},
+        keyed,
+        "new tokens",
+        "tokens generated per iteration",
+    )
+    return card(
+        "Tokens generated",
+        chart,
+        "New tokens sampled per stage: estimate and solve by the policy, evolve by the creator.",
+        legend([(k, keyed[k]) for k in names]),
+        "chart-tokens",
+    )
 
 
 # --- creator ---------------------------------------------------------------------------------------------
 
 
 def creator_section(r: Report) -> str:
-    cards = [info_histograms(r), info_summary_card(r), operator_card(r), depth_card(r), length_card(r), train_mix_card(r)]
-    intro = "How the creator moved the prompt distribution: what it found informative, what it wrote, and what the solver trained on."
+    cards = [
+        info_histograms(r),
+        info_summary_card(r),
+        operator_card(r),
+        depth_card(r),
+        length_card(r),
+        train_mix_card(r),
+    ]
+    intro = (
+        "How the creator moved the prompt distribution: what it found informative, what it wrote, and what the "
+        "solver trained on."
+    )
     return section("creator", "Creator and prompt population", intro, f'<div class="grid">{"".join(cards)}</div>')
 
 
@@ -227,61 +379,134 @@ def info_histograms(r: Report) -> str:
     views = [v for v in r.iterations if v.t in r.histogram_iterations]
     values = [x for v in views for x in v.info]
     if not values:
-        return card("Informativeness distribution", None, "No committed estimate stage yet (a baseline run has none).", chart_id="chart-info-hist")
+        return card(
+            "Informativeness distribution",
+            None,
+            "No committed estimate stage yet (a baseline run has none).",
+            chart_id="chart-info-hist",
+        )
     lo, hi = min(values), max(values)
     edges = np.linspace(lo, hi if hi > lo else lo + 1e-9, 21).tolist()
     rows = [(f"iteration {v.t}", f"n={len(v.info):,}", np.histogram(v.info, bins=edges)[0].tolist()) for v in views]
     shown = len(r.histogram_iterations)
     total = sum(1 for v in r.iterations if v.info)
-    note = "Per iteration, informativeness of every prompt of the estimate stage; each row is scaled to its tallest bar."
+    note = (
+        "Per iteration, informativeness of every prompt of the estimate stage; each row is scaled to its tallest bar."
+    )
     if shown < total:
-        note += f" Showing {shown} of {total} iterations, evenly spaced with the first and the last (limit: {MAX_HISTOGRAMS} histograms)."
-    return card("Informativeness distribution", histogram_rows(rows, edges, "informativeness", "informativeness histogram per iteration"), note, chart_id="chart-info-hist")
+        note += (
+            f" Showing {shown} of {total} iterations, evenly spaced with the first and the last (limit: "
+            f"{MAX_HISTOGRAMS} histograms)."
+        )
+    return card(
+        "Informativeness distribution",
+        histogram_rows(rows, edges, "informativeness", "informativeness histogram per iteration"),
+        note,
+        chart_id="chart-info-hist",
+    )
 
 
 def info_summary_card(r: Report) -> str:
     ss = [(v.t, v.metrics.info_summary) for v in r.iterations if v.metrics.info_summary.get("count")]
-    chart = line_chart([Series("mean", [(t, s.get("mean")) for t, s in ss], color(1), band=[(t, s["p10"], s["p90"]) for t, s in ss])], "informativeness", "informativeness mean and p10–p90 per iteration")
-    return card("Informativeness over iterations", chart, "Mean with the p10–p90 band (info_summary of metrics.json); covers every iteration.", chart_id="chart-info")
+    chart = line_chart(
+        [Series("mean", [(t, s.get("mean")) for t, s in ss], color(1), band=[(t, s["p10"], s["p90"]) for t, s in ss])],
+        "informativeness",
+        "informativeness mean and p10–p90 per iteration",
+    )
+    return card(
+        "Informativeness over iterations",
+        chart,
+        "Mean with the p10–p90 band (info_summary of metrics.json); covers every iteration.",
+        chart_id="chart-info",
+    )
 
 
 def _category_colors(names: Sequence[str]) -> dict[str, str]:
     evolved = [n for n in names if n != "seed"]
-    out = {n: PALETTE[i % (len(PALETTE) - 1)] for i, n in enumerate(evolved)}  # the last palette colour is the seed grey
+    # the last palette colour is the seed grey
+    out = {n: PALETTE[i % (len(PALETTE) - 1)] for i, n in enumerate(evolved)}
     return {"seed": SEED_COLOR, **out} if "seed" in names else out
 
 
 def operator_card(r: Report) -> str:
     ops = sorted({op for v in r.iterations for op in v.by_operator}, key=lambda o: (o != "seed", o))
     colors = _category_colors(ops)
-    chart = stacked_bars([v.t for v in r.iterations], {op: [v.by_operator.get(op, 0) for v in r.iterations] for op in ops}, colors, "prompts", "buffer prompts by operator")
-    return card("Buffer by operator", chart, "Prompts in the buffer after each iteration, by the operator that wrote them.", legend([(op, colors[op]) for op in ops]), "chart-operators")
+    chart = stacked_bars(
+        [v.t for v in r.iterations],
+        {op: [v.by_operator.get(op, 0) for v in r.iterations] for op in ops},
+        colors,
+        "prompts",
+        "buffer prompts by operator",
+    )
+    return card(
+        "Buffer by operator",
+        chart,
+        "Prompts in the buffer after each iteration, by the operator that wrote them.",
+        legend([(op, colors[op]) for op in ops]),
+        "chart-operators",
+    )
 
 
 def depth_card(r: Report) -> str:
     depths = sorted({d for v in r.iterations for d in v.by_depth})
     names = {d: "seed (depth 0)" if d == 0 else f"depth {d}" for d in depths}
     colors = {names[d]: SEED_COLOR if d == 0 else PALETTE[(d - 1) % (len(PALETTE) - 1)] for d in depths}
-    chart = stacked_bars([v.t for v in r.iterations], {names[d]: [v.by_depth.get(d, 0) for v in r.iterations] for d in depths}, colors, "prompts", "buffer prompts by depth")
-    return card("Buffer by depth", chart, "Depth = number of rewrites from the seed prompt.", legend([(names[d], colors[names[d]]) for d in depths]), "chart-depths")
+    chart = stacked_bars(
+        [v.t for v in r.iterations],
+        {names[d]: [v.by_depth.get(d, 0) for v in r.iterations] for d in depths},
+        colors,
+        "prompts",
+        "buffer prompts by depth",
+    )
+    return card(
+        "Buffer by depth",
+        chart,
+        "Depth = number of rewrites from the seed prompt.",
+        legend([(names[d], colors[names[d]]) for d in depths]),
+        "chart-depths",
+    )
 
 
 def length_card(r: Report) -> str:
     vs = [v for v in r.iterations if v.length]
     chart = line_chart(
-        [Series("buffer mean", [(v.t, v.length["mean"]) for v in vs], color(0), band=[(v.t, v.length["p10"], v.length["p90"]) for v in vs]),
-         Series("training prompts mean", [(v.t, v.train_length) for v in r.iterations], color(2), dashed=True)],
-        "characters", "prompt length per iteration", fmt="{:.1f}",
+        [
+            Series(
+                "buffer mean",
+                [(v.t, v.length["mean"]) for v in vs],
+                color(0),
+                band=[(v.t, v.length["p10"], v.length["p90"]) for v in vs],
+            ),
+            Series("training prompts mean", [(v.t, v.train_length) for v in r.iterations], color(2), dashed=True),
+        ],
+        "characters",
+        "prompt length per iteration",
+        fmt="{:.1f}",
     )
-    keys = legend([("buffer mean", color(0)), ("buffer p10–p90", "rgba(66,105,208,.25)"), ("training prompts mean", color(2))], dashed=["training prompts mean"])
-    return card("Prompt length drift", chart, "Length in characters of the buffer prompts and of the prompts trained on.", keys, "chart-length")
+    keys = legend(
+        [("buffer mean", color(0)), ("buffer p10–p90", "rgba(66,105,208,.25)"), ("training prompts mean", color(2))],
+        dashed=["training prompts mean"],
+    )
+    return card(
+        "Prompt length drift",
+        chart,
+        "Length in characters of the buffer prompts and of the prompts trained on.",
+        keys,
+        "chart-length",
+    )
 
 
 def train_mix_card(r: Report) -> str:
     names = ("seed", "evolved earlier", "evolved this iteration")
     colors = {"seed": SEED_COLOR, "evolved earlier": color(3), "evolved this iteration": color(0)}
     vs = [v for v in r.iterations if v.t > 0]
-    chart = stacked_bars([v.t for v in vs], {n: [v.train_mix.get(n, 0) for v in vs] for n in names}, colors, "training prompts", "training prompts by origin")
+    chart = stacked_bars(
+        [v.t for v in vs],
+        {n: [v.train_mix.get(n, 0) for v in vs] for n in names},
+        colors,
+        "training prompts",
+        "training prompts by origin",
+    )
     last = vs[-1] if vs else None
     note = "Training prompts of each iteration (train_prompts.json) by origin."
     total = sum(int(n) for n in last.train_mix.values()) if last is not None else 0
@@ -297,8 +522,10 @@ def train_mix_card(r: Report) -> str:
 def step_html(s: PromptRow) -> str:
     facts = f"info {num(s.info)} · gap {num(s.gap)} · mean reward {num(s.mean_reward)} · born in iteration {s.born}"
     return (
-        f'<li class="step" data-id="{esc(s.id)}"><div class="step-head"><span class="op op-{esc(s.operator)}">{esc(s.operator)}</span>'
-        f'<span class="depth">depth {s.depth}</span><code>{esc(s.id)}</code><span class="facts-inline">{esc(facts)}</span></div>'
+        f'<li class="step" data-id="{esc(s.id)}"><div class="step-head"><span class="op '
+        f'op-{esc(s.operator)}">{esc(s.operator)}</span>'
+        f'<span class="depth">depth {s.depth}</span><code>{esc(s.id)}</code><span '
+        f'class="facts-inline">{esc(facts)}</span></div>'
         f'<div class="text clamp" title="click to expand">{clip(s.text)}</div></li>'
     )
 
@@ -308,11 +535,16 @@ def chain_html(i: int, chain: Chain) -> str:
     head = f"#{i} · info {num(last.info)} · gap {num(last.gap)} · {_rewrites(chain)}"
     steps = "".join(step_html(s) for s in chain.steps)
     if chain.missing_parent is not None:  # the break goes first: it stands where the unknown older steps would be
-        steps = (f'<li class="step missing" data-missing="{esc(chain.missing_parent)}"><b>lineage broken:</b> parent '
-                 f"<code>{esc(chain.missing_parent)}</code> of <code>{esc(chain.steps[0].id)}</code> is not in the buffer; "
-                 f"the {chain.steps[0].depth} earlier step(s) are unknown</li>{steps}")
+        steps = (
+            f'<li class="step missing" data-missing="{esc(chain.missing_parent)}"><b>lineage broken:</b> parent '
+            f"<code>{esc(chain.missing_parent)}</code> of <code>{esc(chain.steps[0].id)}</code> is not in the buffer; "
+            f"the {chain.steps[0].depth} earlier step(s) are unknown</li>{steps}"
+        )
     elif chain.cycle:
-        steps = f'<li class="step missing"><b>lineage broken:</b> the parents of <code>{esc(chain.steps[0].id)}</code> form a cycle</li>{steps}'
+        steps = (
+            f'<li class="step missing"><b>lineage broken:</b> the parents of <code>{esc(chain.steps[0].id)}</code> '
+            f"form a cycle</li>{steps}"
+        )
     broken = " broken" if chain.broken else ""
     return f'<article class="chain{broken}"><h3>{head}</h3><ol class="steps">{steps}</ol></article>'
 
@@ -322,11 +554,17 @@ def lineage_section(r: Report) -> str:
         content = '<p class="empty">No prompt has an informativeness yet.</p>'
     else:
         content = f'<div class="lineage">{"".join(chain_html(i, c) for i, c in enumerate(r.lineage, start=1))}</div>'
-    intro = (f"The {len(r.lineage)} most informative prompts of iteration {r.lineage_iteration}, each with its chain from the seed prompt "
-             "through every rewrite. Gap = max − min of the prompt's latest rewards; click a text to expand it.")
+    intro = (
+        f"The {len(r.lineage)} most informative prompts of iteration {r.lineage_iteration}, each with its "
+        f"chain from the seed prompt "
+        "through every rewrite. Gap = max − min of the prompt's latest rewards; click a text to expand it."
+    )
     broken = sum(c.broken for c in r.lineage)
     if broken:
-        intro += f' <b class="bad">{broken} of these chains are broken</b> (a parent is missing from the buffer): each shows the steps that exist.'
+        intro += (
+            f' <b class="bad">{broken} of these chains are broken</b> (a parent is missing from the buffer): each '
+            f"shows the steps that exist."
+        )
     return section("lineage", "Lineage of the most informative prompts", intro, content)
 
 
@@ -338,22 +576,48 @@ def _rewrites(chain: Chain) -> str:
 
 
 def table_section(r: Report) -> str:
-    numeric = {"depth", "born", "info", "gap", "mean reward", "sampled", "trained"}  # right-aligned over their right-aligned numbers
-    head = "".join(f'<th class="num">{h}</th>' if h in numeric else f"<th>{h}</th>" for h in ("id", "depth", "operator", "born", "info", "gap", "mean reward", "sampled", "trained", "text"))
+    numeric = {
+        "depth",
+        "born",
+        "info",
+        "gap",
+        "mean reward",
+        "sampled",
+        "trained",
+    }  # right-aligned over their right-aligned numbers
+    head = "".join(
+        f'<th class="num">{h}</th>' if h in numeric else f"<th>{h}</th>"
+        for h in ("id", "depth", "operator", "born", "info", "gap", "mean reward", "sampled", "trained", "text")
+    )
     rows = "".join(
-        f'<tr data-id="{esc(p.id)}"><td><code>{esc(p.id)}</code></td><td class="num">{p.depth}</td><td>{esc(p.operator)}</td><td class="num">{p.born}</td>'
+        f'<tr data-id="{esc(p.id)}"><td><code>{esc(p.id)}</code></td><td '
+        f'class="num">{p.depth}</td><td>{esc(p.operator)}</td><td class="num">{p.born}</td>'
         f'<td class="num">{num(p.info)}</td><td class="num">{num(p.gap)}</td><td class="num">{num(p.mean_reward)}</td>'
-        f'<td class="num">{p.times_sampled}</td><td class="num">{p.times_trained}</td><td class="text"><div class="clamp">{clip(p.text)}</div></td></tr>'
+        f'<td class="num">{p.times_sampled}</td><td class="num">{p.times_trained}</td><td class="text"><div '
+        f'class="clamp">{clip(p.text)}</div></td></tr>'
         for p in r.table_rows
     )
     if r.table_total > len(r.table_rows):
-        limit = (f"The buffer holds {r.table_total:,} prompts; the table is capped at {r.max_rows:,} rows and shows a uniform random sample "
-                 f"of {len(r.table_rows):,} (seed 0). <code>eva export RUN --iteration {r.table_iteration}</code> writes them all.")
+        limit = (
+            f"The buffer holds {r.table_total:,} prompts; the table is capped at {r.max_rows:,} rows and shows "
+            f"a uniform random sample "
+            f"of {len(r.table_rows):,} (seed 0). <code>eva export RUN --iteration {r.table_iteration}</code> "
+            f"writes them all."
+        )
     else:
-        limit = f"All {r.table_total:,} prompts of the buffer (the table is capped at {r.max_rows:,} rows; larger buffers are sampled)."
-    search = (f'<div class="search"><input id="prompt-search" type="search" placeholder="Filter by text, id or operator…" autocomplete="off">'
-              f'<span id="prompt-count">{len(r.table_rows):,} of {len(r.table_rows):,} rows</span></div>')
-    table = f'<div class="scroll tall"><table id="prompt-table"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
+        limit = (
+            f"All {r.table_total:,} prompts of the buffer (the table is capped at {r.max_rows:,} rows; larger "
+            f"buffers are sampled)."
+        )
+    search = (
+        f'<div class="search"><input id="prompt-search" type="search" placeholder="Filter by text, id or '
+        f'operator…" autocomplete="off">'
+        f'<span id="prompt-count">{len(r.table_rows):,} of {len(r.table_rows):,} rows</span></div>'
+    )
+    table = (
+        f'<div class="scroll tall"><table '
+        f'id="prompt-table"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
+    )
     intro = f"Prompts of iteration {r.table_iteration}, most informative first. {limit}"
     return section("prompts", f"Prompts of iteration {r.table_iteration}", intro, search + table)
 
@@ -363,7 +627,8 @@ def _prompt_list(rows: Sequence[PromptRow], total: int, what: str) -> str:
         return f'<p class="empty">No prompt {what}.</p>'
     more = f'<p class="note">Showing {len(rows)} of {total:,}, most informative first.</p>' if total > len(rows) else ""
     items = "".join(
-        f'<li><span class="op op-{esc(p.operator)}">{esc(p.operator)}</span> <span class="depth">depth {p.depth}</span> '
+        f'<li><span class="op op-{esc(p.operator)}">{esc(p.operator)}</span> <span class="depth">depth '
+        f"{p.depth}</span> "
         f'<span class="facts-inline">info {num(p.info)}</span><div class="text clamp">{clip(p.text)}</div></li>'
         for p in rows
     )
@@ -376,41 +641,83 @@ def diff_section(d: Diff | None) -> str:
     ops = ", ".join(f"{esc(op)} {n}" for op, n in d.added_by_operator.items()) or "–"
     depths = ", ".join(f"depth {k}: {n}" for k, n in d.added_by_depth.items()) or "–"
     stats = (
-        f'<ul class="diffstats"><li>buffer <b>{d.size_a:,} → {d.size_b:,}</b> prompts: <b id="diff-added">+{d.num_added:,}</b> added, '
-        f'<b id="diff-dropped">−{d.num_dropped:,}</b> dropped</li><li>added by operator: {ops}</li><li>added by depth: {depths}</li>'
+        f'<ul class="diffstats"><li>buffer <b>{d.size_a:,} → {d.size_b:,}</b> prompts: <b '
+        f'id="diff-added">+{d.num_added:,}</b> added, '
+        f'<b id="diff-dropped">−{d.num_dropped:,}</b> dropped</li><li>added by operator: {ops}</li><li>added '
+        f"by depth: {depths}</li>"
         f"<li>mean prompt length {num(d.mean_length[0], 1)} → {num(d.mean_length[1], 1)} characters</li>"
         f"<li>mean informativeness {num(d.mean_info[0])} → {num(d.mean_info[1])}</li>"
         f"<li>{_train_change(d)}</li></ul>"
     )
-    lists = (f'<div class="grid"><div class="card"><h3>Added</h3>{_prompt_list(d.added, d.num_added, "added")}</div>'
-             f'<div class="card"><h3>Dropped</h3>{_prompt_list(d.dropped, d.num_dropped, "dropped")}</div></div>')
-    intro = f"Buffer of iteration {d.a} against iteration {d.b} (<code>eva report --diff A B</code> picks others). Buffers only grow, so “dropped” is normally empty."
+    lists = (
+        f'<div class="grid"><div class="card"><h3>Added</h3>{_prompt_list(d.added, d.num_added, "added")}</div>'
+        f'<div class="card"><h3>Dropped</h3>{_prompt_list(d.dropped, d.num_dropped, "dropped")}</div></div>'
+    )
+    intro = (
+        f"Buffer of iteration {d.a} against iteration {d.b} (<code>eva report --diff A B</code> picks others). "
+        f"Buffers only grow, so “dropped” is normally empty."
+    )
     return section("diff", f"Diff: iteration {d.a} → {d.b}", intro, stats + lists)
 
 
 def _train_change(d: Diff) -> str:
     if d.a == 0:  # iteration 0 trains nothing: "no longer trained on" would be meaningless
         return f"training prompts of iteration {d.b}: {d.train_added:,} (iteration 0 trains nothing)"
-    return f"training prompts: {d.train_added:,} new in iteration {d.b}, {d.train_dropped:,} of iteration {d.a} no longer trained on"
+    return (
+        f"training prompts: {d.train_added:,} new in iteration {d.b}, {d.train_dropped:,} of iteration {d.a} no "
+        f"longer trained on"
+    )
 
 
 def eval_section(evals: list[dict[str, Any]]) -> str:
     if not evals:
-        intro = "No held-out evaluation yet. Run <code>eva eval RUN_DIR --prompts HELD_OUT.jsonl --iteration T</code>, then regenerate this report."
+        intro = (
+            "No held-out evaluation yet. Run <code>eva eval RUN_DIR --prompts HELD_OUT.jsonl --iteration T</code>, "
+            "then regenerate this report."
+        )
         return section("eval", "Held-out evaluation", intro, "")
     rows = "".join(
-        f'<tr data-iteration="{e["iteration"]}"><th>{e["iteration"]}</th>{cell(e.get("n"), "n", 0)}{cell(e.get("win_rate"), "win_rate", 3)}'
-        f'{cell(e.get("win_rate_se"), "win_rate_se", 3)}{cell(e.get("mean_reward"), "mean_reward")}{cell(e.get("mean_reward_initial"), "mean_reward_initial")}'
+        f"<tr "
+        f'data-iteration="{e["iteration"]}"><th>{e["iteration"]}</th>'
+        f"{cell(e.get('n'), 'n', 0)}{cell(e.get('win_rate'), 'win_rate', 3)}"
+        f"{cell(e.get('win_rate_se'), 'win_rate_se', 3)}{cell(e.get('mean_reward'), 'mean_reward')}"
+        f"{cell(e.get('mean_reward_initial'), 'mean_reward_initial')}"
         f"<td>{esc(e.get('prompts', ''))}</td></tr>"
         for e in evals
     )
-    table = ('<div class="scroll"><table id="eval-table" class="numbers"><thead><tr><th>iteration</th><th>prompts</th><th>win rate</th><th>± se</th>'
-             f"<th>mean reward</th><th>initial policy</th><th>prompt file</th></tr></thead><tbody>{rows}</tbody></table></div>")
+    table = (
+        '<div class="scroll"><table id="eval-table" '
+        'class="numbers"><thead><tr><th>iteration</th><th>prompts</th><th>win rate</th><th>± se</th>'
+        f"<th>mean reward</th><th>initial policy</th><th>prompt "
+        f"file</th></tr></thead><tbody>{rows}</tbody></table></div>"
+    )
     pts = [(e["iteration"], e.get("win_rate")) for e in evals]
-    band = [(e["iteration"], e["win_rate"] - e["win_rate_se"], e["win_rate"] + e["win_rate_se"]) for e in evals if _finite(e.get("win_rate"), e.get("win_rate_se"))]
-    chart = line_chart([Series("win rate", pts, color(4), band=band), Series("tie level", [(t, 0.5) for t, _ in pts], SEED_COLOR, dashed=True)], "win rate vs initial", "held-out win rate", y_domain=(0.0, 1.0))
-    figure = card("Win rate against the initial policy", chart, "Band: ± one standard error; dashed: 0.5 (no change).", chart_id="chart-eval")
-    return section("eval", "Held-out evaluation", "Results of <code>eva eval</code> (eval/iteration_NNNN.json): each policy against the initial one.", table + f'<div class="grid">{figure}</div>')
+    band = [
+        (e["iteration"], e["win_rate"] - e["win_rate_se"], e["win_rate"] + e["win_rate_se"])
+        for e in evals
+        if _finite(e.get("win_rate"), e.get("win_rate_se"))
+    ]
+    chart = line_chart(
+        [
+            Series("win rate", pts, color(4), band=band),
+            Series("tie level", [(t, 0.5) for t, _ in pts], SEED_COLOR, dashed=True),
+        ],
+        "win rate vs initial",
+        "held-out win rate",
+        y_domain=(0.0, 1.0),
+    )
+    figure = card(
+        "Win rate against the initial policy",
+        chart,
+        "Band: ± one standard error; dashed: 0.5 (no change).",
+        chart_id="chart-eval",
+    )
+    return section(
+        "eval",
+        "Held-out evaluation",
+        "Results of <code>eva eval</code> (eval/iteration_NNNN.json): each policy against the initial one.",
+        table + f'<div class="grid">{figure}</div>',
+    )
 
 
 def _finite(*xs: Any) -> bool:
@@ -419,9 +726,12 @@ def _finite(*xs: Any) -> bool:
 
 def footer(r: Report) -> str:
     return (
-        f"<footer>Generated by <code>eva report</code> from committed iterations and events.jsonl only. Limits: prompt table {r.max_rows:,} rows "
-        f"(uniform sample beyond), prompt texts {TEXT_LIMIT:,} characters, informativeness histograms for at most {MAX_HISTOGRAMS} iterations, diff lists {DIFF_LIST} prompts each. "
-        "Self-contained: no network access; the numbers behind the charts are in the <code>eva-report-data</code> JSON block.</footer>"
+        f"<footer>Generated by <code>eva report</code> from committed iterations and events.jsonl only. "
+        f"Limits: prompt table {r.max_rows:,} rows "
+        f"(uniform sample beyond), prompt texts {TEXT_LIMIT:,} characters, informativeness histograms for at "
+        f"most {MAX_HISTOGRAMS} iterations, diff lists {DIFF_LIST} prompts each. "
+        "Self-contained: no network access; the numbers behind the charts are in the "
+        "<code>eva-report-data</code> JSON block.</footer>"
     )
 
 
@@ -495,7 +805,7 @@ ul.diffstats{background:var(--card);border:1px solid var(--line);border-radius:8
 ul.plist{list-style:none;margin:0;padding:0;max-height:520px;overflow:auto}
 ul.plist li{padding:6px 0;border-bottom:1px solid var(--line)}
 footer{margin-top:40px;color:var(--muted);font-size:12.5px;border-top:1px solid var(--line);padding-top:12px}
-"""
+"""  # noqa: E501 (CSS, one rule per line)
 
 # Filters the prompt table as the user types; expands a clamped text on click. No other script.
 SCRIPT = """

@@ -59,7 +59,8 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
 
 def fmt_tick(value: float, ticks: Sequence[float]) -> str:
     """A tick label with just enough decimals to tell neighbouring ticks apart."""
-    step = float(f"{abs(ticks[1] - ticks[0]):.6g}") if len(ticks) > 1 else 1.0  # without float noise: 0.6928 - 0.6927 < 1e-4
+    # without float noise: 0.6928 - 0.6927 < 1e-4
+    step = float(f"{abs(ticks[1] - ticks[0]):.6g}") if len(ticks) > 1 else 1.0
     if step >= 1 and abs(value) < 1e6:
         return f"{value:,.0f}"
     quarter = 1 if round(step / 10 ** math.floor(math.log10(step)), 6) == 2.5 else 0  # a step of 2.5: one more digit
@@ -73,7 +74,14 @@ def fmt_tick(value: float, ticks: Sequence[float]) -> str:
 class Frame:
     """The plot area of one chart: data -> pixel mapping plus axes, grid and labels."""
 
-    def __init__(self, x_ticks: Sequence[float], y_ticks: Sequence[float], width: int = WIDTH, height: int = HEIGHT, x_domain: tuple[float, float] | None = None) -> None:
+    def __init__(
+        self,
+        x_ticks: Sequence[float],
+        y_ticks: Sequence[float],
+        width: int = WIDTH,
+        height: int = HEIGHT,
+        x_domain: tuple[float, float] | None = None,
+    ) -> None:
         """`x_domain` defaults to the first..last x tick; bar charts widen it by half a bar each side."""
         self.x_lo, self.x_hi = x_domain if x_domain is not None else (x_ticks[0], x_ticks[-1])
         self.x_ticks = [v for v in x_ticks if self.x_lo <= v <= self.x_hi]
@@ -95,15 +103,29 @@ class Frame:
         parts = []
         for v in self.y_ticks:
             y = self.y(v)
-            parts.append(f'<line class="grid" data-value="{v!r}" x1="{self.left}" x2="{self.right}" y1="{y:.1f}" y2="{y:.1f}"/>')
-            parts.append(f'<text class="tick y-tick" data-value="{v!r}" x="{self.left - 6}" y="{y + 4:.1f}" text-anchor="end">{esc(fmt_tick(v, self.y_ticks))}</text>')
+            parts.append(
+                f'<line class="grid" data-value="{v!r}" x1="{self.left}" x2="{self.right}" y1="{y:.1f}" y2="{y:.1f}"/>'
+            )
+            parts.append(
+                f'<text class="tick y-tick" data-value="{v!r}" x="{self.left - 6}" y="{y + 4:.1f}" '
+                f'text-anchor="end">{esc(fmt_tick(v, self.y_ticks))}</text>'
+            )
         for v in self.x_ticks:
             label = (x_labels or {}).get(v, fmt_tick(v, self.x_ticks))
-            parts.append(f'<text class="tick" x="{self.x(v):.1f}" y="{self.bottom + 16}" text-anchor="middle">{esc(label)}</text>')
+            parts.append(
+                f'<text class="tick" x="{self.x(v):.1f}" y="{self.bottom + 16}" '
+                f'text-anchor="middle">{esc(label)}</text>'
+            )
         parts.append(f'<line class="axis" x1="{self.left}" x2="{self.right}" y1="{self.bottom}" y2="{self.bottom}"/>')
-        parts.append(f'<text class="axis-title" x="{(self.left + self.right) / 2:.1f}" y="{self.height - 6}" text-anchor="middle">{esc(x_label)}</text>')
+        parts.append(
+            f'<text class="axis-title" x="{(self.left + self.right) / 2:.1f}" y="{self.height - 6}" '
+            f'text-anchor="middle">{esc(x_label)}</text>'
+        )
         mid = (self.top + self.bottom) / 2
-        parts.append(f'<text class="axis-title" transform="translate(13 {mid:.1f}) rotate(-90)" text-anchor="middle">{esc(y_label)}</text>')
+        parts.append(
+            f'<text class="axis-title" transform="translate(13 {mid:.1f}) rotate(-90)" '
+            f'text-anchor="middle">{esc(y_label)}</text>'
+        )
         return "".join(parts)
 
 
@@ -127,7 +149,12 @@ def iteration_ticks(xs: Sequence[float], max_ticks: int = 10) -> list[float]:
 
 
 def line_chart(
-    series: Sequence[Series], y_label: str, label: str, x_label: str = "iteration", fmt: str = "{:.4g}", y_domain: tuple[float, float] | None = None,
+    series: Sequence[Series],
+    y_label: str,
+    label: str,
+    x_label: str = "iteration",
+    fmt: str = "{:.4g}",
+    y_domain: tuple[float, float] | None = None,
     continuous_x: bool = False,
 ) -> str | None:
     """Lines over iterations; bands (e.g. p10–p90) drawn first. None when there is no point.
@@ -143,22 +170,31 @@ def line_chart(
     ys += [v for s in series for _, lo, hi in s.band for v in (lo, hi) if math.isfinite(v)]
     xs = [x for s in series for x, y in s.points if y is not None]
     lo, hi = (min(y_domain[0], *ys), max(y_domain[1], *ys)) if y_domain is not None else (min(ys), max(ys))
-    x_ticks = nice_ticks(min(xs), max(xs)) if continuous_x else iteration_ticks(xs)  # continuous: e.g. tokens, not iterations
+    # continuous: e.g. tokens, not iterations
+    x_ticks = nice_ticks(min(xs), max(xs)) if continuous_x else iteration_ticks(xs)
     frame = Frame(x_ticks, nice_ticks(lo, hi), x_domain=(min(xs), max(xs)) if max(xs) > min(xs) else None)
     parts = [frame.axes(x_label, y_label)]
     for s in series:
         if s.band:
             top = " ".join(f"{frame.x(x):.1f},{frame.y(hi):.1f}" for x, _, hi in s.band)
             bottom = " ".join(f"{frame.x(x):.1f},{frame.y(lo):.1f}" for x, lo, _ in reversed(s.band))
-            tip = f"{s.name}, p10–p90 band: " + "; ".join(f"{x_label} {x:g}: {fmt.format(lo)} – {fmt.format(hi)}" for x, lo, hi in s.band)
-            parts.append(f'<polygon class="band" data-series="{esc(s.name)}" points="{top} {bottom}" fill="{s.color}" fill-opacity="0.16"><title>{esc(tip)}</title></polygon>')
+            tip = f"{s.name}, p10–p90 band: " + "; ".join(
+                f"{x_label} {x:g}: {fmt.format(lo)} – {fmt.format(hi)}" for x, lo, hi in s.band
+            )
+            parts.append(
+                f'<polygon class="band" data-series="{esc(s.name)}" points="{top} {bottom}" fill="{s.color}" '
+                f'fill-opacity="0.16"><title>{esc(tip)}</title></polygon>'
+            )
     for s in series:
         parts.append(_polyline(frame, s))
         for x, y in s.points:
             if y is not None and math.isfinite(y):
                 tip = f"{s.name}, {x_label} {x:g}: {fmt.format(y)}"
                 data = f'data-series="{esc(s.name)}" data-x="{x:g}" data-y="{float(y)!r}"'
-                parts.append(f'<circle class="point" {data} cx="{frame.x(x):.1f}" cy="{frame.y(y):.1f}" r="3.2" fill="{s.color}"><title>{esc(tip)}</title></circle>')
+                parts.append(
+                    f'<circle class="point" {data} cx="{frame.x(x):.1f}" cy="{frame.y(y):.1f}" r="3.2" '
+                    f'fill="{s.color}"><title>{esc(tip)}</title></circle>'
+                )
     return svg(frame, "".join(parts), label, "line")
 
 
@@ -171,10 +207,20 @@ def _polyline(frame: Frame, s: Series) -> str:
         else:
             runs[-1].append(f"{frame.x(x):.1f},{frame.y(y):.1f}")
     dash = ' stroke-dasharray="5 4"' if s.dashed else ""
-    return "".join(f'<polyline class="line" points="{" ".join(r)}" stroke="{s.color}"{dash}/>' for r in runs if len(r) > 1)
+    return "".join(
+        f'<polyline class="line" points="{" ".join(r)}" stroke="{s.color}"{dash}/>' for r in runs if len(r) > 1
+    )
 
 
-def stacked_bars(xs: Sequence[int], stacks: dict[str, Sequence[float]], colors: dict[str, str], y_label: str, label: str, x_label: str = "iteration", unit: str = "") -> str | None:
+def stacked_bars(
+    xs: Sequence[int],
+    stacks: dict[str, Sequence[float]],
+    colors: dict[str, str],
+    y_label: str,
+    label: str,
+    x_label: str = "iteration",
+    unit: str = "",
+) -> str | None:
     """One bar per x, split into the `stacks` categories (bottom to top in dict order)."""
     totals = [sum(vals[i] for vals in stacks.values()) for i in range(len(xs))]
     if not xs or max(totals, default=0) <= 0:
@@ -192,12 +238,17 @@ def stacked_bars(xs: Sequence[int], stacks: dict[str, Sequence[float]], colors: 
             y0, y1 = frame.y(base), frame.y(base + v)
             tip = f"{x_label} {x}: {name} {v:,.4g}{unit} (total {totals[i]:,.4g}{unit})"
             data = f'data-stack="{esc(name)}" data-x="{x}" data-value="{float(v)!r}"'
-            parts.append(f'<rect class="bar" {data} x="{frame.x(x) - bar / 2:.1f}" y="{y1:.1f}" width="{bar:.1f}" height="{max(0.5, y0 - y1):.1f}" fill="{colors[name]}"><title>{esc(tip)}</title></rect>')
+            parts.append(
+                f'<rect class="bar" {data} x="{frame.x(x) - bar / 2:.1f}" y="{y1:.1f}" width="{bar:.1f}" '
+                f'height="{max(0.5, y0 - y1):.1f}" fill="{colors[name]}"><title>{esc(tip)}</title></rect>'
+            )
             base += v
     return svg(frame, "".join(parts), label, "bars")
 
 
-def histogram_rows(rows: Sequence[tuple[str, str, Sequence[int]]], edges: Sequence[float], x_label: str, label: str) -> str | None:
+def histogram_rows(
+    rows: Sequence[tuple[str, str, Sequence[int]]], edges: Sequence[float], x_label: str, label: str
+) -> str | None:
     """One small histogram per row (e.g. per iteration) over shared bin `edges`, stacked vertically.
 
     A row is (name, a second label line such as the count, bin counts). Each row is scaled to its
@@ -215,8 +266,14 @@ def histogram_rows(rows: Sequence[tuple[str, str, Sequence[int]]], edges: Sequen
         top = MARGIN_TOP + r * (row_h + gap)
         peak = max(counts, default=0) or 1
         parts.append(f'<g class="hist-row" data-row="{esc(name)}">')
-        parts.append(f'<text class="tick row-label" x="{frame.left - 8}" y="{top + row_h / 2:.1f}" text-anchor="end">{esc(name)}</text>')
-        parts.append(f'<text class="tick" x="{frame.left - 8}" y="{top + row_h / 2 + 13:.1f}" text-anchor="end">{esc(sub)}</text>')
+        parts.append(
+            f'<text class="tick row-label" x="{frame.left - 8}" y="{top + row_h / 2:.1f}" '
+            f'text-anchor="end">{esc(name)}</text>'
+        )
+        parts.append(
+            f'<text class="tick" x="{frame.left - 8}" y="{top + row_h / 2 + 13:.1f}" '
+            f'text-anchor="end">{esc(sub)}</text>'
+        )
         parts.append(f'<line class="axis" x1="{frame.left}" x2="{frame.right}" y1="{top + row_h}" y2="{top + row_h}"/>')
         for i, c in enumerate(counts):
             if c <= 0:
@@ -224,11 +281,21 @@ def histogram_rows(rows: Sequence[tuple[str, str, Sequence[int]]], edges: Sequen
             x0, x1 = frame.x(edges[i]), frame.x(edges[i + 1])
             h = row_h * c / peak
             tip = f"{name}: {c} prompt(s) with {x_label} in [{edges[i]:.4g}, {edges[i + 1]:.4g})"
-            parts.append(f'<rect class="bar hist" x="{x0 + 0.5:.1f}" y="{top + row_h - h:.1f}" width="{max(1.0, x1 - x0 - 1):.1f}" height="{h:.1f}" fill="{color(0)}"><title>{esc(tip)}</title></rect>')
+            parts.append(
+                f'<rect class="bar hist" x="{x0 + 0.5:.1f}" y="{top + row_h - h:.1f}" '
+                f'width="{max(1.0, x1 - x0 - 1):.1f}" height="{h:.1f}" '
+                f'fill="{color(0)}"><title>{esc(tip)}</title></rect>'
+            )
         parts.append("</g>")
     for v in frame.x_ticks:
-        parts.append(f'<text class="tick" x="{frame.x(v):.1f}" y="{frame.bottom + 16}" text-anchor="middle">{esc(fmt_tick(v, frame.x_ticks))}</text>')
-    parts.append(f'<text class="axis-title" x="{(frame.left + frame.right) / 2:.1f}" y="{height - 6}" text-anchor="middle">{esc(x_label)}</text>')
+        parts.append(
+            f'<text class="tick" x="{frame.x(v):.1f}" y="{frame.bottom + 16}" '
+            f'text-anchor="middle">{esc(fmt_tick(v, frame.x_ticks))}</text>'
+        )
+    parts.append(
+        f'<text class="axis-title" x="{(frame.left + frame.right) / 2:.1f}" y="{height - 6}" '
+        f'text-anchor="middle">{esc(x_label)}</text>'
+    )
     return svg(frame, "".join(parts), label, "histogram")
 
 
@@ -236,7 +303,8 @@ def legend(items: Sequence[tuple[str, str]], dashed: Sequence[str] = ()) -> str:
     """An HTML legend (wraps on narrow screens, unlike text inside an SVG); names in `dashed` get
     a dashed-line key instead of a colour box."""
     keys = "".join(
-        f'<span class="key"><i class="dash" style="border-color:{c}"></i>{esc(name)}</span>' if name in dashed
+        f'<span class="key"><i class="dash" style="border-color:{c}"></i>{esc(name)}</span>'
+        if name in dashed
         else f'<span class="key"><i style="background:{c}"></i>{esc(name)}</span>'
         for name, c in items
     )

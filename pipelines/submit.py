@@ -64,9 +64,16 @@ def job_runtime_env(extra_env: list[str], working_dir: Path | None) -> dict:
         if not sep or not key:
             raise ValueError(f"--env {item!r}: expected KEY=VALUE")
         if is_secret_name(key):
-            raise ValueError(f"--env {key}: secrets must not go into the job's runtime_env (visible in the dashboard and job API); set {key} in the nodes' environment (a Kubernetes Secret, the launcher's env)")
+            raise ValueError(
+                f"--env {key}: secrets must not go into the job's runtime_env (visible in the dashboard and "
+                f"job API); set {key} in the nodes' environment (a Kubernetes Secret, the launcher's env)"
+            )
         if (kind := secret_value_kind(value)) is not None:  # the value is not echoed: it is the secret
-            raise ValueError(f"--env {key}: the value looks like {kind}; secrets must not go into the job's runtime_env (visible in the dashboard and job API): set {key} in the nodes' environment (a Kubernetes Secret, the launcher's env)")
+            raise ValueError(
+                f"--env {key}: the value looks like {kind}; secrets must not go into the job's runtime_env "
+                f"(visible in the dashboard and job API): set {key} in the nodes' environment (a Kubernetes "
+                f"Secret, the launcher's env)"
+            )
         env[key] = value
     runtime_env: dict = {"env_vars": env}
     if working_dir is not None:
@@ -121,11 +128,15 @@ def submit_job(
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return JobSubmissionClient(address).submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id)
+            return JobSubmissionClient(address).submit_job(
+                entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id
+            )
         except AuthenticationError as e:
             raise SubmitError(
-                f"the Ray job API at {address} refused the submission: {str(e).splitlines()[0]}\nthe cluster uses token "
-                "authentication: set RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN (or ~/.ray/auth_token, or RAY_AUTH_TOKEN_PATH)"
+                f"the Ray job API at {address} refused the submission: {str(e).splitlines()[0]}\nthe cluster "
+                f"uses token "
+                "authentication: set RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN (or "
+                "~/.ray/auth_token, or RAY_AUTH_TOKEN_PATH)"
             ) from None
         except (ConnectionError, RuntimeError, ValueError) as e:
             agent_missing = AGENT_NOT_UP in str(e)
@@ -133,7 +144,10 @@ def submit_job(
                 on_wait(f"the cluster's job agent is not up yet; retrying in {poll_s:g} s")
                 time.sleep(poll_s)
                 continue
-            hint = ("\nthe head's dashboard agent serves no HTTP: is its port taken by another Ray instance on that"
-                    " machine? (`ray start --dashboard-agent-listen-port`, default 52365; see dashboard_agent.log)"
-                    if agent_missing else "")
+            hint = (
+                "\nthe head's dashboard agent serves no HTTP: is its port taken by another Ray instance on that"
+                " machine? (`ray start --dashboard-agent-listen-port`, default 52365; see dashboard_agent.log)"
+                if agent_missing
+                else ""
+            )
             raise SubmitError(f"cannot submit to the Ray job API at {address}: {e}{hint}") from None

@@ -26,7 +26,9 @@ def ray_session():
     from actors.cluster import actor_env
 
     # address="local": a fresh cluster, never one a `ray start` left behind (/tmp/ray/ray_current_cluster)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": actor_env()})
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": actor_env()}
+    )
     yield ray
     ray.shutdown()
 
@@ -75,7 +77,9 @@ def durable_writes(monkeypatch) -> DurableWrites:
 
 
 # Fixtures that load a real model, start Ray or run the CLI: a test that uses one is not a unit test.
-HEAVY_FIXTURES = frozenset({"tiny_model_path", "tiny_engine", "minilm", "ray_session", "eva", "reference_run", "reference_run_3"})
+HEAVY_FIXTURES = frozenset(
+    {"tiny_model_path", "tiny_engine", "minilm", "ray_session", "eva", "reference_run", "reference_run_3"}
+)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -114,7 +114,9 @@ def parse_level(level: str) -> tuple[int, str, bool]:
     """(digits, op, word) of a level label such as "2d+" or "1d*w"."""
     m = _LEVEL.match(level)
     if not m or int(m[1]) > MAX_DIGITS:
-        raise ValueError(f"arithmetic level {level!r}: expected <digits 1..{MAX_DIGITS}>d<op {' '.join(OPS)}>[w], e.g. 2d+ or 1d*w")
+        raise ValueError(
+            f"arithmetic level {level!r}: expected <digits 1..{MAX_DIGITS}>d<op {' '.join(OPS)}>[w], e.g. 2d+ or 1d*w"
+        )
     return int(m[1]), m[2], m[3] == "w"
 
 
@@ -206,7 +208,7 @@ class Arithmetic:
         return _build(*_parse(meta))["level"]
 
     def key(self, meta: dict[str, Any]) -> str:
-        """"A op B" without wording, e.g. "23+45": a word problem and its plain form share a key."""
+        """ "A op B" without wording, e.g. "23+45": a word problem and its plain form share a key."""
         op, _, _, _ = _parse(meta)
         a, b = meta["params"]["operands"]
         return f"{a}{op}{b}"

@@ -64,7 +64,9 @@ def mutate_prompts(
             if problem is None:
                 dropped["no_mutation"] += 1
                 continue
-            child = parent.prompt.child(problem.prompt, f"task:{direction}", iteration, meta=canonical_json(problem.meta))
+            child = parent.prompt.child(
+                problem.prompt, f"task:{direction}", iteration, meta=canonical_json(problem.meta)
+            )
             if child.id in seen:
                 dropped["duplicate"] += 1
                 continue

@@ -36,7 +36,9 @@ def split_of(family: TaskFamily, meta: dict[str, Any]) -> Split:
     return "heldout" if derive_seed("split", family.name, family.key(meta)) % HELDOUT_EVERY == 0 else "train"
 
 
-def problem_set(family: TaskFamily, levels: Sequence[str], per_level: int, seed: int, split: Split, strict: bool = True) -> list[Problem]:
+def problem_set(
+    family: TaskFamily, levels: Sequence[str], per_level: int, seed: int, split: Split, strict: bool = True
+) -> list[Problem]:
     """`per_level` distinct problems (by prompt) of `split` for each level, levels in the given order.
 
     ValueError when a level has too few distinct problems on that side (e.g. 100 held-out "1d+" sums
@@ -69,7 +71,9 @@ def training_set(family: TaskFamily, levels: Sequence[str], per_level: int, seed
     return problem_set(family, levels, per_level, seed, "train")
 
 
-def heldout_set(family: TaskFamily, levels: Sequence[str], per_level: int, seed: int, strict: bool = True) -> list[Problem]:
+def heldout_set(
+    family: TaskFamily, levels: Sequence[str], per_level: int, seed: int, strict: bool = True
+) -> list[Problem]:
     """A stratified evaluation set: `problem_set(..., split="heldout")`, disjoint from any training set."""
     return problem_set(family, levels, per_level, seed, "heldout", strict)
 

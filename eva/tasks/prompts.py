@@ -30,10 +30,14 @@ def meta_of(prompt: Prompt) -> dict[str, Any]:
     return json.loads(prompt.meta)
 
 
-def seed_prompts(family: str, levels: Sequence[str], per_level: int, seed: int, problems_file: str | None = None) -> list[Prompt]:
+def seed_prompts(
+    family: str, levels: Sequence[str], per_level: int, seed: int, problems_file: str | None = None
+) -> list[Prompt]:
     """The seed prompts of a task run: the problems of `problems_file`, else a generated training set."""
     get_family(family)  # a user family must be loaded in this process before family_of can find it
-    problems = read_problems(problems_file) if problems_file else training_set(get_family(family), levels, per_level, seed)
+    problems = (
+        read_problems(problems_file) if problems_file else training_set(get_family(family), levels, per_level, seed)
+    )
     return [prompt_of(p) for p in problems]
 
 
@@ -42,7 +46,7 @@ def grade(prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     out = []
-    for prompt, response in zip(prompts, responses):
+    for prompt, response in zip(prompts, responses, strict=True):
         meta = meta_of(prompt)
         out.append(float(family_of(meta).grade(meta, response)))
     return out

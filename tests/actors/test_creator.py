@@ -22,31 +22,46 @@ from eva.evolve import instruction
 @pytest.mark.ray
 def test_rollout_and_evolve_with_the_creators_own_model_keep_lineage(ray_session, tmp_path):
     ray = ray_session
-    cfg = load_config(None, [
-        "creator.model=builtin:tiny",  # a builtin name: resolved offline, a separate engine
-        "creator.num_variants=4",
-        "ray.creator.num_cpus=0.25", "ray.trainer.num_cpus=0.25",  # five actors on two CPUs
-        f"run.dir={tmp_path / 'run'}",
-    ], preset="tiny")
+    cfg = load_config(
+        None,
+        [
+            "creator.model=builtin:tiny",  # a builtin name: resolved offline, a separate engine
+            "creator.num_variants=4",
+            "ray.creator.num_cpus=0.25",
+            "ray.trainer.num_cpus=0.25",  # five actors on two CPUs
+            f"run.dir={tmp_path / 'run'}",
+        ],
+        preset="tiny",
+    )
     tiny = resolve_model_path(TINY_MODEL)
     actors = start_actors(cfg, tiny, tiny)
     try:
         assert actors.creator_engines is not actors.policy and len(actors.nodes["creator_engine"]) == 1
-        assert set(actors.nodes) == {"engine", "creator_engine", "reward", "trainer"}  # no creator actor: evolve is a function
+        assert set(actors.nodes) == {
+            "engine",
+            "creator_engine",
+            "reward",
+            "trainer",
+        }  # no creator actor: evolve is a function
         seeds = load_seed_prompts("builtin:seed", limit=8)
         s = cfg.solver
         spec = SamplingSpec(s.n_responses, s.temperature, s.top_p, s.max_new_tokens)
         task = ray.remote(num_cpus=0)(rollout)
-        scored, stats = ray.get(task.remote(actors.policy, actors.reward, seeds, spec, 0, "estimate", 1, 600), timeout=600)
+        scored, stats = ray.get(
+            task.remote(actors.policy, actors.reward, seeds, spec, 0, "estimate", 1, 600), timeout=600
+        )
         assert [p.prompt.id for p in scored] == [p.id for p in seeds]
         assert all(len(p.responses) == len(p.rewards) == s.n_responses for p in scored)
         assert all(math.isfinite(r) for p in scored for r in p.rewards) and stats.new_tokens > 0 and stats.retries == ()
         assert len({r for p in scored for r in p.rewards}) > len(seeds)  # continuous scores, not a few levels
-        again, _ = rollout(actors.policy, actors.reward, seeds, spec, 0, "estimate", 1, 600)  # in the driver: same seeds, same rollouts
+        # in the driver: same seeds, same rollouts
+        again, _ = rollout(actors.policy, actors.reward, seeds, spec, 0, "estimate", 1, 600)
         assert again == scored
 
         parents = seeds[:4]
-        children, report, stats = evolve_prompts(actors.creator_engines, parents, [p.text for p in seeds], cfg.creator, 0, 1)
+        children, report, stats = evolve_prompts(
+            actors.creator_engines, parents, [p.text for p in seeds], cfg.creator, 0, 1
+        )
         assert report.total == len(parents) * 4 and report.kept == len(children) > 0 and stats.new_tokens > 0
         by_id = {p.id: p for p in parents}
         seen = {p.id for p in seeds}  # ids hash the normalized text: equal ids = exact duplicates
@@ -69,7 +84,9 @@ def test_minilm_check_drops_a_paraphrase_of_the_meta_prompt_and_keeps_rewrites()
     paraphrase = "Make it harder by adding one or two concrete constraints, such as a word limit or a required format."
     rewrite = "Write a haiku about rain on a tin roof at night, and use the word 'silver' exactly once."
     # no wording cue gives the paraphrase away (an instruction, no "prompt"): the similarities do
-    assert prompt_reason(paraphrase, parent, PromptCheck(check.max_meta_similarity, check.min_parent_similarity)) is None
+    assert (
+        prompt_reason(paraphrase, parent, PromptCheck(check.max_meta_similarity, check.min_parent_similarity)) is None
+    )
     assert child_reason(paraphrase, parent, meta, check) == "meta_paraphrase"
     assert child_reason(rewrite, parent, meta, check) is None
     assert child_reason("Describe the history of the Roman Empire's tax system.", parent, meta, check) == "off_topic"
@@ -80,5 +97,9 @@ def test_minilm_check_drops_a_paraphrase_of_the_meta_prompt_and_keeps_rewrites()
     assert float(embed(out_of_office + " Keep it under 50 words.") @ embed(meta)) >= check.max_meta_similarity
     assert child_reason(out_of_office + " Keep it under 50 words.", out_of_office, meta, check) is None
     vector = embed(parent)
-    assert vector is embed(parent) and abs(float(vector @ vector) - 1) < 1e-5 and not vector.flags.writeable  # cached, unit, shared
-    assert prompt_check(CreatorSection(prompt_filter="text")).embed is None and prompt_check(CreatorSection(prompt_filter="off")) is None
+    # cached, unit, shared
+    assert vector is embed(parent) and abs(float(vector @ vector) - 1) < 1e-5 and not vector.flags.writeable
+    assert (
+        prompt_check(CreatorSection(prompt_filter="text")).embed is None
+        and prompt_check(CreatorSection(prompt_filter="off")) is None
+    )

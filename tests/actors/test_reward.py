@@ -64,7 +64,7 @@ def test_judge_on_tiny_model_is_finite_continuous(tiny_engine) -> None:
 def test_judge_is_batch_independent(tiny_engine) -> None:
     judge = JudgeScorer(tiny_engine, "fewshot", 256)
     batch = judge.score(PROMPTS, RESPONSES)
-    alone = [judge.score([p], [r])[0] for p, r in zip(PROMPTS, RESPONSES)]
+    alone = [judge.score([p], [r])[0] for p, r in zip(PROMPTS, RESPONSES, strict=True)]
     assert alone == batch  # exact: per-request computation, fp32 judge
 
 
@@ -106,7 +106,9 @@ def test_wellformed_scorer_maps_pairs() -> None:
 
 def test_relevance_prefers_on_topic_and_is_batch_independent(minilm: RelevanceScorer) -> None:
     prompts = ["How do I boil an egg?"] * 2
-    on, off = minilm.score(prompts, ["Put the egg in boiling water for about eight minutes.", "The stock market fell today."])
+    on, off = minilm.score(
+        prompts, ["Put the egg in boiling water for about eight minutes.", "The stock market fell today."]
+    )
     assert -1.0 <= off < on <= 1.0 and on - off > 0.2
     assert minilm.score(prompts[:1], ["The stock market fell today."]) == [off]
     assert minilm.unit(-0.3) == 0.0 and minilm.unit(0.4) == 0.4
@@ -148,7 +150,8 @@ def test_reward_model_scores_batched_with_chat_template(tiny_reward_model: str) 
 
 @pytest.fixture
 def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    (tmp_path / "eva_test_user_rewards.py").write_text(textwrap.dedent("""
+    (tmp_path / "eva_test_user_rewards.py").write_text(
+        textwrap.dedent("""
         def length(prompts, responses):
             return [len(r) / 100 for r in responses]
         def short(prompts, responses):
@@ -158,7 +161,8 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         def blowup(prompts, responses):
             return [float("inf"), float("nan")] + [0.5] * (len(responses) - 2)
         not_callable = 3
-    """))
+    """)
+    )
     (tmp_path / "eva_test_broken_rewards.py").write_text("raise RuntimeError('boom at import')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     return "eva_test_user_rewards"
@@ -221,7 +225,8 @@ def test_combined_weighting_by_hand() -> None:
 def test_every_scorer_kind_of_the_reward_actor_has_one_scorer_class() -> None:
     classes = [cls for cls in Scorer.__subclasses__() if cls.__module__ == "actors.reward"]
     in_actor = [name for name, kind in SCORER_KINDS.items() if kind.actor]  # task is graded in the rollouts
-    assert sorted(cls.name for cls in classes) == sorted(in_actor) and "task" not in in_actor  # the class's name is its kind
+    # the class's name is its kind
+    assert sorted(cls.name for cls in classes) == sorted(in_actor) and "task" not in in_actor
 
 
 def test_reward_actor_counts_pairs_and_nonfinite(user_module: str, tmp_path: Path) -> None:
@@ -235,7 +240,9 @@ def test_reward_actor_counts_pairs_and_nonfinite(user_module: str, tmp_path: Pat
 
 
 def test_combined_function_component_falls_back_to_section_function(user_module: str, tmp_path: Path) -> None:
-    reward = RewardSection(kind="combined", function=f"{user_module}:length", components=(ScorerSpec(kind="function", weight=2.0),))
+    reward = RewardSection(
+        kind="combined", function=f"{user_module}:length", components=(ScorerSpec(kind="function", weight=2.0),)
+    )
     assert build_scorer(reward, TINY_MODEL, str(tmp_path)).score(["p"], ["abcd"]) == pytest.approx([0.08])
 
 
@@ -245,12 +252,16 @@ def test_combined_function_component_falls_back_to_section_function(user_module:
 @pytest.mark.slow
 def test_default_scorer_accuracy(tmp_path: Path) -> None:
     """The CPU default (RewardSection()) on SmolLM2-135M ranks good above bad on >= 85% of the set."""
-    triples = [json.loads(line) for line in (resources.files("eva.data") / "reward_eval.jsonl").read_text().splitlines() if line.strip()]
+    triples = [
+        json.loads(line)
+        for line in (resources.files("eva.data") / "reward_eval.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     assert len(triples) >= 48
     scorer = build_scorer(RewardSection(), resolve_model_path(DEFAULT_MODEL), str(tmp_path))
     prompts = [t["prompt"] for t in triples]
     good = scorer.score(prompts, [t["good"] for t in triples])
     bad = scorer.score(prompts, [t["bad"] for t in triples])
     assert all(math.isfinite(x) for x in good + bad)
-    accuracy = sum(1.0 if g > b else 0.5 if g == b else 0.0 for g, b in zip(good, bad)) / len(triples)
+    accuracy = sum(1.0 if g > b else 0.5 if g == b else 0.0 for g, b in zip(good, bad, strict=True)) / len(triples)
     assert accuracy >= 0.85, f"pairwise accuracy {accuracy:.3f}"

@@ -23,7 +23,7 @@ RESPONSES = ["2 + 2 is 4.", "Blue.", "Sunlight scatters off air molecules, blue 
 
 # An ArmoRM-style head: per-objective rewards, a gate, the preference score in `score` (and `logits`),
 # and ArmoRM's rule for the last token: the position before the first pad id.
-GATED_CODE = '''
+GATED_CODE = """
 from dataclasses import dataclass
 
 import torch
@@ -53,7 +53,7 @@ class TinyGatedRewardModel(LlamaPreTrainedModel):
         rewards = self.regression_layer(h)
         score = (torch.softmax(self.gate(h), dim=-1) * rewards).sum(-1)
         return GatedOutput(rewards=rewards, score=score, logits=score)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,9 @@ def gated_rm(tiny_path: str, tmp_path_factory: pytest.TempPathFactory) -> str:
 # --------------------------------------------------------------------- scoring with real models
 
 
-def test_sequence_classifier_scores_through_build_scorer_and_the_reward_actor(llama_rm: str, tiny_path: str, tmp_path: Path) -> None:
+def test_sequence_classifier_scores_through_build_scorer_and_the_reward_actor(
+    llama_rm: str, tiny_path: str, tmp_path: Path
+) -> None:
     section = RewardSection(kind="reward_model", model=llama_rm, max_length=64)
     scorer = build_scorer(section, tiny_path, str(tmp_path))
     assert isinstance(scorer, RewardModelScorer) and scorer.device == "cpu" and not scorer.custom
@@ -166,7 +168,9 @@ def test_bert_classifier_scores_text_pairs(tmp_path: Path) -> None:
 def test_reward_values_by_output_kind() -> None:
     assert reward_values(SimpleNamespace(logits=torch.tensor([[0.5], [-1.0]])), 2).tolist() == [0.5, -1.0]
     assert reward_values(SimpleNamespace(logits=torch.tensor([[1.0, 3.0]])), 1).tolist() == [2.0]  # logit[1] - logit[0]
-    gated = SimpleNamespace(score=torch.tensor([0.25, 0.75]), logits=torch.tensor([0.25, 0.75]), rewards=torch.zeros(2, 19))
+    gated = SimpleNamespace(
+        score=torch.tensor([0.25, 0.75]), logits=torch.tensor([0.25, 0.75]), rewards=torch.zeros(2, 19)
+    )
     assert reward_values(gated, 2).tolist() == [0.25, 0.75]
     with pytest.raises(ModelError, match="3 values per pair in `logits`"):
         reward_values(SimpleNamespace(logits=torch.zeros(2, 3)), 2)
@@ -187,17 +191,30 @@ def test_bare_encoder_is_refused() -> None:
         RewardModelScorer(minilm)
 
 
-@pytest.mark.parametrize("sets", [["reward.kind=reward_model"], ["reward.kind=reward_model", "reward.model=initial"]], ids=["default", "explicit"])
+@pytest.mark.parametrize(
+    "sets",
+    [["reward.kind=reward_model"], ["reward.kind=reward_model", "reward.model=initial"]],
+    ids=["default", "explicit"],
+)
 def test_initial_is_refused_for_reward_model_when_the_config_loads(sets: list[str]) -> None:
-    with pytest.raises(ConfigError, match=r"--set reward\.\w+=\w+: reward: .*model is 'initial', the policy: a causal LM, not a reward model"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--set reward\.\w+=\w+: reward: .*model is 'initial', the policy: a causal LM, not a reward model",
+    ):
         load_config(None, sets, preset="tiny")
 
 
 def test_combined_component_refusal_names_the_component(tiny_path: str, llama_rm: str, tmp_path: Path) -> None:
-    components = (ScorerSpec(kind="wellformed", weight=0.5), ScorerSpec(kind="reward_model", model=tiny_path, weight=0.5))
+    components = (
+        ScorerSpec(kind="wellformed", weight=0.5),
+        ScorerSpec(kind="reward_model", model=tiny_path, weight=0.5),
+    )
     with pytest.raises(ModelError, match=r"^reward\.components\.1\.model: "):
         build_scorer(RewardSection(kind="combined", model=llama_rm, components=components), tiny_path, str(tmp_path))
-    inherit = [{"kind": "wellformed", "weight": 0.5}, {"kind": "reward_model", "weight": 0.5}]  # no model: reward.model, 'initial'
+    inherit = [
+        {"kind": "wellformed", "weight": 0.5},
+        {"kind": "reward_model", "weight": 0.5},
+    ]  # no model: reward.model, 'initial'
     with pytest.raises(ConfigError, match=r"reward: .*model \(of components\.1\) is 'initial'"):
         load_config(None, ["reward.kind=combined", f"reward.components={json.dumps(inherit)}"], preset="tiny")
 

@@ -18,7 +18,9 @@ from eva.types import PreferencePair
 LN2 = math.log(2)
 # 8 fixed pairs: a short correct answer is preferred to a fixed rude one.
 PAIRS = [
-    PreferencePair(f"p{i}", f"What is {i} plus {i}?", f"{i} plus {i} is {2 * i}.", "Figure it out yourself.", 1.0, 0.0, 1)
+    PreferencePair(
+        f"p{i}", f"What is {i} plus {i}?", f"{i} plus {i} is {2 * i}.", "Figure it out yourself.", 1.0, 0.0, 1
+    )
     for i in range(8)
 ]
 
@@ -78,10 +80,12 @@ OTHERS = dict(beta=0.05, simpo_beta=2.0, simpo_gamma=1.0, orpo_lambda=0.2)
 
 @pytest.mark.parametrize(
     "loss_type, first, trl_trainer, trl_args",
-    [("ipo", 100.0, "DPOTrainer", {"loss_type": ["ipo"], "beta": 0.05}),
-     ("hinge", 1.0, "DPOTrainer", {"loss_type": ["hinge"], "beta": 0.05}),
-     ("simpo", None, "CPOTrainer", {"loss_type": "simpo", "beta": 2.0, "simpo_gamma": 1.0, "cpo_alpha": 0.0}),
-     ("orpo", None, "ORPOTrainer", {"beta": 0.2})],
+    [
+        ("ipo", 100.0, "DPOTrainer", {"loss_type": ["ipo"], "beta": 0.05}),
+        ("hinge", 1.0, "DPOTrainer", {"loss_type": ["hinge"], "beta": 0.05}),
+        ("simpo", None, "CPOTrainer", {"loss_type": "simpo", "beta": 2.0, "simpo_gamma": 1.0, "cpo_alpha": 0.0}),
+        ("orpo", None, "ORPOTrainer", {"beta": 0.2}),
+    ],
 )
 def test_other_losses_run_one_round(tiny_model_path, tmp_path, loss_type, first, trl_trainer, trl_args):
     trainer = make(tiny_model_path, tmp_path, loss_type=loss_type, **OTHERS)
@@ -199,7 +203,11 @@ def test_non_finite_training_fails_the_round_and_the_trainer(tiny_model_path, tm
     trainer = make(tiny_model_path, tmp_path)
     with torch.no_grad():
         trainer.policy.model.norm.weight.fill_(float("nan"))  # every logit nan: so is every loss
-    with pytest.raises(TrainingDivergedError, match=r"iteration 1: training diverged: non-finite loss at step 1, 2, 3, 4 of 4; \d+ parameter tensors hold non-finite"):
+    with pytest.raises(
+        TrainingDivergedError,
+        match=r"iteration 1: training diverged: non-finite loss at step 1, 2, 3, 4 of 4; \d+ parameter tensors hold "
+        r"non-finite",
+    ):
         trainer.train(PAIRS, iteration=1)
     with pytest.raises(RuntimeError, match="unusable"):  # nothing of it can be saved or synced
         trainer.save(str(tmp_path / "policy"))
@@ -217,11 +225,16 @@ def test_divergence_names_steps_and_parameters():
     assert _divergence([0.7, 0.6], model) is None
     with torch.no_grad():
         model.bias[0] = float("inf")
-    assert _divergence([0.7, float("nan"), 0.5], model) == "non-finite loss at step 2 of 3; 1 parameter tensors hold non-finite values (bias)"
+    assert (
+        _divergence([0.7, float("nan"), 0.5], model)
+        == "non-finite loss at step 2 of 3; 1 parameter tensors hold non-finite values (bias)"
+    )
 
 
 @pytest.mark.parametrize("trl_seeds", [True, False], ids=["trl-seeds", "trl-does-not-seed"])
-def test_lora_adapter_depends_on_the_iteration_not_the_process_history(tiny_model_path, tmp_path, monkeypatch, trl_seeds):
+def test_lora_adapter_depends_on_the_iteration_not_the_process_history(
+    tiny_model_path, tmp_path, monkeypatch, trl_seeds
+):
     """A resumed run's trainer drew other random numbers before (other rounds, another process):
     round 2 on the same policy and pairs must still start from the same adapter and end identical.
     TRL 1.16's DPOTrainer seeds (args.seed) before it builds the PEFT model; the trainer seeds itself
@@ -236,13 +249,27 @@ def test_lora_adapter_depends_on_the_iteration_not_the_process_history(tiny_mode
     first.save(str(saved))
     torch.manual_seed(123)  # whatever this process did before
     first.train(PAIRS[:4], iteration=2)
-    resumed = PolicyTrainer(str(saved), tiny_model_path, solver(finetune="lora", learning_rate=1e-2), "float32", str(tmp_path / "w2"), seed=0)
+    resumed = PolicyTrainer(
+        str(saved),
+        tiny_model_path,
+        solver(finetune="lora", learning_rate=1e-2),
+        "float32",
+        str(tmp_path / "w2"),
+        seed=0,
+    )
     torch.manual_seed(456)
     torch.rand(1000)
     resumed.train(PAIRS[:4], iteration=2)
     a, b = first.state_dict(), resumed.state_dict()
     assert not changed(a, b)
-    other_iteration = PolicyTrainer(str(saved), tiny_model_path, solver(finetune="lora", learning_rate=1e-2), "float32", str(tmp_path / "w3"), seed=0)
+    other_iteration = PolicyTrainer(
+        str(saved),
+        tiny_model_path,
+        solver(finetune="lora", learning_rate=1e-2),
+        "float32",
+        str(tmp_path / "w3"),
+        seed=0,
+    )
     other_iteration.train(PAIRS[:4], iteration=3)  # another adapter init: the seed really is per iteration
     assert changed(a, other_iteration.state_dict())
 
@@ -259,10 +286,23 @@ def test_trust_remote_code_reaches_every_load(tiny_model_path, tmp_path, monkeyp
             return _real(klass, path, *args, **kwargs)
 
         monkeypatch.setattr(cls, "from_pretrained", classmethod(record))
-    trainer = PolicyTrainer(tiny_model_path, tiny_model_path, solver(reference="initial"), "float32", str(tmp_path / "w"), seed=0, trust_remote_code=True)
+    trainer = PolicyTrainer(
+        tiny_model_path,
+        tiny_model_path,
+        solver(reference="initial"),
+        "float32",
+        str(tmp_path / "w"),
+        seed=0,
+        trust_remote_code=True,
+    )
     trainer.train(PAIRS[:2], iteration=1)  # loads the initial policy as the reference too
     trainer.load(tiny_model_path)
-    assert seen == [("AutoTokenizer", True), ("AutoModelForCausalLM", True), ("AutoModelForCausalLM", True), ("AutoModelForCausalLM", True)]
+    assert seen == [
+        ("AutoTokenizer", True),
+        ("AutoModelForCausalLM", True),
+        ("AutoModelForCausalLM", True),
+        ("AutoModelForCausalLM", True),
+    ]
 
 
 @pytest.mark.ray

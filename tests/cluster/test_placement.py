@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.ray
 
-PROBE = r'''
+PROBE = r"""
 import json, ray
 from actors.cluster import ClusterError, _engine_placement, _engines
 from eva.config import ActorResources
@@ -49,20 +49,28 @@ try:  # a third TP-2 replica has no GPUs left: a clear error, and nothing left r
     _engine_placement(ActorResources(num_cpus=0.1, num_gpus=2, replicas=1), 2, "PACK", 3, "creator")
 except ClusterError as e:
     out["error"] = str(e)
-out["pending"] = sum(1 for g in placement_group_table().values() if g["state"] != "REMOVED" and g["name"].startswith("eva-creator"))
+out["pending"] = sum(
+    1 for g in placement_group_table().values() if g["state"] != "REMOVED" and g["name"].startswith("eva-creator")
+)
 print("RESULT " + json.dumps(out))
-'''
+"""
 
 
 def test_bundles_per_tensor_parallel_rank():
     res = ActorResources(num_cpus=2, num_gpus=1, replicas=3)
     assert engine_bundles(res, 1, "STRICT_SPREAD") == [([{"CPU": 2, "GPU": 1}] * 3, "STRICT_SPREAD")]
     res = ActorResources(num_cpus=2, num_gpus=4, replicas=2)
-    assert engine_bundles(res, 4, "SPREAD") == [([{"CPU": 2, "GPU": 1.0}, {"GPU": 1.0}, {"GPU": 1.0}, {"GPU": 1.0}], "STRICT_PACK")] * 2
+    assert (
+        engine_bundles(res, 4, "SPREAD")
+        == [([{"CPU": 2, "GPU": 1.0}, {"GPU": 1.0}, {"GPU": 1.0}, {"GPU": 1.0}], "STRICT_PACK")] * 2
+    )
 
 
 def test_tensor_parallel_needs_one_gpu_per_rank():
-    with pytest.raises(ConfigError, match=r"--set model.tensor_parallel_size=2: .*ray.engine.num_gpus is 1 but model.tensor_parallel_size is 2"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--set model.tensor_parallel_size=2: .*ray.engine.num_gpus is 1 but model.tensor_parallel_size is 2",
+    ):
         load_config(None, ["ray.engine.num_gpus=1", "model.tensor_parallel_size=2"], preset="tiny")
     cfg = load_config(None, ["ray.engine.num_gpus=2", "model.tensor_parallel_size=2"], preset="tiny")
     assert cfg.ray.engine.num_gpus == 2

@@ -55,14 +55,20 @@ def test_env_values_that_look_like_credentials_are_refused_without_echoing_them(
     assert value not in str(err.value)
 
 
-@pytest.mark.parametrize("value", ["https://example.com/data", "http://host:8265", "s3://bucket/path", "sk-short", "task-ask-1", "1", ""])
+@pytest.mark.parametrize(
+    "value", ["https://example.com/data", "http://host:8265", "s3://bucket/path", "sk-short", "task-ask-1", "1", ""]
+)
 def test_ordinary_env_values_pass(value):
     assert job_runtime_env([f"SOME_SETTING={value}"], None)["env_vars"]["SOME_SETTING"] == value
 
 
 def test_actor_env_passes_through_only_what_is_set():
     assert actor_env({"PYTHONPATH": "", "HOME": "/root", "HF_TOKEN": "x"}) == ACTOR_ENV
-    assert actor_env({"XDG_CACHE_HOME": "/x", "EVA_CACHE_DIR": "/c"}) == {**ACTOR_ENV, "XDG_CACHE_HOME": "/x", "EVA_CACHE_DIR": "/c"}
+    assert actor_env({"XDG_CACHE_HOME": "/x", "EVA_CACHE_DIR": "/c"}) == {
+        **ACTOR_ENV,
+        "XDG_CACHE_HOME": "/x",
+        "EVA_CACHE_DIR": "/c",
+    }
     assert ACTOR_ENV["OMP_NUM_THREADS"] == "1" and ACTOR_ENV["HF_HUB_OFFLINE"] == "1"
 
 
@@ -128,13 +134,20 @@ def test_submit_job_errors_say_what_to_check(fake_client):
 
     waits: list[str] = []
     fake_client.errors = [RuntimeError("No available agent")]
-    with pytest.raises(SubmitError, match="cannot submit to the Ray job API at http://h:1: No available agent\nthe head's dashboard agent serves no HTTP"):
+    with pytest.raises(
+        SubmitError,
+        match="cannot submit to the Ray job API at http://h:1: No available agent\nthe head's dashboard agent serves "
+        "no HTTP",
+    ):
         submit_job("http://h:1", "eva run", {}, None, wait_s=0, poll_s=0, on_wait=waits.append)  # the wait is over
     fake_client.errors = [ConnectionError("connection refused")]
     with pytest.raises(SubmitError, match="^cannot submit to the Ray job API at http://h:1: connection refused$"):
         submit_job("http://h:1", "eva run", {}, None, poll_s=0, on_wait=waits.append)  # not transient: no retry
     fake_client.errors = [AuthenticationError("token mismatch\ndetails")]
-    with pytest.raises(SubmitError, match="refused the submission: token mismatch\nthe cluster uses token authentication: set RAY_AUTH_MODE=token"):
+    with pytest.raises(
+        SubmitError,
+        match="refused the submission: token mismatch\nthe cluster uses token authentication: set RAY_AUTH_MODE=token",
+    ):
         submit_job("http://h:1", "eva run", {}, "job-7", on_wait=waits.append)
     assert waits == [] and fake_client.calls == 3
     assert submit_job("http://h:1", "eva run", {}, "job-7") == "job-7"
@@ -148,8 +161,14 @@ def test_job_address_order():
 
 
 def _eva(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
 
 
 def test_submit_rejects_bad_input_before_contacting_a_cluster():
@@ -160,7 +179,10 @@ def test_submit_rejects_bad_input_before_contacting_a_cluster():
     down = _eva("submit", "--preset", "tiny", "--address", "http://127.0.0.1:9")
     assert down.returncode == 2 and "cannot submit" in down.stderr
     mixed = _eva("submit", "--resume", "/mnt/shared/runs/x", "--preset", "tiny", "--address", "http://127.0.0.1:9")
-    assert mixed.returncode == 2 and "--resume continues a run with the config in its run.yaml; drop --preset" in mixed.stderr
+    assert (
+        mixed.returncode == 2
+        and "--resume continues a run with the config in its run.yaml; drop --preset" in mixed.stderr
+    )
     not_a_run = _eva("submit", "--resume", str(REPO), "--address", "http://127.0.0.1:9")
     assert not_a_run.returncode == 2 and "not a run directory" in not_a_run.stderr
 
@@ -176,5 +198,10 @@ def test_unwritable_run_dir_fails_early(tmp_path):
     proc = _eva("run", "--preset", "tiny", "--run-dir", str(blocker / "run"))
     assert proc.returncode == 2 and "not writable" in proc.stderr and "Traceback" not in proc.stderr
     proc = _eva("run", "--preset", "tiny", "--run-dir", "s3://bucket/runs/x")
-    assert proc.returncode == 2 and "run.dir" in proc.stderr and "mount the bucket" in proc.stderr and not (REPO / "s3:").exists()
+    assert (
+        proc.returncode == 2
+        and "run.dir" in proc.stderr
+        and "mount the bucket" in proc.stderr
+        and not (REPO / "s3:").exists()
+    )
     assert list(tmp_path.iterdir()) == [blocker]

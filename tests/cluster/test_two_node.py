@@ -26,9 +26,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_eva(*args: str, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO, env={**env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=300)
-    assert not check or proc.returncode == 0, f"eva {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        cwd=REPO,
+        env={**env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert not check or proc.returncode == 0, (
+        f"eva {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
     return proc
+
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -94,11 +104,23 @@ class Cluster:
         # Every per-node port chosen free: the defaults (52365 for the dashboard agent's HTTP server, ...)
         # are shared by every Ray instance on the machine, and the test session's own local Ray already
         # holds them. An agent that cannot bind serves no Job API ("No available agent to submit job").
-        ports = [f"--{flag}={_free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                        "runtime-env-agent-port", "metrics-export-port")]
+        ports = [
+            f"--{flag}={_free_port()}"
+            for flag in (
+                "dashboard-agent-listen-port",
+                "dashboard-agent-grpc-port",
+                "runtime-env-agent-port",
+                "metrics-export-port",
+            )
+        ]
         common = ["--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats", *ports]
-        proc = subprocess.Popen([RAY, "start", *args, *common], env=self.env, stdout=open(self.logs / f"{name}.log", "w"),
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [RAY, "start", *args, *common],
+            env=self.env,
+            stdout=open(self.logs / f"{name}.log", "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.procs.append(proc)
         return proc
 
@@ -109,13 +131,26 @@ class Cluster:
             time.sleep(2)
 
     def start_head(self) -> None:
-        self._start("head", ["--head", f"--port={self.port}", "--num-cpus=2", "--resources", json.dumps({"head": 1}),
-                             "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dash_port}", "--include-dashboard=true"])
+        self._start(
+            "head",
+            [
+                "--head",
+                f"--port={self.port}",
+                "--num-cpus=2",
+                "--resources",
+                json.dumps({"head": 1}),
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={self.dash_port}",
+                "--include-dashboard=true",
+            ],
+        )
         self._wait_nodes(1, "head")
 
     def add_worker(self) -> None:
         name = f"worker{len(self.workers)}"
-        self.workers.append(self._start(name, [f"--address={self.gcs}", "--num-cpus=2", "--resources", json.dumps({"worker": 1})]))
+        self.workers.append(
+            self._start(name, [f"--address={self.gcs}", "--num-cpus=2", "--resources", json.dumps({"worker": 1})])
+        )
         self._wait_nodes(1 + sum(1 for w in self.workers if w.poll() is None), name)
 
     def kill_worker(self) -> None:
@@ -170,21 +205,53 @@ def test_tiny_run_as_ray_job_spreads_engines_over_both_nodes(cluster, tmp_path):
     run = tmp_path / "run"
     t0 = time.time()
     proc = run_eva(
-        "submit", "--preset", "tiny", "--run-dir", str(run), "--iterations", "1", "--address", dash,
-        "--set", "ray.engine.replicas=2", "--set", "ray.placement=STRICT_SPREAD", "--set", "ray.placement_timeout_s=120",
-        "--set", "ray.timeout_s=600", env=env,
+        "submit",
+        "--preset",
+        "tiny",
+        "--run-dir",
+        str(run),
+        "--iterations",
+        "1",
+        "--address",
+        dash,
+        "--set",
+        "ray.engine.replicas=2",
+        "--set",
+        "ray.placement=STRICT_SPREAD",
+        "--set",
+        "ray.placement_timeout_s=120",
+        "--set",
+        "ray.timeout_s=600",
+        env=env,
     )
     assert "ray job logs -f" in proc.stdout
     # Token auth is on: a client without the token, or with another one, is turned away (exit 2, no traceback).
-    for bad in ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token"}, {"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": ""}):
-        refused = run_eva("submit", "--preset", "tiny", "--run-dir", str(tmp_path / "nope"), "--address", dash, env={**env, **bad}, check=False)
-        assert refused.returncode == 2 and "authentication" in refused.stderr.lower() and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    for bad in (
+        {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token"},
+        {"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": ""},
+    ):
+        refused = run_eva(
+            "submit",
+            "--preset",
+            "tiny",
+            "--run-dir",
+            str(tmp_path / "nope"),
+            "--address",
+            dash,
+            env={**env, **bad},
+            check=False,
+        )
+        assert (
+            refused.returncode == 2 and "authentication" in refused.stderr.lower() and "Traceback" not in refused.stderr
+        ), refused.stderr[-2000:]
     job_id = proc.stdout.split("submitted job ", 1)[1].split(":", 1)[0]
     client = _client(dash)
     # `eva status` on the shared run directory while the job runs: it reads, never waits or writes.
     deadline = time.time() + 600
     while not any(e.get("kind") == "stage_end" for e in RunDir(run).events()):
-        assert time.time() < deadline and client.get_job_status(job_id) not in {JobStatus.FAILED, JobStatus.STOPPED}, client.get_job_logs(job_id)[-4000:]
+        assert time.time() < deadline and client.get_job_status(job_id) not in {JobStatus.FAILED, JobStatus.STOPPED}, (
+            client.get_job_logs(job_id)[-4000:]
+        )
         time.sleep(0.5)
     during = run_eva("status", str(run), env=env)
     assert "incomplete" in during.stdout and "stopped in iteration 1 after stage" in during.stdout, during.stdout
@@ -220,14 +287,30 @@ def test_worker_node_lost_mid_rollout_then_resume_finishes(cluster, tmp_path):
 
     run = tmp_path / "run"
     proc = run_eva(
-        "submit", "--preset", "tiny", "--run-dir", str(run), "--iterations", "1", "--address", cluster.dashboard,
-        "--set", "ray.engine.replicas=2", "--set", "ray.placement=SPREAD", "--set", "ray.timeout_s=300", env=cluster.env,
+        "submit",
+        "--preset",
+        "tiny",
+        "--run-dir",
+        str(run),
+        "--iterations",
+        "1",
+        "--address",
+        cluster.dashboard,
+        "--set",
+        "ray.engine.replicas=2",
+        "--set",
+        "ray.placement=SPREAD",
+        "--set",
+        "ray.timeout_s=300",
+        env=cluster.env,
     )
     job_id = proc.stdout.split("submitted job ", 1)[1].split(":", 1)[0]
     client = _client(cluster.dashboard)
     deadline = time.time() + 600
     while not any(e.get("kind") == "stage_start" and e.get("stage") == "estimate" for e in RunDir(run).events()):
-        assert time.time() < deadline and client.get_job_status(job_id) not in {JobStatus.FAILED, JobStatus.STOPPED}, client.get_job_logs(job_id)[-4000:]
+        assert time.time() < deadline and client.get_job_status(job_id) not in {JobStatus.FAILED, JobStatus.STOPPED}, (
+            client.get_job_logs(job_id)[-4000:]
+        )
         time.sleep(0.5)
     cluster.kill_worker()
     status = _wait_job(client, job_id)
@@ -239,7 +322,8 @@ def test_worker_node_lost_mid_rollout_then_resume_finishes(cluster, tmp_path):
         return
     assert not rd.committed(1), "a failed job must not leave iteration 1 committed"
     cluster.add_worker()
-    proc = run_eva("submit", "--resume", str(run), "--address", cluster.dashboard, env=cluster.env)  # resume, as a Ray Job again
+    # resume, as a Ray Job again
+    proc = run_eva("submit", "--resume", str(run), "--address", cluster.dashboard, env=cluster.env)
     assert f"eva resume {run}" in proc.stdout
     resumed = proc.stdout.split("submitted job ", 1)[1].split(":", 1)[0]
     assert _wait_job(client, resumed) == JobStatus.SUCCEEDED, client.get_job_logs(resumed)[-4000:]

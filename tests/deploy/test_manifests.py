@@ -140,7 +140,11 @@ def _pod_templates(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _validate_pod_template(template: dict[str, Any]) -> None:
     kv = _need("kubernetes_validate")
-    kv.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "eva"}, "template": template}, K8S_VERSION, strict=True)
+    kv.validate(
+        {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "eva"}, "template": template},
+        K8S_VERSION,
+        strict=True,
+    )
 
 
 @pytest.mark.parametrize("path", KUBERAY, ids=lambda p: p.name)
@@ -163,12 +167,19 @@ def test_kuberay_cluster_as_rays_autoscaler_reads_it(path: Path) -> None:
     from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
 
     doc = _load(path)
-    cr = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": doc["metadata"]["name"], "namespace": "default"}, "spec": _cluster_spec(doc)}
+    cr = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": {"name": doc["metadata"]["name"], "namespace": "default"},
+        "spec": _cluster_spec(doc),
+    }
     nodes = _derive_autoscaling_config_from_ray_cr(cr)["available_node_types"]  # validates against ray-schema.json
     assert nodes["headgroup"]["resources"]["GPU"] == 0  # nothing GPU-bound lands on the head
     assert nodes["gpu"]["resources"]["GPU"] == 8 and nodes["gpu"]["min_workers"] >= 1
     needed = max(_actor_cpus(load_config(p, [])) for p in CONFIGS)
-    assert nodes["gpu"]["resources"]["CPU"] >= needed, f"the GPU pod's CPUs do not hold the actors of an example config ({needed})"
+    assert nodes["gpu"]["resources"]["CPU"] >= needed, (
+        f"the GPU pod's CPUs do not hold the actors of an example config ({needed})"
+    )
 
 
 @pytest.mark.parametrize("path", KUBERAY, ids=lambda p: p.name)
@@ -188,8 +199,12 @@ def test_kuberay_fields_outside_the_schemas(path: Path) -> None:
         for container in template["spec"]["containers"]:
             for env in container.get("env", []):
                 if is_secret_name(env["name"]):
-                    assert "value" not in env and "secretKeyRef" in env["valueFrom"], f"{env['name']} must come from a Secret"
-            assert "/mnt/shared" in {m["mountPath"] for m in container.get("volumeMounts", [])}, "run dir must be shared storage"
+                    assert "value" not in env and "secretKeyRef" in env["valueFrom"], (
+                        f"{env['name']} must come from a Secret"
+                    )
+            assert "/mnt/shared" in {m["mountPath"] for m in container.get("volumeMounts", [])}, (
+                "run dir must be shared storage"
+            )
     if doc["kind"] == "RayJob":
         job = doc["spec"]
         assert job["submissionMode"] in {"K8sJobMode", "HTTPMode", "SidecarMode"}
@@ -204,9 +219,13 @@ def test_kuberay_fields_outside_the_schemas(path: Path) -> None:
 
 
 def test_dockerfile_passes_hadolint() -> None:
-    result = subprocess.run([_hadolint(), "--no-color", "--format", "json", str(DEPLOY / "Dockerfile")], capture_output=True, text=True)
+    result = subprocess.run(
+        [_hadolint(), "--no-color", "--format", "json", str(DEPLOY / "Dockerfile")], capture_output=True, text=True
+    )
     findings = json.loads(result.stdout or "[]")
-    assert findings == [] and result.returncode == 0, "\n".join(f"line {f['line']}: {f['code']} {f['message']}" for f in findings) or result.stderr
+    assert findings == [] and result.returncode == 0, (
+        "\n".join(f"line {f['line']}: {f['code']} {f['message']}" for f in findings) or result.stderr
+    )
 
 
 def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
@@ -226,13 +245,17 @@ def test_image_and_gpu_extra_match_the_tested_vllm() -> None:
     assert '"/opt/eva[gpu]"' in text and "[cpu]" not in text
     assert not re.search(r"^(ENV|ARG)\s+\S*(TOKEN|_KEY|SECRET)", text, re.M)
     user = re.findall(r"^USER (\S+)", text, re.M)
-    assert user and re.fullmatch(r"[1-9]\d*(:\d+)?", user[-1]), "numeric non-root USER (Kubernetes runAsNonRoot checks it)"
+    assert user and re.fullmatch(r"[1-9]\d*(:\d+)?", user[-1]), (
+        "numeric non-root USER (Kubernetes runAsNonRoot checks it)"
+    )
 
 
 # ------------------------------------------------------------------------------ all of deploy/
 
 
-@pytest.mark.parametrize("path", sorted(p for p in DEPLOY.rglob("*") if p.is_file()), ids=lambda p: str(p.relative_to(DEPLOY)))
+@pytest.mark.parametrize(
+    "path", sorted(p for p in DEPLOY.rglob("*") if p.is_file()), ids=lambda p: str(p.relative_to(DEPLOY))
+)
 def test_no_secret_values_or_public_endpoints(path: Path) -> None:
     text = path.read_text()
     assert not SECRET_VALUE.search(text)
@@ -249,12 +272,22 @@ def _creator_replicas(cfg) -> int:
 
 def _actor_cpus(cfg) -> float:
     r = cfg.ray
-    return r.engine.num_cpus * r.engine.replicas + r.trainer.num_cpus + r.reward.num_cpus + r.creator.num_cpus * _creator_replicas(cfg)
+    return (
+        r.engine.num_cpus * r.engine.replicas
+        + r.trainer.num_cpus
+        + r.reward.num_cpus
+        + r.creator.num_cpus * _creator_replicas(cfg)
+    )
 
 
 def _actor_gpus(cfg) -> float:
     r = cfg.ray
-    return r.engine.num_gpus * r.engine.replicas + r.trainer.num_gpus + r.reward.num_gpus + r.creator.num_gpus * _creator_replicas(cfg)
+    return (
+        r.engine.num_gpus * r.engine.replicas
+        + r.trainer.num_gpus
+        + r.reward.num_gpus
+        + r.creator.num_gpus * _creator_replicas(cfg)
+    )
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -288,6 +321,8 @@ def test_examples_set_only_parameters_their_loss_reads() -> None:
 def test_docs_and_manifests_name_existing_configs() -> None:
     names = {p.name for p in CONFIGS}
     for path in [DEPLOY / "cluster-launcher.yaml", *KUBERAY, ROOT / "README.md"]:
-        for mentioned in re.findall(r"deploy/configs/([\w.-]+\.yaml)|/mnt/shared/configs/([\w.-]+\.yaml)", path.read_text()):
+        for mentioned in re.findall(
+            r"deploy/configs/([\w.-]+\.yaml)|/mnt/shared/configs/([\w.-]+\.yaml)", path.read_text()
+        ):
             name = next(m for m in mentioned if m)
             assert name in names, f"{path.name} names {name}, which deploy/configs does not have"

@@ -9,7 +9,9 @@ import pytest
 from eva.atomic import atomic_folder, is_temp_file, remove_temp_leftovers
 
 
-def test_atomic_folder_fsyncs_files_and_folders_before_and_the_parent_after_the_rename(tmp_path: Path, durable_writes) -> None:
+def test_atomic_folder_fsyncs_files_and_folders_before_and_the_parent_after_the_rename(
+    tmp_path: Path, durable_writes
+) -> None:
     target = tmp_path / "it" / "policy"
     with atomic_folder(target) as tmp:
         (tmp / "model.safetensors").write_bytes(b"w" * 100)
@@ -45,5 +47,9 @@ def test_remove_temp_leftovers_takes_files_and_folders_at_any_depth(tmp_path: Pa
     (tmp_path / ".hidden").write_text("not a temp name")
     removed = remove_temp_leftovers(tmp_path)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in removed) == [".policy.ab.tmp", "stages/.train.done.1.tmp"]
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [".hidden", "stages", "stages/train.done"]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        ".hidden",
+        "stages",
+        "stages/train.done",
+    ]
     assert is_temp_file(Path(".policy.tmp")) and not is_temp_file(Path("policy.tmp"))

@@ -248,7 +248,15 @@ def test_prompts_table_round_trip(tmp_path: Path) -> None:
 # --- seed prompts ------------------------------------------------------------------------------------------------
 
 
-SEED_TEXTS = ["  Write a haiku. ", "", "Explain gravity.", "write a  HAIKU.", "   ", "Name three rivers.", "Plan a trip."]
+SEED_TEXTS = [
+    "  Write a haiku. ",
+    "",
+    "Explain gravity.",
+    "write a  HAIKU.",
+    "   ",
+    "Name three rivers.",
+    "Plan a trip.",
+]
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -276,13 +284,20 @@ def test_seed_prompts_from_datasets_folder(tmp_path: Path) -> None:
     datasets.Dataset.from_dict({"question": SEED_TEXTS}).save_to_disk(str(folder))
     assert len(load_seed_prompts(str(folder), "question", None)) == 4
     dict_folder = tmp_path / "dsd"
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"question": ["A?", "B?"]})}).save_to_disk(str(dict_folder))
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"question": ["A?", "B?"]})}).save_to_disk(
+        str(dict_folder)
+    )
     assert [p.text for p in load_seed_prompts(str(dict_folder), "question", 1)] == ["A?"]
 
 
 def test_seed_prompts_from_an_in_memory_dataset() -> None:
     ds = datasets.Dataset.from_dict({"question": SEED_TEXTS})  # stripped, blanks and duplicates dropped
-    assert [p.text for p in load_seed_prompts(ds, "question")] == ["Write a haiku.", "Explain gravity.", "Name three rivers.", "Plan a trip."]
+    assert [p.text for p in load_seed_prompts(ds, "question")] == [
+        "Write a haiku.",
+        "Explain gravity.",
+        "Name three rivers.",
+        "Plan a trip.",
+    ]
     dsd = datasets.DatasetDict({"test": ds.select([2, 6])})
     assert [p.text for p in load_seed_prompts(dsd, "question")] == ["Explain gravity.", "Plan a trip."]
     with pytest.raises(DataError, match="in-memory dataset: no column 'prompt'; available columns: \\['question'\\]"):
@@ -295,15 +310,27 @@ def test_seed_prompts_from_an_in_memory_dataset() -> None:
     ("name", "content", "column", "message"),
     [
         ("bad.jsonl", '{"prompt": "ok"}\n{"prompt": oops}\n', "prompt", r"bad.jsonl: line 2: invalid JSON"),
-        ("key.jsonl", '{"prompt": "ok"}\n{"text": "x"}\n', "prompt", r"key.jsonl: line 2: no key 'prompt'; keys here: \['text'\]"),
-        ("type.jsonl", '{"prompt": "ok"}\n\n{"prompt": 42}\n', "prompt", r"type.jsonl: line 3: 'prompt' is int 42, expected a string"),
+        (
+            "key.jsonl",
+            '{"prompt": "ok"}\n{"text": "x"}\n',
+            "prompt",
+            r"key.jsonl: line 2: no key 'prompt'; keys here: \['text'\]",
+        ),
+        (
+            "type.jsonl",
+            '{"prompt": "ok"}\n\n{"prompt": 42}\n',
+            "prompt",
+            r"type.jsonl: line 3: 'prompt' is int 42, expected a string",
+        ),
         ("null.jsonl", '{"prompt": null}\n', "prompt", r"null.jsonl: line 1: 'prompt' is NoneType None"),
         ("list.jsonl", '["prompt"]\n', "prompt", r"list.jsonl: line 1: expected a JSON object, got list"),
         ("empty.jsonl", '{"prompt": "  "}\n', "prompt", r"empty.jsonl: no seed prompts in column 'prompt'"),
         ("seeds.csv", "prompt\nhi\n", "prompt", r"seeds.csv: unknown file type '.csv'"),
     ],
 )
-def test_seed_prompt_errors_name_file_and_line(tmp_path: Path, name: str, content: str, column: str, message: str) -> None:
+def test_seed_prompt_errors_name_file_and_line(
+    tmp_path: Path, name: str, content: str, column: str, message: str
+) -> None:
     (tmp_path / name).write_text(content)
     with pytest.raises(DataError, match=message):
         load_seed_prompts(str(tmp_path / name), column, None)
@@ -359,7 +386,10 @@ def test_u2028_inside_a_json_string_is_one_record(tmp_path: Path) -> None:
     "record, message",
     [
         ('{"prompt": "a\\u0000b"}', r"line 2: 'prompt': the text holds a NUL character \(U\+0000\) at position 1"),
-        ('{"prompt": "smile \\ud83d please"}', r"line 2: 'prompt': the text holds a lone surrogate '\\ud83d' at position 6"),
+        (
+            '{"prompt": "smile \\ud83d please"}',
+            r"line 2: 'prompt': the text holds a lone surrogate '\\ud83d' at position 6",
+        ),
     ],
 )
 def test_nul_and_lone_surrogates_are_refused(tmp_path: Path, record: str, message: str) -> None:
@@ -379,7 +409,11 @@ def test_multi_megabyte_prompts_are_refused_with_their_count(tmp_path: Path) -> 
     path = tmp_path / "huge.jsonl"
     rows = ["short one", "x" * (3 << 20), "short two", "y" * (MAX_PROMPT_CHARS + 1), "z" * MAX_PROMPT_CHARS]
     path.write_text("".join(json.dumps({"prompt": r}) + "\n" for r in rows))
-    with pytest.raises(DataError, match=r"huge\.jsonl: 2 prompt\(s\) longer than 100,000 characters \(the longest, 3,145,728 characters, at line 2; the first at line 2\)"):
+    with pytest.raises(
+        DataError,
+        match=r"huge\.jsonl: 2 prompt\(s\) longer than 100,000 characters \(the longest, 3,145,728 characters, at "
+        r"line 2; the first at line 2\)",
+    ):
         load_seed_prompts(str(path), "prompt", None)
     assert len(load_seed_prompts(str(path), "prompt", 1)) == 1
 

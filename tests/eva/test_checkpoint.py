@@ -73,7 +73,12 @@ def test_commit_then_verify_clean(run: RunDir) -> None:
     assert not run.committed(0)
     manifest = run.commit(0)
     assert run.committed(0)
-    assert set(manifest["files"]) == {"prompts.parquet", "metrics.json", "policy/model.safetensors", "policy/config.json"}
+    assert set(manifest["files"]) == {
+        "prompts.parquet",
+        "metrics.json",
+        "policy/model.safetensors",
+        "policy/config.json",
+    }
     assert manifest["files"]["policy/model.safetensors"]["size"] == 1024
     assert run.verify(0) == []
     run.ensure_valid(0)
@@ -301,7 +306,12 @@ def test_commit_removes_a_killed_saves_temp_folder_and_never_hashes_it(run: RunD
     (folder / "stages").mkdir()
     (folder / "stages" / ".train.done.x1.tmp").write_text("torn")
     manifest = run.commit(1)
-    assert sorted(manifest["files"]) == ["metrics.json", "policy/config.json", "policy/model.safetensors", "prompts.parquet"]
+    assert sorted(manifest["files"]) == [
+        "metrics.json",
+        "policy/config.json",
+        "policy/model.safetensors",
+        "prompts.parquet",
+    ]
     assert not leftover.exists() and not (folder / "stages" / ".train.done.x1.tmp").exists()
     event = [e for e in run.events() if e["kind"] == "temp_leftovers_removed"][-1]
     assert sorted(event["paths"]) == ["iterations/0001/.policy.k3j2.tmp", "iterations/0001/stages/.train.done.x1.tmp"]

@@ -6,13 +6,26 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from eva.child_filter import CHILD_REASONS, PromptCheck, child_reason, is_request, looks_like_answer, prompt_reason, talks_about_the_rewrite
+from eva.child_filter import (
+    CHILD_REASONS,
+    PromptCheck,
+    child_reason,
+    is_request,
+    looks_like_answer,
+    prompt_reason,
+    talks_about_the_rewrite,
+)
 from eva.config import CreatorSection
 from eva.evolve import OPERATORS, REASONS
 
-SARA = "Sara buys 3 notebooks at 2.40 euros each and a pen at 1.15 euros. She pays with a 10 euro note. How much change does she get?"
+SARA = (
+    "Sara buys 3 notebooks at 2.40 euros each and a pen at 1.15 euros. She pays with a 10 euro note. How much "
+    "change does she get?"
+)
 CHECK = PromptCheck(max_meta_similarity=0.35, min_parent_similarity=0.22)
-REWRITE = "Sara buys 4 notebooks at 2.40 euros each and two pens at 1.15 euros. How much change does she get from 20 euros?"
+REWRITE = (
+    "Sara buys 4 notebooks at 2.40 euros each and two pens at 1.15 euros. How much change does she get from 20 euros?"
+)
 
 
 def reason(child: str, parent: str = SARA, sims: tuple[float, float] | None = (0.8, 0.1)) -> str | None:
@@ -67,10 +80,14 @@ def test_without_similarities_only_the_wording_decides():
 
 
 def test_child_reason_takes_the_similarities_from_embed():
-    axes = dict(zip(("parent", "instruction", "elsewhere"), np.eye(3)))
-    vectors = {SARA: axes["parent"], "INSTRUCTION": axes["instruction"], REWRITE: axes["parent"],
-               "Describe a lighthouse at night.": axes["elsewhere"],
-               "Add a word limit and a format to it.": (axes["instruction"] + 0.5 * axes["parent"]) / np.sqrt(1.25)}
+    axes = dict(zip(("parent", "instruction", "elsewhere"), np.eye(3), strict=True))
+    vectors = {
+        SARA: axes["parent"],
+        "INSTRUCTION": axes["instruction"],
+        REWRITE: axes["parent"],
+        "Describe a lighthouse at night.": axes["elsewhere"],
+        "Add a word limit and a format to it.": (axes["instruction"] + 0.5 * axes["parent"]) / np.sqrt(1.25),
+    }
     calls = []
 
     def embed(text: str) -> np.ndarray:
@@ -80,7 +97,8 @@ def test_child_reason_takes_the_similarities_from_embed():
     check = PromptCheck(0.35, 0.22, embed)
     assert child_reason(REWRITE, SARA, "INSTRUCTION", check) is None
     assert child_reason("Describe a lighthouse at night.", SARA, "INSTRUCTION", check) == "off_topic"
-    assert child_reason("Add a word limit and a format to it.", SARA, "INSTRUCTION", check) == "meta_paraphrase"  # 0.89 vs 0.45
+    # 0.89 vs 0.45
+    assert child_reason("Add a word limit and a format to it.", SARA, "INSTRUCTION", check) == "meta_paraphrase"
     assert set(calls) == set(vectors)  # child, parent and instruction are embedded
     no_embed = PromptCheck(0.35, 0.22)
     assert child_reason("Describe a lighthouse at night.", SARA, "INSTRUCTION", no_embed) is None
@@ -88,7 +106,7 @@ def test_child_reason_takes_the_similarities_from_embed():
 
 def test_reasons_are_part_of_the_evolve_reasons():
     assert set(CHILD_REASONS) <= set(REASONS)
-    assert REASONS[-len(CHILD_REASONS):] == CHILD_REASONS
+    assert REASONS[-len(CHILD_REASONS) :] == CHILD_REASONS
 
 
 # --- wording cues ----------------------------------------------------------------------------------
@@ -116,7 +134,8 @@ def test_requests(text):
     [
         "The longest river in South America is the Amazon River.",
         "1. Choose a guitar\n2. Learn three chords\n3. Practice every day",  # advice: list items do not count
-        "Daytime is everything. What's good about cats? They sleep. Cats love their tails.",  # a question only in the middle
+        # a question only in the middle
+        "Daytime is everything. What's good about cats? They sleep. Cats love their tails.",
         "When to use a semicolon: when two independent clauses share one sentence.",
         "Implementation.",
         # a relative clause after a comma is no question; "let's" after one is an answer's voice
@@ -138,7 +157,10 @@ def test_answer_cues():
     assert not looks_like_answer("Explain with an example why 0.1 + 0.2 = 0.30000000000000004 in Python.", parent)
     assert not looks_like_answer(REWRITE, SARA)
     # user prompts open in the first person or with their material, too
-    for prompt in ("I'm planning three days in Rome. What should I not miss?", "Here is my code: print(x. Why does it fail?"):
+    for prompt in (
+        "I'm planning three days in Rome. What should I not miss?",
+        "Here is my code: print(x. Why does it fail?",
+    ):
         assert prompt_reason(prompt, "", CHECK) is None, prompt
 
 
@@ -185,4 +207,7 @@ def test_labelled_set_format():
 def test_config_defaults_match_the_documented_choice():
     creator = CreatorSection()
     assert creator.prompt_filter == "embedding"
-    assert (creator.max_meta_similarity, creator.min_parent_similarity) == (0.35, 0.22)  # benchmarks/child_filters.py, RESULTS.md
+    assert (creator.max_meta_similarity, creator.min_parent_similarity) == (
+        0.35,
+        0.22,
+    )  # benchmarks/child_filters.py, RESULTS.md

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from eva.config import (
     DEFAULT_PRESET,
@@ -47,7 +48,7 @@ def test_presets_ship_and_load():
 
 def test_frozen_and_extra_forbidden():
     cfg = RunConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.run.seed = 3  # type: ignore[misc]
     with pytest.raises(ConfigError, match="unknown field"):
         config_from_dict({"run": {"nmae": "x"}}, "x.yaml")
@@ -140,11 +141,30 @@ def test_fingerprint_ignores_mutable_fields_only():
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
-        (["reward.kind=rm"], r"--set reward.kind=rm: reward.kind: .*unknown scorer kind 'rm'; known: judge, reward_model, function, task, combined"),
-        (["reward.kind=wellformed"], r"reward.kind: .*'wellformed' cannot be the whole reward .*allowed here: judge, reward_model, function, task, combined"),
-        (['reward.components=[{"kind": "combined"}]'], r"reward.components.0.kind: .*'combined' cannot be a component of combined; allowed here: judge, reward_model, function, relevance, wellformed"),
-        (["reward.judge_template=nope"], r"reward.judge_template: .*unknown judge template 'nope'; known: plain, rubric, fewshot, yesno, yesno_plain"),
-        (['reward.components=[{"kind": "judge", "judge_template": "Rubric"}]'], r"reward.components.0.judge_template: .*unknown judge template 'Rubric'; known: plain, rubric"),
+        (
+            ["reward.kind=rm"],
+            r"--set reward.kind=rm: reward.kind: .*unknown scorer kind 'rm'; known: judge, reward_model, "
+            r"function, task, combined",
+        ),
+        (
+            ["reward.kind=wellformed"],
+            r"reward.kind: .*'wellformed' cannot be the whole reward .*allowed here: judge, reward_model, "
+            r"function, task, combined",
+        ),
+        (
+            ['reward.components=[{"kind": "combined"}]'],
+            r"reward.components.0.kind: .*'combined' cannot be a component of combined; allowed here: judge, "
+            r"reward_model, function, relevance, wellformed",
+        ),
+        (
+            ["reward.judge_template=nope"],
+            r"reward.judge_template: .*unknown judge template 'nope'; known: plain, rubric, fewshot, yesno, "
+            r"yesno_plain",
+        ),
+        (
+            ['reward.components=[{"kind": "judge", "judge_template": "Rubric"}]'],
+            r"reward.components.0.judge_template: .*unknown judge template 'Rubric'; known: plain, rubric",
+        ),
     ],
 )
 def test_scorer_kinds_and_judge_templates_are_checked_when_the_config_loads(sets, message):
@@ -166,15 +186,24 @@ def test_known_scorer_kinds_and_templates_load():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("reward.components=[{kind: judge, weight: .nan}, {kind: wellformed, weight: 1}]", r"reward\.components\.0\.weight: Input should be a finite number"),
-        ("reward.components=[{kind: judge, weight: 0}, {kind: wellformed, weight: 0.0}]", r"reward: .*judge 0, wellformed 0\) sum to 0; they must sum to a positive number"),
+        (
+            "reward.components=[{kind: judge, weight: .nan}, {kind: wellformed, weight: 1}]",
+            r"reward\.components\.0\.weight: Input should be a finite number",
+        ),
+        (
+            "reward.components=[{kind: judge, weight: 0}, {kind: wellformed, weight: 0.0}]",
+            r"reward: .*judge 0, wellformed 0\) sum to 0; they must sum to a positive number",
+        ),
         ("reward.components=[{kind: judge, weight: 1}, {kind: wellformed, weight: -2}]", r"sum to -1"),
         ("ray.timeout_s=.inf", r"ray\.timeout_s: Input should be a finite number"),
         ("ray.placement_timeout_s=.inf", r"ray\.placement_timeout_s: Input should be a finite number"),
         ("solver.temperature=.nan", r"solver\.temperature: Input should be a finite number"),
         ("solver.max_new_tokens=512", r"solver\.max_new_tokens \(512\) must be below model\.max_model_len \(512\)"),
         ("creator.max_new_tokens=4096", r"creator\.max_new_tokens \(4096\) must be below model\.max_model_len \(512\)"),
-        ("run.max_iterations_without_pairs=0", r"run\.max_iterations_without_pairs: Input should be greater than or equal to 1"),
+        (
+            "run.max_iterations_without_pairs=0",
+            r"run\.max_iterations_without_pairs: Input should be greater than or equal to 1",
+        ),
     ],
 )
 def test_degenerate_values_are_refused_naming_the_field(override, message):
@@ -184,7 +213,9 @@ def test_degenerate_values_are_refused_naming_the_field(override, message):
 
 
 def test_weights_of_an_unused_combination_and_a_positive_sum_are_fine():
-    cfg = load_config(overrides=["reward.components=[{kind: judge, weight: 2}, {kind: wellformed, weight: -1}]"], preset="tiny")
+    cfg = load_config(
+        overrides=["reward.components=[{kind: judge, weight: 2}, {kind: wellformed, weight: -1}]"], preset="tiny"
+    )
     assert sum(c.weight for c in cfg.reward.components) == 1
     assert load_config(overrides=["solver.max_new_tokens=511"], preset="tiny").solver.max_new_tokens == 511
 
@@ -192,7 +223,13 @@ def test_weights_of_an_unused_combination_and_a_positive_sum_are_fine():
 def test_reward_functions_lists_every_user_function():
     cfg = load_config(overrides=["reward.kind=function", "reward.function=m:f"], preset="tiny")
     assert cfg.reward.functions() == [("reward.function", "m:f")]
-    cfg = load_config(overrides=["reward.function=m:default", "reward.components=[{kind: function, function: a:b}, {kind: function}, {kind: wellformed}]"], preset="tiny")
+    cfg = load_config(
+        overrides=[
+            "reward.function=m:default",
+            "reward.components=[{kind: function, function: a:b}, {kind: function}, {kind: wellformed}]",
+        ],
+        preset="tiny",
+    )
     assert cfg.reward.functions() == [("reward.components.0.function", "a:b"), ("reward.function", "m:default")]
     assert load_config(preset="tiny").reward.functions() == []
 

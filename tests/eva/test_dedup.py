@@ -13,7 +13,7 @@ def brute_grams(text: str) -> set[str]:
     norm = normalize_text(text)
     if len(norm) < 3:
         return {norm} if norm else set()
-    return {norm[i: i + 3] for i in range(len(norm) - 2)}
+    return {norm[i : i + 3] for i in range(len(norm) - 2)}
 
 
 def brute_jaccard(a: str, b: str) -> float:

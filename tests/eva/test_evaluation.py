@@ -22,6 +22,8 @@ def test_too_few_prompts_give_nan_not_an_error():
     one = win_rate([1.0], [0.0])
     assert one["win_rate"] == 1.0 and math.isnan(one["win_rate_se"])
     none = win_rate([math.nan], [0.0])
-    assert none["n"] == 0 and all(math.isnan(none[k]) for k in ("win_rate", "win_rate_se", "mean_reward", "mean_reward_initial"))
+    assert none["n"] == 0 and all(
+        math.isnan(none[k]) for k in ("win_rate", "win_rate_se", "mean_reward", "mean_reward_initial")
+    )
     with pytest.raises(ValueError, match="differ in length"):
         win_rate([1.0, 2.0], [1.0])

@@ -25,7 +25,10 @@ from eva.evolve import (
 from eva.types import Prompt, normalize_text
 
 OPS = tuple(OPERATORS)
-PARENTS = [Prompt.seed(t) for t in ("Explain how a bicycle gear system works.", "Write a haiku about rain.", "What is 17 times 23?")]
+PARENTS = [
+    Prompt.seed(t)
+    for t in ("Explain how a bicycle gear system works.", "Write a haiku about rain.", "What is 17 times 23?")
+]
 
 
 # --- templates -----------------------------------------------------------------------------------
@@ -34,7 +37,9 @@ PARENTS = [Prompt.seed(t) for t in ("Explain how a bicycle gear system works.", 
 def test_operators_are_the_six_config_operators():
     assert set(OPERATORS) == {"constraints", "deepen", "concretize", "reasoning", "expand", "breadth"}
     assert load_config(preset="tiny").creator.operators == tuple(OPERATORS)  # the default: all of them
-    with pytest.raises(ConfigError, match=r"creator.operators: .*unknown evolve operator\(s\) 'widen'; known operators: constraints"):
+    with pytest.raises(
+        ConfigError, match=r"creator.operators: .*unknown evolve operator\(s\) 'widen'; known operators: constraints"
+    ):
         load_config(None, ["creator.operators=[deepen, widen]"], preset="tiny")
 
 
@@ -48,7 +53,7 @@ def test_template_is_short_with_one_slot_and_ends_in_new_prompt(op):
 
 
 def test_render_keeps_braces_in_the_prompt():
-    text = "Format {name} as JSON: {\"a\": 1}"
+    text = 'Format {name} as JSON: {"a": 1}'
     assert text in render_meta_prompt("deepen", text)
 
 
@@ -77,10 +82,10 @@ def test_no_operator_repeats_when_variants_fit():
     many = [Prompt.seed(f"Prompt number {i} about topic {i * 7}") for i in range(50)]
     reqs = build_evolve_requests(many, 4, OPS, seed=1)
     for i in range(50):
-        ops = [r.operator for r in reqs[4 * i: 4 * i + 4]]
+        ops = [r.operator for r in reqs[4 * i : 4 * i + 4]]
         assert len(set(ops)) == 4
     # operators vary across prompts (drawn, not a fixed prefix of the list)
-    assert len({tuple(r.operator for r in reqs[4 * i: 4 * i + 4]) for i in range(50)}) > 10
+    assert len({tuple(r.operator for r in reqs[4 * i : 4 * i + 4]) for i in range(50)}) > 10
 
 
 def test_operators_spread_evenly_beyond_one_round():
@@ -143,7 +148,10 @@ HAIKU = "Write a haiku about rain."
         ("<|im_start|>assistant\nWrite a haiku about rain.<|im_end|>", HAIKU),
         ("Write   a  haiku\tabout rain.   ", HAIKU),
         ("Write a\x00 haiku about\x07 rain.\u200b", HAIKU),
-        ("Sure! Here's the rewritten prompt:\n\n**New Prompt:**\n\"Write a haiku about rain.\"\n\nNote: shorter.", HAIKU),
+        (
+            'Sure! Here\'s the rewritten prompt:\n\n**New Prompt:**\n"Write a haiku about rain."\n\nNote: shorter.',
+            HAIKU,
+        ),
         ("New prompt:\r\nWrite a haiku\r\nabout rain.", "Write a haiku\nabout rain."),
     ],
 )
@@ -158,7 +166,7 @@ def test_parse_strips_wrappers(raw, expected):
         "Here is a short text:\nThe cat sat on the mat.\nSummarize it.",
         "Explain recursion.\n\nAnswer in under 50 words.",
         "Prompt engineering matters. Explain why in two paragraphs.",
-        "Translate \"good morning\" and \"good night\" into Spanish.",
+        'Translate "good morning" and "good night" into Spanish.',
         "Okay, so here's my situation:\nMy landlord never answers. What can I do?",
     ],
 )
@@ -168,7 +176,9 @@ def test_parse_leaves_real_prompts_alone(raw):
     assert parse_evolved(raw) == expected
 
 
-@pytest.mark.parametrize("raw", ["", "   \n\t ", "\x00\x01\x02\x7f", "<|im_end|>", "New prompt:", '""', "```\n```", "**New Prompt:**"])
+@pytest.mark.parametrize(
+    "raw", ["", "   \n\t ", "\x00\x01\x02\x7f", "<|im_end|>", "New prompt:", '""', "```\n```", "**New Prompt:**"]
+)
 def test_parse_returns_none_when_nothing_is_left(raw):
     assert parse_evolved(raw) is None
 
@@ -225,11 +235,29 @@ CASES = {
         "Explain bicycle gears for a child. Reply with only the new prompt.",
         "Use {prompt} here.",
     ],
-    "refusal": ["I'm sorry, but I can't rewrite that prompt.", "I cannot help with this request today.", "As an AI language model, I will not do this."],
-    "duplicate": ["explain how a  bicycle gear system WORKS.", "Describe the water cycle in five steps.", "Compare road and mountain bike gearing for hills."],
-    "near_duplicate": ["Explain how a bicycle gear system works!", "Describe the water cycle in five steps!", "Compare road and mountain bike gearing for hills!"],
-    "meta_paraphrase": ["To enhance the existing prompt, I'm sure a new prompt is the perfect idea!", "Make the question harder by adding a concrete requirement."],
-    "answer": ["A: Gears trade pedalling force for speed.", "The answer is that the chain moves between sprockets of different sizes."],
+    "refusal": [
+        "I'm sorry, but I can't rewrite that prompt.",
+        "I cannot help with this request today.",
+        "As an AI language model, I will not do this.",
+    ],
+    "duplicate": [
+        "explain how a  bicycle gear system WORKS.",
+        "Describe the water cycle in five steps.",
+        "Compare road and mountain bike gearing for hills.",
+    ],
+    "near_duplicate": [
+        "Explain how a bicycle gear system works!",
+        "Describe the water cycle in five steps!",
+        "Compare road and mountain bike gearing for hills!",
+    ],
+    "meta_paraphrase": [
+        "To enhance the existing prompt, I'm sure a new prompt is the perfect idea!",
+        "Make the question harder by adding a concrete requirement.",
+    ],
+    "answer": [
+        "A: Gears trade pedalling force for speed.",
+        "The answer is that the chain moves between sprockets of different sizes.",
+    ],
     "not_a_request": ["Bicycle gears trade pedalling force for speed on flat roads."],
     "off_topic": ["Write a sonnet about the ocean at dawn."],
 }
@@ -256,7 +284,7 @@ def run_filter(existing=BUFFER):
     # kept texts go first so the batch duplicates/near duplicates of KEPT[0] come after it
     ordered = KEPT + texts
     requests = [EvolveRequest(PARENT, OPS[i % len(OPS)], "meta", i) for i in range(len(ordered))]
-    return requests, filter_evolved(list(zip(requests, ordered)), existing, **LIMITS, prompt_check=CHECK)
+    return requests, filter_evolved(list(zip(requests, ordered, strict=True)), existing, **LIMITS, prompt_check=CHECK)
 
 
 def test_filter_counts_every_reason_exactly():
@@ -270,11 +298,13 @@ def test_filter_counts_every_reason_exactly():
 
 def test_kept_children_carry_lineage():
     requests, (kept, _) = run_filter()
-    for child, request in zip(kept, requests):
+    for child, request in zip(kept, requests, strict=False):
         assert child.parent_id == PARENT.id and child.root_id == PARENT.id
         assert child.depth == 1 and child.iteration == 3 and child.operator == request.operator
     grandchild_request = EvolveRequest(kept[0], "deepen", "meta", 0)
-    (grandchild,), _ = filter_evolved([(grandchild_request, "How do internal gear hubs differ from derailleurs?")], BUFFER, **LIMITS)
+    (grandchild,), _ = filter_evolved(
+        [(grandchild_request, "How do internal gear hubs differ from derailleurs?")], BUFFER, **LIMITS
+    )
     assert (grandchild.parent_id, grandchild.root_id, grandchild.depth) == (kept[0].id, PARENT.id, 2)
 
 
@@ -291,7 +321,7 @@ def test_filter_with_a_kept_index_gives_the_same_result_and_leaves_it_unchanged(
 def test_without_a_prompt_check_only_the_first_reasons_drop():
     requests = [EvolveRequest(PARENT, "deepen", "meta", i) for i in range(4)]
     texts = [CASES["answer"][0], CASES["not_a_request"][0], CASES["off_topic"][0], CASES["meta_paraphrase"][1]]
-    kept, report = filter_evolved(list(zip(requests, texts)), BUFFER, **LIMITS)
+    kept, report = filter_evolved(list(zip(requests, texts, strict=True)), BUFFER, **LIMITS)
     assert [c.text for c in kept] == texts and report.kept == 4 and not any(report.dropped.values())
     assert list(report.dropped) == list(REASONS)  # the new reasons are listed, at zero
 
@@ -309,7 +339,15 @@ def test_parent_is_checked_even_when_not_in_the_buffer():
     assert kept == [] and report.dropped["duplicate"] == 1 and report.dropped["near_duplicate"] == 1
 
 
-@pytest.mark.parametrize("text", ["Solve 3x^2 - 12x + 9 = 0 and explain each step.", "Compute 17*23 by hand.", "Translate 'Guten Morgen' into English.", "写一首关于秋天的短诗，并解释其中的意象。"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Solve 3x^2 - 12x + 9 = 0 and explain each step.",
+        "Compute 17*23 by hand.",
+        "Translate 'Guten Morgen' into English.",
+        "写一首关于秋天的短诗，并解释其中的意象。",
+    ],
+)
 def test_math_quotes_and_non_latin_prompts_are_not_garbage(text):
     assert content_reason(text, min_chars=5, max_chars=300) is None
 

@@ -26,11 +26,15 @@ def _folder(tmp_path: Path) -> tuple[IterationDir, PromptBuffer, list[ScoredProm
 
 def test_every_artifact_round_trips(tmp_path: Path) -> None:
     it, buffer, scored = _folder(tmp_path)
-    assert not (it.has_metrics() or it.has_pairs() or it.has_train_ids() or it.has_scored("estimate") or it.has_policy())
+    assert not (
+        it.has_metrics() or it.has_pairs() or it.has_train_ids() or it.has_scored("estimate") or it.has_policy()
+    )
     child = buffer.prompts()[0].child("Explain topic 0 with an example.", "deepen", 1)
     buffer.add([child])
     pairs = [PreferencePair(child.id, child.text, "good", "bad", 0.9, 0.1, 1)]
-    metrics = IterationMetrics(iteration=1, num_pairs=1, buffer_size=4, timing=Timing(wall_s=2.0, busy_by_kind={"train": 1.5}))
+    metrics = IterationMetrics(
+        iteration=1, num_pairs=1, buffer_size=4, timing=Timing(wall_s=2.0, busy_by_kind={"train": 1.5})
+    )
     it.write_buffer(buffer)
     it.write_evolved([child])
     it.write_scored("estimate", scored)
@@ -42,7 +46,13 @@ def test_every_artifact_round_trips(tmp_path: Path) -> None:
     assert it.scored("estimate", buffer) == scored  # the non-finite reward is kept, not nulled
     assert it.sampled_ids() == [scored[0].prompt.id] and it.train_ids() == [child.id]
     assert it.pairs() == pairs and it.metrics() == metrics
-    assert it.has_metrics() and it.has_pairs() and it.has_train_ids() and it.has_scored("estimate") and not it.has_scored("solve")
+    assert (
+        it.has_metrics()
+        and it.has_pairs()
+        and it.has_train_ids()
+        and it.has_scored("estimate")
+        and not it.has_scored("solve")
+    )
 
 
 def test_partial_reads_return_only_the_named_columns_typed(tmp_path: Path) -> None:
@@ -60,18 +70,41 @@ def test_partial_reads_return_only_the_named_columns_typed(tmp_path: Path) -> No
 def test_old_metrics_layout_with_an_extra_dict_is_read(tmp_path: Path) -> None:
     it, _, _ = _folder(tmp_path)
     it.path.mkdir(parents=True)
-    old = {"iteration": 1, "num_pairs": 3, "extra": {"buffer_size": 7, "wall_s": 10.0, "busy_s": 8.0, "overhead_s": 2.0,
-                                                    "overhead_share": 0.2, "busy_generate_s": 5.0, "busy_train_s": 3.0, "sync_s": 0.1}}
+    old = {
+        "iteration": 1,
+        "num_pairs": 3,
+        "extra": {
+            "buffer_size": 7,
+            "wall_s": 10.0,
+            "busy_s": 8.0,
+            "overhead_s": 2.0,
+            "overhead_share": 0.2,
+            "busy_generate_s": 5.0,
+            "busy_train_s": 3.0,
+            "sync_s": 0.1,
+        },
+    }
     it.file(METRICS).write_text(json.dumps(old))
     m = it.metrics()
     assert (m.num_pairs, m.buffer_size) == (3, 7)
-    assert m.timing == Timing(wall_s=10.0, busy_s=8.0, overhead_s=2.0, overhead_share=0.2, busy_by_kind={"generate": 5.0, "train": 3.0}, sync_s=0.1)
+    assert m.timing == Timing(
+        wall_s=10.0,
+        busy_s=8.0,
+        overhead_s=2.0,
+        overhead_share=0.2,
+        busy_by_kind={"generate": 5.0, "train": 3.0},
+        sync_s=0.1,
+    )
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("[1, 2", "not valid JSON"), ("[1, 2]", "expected a JSON object, got list"), ('{"num_pairs": 2}', "not the metrics of an iteration"),
-     ('{"iteration": 1, "timing": 5}', "not the metrics of an iteration")],
+    [
+        ("[1, 2", "not valid JSON"),
+        ("[1, 2]", "expected a JSON object, got list"),
+        ('{"num_pairs": 2}', "not the metrics of an iteration"),
+        ('{"iteration": 1, "timing": 5}', "not the metrics of an iteration"),
+    ],
 )
 def test_a_damaged_metrics_file_is_a_data_error_naming_it(tmp_path: Path, text: str, message: str) -> None:
     it, _, _ = _folder(tmp_path)

@@ -17,7 +17,9 @@ def test_expected_label_renormalizes_over_labels() -> None:
 def test_templates_by_name():
     assert list(JUDGE_TEMPLATES) == ["plain", "rubric", "fewshot", "yesno", "yesno_plain"]
     assert judge_template("rubric") is JUDGE_TEMPLATES["rubric"]
-    with pytest.raises(ValueError, match="unknown judge template 'nope'; known: plain, rubric, fewshot, yesno, yesno_plain"):
+    with pytest.raises(
+        ValueError, match="unknown judge template 'nope'; known: plain, rubric, fewshot, yesno, yesno_plain"
+    ):
         judge_template("nope")
 
 

@@ -62,7 +62,11 @@ def test_defaults_keep_what_simpo_and_orpo_got_before():
 @pytest.mark.parametrize(
     "overrides, parameters, trl",
     [
-        (dict(loss_type="sigmoid", beta=0.1, simpo_beta=2.0, orpo_lambda=0.3), {"beta": 0.1}, {"loss_type": "sigmoid", "beta": 0.1}),
+        (
+            dict(loss_type="sigmoid", beta=0.1, simpo_beta=2.0, orpo_lambda=0.3),
+            {"beta": 0.1},
+            {"loss_type": "sigmoid", "beta": 0.1},
+        ),
         (dict(loss_type="ipo", beta=0.2), {"beta": 0.2}, {"loss_type": "ipo", "beta": 0.2}),
         (
             dict(loss_type="simpo", beta=0.1, simpo_beta=2.5, simpo_gamma=1.25),

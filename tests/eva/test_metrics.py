@@ -3,8 +3,8 @@ import math
 import pytest
 
 from eva.config import ConfigError, load_config
+from eva.metrics import METRICS, busy_summary, informativeness, informativeness_batch, metric_names, register, summarize
 from eva.types import Timing
-from eva.metrics import busy_summary, METRICS, informativeness, informativeness_batch, metric_names, register, summarize
 
 NAN, INF = float("nan"), float("inf")
 
@@ -13,7 +13,11 @@ def test_the_config_takes_exactly_the_registered_names():
     assert "mean_inv" not in METRICS and metric_names() == (*METRICS, "mean_inv")
     for name in metric_names():
         assert load_config(None, [f"creator.metric={name}"], preset="tiny").creator.metric == name
-    with pytest.raises(ConfigError, match="creator.metric: .*unknown informativeness metric 'gapp'; known: gap, maxmean, dts, var, learnability, uniform, mean_inv"):
+    with pytest.raises(
+        ConfigError,
+        match="creator.metric: .*unknown informativeness metric 'gapp'; known: gap, maxmean, dts, var, learnability, "
+        "uniform, mean_inv",
+    ):
         load_config(None, ["creator.metric=gapp"], preset="tiny")
 
 

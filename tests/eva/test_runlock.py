@@ -81,7 +81,12 @@ def test_flock_held_by_an_heir_of_a_dead_holder_is_refused_with_how_to_find_it(t
     import fcntl
 
     path = tmp_path / LOCK_FILE
-    record = {"pid": _dead_pid(), "host": socket.gethostname(), "started": "2026-01-01T00:00:00+00:00", "command": "eva run"}
+    record = {
+        "pid": _dead_pid(),
+        "host": socket.gethostname(),
+        "started": "2026-01-01T00:00:00+00:00",
+        "command": "eva run",
+    }
     path.write_text(json.dumps(record))
     fd = os.open(path, os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX)  # stands in for the heir

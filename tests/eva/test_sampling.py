@@ -118,7 +118,9 @@ def test_object_array_with_none():
 def test_unknown_method():
     with pytest.raises(ValueError, match="weighted, greedy, uniform"):
         sample_prompts([1.0], 1, "topp", 0)
-    with pytest.raises(ConfigError, match="creator.sample_method: .*unknown sample method 'topp'; known: weighted, greedy, uniform"):
+    with pytest.raises(
+        ConfigError, match="creator.sample_method: .*unknown sample method 'topp'; known: weighted, greedy, uniform"
+    ):
         load_config(None, ["creator.sample_method=topp"], preset="tiny")
     for method in SAMPLE_METHODS:
         assert load_config(None, [f"creator.sample_method={method}"], preset="tiny").creator.sample_method == method
@@ -135,7 +137,16 @@ def test_million_prompts():
 
 @pytest.mark.parametrize(
     ("n", "frac", "k"),
-    [(100, 0.25, 25), (101, 0.25, 26), (1, 0.25, 1), (3, 0.01, 1), (0, 0.25, 0), (30, 0.1, 3), (7, 0.5, 4), (8, 1.0, 8)],
+    [
+        (100, 0.25, 25),
+        (101, 0.25, 26),
+        (1, 0.25, 1),
+        (3, 0.01, 1),
+        (0, 0.25, 0),
+        (30, 0.1, 3),
+        (7, 0.5, 4),
+        (8, 1.0, 8),
+    ],
 )
 def test_sample_size(n, frac, k):
     assert sample_size(n, frac) == k

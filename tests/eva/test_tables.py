@@ -28,7 +28,7 @@ def test_write_table_is_atomic_and_makes_folders(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "t.parquet"
     write_table(pa.table({"name": ["x"], "count": [1]}, schema=SCHEMA), path)
     assert pq.read_table(path).to_pylist() == [{"name": "x", "count": 1}]
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):  # pyarrow's error for a non-table, raised mid-write
         write_table("not a table", path)  # type: ignore[arg-type]
     assert pq.read_table(path).to_pylist() == [{"name": "x", "count": 1}]  # the old file is untouched
     assert [p.name for p in path.parent.iterdir()] == ["t.parquet"]  # no temp file left, even after the failure

@@ -157,7 +157,9 @@ def test_generate_is_deterministic():
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.sampled_from(LEVELS), st.lists(st.sampled_from(DIRECTIONS), min_size=1, max_size=12), st.integers(0, 2**32 - 1))
+@given(
+    st.sampled_from(LEVELS), st.lists(st.sampled_from(DIRECTIONS), min_size=1, max_size=12), st.integers(0, 2**32 - 1)
+)
 def test_mutation_walk(level, directions, seed):
     """Along a random walk of mutations every problem is consistent and each step moves as asked."""
     rng = np.random.default_rng(seed)
@@ -176,7 +178,7 @@ def test_mutation_walk(level, directions, seed):
             # Exactly one of: one operand gains a digit, the op moves one step, the story is added.
             steps = (sum(dhi) - sum(dlo), ohi - olo, int(whi) - int(wlo))
             assert sorted(steps) == [0, 0, 1], (lo.meta, hi.meta)
-            assert all(h >= l for h, l in zip(dhi, dlo))
+            assert all(high >= low for high, low in zip(dhi, dlo, strict=True))
             # The coarse label never moves the wrong way either.
             (lab_dlo, lab_olo, lab_wlo), (lab_dhi, lab_ohi, lab_whi) = parse_level(lo.level), parse_level(hi.level)
             assert lab_dhi >= lab_dlo and OPS.index(lab_ohi) >= OPS.index(lab_olo) and lab_whi >= lab_wlo
@@ -276,7 +278,10 @@ def test_registry_builtin_and_user_family():
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        (f"{__name__}:NotAFamily", r"NotAFamily is not a task family: missing generate, mutate, prompt_text, level, key"),
+        (
+            f"{__name__}:NotAFamily",
+            r"NotAFamily is not a task family: missing generate, mutate, prompt_text, level, key",
+        ),
         (f"{__name__}:NoSuchClass", "has no class 'NoSuchClass'"),
         ("no_such_module_xyz:Family", "cannot import module 'no_such_module_xyz'"),
         ("sudoku", r"unknown task family 'sudoku'; known: arithmetic"),
@@ -346,7 +351,10 @@ def test_jsonl_round_trip(tmp_path):
         ('["a"]', 'keys "prompt" and "meta"'),
         ('{"prompt": "What is 1 + 1?", "meta": {"family": "arithmetic"}}', "meta lacks params, answer, level"),
         ('{"prompt": "", "meta": {}}', "prompt must be a non-empty string"),
-        ('{"prompt": "x", "meta": {"family": 1, "params": {}, "answer": 2, "level": "1d+"}}', "meta.family must be a str"),
+        (
+            '{"prompt": "x", "meta": {"family": 1, "params": {}, "answer": 2, "level": "1d+"}}',
+            "meta.family must be a str",
+        ),
     ],
 )
 def test_jsonl_bad_line_names_file_and_line(tmp_path, line, message):

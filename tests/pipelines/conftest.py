@@ -13,12 +13,19 @@ EVA = [sys.executable, "-m", "pipelines.cli"]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_eva(*args: str, env: dict | None = None, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
+def run_eva(
+    *args: str, env: dict | None = None, timeout: float = 900, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run `eva ARGS` in a new session (so a SIGKILL fault takes its Ray processes with it)."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", **(env or {})}
-    proc = subprocess.run([*EVA, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout, start_new_session=True)
+    proc = subprocess.run(
+        [*EVA, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout, start_new_session=True
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"eva {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"eva {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- "
+            f"stderr\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 

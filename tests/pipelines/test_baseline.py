@@ -41,7 +41,18 @@ def test_baseline_samples_fixed_prompts_and_stays_a_baseline(eva, tmp_path: Path
 
     # The loop is part of the run's identity: the eva loop on this run directory is refused ...
     before = run.manifest(2)
-    proc = eva("run", "--preset", "tiny", "--run-dir", str(run_dir), "--set", "prompts.baseline_sample=6", "--iterations", "3", check=False)
+    proc = eva(
+        "run",
+        "--preset",
+        "tiny",
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        "prompts.baseline_sample=6",
+        "--iterations",
+        "3",
+        check=False,
+    )
     assert proc.returncode == 2 and "run.baseline" in proc.stderr and "Traceback" not in proc.stderr
     assert run.manifest(2) == before and run.latest() == 2
     # ... and resume goes on with the baseline, as run.yaml says.

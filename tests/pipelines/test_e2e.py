@@ -15,7 +15,6 @@ from eva.checkpoint import RunDir
 from eva.config import load_config
 from eva.iteration import METRICS
 
-
 pytestmark = pytest.mark.ray
 
 
@@ -30,9 +29,18 @@ def test_two_iterations_commit_everything(eva, reference_run: Path):
     for t in (1, 2):
         folder = run.iteration(t)
         # the layout users are promised (DESIGN.md), spelled out on purpose
-        for name in ("prompts.parquet", "evolved.parquet", "pairs.parquet", "metrics.json", "policy/model.safetensors", "MANIFEST.json"):
+        for name in (
+            "prompts.parquet",
+            "evolved.parquet",
+            "pairs.parquet",
+            "metrics.json",
+            "policy/model.safetensors",
+            "MANIFEST.json",
+        ):
             assert folder.file(name).exists(), name
-        assert sorted(run.stages_done(t)) == sorted(["estimate", "sample", "evolve", "mix", "solve", "pairs", "train", "commit"])
+        assert sorted(run.stages_done(t)) == sorted(
+            ["estimate", "sample", "evolve", "mix", "solve", "pairs", "train", "commit"]
+        )
         buffer = folder.buffer()
         evolved = folder.evolved()
         metrics = folder.metrics()
@@ -58,7 +66,10 @@ def test_two_iterations_commit_everything(eva, reference_run: Path):
         timing = metrics.timing
         assert all(timing.busy_by_kind[k] > 0 for k in ("generate", "score", "train"))
         stages_s = sum(metrics.stage_seconds.values())
-        assert 0 < timing.busy_s <= timing.wall_s and stages_s - metrics.stage_seconds["commit"] <= timing.wall_s <= stages_s + 5.0
+        assert (
+            0 < timing.busy_s <= timing.wall_s
+            and stages_s - metrics.stage_seconds["commit"] <= timing.wall_s <= stages_s + 5.0
+        )
         assert timing.busy_by_kind["train"] <= metrics.stage_seconds["train"]
         assert timing.overhead_s == pytest.approx(timing.wall_s - timing.busy_s, abs=1e-3)
         previous = buffer
@@ -76,7 +87,11 @@ def test_status_inspect_diff_export(eva, reference_run: Path, tmp_path: Path):
     assert child.id in lineage and child.parent_id in lineage
     assert "reward gap" in lineage and child.operator in lineage
     one = run.iteration(1).buffer()
-    for sort, value in (("reward", lambda p: one.stats(p.id)["mean_reward"]), ("informativeness", lambda p: one.stats(p.id)["info"]), ("depth", lambda p: p.depth)):
+    for sort, value in (
+        ("reward", lambda p: one.stats(p.id)["mean_reward"]),
+        ("informativeness", lambda p: one.stats(p.id)["info"]),
+        ("depth", lambda p: p.depth),
+    ):
         table = eva("inspect", str(reference_run), "--iteration", "1", "--top", "3", "--sort", sort).stdout
         shown = [p for p in one.prompts() if f" {p.id} " in table]
         assert len(shown) == 3, f"--sort {sort}: {len(shown)} rows"
@@ -105,7 +120,8 @@ def test_status_inspect_diff_export(eva, reference_run: Path, tmp_path: Path):
     assert "NaN" not in out.read_text()
     ds = datasets.load_dataset("json", data_files=str(out), split="train")
     assert ds.num_rows == len(buffer) and sorted(ds["id"]) == sorted(buffer.ids())
-    eva("export", str(reference_run), "--iteration", "0", "--what", "prompts", "--out", str(out))  # the seeds: no stats yet
+    # the seeds: no stats yet
+    eva("export", str(reference_run), "--iteration", "0", "--what", "prompts", "--out", str(out))
     assert "NaN" not in out.read_text()
     ds = datasets.load_dataset("json", data_files=str(out), split="train")
     assert ds.num_rows == cfg_limit(reference_run) and all(row["info"] is None and row["rewards"] == [] for row in ds)
@@ -118,7 +134,13 @@ def cfg_limit(run_dir: Path) -> int:
 def test_export_json_has_no_nan():
     from pipelines.cli import _json_safe
 
-    row = {"rewards": [0.5, float("nan"), float("inf")], "info": float("nan"), "stats": {"m": float("-inf")}, "n": 3, "t": "x"}
+    row = {
+        "rewards": [0.5, float("nan"), float("inf")],
+        "info": float("nan"),
+        "stats": {"m": float("-inf")},
+        "n": 3,
+        "t": "x",
+    }
     assert _json_safe(row) == {"rewards": [0.5, None, None], "info": None, "stats": {"m": None}, "n": 3, "t": "x"}
 
 
@@ -130,7 +152,12 @@ def test_tensorboard_scalars_match_metrics(reference_run: Path):
     tags = set(events.Tags()["scalars"])
     for t in (1, 2):
         metrics = RunDir(reference_run).iteration(t).metrics()
-        for tag, expected in (("train_loss", metrics.train_loss), ("num_pairs", metrics.num_pairs), ("reward_summary/mean", metrics.reward_summary["mean"]), ("stage_seconds/solve", metrics.stage_seconds["solve"])):
+        for tag, expected in (
+            ("train_loss", metrics.train_loss),
+            ("num_pairs", metrics.num_pairs),
+            ("reward_summary/mean", metrics.reward_summary["mean"]),
+            ("stage_seconds/solve", metrics.stage_seconds["solve"]),
+        ):
             assert tag in tags
             [value] = [e.value for e in events.Scalars(tag) if e.step == t]
             assert value == pytest.approx(expected, rel=1e-6)
@@ -138,7 +165,12 @@ def test_tensorboard_scalars_match_metrics(reference_run: Path):
 
 def test_eval_against_the_initial_policy_leaves_the_run_alone(eva, reference_run: Path, tmp_path: Path):
     heldout = tmp_path / "heldout.jsonl"
-    heldout.write_text("".join(json.dumps({"question": q}) + "\n" for q in ("What is rain?", "Name a color.", "Count to three.", "Say hello.", "Unused.")))
+    heldout.write_text(
+        "".join(
+            json.dumps({"question": q}) + "\n"
+            for q in ("What is rain?", "Name a color.", "Count to three.", "Say hello.", "Unused.")
+        )
+    )
     copy = tmp_path / "run"  # a copy: other tests read the reference run's eval/ folder
     shutil.copytree(reference_run, copy)
     run = RunDir(copy)
@@ -146,7 +178,11 @@ def test_eval_against_the_initial_policy_leaves_the_run_alone(eva, reference_run
     out = eva("eval", str(copy), "--prompts", str(heldout), "--column", "question", "--limit", "4").stdout
     result = json.loads(run.eval_path(2).read_text())
     assert result["n"] + result["nonfinite"] == 4 and result["n"] > 0 and result["iteration"] == 2
-    assert 0 <= result["win_rate"] <= 1 and math.isfinite(result["mean_reward"]) and math.isfinite(result["mean_reward_initial"])
+    assert (
+        0 <= result["win_rate"] <= 1
+        and math.isfinite(result["mean_reward"])
+        and math.isfinite(result["mean_reward_initial"])
+    )
     assert f"win rate {result['win_rate']:.3f}" in out
     assert [run.manifest(t) for t in (0, 1, 2)] == before and run.verify_all() == []
     proc = eva("eval", str(copy), "--prompts", str(tmp_path / "missing.jsonl"), check=False)
@@ -189,14 +225,31 @@ def test_two_writers_on_one_run_dir_exactly_one_proceeds(tmp_path: Path):
     run_dir = tmp_path / "contended"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"}
     procs = [
-        subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", "--preset", "tiny", "--run-dir", str(run_dir), "--iterations", "1"],
-                         cwd=Path(__file__).resolve().parents[2], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipelines.cli",
+                "run",
+                "--preset",
+                "tiny",
+                "--run-dir",
+                str(run_dir),
+                "--iterations",
+                "1",
+            ],
+            cwd=Path(__file__).resolve().parents[2],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         for _ in range(2)
     ]
     outputs = [p.communicate(timeout=900) for p in procs]
     codes = [p.returncode for p in procs]
-    assert sorted(codes) == [0, 2], [(c, o[1][-2000:]) for c, o in zip(codes, outputs)]
+    assert sorted(codes) == [0, 2], [(c, o[1][-2000:]) for c, o in zip(codes, outputs, strict=True)]
     winner, loser = (procs[0], procs[1]) if codes[0] == 0 else (procs[1], procs[0])
     message = outputs[procs.index(loser)][1]
     assert f"{run_dir} is in use by another" in message and "Traceback" not in message

@@ -11,7 +11,15 @@ import pytest
 from eva.checkpoint import RunDir
 from eva.config import load_config
 from eva.types import IterationMetrics
-from pipelines.loop import Ctx, RunStalled, check_not_stalled, init_iteration_zero, pairless_streak, redo_stale_stages, stage
+from pipelines.loop import (
+    Ctx,
+    RunStalled,
+    check_not_stalled,
+    init_iteration_zero,
+    pairless_streak,
+    redo_stale_stages,
+    stage,
+)
 
 
 class Lines(list):
@@ -38,7 +46,12 @@ def test_iteration_zero_policy_copy_is_fsynced_before_and_after_its_rename(tmp_p
     run.init(cfg)
     init_iteration_zero(cfg, run, str(_policy(tmp_path)))
     policy = run.iteration(0).policy
-    assert sorted(p.relative_to(policy).as_posix() for p in policy.rglob("*")) == ["config.json", "model.safetensors", "nested", "nested/extra.json"]
+    assert sorted(p.relative_to(policy).as_posix() for p in policy.rglob("*")) == [
+        "config.json",
+        "model.safetensors",
+        "nested",
+        "nested/extra.json",
+    ]
     durable_writes.assert_folder(policy)
     assert run.committed(0) and run.verify_all() == []
     assert not [p for p in run.iteration_dir(0).iterdir() if p.name.startswith(".")]
@@ -85,7 +98,10 @@ def test_the_loop_stops_after_the_configured_iterations_without_pairs(tmp_path: 
     assert [pairless_streak(run, t) for t in range(6)] == [0, 0, 1, 0, 1, 2]
     for t in range(5):
         check_not_stalled(run, t, cfg)
-    with pytest.raises(RunStalled, match=r"iterations 4-5 built no preference pair \(2 in a row; run.max_iterations_without_pairs is 2\)") as err:
+    with pytest.raises(
+        RunStalled,
+        match=r"iterations 4-5 built no preference pair \(2 in a row; run.max_iterations_without_pairs is 2\)",
+    ) as err:
         check_not_stalled(run, 5, cfg)
     assert "--allow-change" in str(err.value) and f"eva resume {run.root}" in str(err.value)
     assert [e for e in run.events() if e["kind"] == "stalled"][-1]["iterations_without_pairs"] == 2

@@ -38,11 +38,21 @@ from eva.types import IterationMetrics, Prompt, ScoredPrompt, Timing
 from pipelines.report import build_report
 from pipelines.report_data import DIFF_LIST, MAX_HISTOGRAMS
 
-HOSTILE = "<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned = 2\"> & </textarea> \"quoted\" 'single'"
+HOSTILE = (
+    '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> & </textarea> "quoted" \'single\''
+)
 CHROMIUM = os.environ.get("EVA_CHROMIUM", "/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("EVA_ARTIFACTS") or REPO / "artifacts")
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 # --- a synthetic run (eva core only, no Ray) ----------------------------------------------------------
@@ -63,18 +73,36 @@ def make_run(root: Path, iterations: int = 2, seeds: int = 12, extra_text: str =
         scored = [ScoredPrompt(s.prompt, s.responses, s.rewards, max(s.rewards) - min(s.rewards)) for s in scored]
         run.iteration(t).write_scored("estimate", scored)
         parents = sorted(scored, key=lambda s: -s.info)[:2]
-        children = [s.prompt.child(f"{s.prompt.text} Rewrite {t}.{k}: {extra_text or 'add a constraint'}", ("deepen", "breadth")[k], t) for s in parents for k in range(2)]
+        children = [
+            s.prompt.child(
+                f"{s.prompt.text} Rewrite {t}.{k}: {extra_text or 'add a constraint'}", ("deepen", "breadth")[k], t
+            )
+            for s in parents
+            for k in range(2)
+        ]
         buffer.add(children)
         run.iteration(t).write_evolved(children)
         current = children + buffer.prompts(buffer.ids()[:1])
-        solved = [ScoredPrompt(p, ("a", "b", "c"), tuple(rng.normal(0.5 + 0.02 * t, 0.1, 3).round(6)), 0.1) for p in current]
+        solved = [
+            ScoredPrompt(p, ("a", "b", "c"), tuple(rng.normal(0.5 + 0.02 * t, 0.1, 3).round(6)), 0.1) for p in current
+        ]
         buffer.update_stats(scored, t)
         buffer.update_stats(solved, t)
         metrics = IterationMetrics(
-            iteration=t, stage_seconds={"estimate": 2.0 + t, "evolve": 1.5, "solve": 3.0, "train": 4.0, "commit": 0.0},
-            info_summary=summarize([s.info for s in scored]), reward_summary=summarize([r for s in solved for r in s.rewards]),
-            num_sampled=len(parents), num_evolved=len(children), num_train_prompts=len(current), num_pairs=len(current),
-            mean_margin=0.1 * t, train_loss=0.69 - 0.01 * t, reward_accuracy=0.5 + 0.03 * t, train_steps=3, buffer_size=len(buffer), timing=Timing(sync_s=0.01),
+            iteration=t,
+            stage_seconds={"estimate": 2.0 + t, "evolve": 1.5, "solve": 3.0, "train": 4.0, "commit": 0.0},
+            info_summary=summarize([s.info for s in scored]),
+            reward_summary=summarize([r for s in solved for r in s.rewards]),
+            num_sampled=len(parents),
+            num_evolved=len(children),
+            num_train_prompts=len(current),
+            num_pairs=len(current),
+            mean_margin=0.1 * t,
+            train_loss=0.69 - 0.01 * t,
+            reward_accuracy=0.5 + 0.03 * t,
+            train_steps=3,
+            buffer_size=len(buffer),
+            timing=Timing(sync_s=0.01),
         )
         run.log_event("stage_end", iteration=t, stage="commit", seconds=0.25)
         _commit(run, t, buffer, current, metrics)
@@ -152,7 +180,10 @@ def shown(x, digits: int = 4) -> str:
 def check_cell(cells: dict, t: int, key: str, expected, text: str) -> None:
     """The exact value sits in data-value, the formatted one is the visible text."""
     value, seen = cells[(t, key)]
-    assert value == ("" if expected is None else repr(expected) if isinstance(expected, float) else str(expected)), (t, key)
+    assert value == ("" if expected is None else repr(expected) if isinstance(expected, float) else str(expected)), (
+        t,
+        key,
+    )
     assert seen == text, (t, key, seen, text)
 
 
@@ -199,8 +230,12 @@ class YScale:
     """Pixel -> value along a chart's y axis, from its grid lines; checks the tick labels on the way."""
 
     def __init__(self, svg: ET.Element) -> None:
-        grid = [(float(g.get("data-value")), float(g.get("y1"))) for g in svg.iter(f"{SVG}line") if g.get("class") == "grid"]
-        labels = [(float(t.get("data-value")), t.text) for t in svg.iter(f"{SVG}text") if "y-tick" in (t.get("class") or "")]
+        grid = [
+            (float(g.get("data-value")), float(g.get("y1"))) for g in svg.iter(f"{SVG}line") if g.get("class") == "grid"
+        ]
+        labels = [
+            (float(t.get("data-value")), t.text) for t in svg.iter(f"{SVG}text") if "y-tick" in (t.get("class") or "")
+        ]
         assert len(grid) >= 2 and [v for v, _ in grid] == [v for v, _ in labels]
         step = abs(grid[1][0] - grid[0][0])
         for v, label in labels:  # the reader's axis: each label names the value of its grid line
@@ -222,7 +257,9 @@ def plotted(svg: ET.Element, series: str) -> dict[int, float]:
             t, y = int(c.get("data-x")), float(c.get("data-y"))
             assert scale.value(float(c.get("cy"))) == pytest.approx(y, abs=scale.tol), (series, t)
             tip = c.find(f"{SVG}title").text  # "<series>, iteration <t>: <value as printed>"
-            assert tip.startswith(f"{series}, iteration {t}: ") and float(tip.rsplit(": ", 1)[1]) == pytest.approx(y, rel=1e-3, abs=0.051), tip
+            assert tip.startswith(f"{series}, iteration {t}: ") and float(tip.rsplit(": ", 1)[1]) == pytest.approx(
+                y, rel=1e-3, abs=0.051
+            ), tip
             out[t] = y
     return out
 
@@ -230,11 +267,13 @@ def plotted(svg: ET.Element, series: str) -> dict[int, float]:
 def band(svg: ET.Element, series: str) -> dict[int, tuple[float, float]]:
     """{iteration: (lo, hi)} of the p10-p90 band under a series, read from the polygon's vertices."""
     scale = YScale(svg)
-    x_of = {float(c.get("cx")): int(c.get("data-x")) for c in svg.iter(f"{SVG}circle") if c.get("data-series") == series}
+    x_of = {
+        float(c.get("cx")): int(c.get("data-x")) for c in svg.iter(f"{SVG}circle") if c.get("data-series") == series
+    }
     poly = next(p for p in svg.iter(f"{SVG}polygon") if p.get("data-series") == series)
     pts = [tuple(map(float, xy.split(","))) for xy in poly.get("points").split()]
-    top, bottom = pts[: len(pts) // 2], pts[len(pts) // 2:][::-1]
-    return {x_of[x]: (scale.value(lo), scale.value(hi)) for (x, hi), (_, lo) in zip(top, bottom)}
+    top, bottom = pts[: len(pts) // 2], pts[len(pts) // 2 :][::-1]
+    return {x_of[x]: (scale.value(lo), scale.value(hi)) for (x, hi), (_, lo) in zip(top, bottom, strict=True)}
 
 
 def bars(svg: ET.Element) -> dict[int, dict[str, float]]:
@@ -245,7 +284,10 @@ def bars(svg: ET.Element) -> dict[int, dict[str, float]]:
         if r.get("data-stack") is not None:
             stack = out.setdefault(int(r.get("data-x")), {})
             stack[r.get("data-stack")] = float(r.get("data-value"))
-            assert scale.value(float(r.get("y"))) == pytest.approx(sum(stack.values()), abs=scale.tol), (r.get("data-x"), r.get("data-stack"))
+            assert scale.value(float(r.get("y"))) == pytest.approx(sum(stack.values()), abs=scale.tol), (
+                r.get("data-x"),
+                r.get("data-stack"),
+            )
     return out
 
 
@@ -284,16 +326,27 @@ def check_charts(html: str, run: RunDir) -> None:
     tokens = {t: {k: float(v) for k, v in metrics[t].get("tokens_generated", {}).items() if v} for t in trained}
     assert bars(svgs["chart-tokens"]) == tokens if any(tokens.values()) else "chart-tokens" not in svgs
     buffers = {t: run.iteration(t).buffer().prompts() for t in metrics}
-    assert bars(svgs["chart-operators"]) == {t: {k: float(n) for k, n in Counter(p.operator for p in ps).items()} for t, ps in buffers.items()}
+    assert bars(svgs["chart-operators"]) == {
+        t: {k: float(n) for k, n in Counter(p.operator for p in ps).items()} for t, ps in buffers.items()
+    }
     depth_name = lambda d: "seed (depth 0)" if d == 0 else f"depth {d}"  # noqa: E731
-    assert bars(svgs["chart-depths"]) == {t: {depth_name(d): float(n) for d, n in Counter(p.depth for p in ps).items()} for t, ps in buffers.items()}
+    assert bars(svgs["chart-depths"]) == {
+        t: {depth_name(d): float(n) for d, n in Counter(p.depth for p in ps).items()} for t, ps in buffers.items()
+    }
     trained_on = {t: [p for p in buffers[t] if p.id in set(run.iteration(t).train_ids())] for t in trained}
-    origin = lambda p, t: "seed" if p.depth == 0 else "evolved this iteration" if p.iteration == t else "evolved earlier"  # noqa: E731
-    assert bars(svgs["chart-train-mix"]) == {t: {k: float(n) for k, n in Counter(origin(p, t) for p in ps).items()} for t, ps in trained_on.items()}
+    origin = lambda p, t: (  # noqa: E731
+        "seed" if p.depth == 0 else "evolved this iteration" if p.iteration == t else "evolved earlier"
+    )
+    assert bars(svgs["chart-train-mix"]) == {
+        t: {k: float(n) for k, n in Counter(origin(p, t) for p in ps).items()} for t, ps in trained_on.items()
+    }
     mean_length = lambda ps: float(np.mean([len(p.text) for p in ps]))  # noqa: E731
     length = svgs["chart-length"]
     assert plotted(length, "buffer mean") == pytest.approx({t: mean_length(ps) for t, ps in buffers.items()})
-    assert plotted(length, "training prompts mean") == pytest.approx({t: mean_length(ps) for t, ps in trained_on.items()})  # none in iteration 0
+    # none in iteration 0
+    assert plotted(length, "training prompts mean") == pytest.approx(
+        {t: mean_length(ps) for t, ps in trained_on.items()}
+    )
 
 
 def check_summary_table(html: str, run: RunDir) -> None:
@@ -302,15 +355,27 @@ def check_summary_table(html: str, run: RunDir) -> None:
     for t, m in metrics_of(run).items():
         rs, info = m["reward_summary"], m["info_summary"]
         expected = {
-            "buffer_size": (m["buffer_size"], 0), "num_sampled": (m["num_sampled"], 0), "num_evolved": (m["num_evolved"], 0),
-            "num_train_prompts": (m["num_train_prompts"], 0), "num_pairs": (m["num_pairs"], 0), "train_steps": (m["train_steps"], 0),
-            "reward_mean": (rs.get("mean"), 4), "reward_p10": (rs.get("p10"), 4), "reward_p90": (rs.get("p90"), 4), "info_mean": (info.get("mean"), 4),
-            "mean_margin": (m["mean_margin"], 4), "train_loss": (m["train_loss"], 4), "reward_accuracy": (m["reward_accuracy"], 3),
+            "buffer_size": (m["buffer_size"], 0),
+            "num_sampled": (m["num_sampled"], 0),
+            "num_evolved": (m["num_evolved"], 0),
+            "num_train_prompts": (m["num_train_prompts"], 0),
+            "num_pairs": (m["num_pairs"], 0),
+            "train_steps": (m["train_steps"], 0),
+            "reward_mean": (rs.get("mean"), 4),
+            "reward_p10": (rs.get("p10"), 4),
+            "reward_p90": (rs.get("p90"), 4),
+            "info_mean": (info.get("mean"), 4),
+            "mean_margin": (m["mean_margin"], 4),
+            "train_loss": (m["train_loss"], 4),
+            "reward_accuracy": (m["reward_accuracy"], 3),
         }
         for key, (value, digits) in expected.items():
             check_cell(cells, t, key, value, shown(value, digits))
         wall = round(float(sum(stage_seconds_of(run, t, m).values())), 3)
-        assert float(cells[(t, "wall_seconds")][0]) == pytest.approx(wall) and cells[(t, "wall_seconds")][1] == f"{wall:,.1f}"
+        assert (
+            float(cells[(t, "wall_seconds")][0]) == pytest.approx(wall)
+            and cells[(t, "wall_seconds")][1] == f"{wall:,.1f}"
+        )
     assert sorted({t for t, _ in cells}) == committed(run)
 
 
@@ -329,8 +394,17 @@ def check_lineage_and_table(html: str, run: RunDir, max_rows: int) -> None:
         st, p = last.stats(pid), last.get(pid)
         texts = [text_of(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
         gap = max(st["rewards"]) - min(st["rewards"]) if len(st["rewards"]) >= 2 else None
-        assert texts[:9] == [pid, str(p.depth), p.operator, str(p.iteration), shown(st["info"]), shown(gap), shown(st["mean_reward"]),
-                             str(st["times_sampled"]), str(st["times_trained"])], pid
+        assert texts[:9] == [
+            pid,
+            str(p.depth),
+            p.operator,
+            str(p.iteration),
+            shown(st["info"]),
+            shown(gap),
+            shown(st["mean_reward"]),
+            str(st["times_sampled"]),
+            str(st["times_trained"]),
+        ], pid
 
 
 # --- (a) the numbers on the page ----------------------------------------------------------------------------------
@@ -368,7 +442,10 @@ def test_the_chart_check_fails_when_a_chart_plots_the_wrong_field(tmp_path: Path
     from pipelines import report_html
 
     run = make_run(tmp_path / "run", iterations=2)
-    specs = [spec[:5] + ("mean_margin",) + spec[6:] if spec[0] == "chart-loss" else spec for spec in report_html.METRIC_CHARTS]
+    specs = [
+        spec[:5] + ("mean_margin",) + spec[6:] if spec[0] == "chart-loss" else spec
+        for spec in report_html.METRIC_CHARTS
+    ]
     monkeypatch.setattr(report_html, "METRIC_CHARTS", tuple(specs))
     wrong_field = build_report(run.root, tmp_path / "wrong").read_text(encoding="utf-8")
     with pytest.raises(AssertionError):
@@ -389,7 +466,8 @@ def test_hostile_prompt_text_is_escaped_everywhere(tmp_path: Path):
     make_run(tmp_path / "run", extra_text=HOSTILE)
     html = build_report(tmp_path / "run", tmp_path / "out").read_text(encoding="utf-8")
     assert "window.__pwned" in html  # the text is there ...
-    assert "<script>window" not in html and "<img src=x" not in html and "</textarea>" not in html  # ... but never as markup
+    # ... but never as markup
+    assert "<script>window" not in html and "<img src=x" not in html and "</textarea>" not in html
     assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;&lt;img src=x onerror=&quot;" in html
     assert html.count("<script") == 2  # the JSON data block and the page's own script, nothing else
     data_block = html.split('id="eva-report-data">', 1)[1].split("</script>", 1)[0]
@@ -404,14 +482,24 @@ def test_a_run_over_every_size_limit_renders_within_the_limits_and_says_so(tmp_p
     html = build_report(run.root, tmp_path / "out", max_rows=50).read_text(encoding="utf-8")
     size = len(run.iteration(iterations).buffer())
     assert size == 120 + 4 * iterations
-    # histograms: at most the limit, evenly spread from the first estimated iteration to the last, each with its own count
-    rows = [(g.get("data-row"), g) for g in charts(html)["chart-info-hist"].iter(f"{SVG}g") if g.get("class") == "hist-row"]
+    # histograms: at most the limit, evenly spread from the first estimated iteration to the last,
+    # each with its own count
+    rows = [
+        (g.get("data-row"), g) for g in charts(html)["chart-info-hist"].iter(f"{SVG}g") if g.get("class") == "hist-row"
+    ]
     picked = [int(name.removeprefix("iteration ")) for name, _ in rows]
-    assert len(picked) == MAX_HISTOGRAMS and picked[0] == 1 and picked[-1] == iterations and picked == sorted(set(picked))
-    for t, (_, g) in zip(picked, rows):
-        n = int(np.isfinite(run.iteration(t).scored_table("estimate").column("info").to_numpy(zero_copy_only=False)).sum())
+    assert (
+        len(picked) == MAX_HISTOGRAMS and picked[0] == 1 and picked[-1] == iterations and picked == sorted(set(picked))
+    )
+    for t, (_, g) in zip(picked, rows, strict=True):
+        n = int(
+            np.isfinite(run.iteration(t).scored_table("estimate").column("info").to_numpy(zero_copy_only=False)).sum()
+        )
         assert [x.text for x in g.iter(f"{SVG}text")][1] == f"n={n:,}"
-    assert f"Showing {MAX_HISTOGRAMS} of {iterations} iterations, evenly spaced with the first and the last (limit: {MAX_HISTOGRAMS} histograms)." in html
+    assert (
+        f"Showing {MAX_HISTOGRAMS} of {iterations} iterations, evenly spaced with the first and the last "
+        f"(limit: {MAX_HISTOGRAMS} histograms)." in html
+    )
     assert len(plotted(charts(html)["chart-loss"], "train loss")) == iterations  # the curves are never subsampled
     # prompt table: a uniform sample of max_rows, the same one every time
     assert html.count("<tr data-id=") == 50
@@ -420,8 +508,14 @@ def test_a_run_over_every_size_limit_renders_within_the_limits_and_says_so(tmp_p
     assert re.findall(r'<tr data-id="(\w+)"', html) == re.findall(r'<tr data-id="(\w+)"', again)
     # diff lists: at most DIFF_LIST prompts each
     added = html.split("<h3>Added</h3>", 1)[1].split("</ul>", 1)[0]
-    assert added.count("<li>") == DIFF_LIST < size - 120 and f"Showing {DIFF_LIST} of {size - 120:,}, most informative first." in added
-    assert f"informativeness histograms for at most {MAX_HISTOGRAMS} iterations, diff lists {DIFF_LIST} prompts each" in html
+    assert (
+        added.count("<li>") == DIFF_LIST < size - 120
+        and f"Showing {DIFF_LIST} of {size - 120:,}, most informative first." in added
+    )
+    assert (
+        f"informativeness histograms for at most {MAX_HISTOGRAMS} iterations, diff lists {DIFF_LIST} prompts each"
+        in html
+    )
 
 
 def test_very_long_prompts_are_cut_and_the_cut_is_said(tmp_path: Path):
@@ -450,7 +544,15 @@ def test_a_run_in_progress_reports_committed_iterations_only(tmp_path: Path):
 
 def test_held_out_eval_results_are_shown(tmp_path: Path):
     run = make_run(tmp_path / "run")
-    result = {"iteration": 2, "n": 40, "win_rate": 0.6125, "win_rate_se": 0.07, "mean_reward": 0.55, "mean_reward_initial": 0.5, "prompts": "held.jsonl"}
+    result = {
+        "iteration": 2,
+        "n": 40,
+        "win_rate": 0.6125,
+        "win_rate_se": 0.07,
+        "mean_reward": 0.55,
+        "mean_reward_initial": 0.5,
+        "prompts": "held.jsonl",
+    }
     atomic_write_json(run.eval_path(2), result)
     atomic_write_json(run.eval_path(9), {**result, "iteration": 9})  # not committed: ignored
     html = build_report(run.root, tmp_path / "out").read_text(encoding="utf-8")
@@ -473,11 +575,17 @@ def test_missing_or_uncommitted_run_exits_2(eva, tmp_path: Path):
     proc = eva("report", str(tmp_path / "run"), "--diff", "0", "7", check=False)
     assert proc.returncode == 2 and "iteration 7 is not committed" in proc.stderr
     proc = eva("report", str(tmp_path / "run"), "--diff", "0", "1", "--iteration", "1")
-    assert (tmp_path / "run" / "report" / "index.html").is_file() and "Diff: iteration 0 → 1" in (tmp_path / "run" / "report" / "index.html").read_text()
+    assert (tmp_path / "run" / "report" / "index.html").is_file() and "Diff: iteration 0 → 1" in (
+        tmp_path / "run" / "report" / "index.html"
+    ).read_text()
     RunDir(tmp_path / "run").iteration(1).file(METRICS).write_text("[1, 2")  # a committed file torn after the fact
     proc = eva("report", str(tmp_path / "run"), check=False)
     # the message names the file as the user knows it: the on-disk name, spelled out on purpose
-    assert proc.returncode == 2 and "iterations/0001/metrics.json: not valid JSON" in proc.stderr.replace("\n", "") and "Traceback" not in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "iterations/0001/metrics.json: not valid JSON" in proc.stderr.replace("\n", "")
+        and "Traceback" not in proc.stderr
+    )
 
 
 def _drop_prompt(run: RunDir, t: int, pid: str) -> None:
@@ -486,7 +594,8 @@ def _drop_prompt(run: RunDir, t: int, pid: str) -> None:
     the checksums)."""
     folder = run.iteration(t)
     table = folder.buffer().to_table()
-    write_table(table.filter(pc.not_equal(table.column("id"), pid)), folder.file(PROMPTS))  # by hand: no writer drops a prompt
+    # by hand: no writer drops a prompt
+    write_table(table.filter(pc.not_equal(table.column("id"), pid)), folder.file(PROMPTS))
     folder.file(MANIFEST).unlink()
     run.commit(t)
 
@@ -502,9 +611,19 @@ def test_a_broken_lineage_is_reported_not_a_traceback(eva, tmp_path: Path):
     proc = eva("report", str(run.root), "--top", "100", check=False)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     html = (run.root / "report" / "index.html").read_text(encoding="utf-8")
-    chain = next(c for c in re.findall(r'<article class="chain broken">(.*?)</article>', html, re.S) if f'data-id="{orphan.id}"' in c)
-    assert re.findall(r'<li class="step[^"]*" data-(?:id|missing)="(\w+)"', chain) == [missing, orphan.id]  # the break first, then what exists
-    assert f"lineage broken: parent {missing} of {orphan.id} is not in the buffer; the 2 earlier step(s) are unknown" in text_of(chain)  # depth 2: parent and seed
+    chain = next(
+        c
+        for c in re.findall(r'<article class="chain broken">(.*?)</article>', html, re.S)
+        if f'data-id="{orphan.id}"' in c
+    )
+    assert re.findall(r'<li class="step[^"]*" data-(?:id|missing)="(\w+)"', chain) == [
+        missing,
+        orphan.id,
+    ]  # the break first, then what exists
+    assert (
+        f"lineage broken: parent {missing} of {orphan.id} is not in the buffer; the 2 earlier step(s) are unknown"
+        in text_of(chain)
+    )  # depth 2: parent and seed
     warning = text_of(re.search(r'<p class="warn">(.*?)</p>', html).group(1))
     assert warning.startswith("Damaged lineage in iterations/0002/prompts.parquet: ") and missing in warning
     assert "of these chains are broken" in html
@@ -545,7 +664,11 @@ def browser_page(tmp_path: Path):
         skip_or_fail(f"needs Debian chromium at {CHROMIUM} (or EVA_CHROMIUM=PATH): apt-get install -y chromium")
     with sync_api.sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS, viewport={"width": 1360, "height": 900}
+            str(tmp_path / "profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1360, "height": 900},
         )
         page = context.new_page()
         seen = SimpleNamespace(page=page, errors=[], remote=[])
@@ -569,13 +692,28 @@ def test_report_renders_in_a_real_browser(browser_page, reference_run: Path):
         box = charts.nth(i).bounding_box()
         assert box is not None and box["width"] > 200 and box["height"] > 100, i
         assert charts.nth(i).locator("circle, rect, polyline").count() > 0, i
-    for chart_id in ("chart-reward", "chart-loss", "chart-margin", "chart-stages", "chart-tokens", "chart-info-hist", "chart-operators", "chart-depths", "chart-length", "chart-train-mix"):
+    for chart_id in (
+        "chart-reward",
+        "chart-loss",
+        "chart-margin",
+        "chart-stages",
+        "chart-tokens",
+        "chart-info-hist",
+        "chart-operators",
+        "chart-depths",
+        "chart-length",
+        "chart-train-mix",
+    ):
         assert page.locator(f"#{chart_id} svg.chart").is_visible(), chart_id
     run = RunDir(reference_run)
     for t, m in metrics_of(run).items():  # the numbers as rendered (inner_text: what CSS lets the reader see)
         if t > 0:
-            assert page.inner_text(f'#summary-table tr[data-iteration="{t}"] td[data-key="reward_mean"]') == shown(m["reward_summary"]["mean"])
-            assert page.inner_text(f'#summary-table tr[data-iteration="{t}"] td[data-key="train_loss"]') == shown(m["train_loss"])
+            assert page.inner_text(f'#summary-table tr[data-iteration="{t}"] td[data-key="reward_mean"]') == shown(
+                m["reward_summary"]["mean"]
+            )
+            assert page.inner_text(f'#summary-table tr[data-iteration="{t}"] td[data-key="train_loss"]') == shown(
+                m["train_loss"]
+            )
     last = run.iteration(committed(run)[-1]).buffer()
     chains = page.locator(".lineage .chain")
     assert chains.count() == min(10, int(np.isfinite(last.info_array()).sum())) > 0
@@ -632,7 +770,9 @@ def test_chart_ticks_are_round_and_cover_the_data():
     ticks = nice_ticks(0.6927311420440674, 0.693047308921814)
     assert [fmt_tick(v, ticks) for v in ticks] == ["0.6927", "0.6928", "0.6929", "0.6930", "0.6931"]
     ticks = nice_ticks(0.692731, 0.692738)  # steps below 1e-4 keep every digit that tells ticks apart
-    assert [float(fmt_tick(v, ticks)) for v in ticks] == pytest.approx(ticks, abs=1e-9) and len({fmt_tick(v, ticks) for v in ticks}) == len(ticks)
+    assert [float(fmt_tick(v, ticks)) for v in ticks] == pytest.approx(ticks, abs=1e-9) and len(
+        {fmt_tick(v, ticks) for v in ticks}
+    ) == len(ticks)
     assert [fmt_tick(v, [0, 2e-5, 4e-5]) for v in (2e-5, 4e-5)] == ["2e-05", "4e-05"]
     assert [fmt_tick(v, [1_000_000, 1_010_000]) for v in (1_000_000, 1_010_000)] == ["1e+06", "1.01e+06"]
 
@@ -640,12 +780,17 @@ def test_chart_ticks_are_round_and_cover_the_data():
 def test_line_chart_keeps_every_point_on_the_chart():
     from pipelines.report_svg import MARGIN_TOP, Series, line_chart
 
-    chart = ET.fromstring(line_chart([Series("s", [(1, 0.5), (7, 1.25), (14, -0.1)], "#000")], "y", "label", y_domain=(0.0, 1.0)))
+    chart = ET.fromstring(
+        line_chart([Series("s", [(1, 0.5), (7, 1.25), (14, -0.1)], "#000")], "y", "label", y_domain=(0.0, 1.0))
+    )
     cys = [float(c.get("cy")) for c in chart.iter(f"{SVG}circle")]
     scale = YScale(chart)
-    assert scale.value(max(cys)) <= -0.1 + scale.tol and scale.value(min(cys)) >= 1.25 - scale.tol  # the range widened to the data
+    # the range widened to the data
+    assert scale.value(max(cys)) <= -0.1 + scale.tol and scale.value(min(cys)) >= 1.25 - scale.tol
     assert min(cys) >= MARGIN_TOP - 0.05
-    x_labels = [t.text for t in chart.iter(f"{SVG}text") if t.get("class") == "tick" and t.get("text-anchor") == "middle"]
+    x_labels = [
+        t.text for t in chart.iter(f"{SVG}text") if t.get("class") == "tick" and t.get("text-anchor") == "middle"
+    ]
     assert x_labels[0] == "1" and int(x_labels[-1]) <= 14  # no tick for an iteration past the data
 
 
@@ -654,7 +799,9 @@ def test_a_missing_browser_skips_on_a_laptop_and_fails_in_ci(monkeypatch):
     with pytest.raises(pytest.skip.Exception, match="needs chromium"):
         skip_or_fail("needs chromium")
     monkeypatch.setenv("EVA_REQUIRE_BROWSER", "1")
-    with pytest.raises(pytest.fail.Exception, match="EVA_REQUIRE_BROWSER=1 but the browser test cannot run: needs chromium"):
+    with pytest.raises(
+        pytest.fail.Exception, match="EVA_REQUIRE_BROWSER=1 but the browser test cannot run: needs chromium"
+    ):
         skip_or_fail("needs chromium")
 
 
@@ -668,6 +815,11 @@ def test_report_modules_import_one_way():
         "importlib.import_module(sys.argv[1])\n"
         "print(sorted(m for m in sys.modules if m.startswith('pipelines.report')))\n"
     )
-    seen = {m: subprocess.run([sys.executable, "-c", code, m], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip() for m in ("pipelines.report_data", "pipelines.report_html")}
+    seen = {
+        m: subprocess.run(
+            [sys.executable, "-c", code, m], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for m in ("pipelines.report_data", "pipelines.report_html")
+    }
     assert seen["pipelines.report_data"] == "['pipelines.report_data']"
     assert seen["pipelines.report_html"] == "['pipelines.report_data', 'pipelines.report_html', 'pipelines.report_svg']"

@@ -32,7 +32,9 @@ LATE_FAULTS = [f"{t}:{where}" for t in (2, 3) for where in (*STAGES[:-1], "train
 COMPARED = ("prompts.parquet", "estimate.parquet", "evolved.parquet", "rollouts.parquet", "pairs.parquet")
 
 
-def _tables(run_dir: Path, t: int, names: tuple[str, ...] = ("prompts.parquet", "evolved.parquet", "pairs.parquet")) -> dict[str, list]:
+def _tables(
+    run_dir: Path, t: int, names: tuple[str, ...] = ("prompts.parquet", "evolved.parquet", "pairs.parquet")
+) -> dict[str, list]:
     folder = RunDir(run_dir).iteration_dir(t)
     return {name: pq.read_table(folder / name).to_pylist() for name in names}
 
@@ -56,8 +58,15 @@ def reference_run_3(tmp_path_factory) -> Path:
     """An uninterrupted three-iteration tiny run, in one process."""
     run_dir = tmp_path_factory.mktemp("runs3") / "reference3"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    subprocess.run([*EVA_CLI, "run", "--preset", "tiny", "--run-dir", str(run_dir), "--iterations", "3"], cwd=REPO, env=env,
-                   check=True, capture_output=True, timeout=900, start_new_session=True)
+    subprocess.run(
+        [*EVA_CLI, "run", "--preset", "tiny", "--run-dir", str(run_dir), "--iterations", "3"],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=900,
+        start_new_session=True,
+    )
     return run_dir
 
 
@@ -84,7 +93,8 @@ def test_extend_a_finished_run(eva, reference_run: Path, tmp_path: Path):
     copy = tmp_path / "extend"
     shutil.copytree(reference_run, copy)
     before = RunDir(copy).manifest(2)
-    eva("run", "--preset", "tiny", "--run-dir", str(copy), "--iterations", "3")  # `eva run` on an existing run extends it
+    # `eva run` on an existing run extends it
+    eva("run", "--preset", "tiny", "--run-dir", str(copy), "--iterations", "3")
     run = RunDir(copy)
     assert run.latest() == 3 and run.verify_all() == [] and run.config().run.iterations == 3
     assert run.manifest(2) == before
@@ -97,8 +107,15 @@ def test_extend_a_finished_run(eva, reference_run: Path, tmp_path: Path):
 def test_ctrl_c_stops_at_a_safe_point_and_resume_finishes_the_same_run(reference_run: Path, tmp_path: Path):
     run_dir = tmp_path / "interrupted"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    proc = subprocess.Popen([*EVA_CLI, "run", "--preset", "tiny", "--run-dir", str(run_dir)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [*EVA_CLI, "run", "--preset", "tiny", "--run-dir", str(run_dir)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     events = run_dir / "events.jsonl"
     deadline = time.monotonic() + 600
     while not (events.is_file() and '"stage": "solve"' in events.read_text()):  # inside iteration 1
@@ -116,12 +133,18 @@ def test_ctrl_c_stops_at_a_safe_point_and_resume_finishes_the_same_run(reference
         assert _tables(run_dir, t) == _tables(reference_run, t)
 
 
-def test_sigkill_at_every_stage_of_later_iterations_then_resume_equals_uninterrupted(eva, reference_run_3: Path, tmp_path: Path):
+def test_sigkill_at_every_stage_of_later_iterations_then_resume_equals_uninterrupted(
+    eva, reference_run_3: Path, tmp_path: Path
+):
     """Iterations 2 and 3 killed at every stage (and between stages and commits), each time resumed in a
     fresh process: the committed tables and policy weights equal the uninterrupted run's."""
     run_dir = tmp_path / "killed-late"
     for i, fault in enumerate(LATE_FAULTS):
-        args = ["run", "--preset", "tiny", "--run-dir", str(run_dir), "--iterations", "3"] if i == 0 else ["resume", str(run_dir)]
+        args = (
+            ["run", "--preset", "tiny", "--run-dir", str(run_dir), "--iterations", "3"]
+            if i == 0
+            else ["resume", str(run_dir)]
+        )
         proc = eva(*args, env={"EVA_FAULT_AT": fault}, check=False)
         assert proc.returncode == -9, f"{fault}: expected SIGKILL, got {proc.returncode}\n{proc.stderr[-2000:]}"
         assert not RunDir(run_dir).committed(int(fault.split(":")[0])), f"{fault}: must not be committed"
@@ -139,8 +162,19 @@ def test_sigkill_at_random_times_then_resume_equals_uninterrupted(reference_run_
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     rng = random.Random(7)
     for i in range(3):
-        args = ["run", "--preset", "tiny", "--run-dir", str(run_dir), "--iterations", "3"] if i == 0 else ["resume", str(run_dir)]
-        proc = subprocess.Popen([*EVA_CLI, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        args = (
+            ["run", "--preset", "tiny", "--run-dir", str(run_dir), "--iterations", "3"]
+            if i == 0
+            else ["resume", str(run_dir)]
+        )
+        proc = subprocess.Popen(
+            [*EVA_CLI, *args],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         events = run_dir / "events.jsonl"
         ups = events.read_text().count('"actors_up"') if events.is_file() else 0
         deadline = time.monotonic() + 600

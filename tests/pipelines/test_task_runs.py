@@ -16,8 +16,15 @@ from eva.tasks import get_family, heldout_set, write_problems
 
 pytestmark = pytest.mark.ray
 
-TASK = ["task.family=arithmetic", "task.levels=[1d+, 2d+]", "task.per_level=6", "creator.kind=program", "reward.kind=task",
-        "solver.n_responses=2", "solver.max_new_tokens=8"]
+TASK = [
+    "task.family=arithmetic",
+    "task.levels=[1d+, 2d+]",
+    "task.per_level=6",
+    "creator.kind=program",
+    "reward.kind=task",
+    "solver.n_responses=2",
+    "solver.max_new_tokens=8",
+]
 
 
 def _sets(*items: str) -> list[str]:
@@ -28,7 +35,10 @@ def _sets(*items: str) -> list[str]:
     ("name", "creator"),
     [
         ("too-many", ["creator.num_variants=8"]),  # ~3 parents x 8 children for 10 places: surplus dropped
-        ("too-few", ["creator.num_variants=1", "creator.max_evolve_rounds=1", "creator.sample_frac=0.1"]),  # 1 child: the buffer fills
+        (
+            "too-few",
+            ["creator.num_variants=1", "creator.max_evolve_rounds=1", "creator.sample_frac=0.1"],
+        ),  # 1 child: the buffer fills
     ],
 )
 def test_population_holds_its_size_over_eight_iterations(eva, tmp_path: Path, name: str, creator: list[str]):
@@ -39,7 +49,9 @@ def test_population_holds_its_size_over_eight_iterations(eva, tmp_path: Path, na
     assert target == 12
     for t in range(1, 9):
         m = run.iteration(t).metrics()
-        assert abs(len(run.iteration(t).train_ids()) - target) <= 0.1 * target and m.num_train_prompts == len(run.iteration(t).train_ids())
+        assert abs(len(run.iteration(t).train_ids()) - target) <= 0.1 * target and m.num_train_prompts == len(
+            run.iteration(t).train_ids()
+        )
         evolve = run.stage_info(t, "evolve")
         assert evolve["wanted"] == round(0.8 * target)
         if name == "too-many":
@@ -52,7 +64,18 @@ def test_population_holds_its_size_over_eight_iterations(eva, tmp_path: Path, na
 def test_task_metadata_survives_resume_and_export_and_eval_counts_exact_answers(eva, tmp_path: Path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     eva("run", "--preset", "tiny", "--run-dir", str(reference), "--iterations", "2", *_sets())
-    proc = eva("run", "--preset", "tiny", "--run-dir", str(killed), "--iterations", "2", *_sets(), env={"EVA_FAULT_AT": "2:evolve"}, check=False)
+    proc = eva(
+        "run",
+        "--preset",
+        "tiny",
+        "--run-dir",
+        str(killed),
+        "--iterations",
+        "2",
+        *_sets(),
+        env={"EVA_FAULT_AT": "2:evolve"},
+        check=False,
+    )
     assert proc.returncode == -9
     eva("resume", str(killed))
     for t in (1, 2):
@@ -77,6 +100,6 @@ def test_task_metadata_survives_resume_and_export_and_eval_counts_exact_answers(
     result = json.loads((killed / "eval" / "iteration_0002.json").read_text())
     answers = [json.loads(line)["meta"]["answer"] for line in problems.read_text().splitlines()]
     numbers = [re.findall(r"-?\d+(?:\.\d+)?", r.replace(",", "")) for r in result["responses"]]
-    by_hand = sum(1 for a, n in zip(answers, numbers) if n and float(n[-1]) == a)
+    by_hand = sum(1 for a, n in zip(answers, numbers, strict=True) if n and float(n[-1]) == a)
     assert result["levels"]["all"]["n"] == 10 and result["levels"]["1d+"]["n"] == result["levels"]["1d*"]["n"] == 5
     assert result["levels"]["all"]["accuracy"] == by_hand / 10 and "initial" in result and "1d*" in shown
