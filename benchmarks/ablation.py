@@ -21,9 +21,10 @@ and 4 answer it greedily, graded exact (`eva eval --problems`). The success rule
 first run: eva - B0 in held-out exact match at the last iteration > 0 with the paired bootstrap 95%
 interval (resampling seeds, then problems) excluding 0.
 
-Resumes a partly finished grid from its own output (benchmarks/out/ablation.json and the run folders):
+Resumes a partly finished grid from its own output (benchmarks/results/ablation.json, kept in the
+repository, and the run folders under --out-dir):
 finished (arm, seed) pairs are skipped, an interrupted run is resumed. Prints the tables and writes
-benchmarks/out/ablation.svg (held-out exact match against generated tokens, mean over seeds).
+benchmarks/results/ablation.svg (held-out exact match against generated tokens, mean over seeds).
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ from pipelines.evaluate import heldout_problems
 from pipelines.report_svg import Series, color, line_chart
 
 PRESET = "cpu-arithmetic"
-OUT = Path(__file__).parent / "out" / "ablation.json"
-SVG = Path(__file__).parent / "out" / "ablation.svg"
+OUT = Path(__file__).parent / "results" / "ablation.json"  # tracked: the grid resumes from it
+SVG = Path(__file__).parent / "results" / "ablation.svg"
 EVAL_AT = (0, 2, 4)
 ARMS: dict[str, tuple[list[str], list[str]]] = {  # name -> (eva run flags, --set overrides)
     "B0": (["--baseline"], ["solver.n_responses=8"]),

@@ -501,10 +501,7 @@ class RewardSection(_Section):
     def _consistent(self) -> RewardSection:
         if self.kind == "combined" and not self.components:
             raise ValueError("kind=combined needs at least one entry in `components`")
-        if self.kind == "combined":
-            scorers = [(f"components.{i}", c) for i, c in enumerate(self.components)]
-        else:  # a kind that is only ever the whole reward (task) has no per-scorer fields to check
-            scorers = [("", ScorerSpec(kind=self.kind))] if SCORER_KINDS[self.kind].component else []
+        scorers = self._scorers()
         for where, spec in scorers:
             field = f"{where}.model" if spec.model else "model"
             if spec.kind == "reward_model" and (spec.model or self.model) == "initial":
@@ -525,15 +522,17 @@ class RewardSection(_Section):
                 )
         return self
 
+    def _scorers(self) -> list[tuple[str, ScorerSpec]]:
+        """(where, spec) of every scorer the reward runs: its components, or itself as one scorer; none
+        for a kind that is only ever the whole reward and has no per-scorer fields (task)."""
+        if self.kind == "combined":
+            return [(f"components.{i}", c) for i, c in enumerate(self.components)]
+        return [("", ScorerSpec(kind=self.kind))] if SCORER_KINDS[self.kind].component else []
+
     def functions(self) -> list[tuple[str, str]]:
         """(field, module:function) of every user function the reward calls."""
-        specs = (
-            [(f"components.{i}", c) for i, c in enumerate(self.components)]
-            if self.kind == "combined"
-            else [("", ScorerSpec(kind=self.kind))]
-        )
         out = []
-        for where, spec in specs:
+        for where, spec in self._scorers():
             if SCORER_KINDS[spec.kind].function:
                 field = f"reward.{where}.function" if spec.function else "reward.function"
                 function = spec.function or self.function

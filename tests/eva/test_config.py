@@ -238,3 +238,8 @@ def test_the_pairless_limit_is_mutable():
     a = load_config(preset="tiny")
     b = load_config(overrides=["run.max_iterations_without_pairs=9"], preset="tiny")
     assert a.fingerprint() == b.fingerprint()
+
+
+def test_a_task_reward_has_no_component_fields_and_no_user_function():
+    cfg = load_config(None, ["task.family=arithmetic", "creator.kind=program", "reward.kind=task"], preset="tiny")
+    assert cfg.reward.kind == "task" and cfg.reward.functions() == []
