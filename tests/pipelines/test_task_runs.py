@@ -24,6 +24,8 @@ TASK = [
     "reward.kind=task",
     "solver.n_responses=2",
     "solver.max_new_tokens=8",
+    # the tiny random model answers nothing right, so most iterations build no pair: keep going anyway
+    "run.max_iterations_without_pairs=100",
 ]
 
 
