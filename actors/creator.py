@@ -9,6 +9,7 @@ calling process (the driver): loaded once, on first use, and only with `creator.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from actors.pool import EnginePool
 from actors.reward import RelevanceScorer
 from eva.child_filter import Embed, PromptCheck
 from eva.config import CreatorSection
+from eva.dedup import NearDuplicateIndex
 from eva.evolve import build_evolve_requests, filter_evolved, parse_evolved
 from eva.results import RolloutStats
 from eva.seeding import derive_seed
@@ -50,16 +52,18 @@ def prompt_check(cfg: CreatorSection) -> PromptCheck | None:
 def evolve_prompts(
     engines: EnginePool,
     parents: list[Prompt],
-    existing_texts: list[str],
+    existing: NearDuplicateIndex | list[str],
     cfg: CreatorSection,
     seed: int,
     iteration: int,
     round_: int = 0,
+    accepted: Sequence[str] = (),
 ) -> tuple[list[Prompt], FilterReport, RolloutStats]:
-    """`cfg.num_variants` rewrites per parent, parsed and filtered against `existing_texts` (the
-    buffer) and each other, and checked to be prompts (`cfg.prompt_filter`); each child records its
-    parent, root, depth, operator and `iteration`. Round `round_` > 0 asks again with fresh seeds
-    (population control: filters dropped too many)."""
+    """`cfg.num_variants` rewrites per parent, parsed and filtered against `existing` (the buffer:
+    its near-duplicate index or its texts), the children `accepted` in earlier rounds and each
+    other, and checked to be prompts (`cfg.prompt_filter`); each child records its parent, root,
+    depth, operator and `iteration`. Round `round_` > 0 asks again with fresh seeds (population
+    control: filters dropped too many)."""
     round_seed = (
         derive_seed(seed, "evolve", iteration) if round_ == 0 else derive_seed(seed, "evolve", iteration, round_)
     )
@@ -70,12 +74,13 @@ def evolve_prompts(
     candidates = [(r, parse_evolved(g.responses[0])) for r, g in zip(requests, batch.generations, strict=True)]
     children, report = filter_evolved(
         candidates,
-        existing_texts,
+        existing,
         min_chars=cfg.min_prompt_chars,
         max_chars=cfg.max_prompt_chars,
         near_dup_threshold=cfg.near_duplicate_threshold,
         iteration=iteration,
         prompt_check=prompt_check(cfg),
+        accepted=accepted,
     )
     return (
         children,

@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -88,6 +88,8 @@ _NUM_COLUMNS: dict[str, tuple[type, float]] = {
     "times_sampled": (np.int64, 0),
     "times_trained": (np.int64, 0),
 }
+# The numeric columns that change after a prompt is added (depth and iteration are lineage).
+_STATS_NUM = tuple(name for name in _NUM_COLUMNS if name in STATS_SCHEMA.names)
 
 
 class PromptBuffer:
@@ -95,6 +97,11 @@ class PromptBuffer:
 
     Rows are never removed; `add` skips ids already present (ids are content hashes, so a prompt
     that comes back keeps its first lineage).
+
+    The buffer remembers which rows were added or had their stats changed since it was loaded (or
+    since `clear_changes`): an iteration stores only those (`changes_table`), and version t is the
+    last full version before t with the changes of every later iteration applied (`apply_changes`),
+    so a long run writes per iteration what the iteration did, not the whole growing buffer.
     """
 
     def __init__(self) -> None:
@@ -102,6 +109,7 @@ class PromptBuffer:
         self._rewards: list[Sequence[float]] = []
         self._num: dict[str, np.ndarray] = {name: np.empty(0, dtype) for name, (dtype, _) in _NUM_COLUMNS.items()}
         self._index: dict[str, int] = {}
+        self._changed = np.zeros(0, dtype=bool)  # rows added or updated since load / clear_changes
 
     @classmethod
     def from_prompts(cls, prompts: Iterable[Prompt]) -> PromptBuffer:
@@ -130,6 +138,7 @@ class PromptBuffer:
             else:
                 fresh = np.full(len(new), default, dtype)
             self._num[name] = np.concatenate([self._num[name], fresh])
+        self._changed = np.concatenate([self._changed, np.ones(len(new), dtype=bool)])
         base = len(self._index)
         self._index.update((pid, base + j) for j, pid in enumerate(batch))
         return len(new)
@@ -170,11 +179,14 @@ class PromptBuffer:
         rows = range(len(self)) if ids is None else (self._row(i) for i in ids)
         return [self._prompt_at(r) for r in rows]
 
-    def ids(self) -> list[str]:
-        return list(self._str["id"])  # type: ignore[arg-type]
+    def ids(self, start: int = 0) -> list[str]:
+        """Ids in insertion order, from row `start` on (rows are never removed: `ids(n)` are the
+        prompts added since the buffer held n)."""
+        return self._str["id"][start:]  # type: ignore[return-value]
 
-    def texts(self) -> list[str]:
-        return list(self._str["text"])  # type: ignore[arg-type]
+    def texts(self, start: int = 0) -> list[str]:
+        """Texts in insertion order, from row `start` on."""
+        return self._str["text"][start:]  # type: ignore[return-value]
 
     # --- stats -----------------------------------------------------------------------------------
 
@@ -192,14 +204,19 @@ class PromptBuffer:
         self._num["mean_reward"][rows] = means
         np.add.at(self._num["n_estimates"], rows, 1)  # add.at: a repeated id counts twice
         self._num["last_estimated"][rows] = iteration
+        self._changed[rows] = True
 
     def mark_sampled(self, ids: Iterable[str]) -> None:
         """Count one draw for the creator (step 2) per id."""
-        np.add.at(self._num["times_sampled"], self._rows(ids), 1)
+        rows = self._rows(ids)
+        np.add.at(self._num["times_sampled"], rows, 1)
+        self._changed[rows] = True
 
     def mark_trained(self, ids: Iterable[str]) -> None:
         """Count one use as a training prompt (step 5/6) per id."""
-        np.add.at(self._num["times_trained"], self._rows(ids), 1)
+        rows = self._rows(ids)
+        np.add.at(self._num["times_trained"], rows, 1)
+        self._changed[rows] = True
 
     def _rows(self, ids: Iterable[str]) -> np.ndarray:
         return np.array([self._row(i) for i in ids], dtype=np.int64)
@@ -260,21 +277,77 @@ class PromptBuffer:
 
     def to_table(self) -> pa.Table:
         """The buffer as a pyarrow Table with BUFFER_SCHEMA (nan stats become null)."""
-        cols: dict[str, pa.Array] = {name: pa.array(self._str[name], pa.string()) for name in _STR_COLUMNS}
-        cols["rewards"] = _list_array(self._rewards)
+        return self._table(np.arange(len(self)))
+
+    def changes_table(self) -> pa.Table:
+        """The rows added or updated since the buffer was loaded or `clear_changes` ran, in buffer
+        order, whole (lineage and current stats): what `apply_changes` needs to rebuild this version."""
+        return self._table(np.flatnonzero(self._changed))
+
+    @property
+    def num_changed(self) -> int:
+        return int(self._changed.sum())
+
+    def clear_changes(self) -> None:
+        """This version is stored: later changes are counted from here."""
+        self._changed[:] = False
+
+    def _table(self, rows: np.ndarray) -> pa.Table:
+        """`rows` (ascending) as a BUFFER_SCHEMA table; all of them without copying the columns first."""
+        whole = len(rows) == len(self)
+        cols: dict[str, pa.Array] = {
+            name: pa.array(values if whole else [values[r] for r in rows.tolist()], pa.string())
+            for name, values in self._str.items()
+        }
+        cols["rewards"] = _list_array(self._rewards if whole else [self._rewards[r] for r in rows.tolist()])
         for name, column in self._num.items():
-            mask = np.isnan(column) if column.dtype.kind == "f" else None
-            cols[name] = pa.array(column, BUFFER_SCHEMA.field(name).type, mask=mask)
+            picked = column if whole else column[rows]
+            mask = np.isnan(picked) if picked.dtype.kind == "f" else None
+            cols[name] = pa.array(picked, BUFFER_SCHEMA.field(name).type, mask=mask)
         return pa.Table.from_arrays([cols[n] for n in BUFFER_SCHEMA.names], schema=BUFFER_SCHEMA)
+
+    def apply_changes(self, table: pa.Table, source: str = "changes") -> None:
+        """Apply a `changes_table` of a later version: rows with a new id are appended (in table
+        order), rows with a known id take the table's stats (lineage is immutable: a row that
+        disagrees with the buffer's lineage is a DataError naming `source`). The rows count as
+        unchanged afterwards: they are stored."""
+        update = PromptBuffer._from_table(table, source)
+        ids: list[str] = update._str["id"]  # type: ignore[assignment]
+        known = [j for j, pid in enumerate(ids) if pid in self._index]
+        at = [self._index[ids[j]] for j in known]
+        for j, row in zip(known, at, strict=True):
+            for name in _STR_COLUMNS:
+                if self._str[name][row] != update._str[name][j]:
+                    raise DataError(f"{source}: prompt {ids[j]} has a different {name!r} than in the earlier version")
+            self._rewards[row] = update._rewards[j]
+        for name in _STATS_NUM:
+            self._num[name][at] = update._num[name][known]
+        fresh = [j for j, pid in enumerate(ids) if pid not in self._index]
+        if fresh:
+            base = len(self)
+            for name in _STR_COLUMNS:
+                self._str[name].extend(update._str[name][j] for j in fresh)
+            self._rewards.extend(update._rewards[j] for j in fresh)
+            for name in _NUM_COLUMNS:
+                self._num[name] = np.concatenate([self._num[name], update._num[name][fresh]])
+            self._changed = np.concatenate([self._changed, np.zeros(len(fresh), dtype=bool)])
+            self._index.update((ids[j], base + k) for k, j in enumerate(fresh))
 
     def save(self, path: str | Path) -> None:
         """Write the buffer as Parquet, atomically."""
         write_table(self.to_table(), path)
 
+    def save_changes(self, path: str | Path) -> None:
+        """Write `changes_table` as Parquet, atomically (the caller clears the changes once stored)."""
+        write_table(self.changes_table(), path)
+
     @classmethod
     def load(cls, path: str | Path) -> PromptBuffer:
         """Read a buffer written by `save` (extra columns are ignored, missing ones are an error)."""
-        table = read_table(path, BUFFER_SCHEMA, optional=OPTIONAL_COLUMNS)
+        return cls._from_table(read_changes(path), str(path))
+
+    @classmethod
+    def _from_table(cls, table: pa.Table, path: str) -> PromptBuffer:
         buffer = cls()
         for name in _STR_COLUMNS:
             buffer._str[name] = table.column(name).to_pylist()
@@ -285,7 +358,13 @@ class PromptBuffer:
         buffer._index = {pid: row for row, pid in enumerate(buffer._str["id"])}  # type: ignore[misc]
         if len(buffer._index) != table.num_rows:
             raise DataError(f"{path}: duplicate prompt ids ({table.num_rows - len(buffer._index)} rows)")
+        buffer._changed = np.zeros(table.num_rows, dtype=bool)
         return buffer
+
+
+def read_changes(path: str | Path) -> pa.Table:
+    """A buffer file (a whole version, or the changes of one iteration) as a BUFFER_SCHEMA table."""
+    return read_table(path, BUFFER_SCHEMA, optional=OPTIONAL_COLUMNS)
 
 
 def _list_array(values: Sequence[Sequence[float]]) -> pa.Array:
@@ -385,17 +464,20 @@ def _check_text(text: str, where: str) -> None:
         ) from None
 
 
-def _decode_utf8(data: bytes, source: str) -> str:
-    """The file's text; DataError naming the line and byte offset of the first byte that is not UTF-8."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise DataError(
-            f"{source}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}): save the "
-            f"file as UTF-8 "
-            "(e.g. `iconv -f latin1 -t utf-8`)"
-        ) from None
+def _decode_lines(lines: Iterable[bytes], source: str) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) of each line of a file read as bytes, decoded one at a time (a
+    file is never read whole: loading stops at `limit`); DataError naming the line and the byte
+    offset in the file of the first byte that is not UTF-8."""
+    offset = 0
+    for number, raw in enumerate(lines, start=1):
+        try:
+            yield number, raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"{source}: line {number}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {offset + e.start}): "
+                "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+            ) from None
+        offset += len(raw)
 
 
 def _column_values(path: str, column: str) -> tuple[str, Iterator[tuple[str, Any]]]:
@@ -415,14 +497,14 @@ def _column_values(path: str, column: str) -> tuple[str, Iterator[tuple[str, Any
         packaged = resources.files("eva.data") / "seed_prompts.jsonl"
         if not packaged.is_file():
             raise DataError(f"{path}: the packaged file eva/data/seed_prompts.jsonl is missing (broken install)")
-        return path, _jsonl_values(_decode_utf8(packaged.read_bytes(), path), path, column)
+        return path, _jsonl_values(_lines(packaged.open("rb")), path, column)
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: file does not exist")
     if p.is_dir():
         return str(p), _dataset_values(p, column)
     if p.suffix == ".jsonl":
-        return str(p), _jsonl_values(_decode_utf8(p.read_bytes(), str(p)), str(p), column)
+        return str(p), _jsonl_values(_lines(p.open("rb")), str(p), column)
     if p.suffix == ".parquet":
         return str(p), _parquet_values(p, column)
     raise DataError(
@@ -430,11 +512,18 @@ def _column_values(path: str, column: str) -> tuple[str, Iterator[tuple[str, Any
     )
 
 
-def _jsonl_values(text: str, source: str, column: str) -> Iterator[tuple[str, Any]]:
-    # Lines end at \n only (\r\n too): str.splitlines also splits at U+2028, U+0085, \x1c ..., which
-    # JSON allows raw inside a string, and would cut such a record in two.
-    for number, line in enumerate(text.split("\n"), start=1):
-        line = line.removesuffix("\r")
+def _lines(f: IO[bytes]) -> Iterator[bytes]:
+    """The lines of a binary file, closed when done (or when the reader stops early)."""
+    with f:
+        yield from f
+
+
+def _jsonl_values(lines: Iterable[bytes], source: str, column: str) -> Iterator[tuple[str, Any]]:
+    # Lines end at \n only (\r\n too): a binary file splits there alone, where str.splitlines would
+    # also split at U+2028, U+0085, \x1c ..., which JSON allows raw inside a string, and would cut such
+    # a record in two.
+    for number, line in _decode_lines(lines, source):
+        line = line.removesuffix("\n").removesuffix("\r")
         if not line.strip():
             continue
         try:
@@ -455,11 +544,20 @@ def _parquet_values(path: Path, column: str) -> Iterator[tuple[str, Any]]:
         raise DataError(f"{path}: not a readable Parquet file: {e}") from None
     if column not in names:
         raise DataError(f"{path}: no column {column!r}; available columns: {names}")
+    return _parquet_rows(path, column)
+
+
+def _parquet_rows(path: Path, column: str) -> Iterator[tuple[str, Any]]:
+    """The column's values batch by batch (loading stops reading at `limit`)."""
+    row = 0
     try:
-        values = pq.read_table(path, columns=[column]).column(column).to_pylist()
+        with pq.ParquetFile(path) as f:
+            for batch in f.iter_batches(batch_size=4096, columns=[column]):
+                for value in batch.column(0).to_pylist():
+                    yield f"row {row}", value
+                    row += 1
     except (pa.ArrowException, OSError) as e:  # a valid footer over damaged data pages
         raise DataError(f"{path}: not a readable Parquet file: {e}") from None
-    return ((f"row {i}", v) for i, v in enumerate(values))
 
 
 def _dataset_values(path: Path, column: str) -> Iterator[tuple[str, Any]]:
@@ -481,5 +579,13 @@ def _dataset_column(ds: Any, source: str, column: str) -> Iterator[tuple[str, An
         ds = ds["train"] if "train" in ds else ds[splits[0]]
     if column not in ds.column_names:
         raise DataError(f"{source}: no column {column!r}; available columns: {ds.column_names}")
-    values = list(ds[column])  # honours an indices mapping, unlike ds.data
-    return ((f"row {i}", v) for i, v in enumerate(values))
+    return _dataset_rows(ds.select_columns([column]), column)
+
+
+def _dataset_rows(ds: Any, column: str) -> Iterator[tuple[str, Any]]:
+    """Batch by batch (ds.iter honours an indices mapping, unlike ds.data; loading stops at `limit`)."""
+    row = 0
+    for batch in ds.iter(batch_size=4096):
+        for value in batch[column]:
+            yield f"row {row}", value
+            row += 1

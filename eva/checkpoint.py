@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -366,7 +366,7 @@ class RunDir:
             raise RunDirError(f"{folder / MANIFEST} exists: iteration {t} is already committed")
         leftovers = remove_temp_leftovers(folder)
         if leftovers:
-            self.log_event("temp_leftovers_removed", iteration=t, paths=[self._rel(p) for p in leftovers])
+            self.log_event("temp_leftovers_removed", iteration=t, paths=[self.relative(p) for p in leftovers])
         files = {}
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             rel = path.relative_to(folder).as_posix()
@@ -380,38 +380,56 @@ class RunDir:
         self.log_event("commit", iteration=t, files=len(files), bytes=sum(f["size"] for f in files.values()))
         return manifest
 
-    def verify(self, t: int, hashes: bool = True) -> list[str]:
+    def verify(self, t: int, hashes: bool = True, policy_hashes: bool = True) -> list[str]:
         """Problems of committed iteration t, one line each naming the file; [] when intact.
 
         Checks that every file listed in the manifest exists with its size and (`hashes`) sha256;
-        without hashes it costs a stat per file (`eva status`). Files not in
+        without hashes it costs a stat per file (`eva status`); without `policy_hashes` the files
+        of policy/ are checked by size only. Files not in
         the manifest are ignored: readers only read listed files, and an extra file cannot change
         what was committed (e.g. a policy folder whose deletion was interrupted by a crash).
         """
         folder = self.iteration_dir(t)
         manifest = self.manifest(t)
         if manifest is None:
-            return [f"{self._rel(folder / MANIFEST)}: missing or invalid: iteration {t} is not committed"]
+            return [f"{self.relative(folder / MANIFEST)}: missing or invalid: iteration {t} is not committed"]
         problems = []
         for rel, entry in manifest["files"].items():
             path = folder / rel
-            name = self._rel(path)
+            name = self.relative(path)
             if not path.is_file():
                 problems.append(f"{name}: missing file")
             elif path.stat().st_size != entry["size"]:
                 problems.append(f"{name}: size mismatch (manifest {entry['size']} bytes, found {path.stat().st_size})")
-            elif hashes and sha256_file(path) != entry["sha256"]:
+            elif (
+                hashes and (policy_hashes or not rel.startswith(f"{POLICY}/")) and sha256_file(path) != entry["sha256"]
+            ):
                 problems.append(f"{name}: sha256 mismatch")
         return problems
 
-    def verify_all(self, hashes: bool = True) -> list[str]:
+    def verify_all(self, hashes: bool = True, policies: Container[int] | None = None) -> list[str]:
         """Problems of every iteration a resumed run builds on: each one up to the highest committed
         (`last_committed`, where resume continues) or LATEST, whichever is higher, must be committed
-        and intact."""
-        last = max((t for t in (self.latest(), self.last_committed()) if t is not None), default=None)
+        and intact. `policies`: the iterations whose policy files are hashed (None: every one); the
+        other policies are checked by size."""
+        last = self.resume_point()
         if last is None:
             return []
-        return [p for t in range(last + 1) for p in self.verify(t, hashes)]
+        return [
+            p for t in range(last + 1) for p in self.verify(t, hashes, policy_hashes=policies is None or t in policies)
+        ]
+
+    def resume_point(self) -> int | None:
+        """The iteration a resumed run continues from: the highest committed one or LATEST."""
+        return max((t for t in (self.latest(), self.last_committed()) if t is not None), default=None)
+
+    def verify_for_resume(self) -> list[str]:
+        """`verify_all` with the files a resume reads hashed: every buffer file, table and marker of
+        every committed iteration, and the two policies it loads (iteration 0's, the reference, and
+        the one it continues from); the older policies, which it never reads, by size. Hashing each
+        kept policy would make resuming a long run cost the run's length times the model's size."""
+        last = self.resume_point()
+        return self.verify_all(policies={0} if last is None else {0, last})
 
     def ensure_valid(self, t: int) -> None:
         """Raise CorruptCheckpointError naming the bad files if iteration t does not verify."""
@@ -421,7 +439,8 @@ class RunDir:
                 f"iteration {t} of {self.root} is corrupt:\n  " + "\n  ".join(problems), problems
             )
 
-    def _rel(self, path: Path) -> str:
+    def relative(self, path: Path) -> str:
+        """`path` (inside the run directory) as shown to users: relative to the root, with /."""
         return path.relative_to(self.root).as_posix()
 
     # pruning / clearing -------------------------------------------------------------------------

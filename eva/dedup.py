@@ -2,16 +2,22 @@
 
 `NearDuplicateIndex` answers "is this text (nearly) one we already have?" over a buffer of any size;
 the evolve filter (`eva.evolve.filter_evolved`) checks every candidate rewrite against one.
+`BufferIndex` keeps one in step with a growing buffer across iterations, so each text is indexed
+once per run instead of the whole buffer once per iteration.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from eva.types import normalize_text
+
+if TYPE_CHECKING:
+    from eva.buffer import PromptBuffer
 
 
 def char_ngrams(text: str, n: int = 3) -> set[str]:
@@ -128,6 +134,24 @@ class NearDuplicateIndex:
 
     def is_near_duplicate(self, text: str) -> bool:
         return bool(self.near_duplicates(text, first_only=True))
+
+
+class BufferIndex:
+    """The `NearDuplicateIndex` of a prompt buffer whose rows are only ever appended (PromptBuffer):
+    `sync` indexes the rows added since its last call. The answers depend only on the set of texts
+    indexed, so an index grown over many iterations answers as one built at once from the same
+    buffer (a resumed run builds it once, from the version it continues from)."""
+
+    def __init__(self, threshold: float) -> None:
+        self.index = NearDuplicateIndex(threshold)
+        self._rows = 0  # buffer rows indexed
+
+    def sync(self, buffer: PromptBuffer) -> NearDuplicateIndex:
+        """Index the buffer rows added since the last call; returns the index."""
+        for text in buffer.texts(self._rows):
+            self.index.add(text)
+        self._rows = len(buffer)
+        return self.index
 
 
 def _grown(array: np.ndarray, needed: int) -> np.ndarray:

@@ -411,15 +411,18 @@ def filter_evolved(
     near_dup_threshold: float,
     iteration: int,
     prompt_check: PromptCheck | None = None,
+    accepted: Iterable[str] = (),
 ) -> tuple[list[Prompt], FilterReport]:
     """Keep the usable parsed rewrites as children of their parents; count why the rest went.
 
     `existing` is the buffer: its texts (an index is built) or a `NearDuplicateIndex` the caller
     keeps per buffer. The index is only read: add the kept children to it yourself once they
-    join the buffer. Candidates are checked in order, so of two near-identical rewrites the
-    first is kept. With `prompt_check`, a new candidate must also be a prompt for its parent
-    (`eva.child_filter`: meta_paraphrase, answer, not_a_request, off_topic). The report lists
-    every reason of `REASONS`, zeros included, so metrics have the same keys every iteration.
+    join the buffer. `accepted`: children kept earlier in this iteration (earlier evolve rounds),
+    not in the buffer yet: candidates are checked against them as against each other. Candidates
+    are checked in order, so of two near-identical rewrites the first is kept. With `prompt_check`,
+    a new candidate must also be a prompt for its parent (`eva.child_filter`: meta_paraphrase,
+    answer, not_a_request, off_topic). The report lists every reason of `REASONS`, zeros included,
+    so metrics have the same keys every iteration.
     """
     if isinstance(existing, NearDuplicateIndex):
         if not math.isclose(existing.threshold, near_dup_threshold):
@@ -429,7 +432,7 @@ def filter_evolved(
         index = existing
     else:
         index = NearDuplicateIndex(near_dup_threshold, existing)
-    batch = NearDuplicateIndex(near_dup_threshold)
+    batch = NearDuplicateIndex(near_dup_threshold, accepted)
     kept: list[Prompt] = []
     dropped = dict.fromkeys(REASONS, 0)
     for request, text in candidates:

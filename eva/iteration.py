@@ -3,7 +3,8 @@ and formats of the files in it. The loop, the CLI, the report, `eva eval` and th
 write an iteration through `IterationDir`, so a new artifact is one change in this file.
 
 ```
-prompts.parquet     the buffer version t (PromptBuffer)       evolved.parquet   the children born in t
+prompts.parquet     the whole buffer version t (iteration 0)  evolved.parquet   the children born in t
+prompts.changes.parquet  the buffer rows iteration t added or updated (t >= 1)
 estimate.parquet    rollouts of X_{t-1} (ScoredPrompt)        rollouts.parquet  rollouts of X'_t (solve)
 sampled.json        ids of the prompts sampled for evolving   train_prompts.json  ids of X'_t
 pairs.parquet       the preference pairs                      metrics.json      IterationMetrics
@@ -11,7 +12,11 @@ policy/             the policy pi_t (safetensors or adapter + tokenizer)
 ```
 
 Iteration 0 holds the seed buffer, `train_prompts.json` (the seeds: X_0), `metrics.json` and the
-initial policy. Every write is atomic (`eva.atomic`); markers and the MANIFEST are `eva.checkpoint`'s.
+initial policy. The buffer grows every iteration, so a later iteration stores only its changes:
+version t is the newest whole version at or before t (iteration 0's, or any iteration's written by
+an older eva) with the changes of each later iteration applied in order (`IterationDir.buffer`);
+`eva export --what prompts` writes a whole version as one file. Every write is atomic
+(`eva.atomic`); markers and the MANIFEST are `eva.checkpoint`'s.
 """
 
 from __future__ import annotations
@@ -22,11 +27,20 @@ from pathlib import Path
 import pyarrow as pa
 
 from eva.atomic import atomic_write_json
-from eva.buffer import BUFFER_SCHEMA, PromptBuffer, load_pairs, load_prompts_table, save_pairs, save_prompts_table
+from eva.buffer import (
+    BUFFER_SCHEMA,
+    PromptBuffer,
+    load_pairs,
+    load_prompts_table,
+    read_changes,
+    save_pairs,
+    save_prompts_table,
+)
 from eva.tables import DataError, read_table, write_table
 from eva.types import IterationMetrics, PreferencePair, Prompt, ScoredPrompt
 
 PROMPTS = "prompts.parquet"
+PROMPT_CHANGES = "prompts.changes.parquet"
 EVOLVED = "evolved.parquet"
 PAIRS = "pairs.parquet"
 SAMPLED = "sampled.json"
@@ -70,16 +84,52 @@ class IterationDir:
 
     # the buffer and the prompts born in this iteration --------------------------------------------
 
+    def sibling(self, t: int) -> IterationDir:
+        """Iteration t of the same run directory."""
+        return IterationDir(self.path.parent / f"{t:04d}", t)
+
+    def buffer_files(self) -> list[Path]:
+        """The files that make the buffer version t, oldest first: the newest whole version at or
+        before t, then the changes of each later iteration up to t. DataError naming the first
+        iteration (from t back) that holds neither."""
+        files: list[Path] = []
+        for k in range(self.t, -1, -1):
+            folder = self.sibling(k).path
+            if (folder / PROMPTS).is_file():
+                return [folder / PROMPTS, *reversed(files)]
+            if not (folder / PROMPT_CHANGES).is_file():
+                needed = f" (buffer version {self.t} is built from it)" if k != self.t else ""
+                raise DataError(f"{folder / PROMPTS}: file does not exist, nor {PROMPT_CHANGES}{needed}")
+            files.append(folder / PROMPT_CHANGES)
+        raise DataError(f"{self.path}: no buffer: no iteration up to {self.t} holds {PROMPTS}")
+
     def buffer(self) -> PromptBuffer:
-        return PromptBuffer.load(self.path / PROMPTS)
+        """The buffer version t (a missing or damaged file of the chain is a DataError naming it)."""
+        first, *changes = self.buffer_files()
+        buffer = PromptBuffer.load(first)
+        for path in changes:
+            buffer.apply_changes(read_changes(path), str(path))
+        return buffer
 
     def buffer_columns(self, columns: list[str]) -> pa.Table:
-        """Only the named columns of the buffer version t (typed as in the buffer), without reading
-        the rest: the report reads the lineage columns of every iteration, never the reward vectors."""
-        return read_table(self.path / PROMPTS, pa.schema([BUFFER_SCHEMA.field(c) for c in columns]))
+        """Only the named columns of the buffer version t (typed as in the buffer). Read from disk
+        alone (the other columns are skipped) when this iteration holds a whole version."""
+        schema = pa.schema([BUFFER_SCHEMA.field(c) for c in columns])
+        if (self.path / PROMPTS).is_file():
+            return read_table(self.path / PROMPTS, schema)
+        return self.buffer().to_table().select(columns).cast(schema)
 
     def write_buffer(self, buffer: PromptBuffer) -> None:
+        """The whole buffer as version t (iteration 0, and tests: it does not depend on earlier ones)."""
         buffer.save(self.path / PROMPTS)
+
+    def write_buffer_changes(self, buffer: PromptBuffer) -> int:
+        """The rows of `buffer` added or updated since the version it was loaded as (t - 1), as
+        version t's changes; then they count as stored. Returns how many rows were written."""
+        buffer.save_changes(self.path / PROMPT_CHANGES)
+        written = buffer.num_changed
+        buffer.clear_changes()
+        return written
 
     def evolved(self) -> list[Prompt]:
         return load_prompts_table(self.path / EVOLVED)

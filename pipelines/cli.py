@@ -168,12 +168,12 @@ def _overrides(sets: list[str], run_dir: Optional[str], iterations: Optional[int
     return [*sets, *(f"{k}={v}" for k, v in extra.items() if v is not None)]
 
 
-def _run(cfg: RunConfig, run: RunDir) -> None:
+def _run(cfg: RunConfig, run: RunDir, verified: bool = False) -> None:
     from pipelines.loop import Interrupted, run_loop
 
     reporter = Reporter()
     try:
-        last = run_loop(cfg, run, reporter)
+        last = run_loop(cfg, run, reporter, verified)
     except Interrupted:
         reporter.close()
         err.print(f"stopped at a safe point. Resume with:\n    eva resume {run.root}")
@@ -247,7 +247,7 @@ def resume(
         _fail(str(e))
     with _writing(rd):
         try:
-            problems = rd.verify_all()  # what resume continues from, up to the highest MANIFEST
+            problems = rd.verify_for_resume()  # what resume continues from, up to the highest MANIFEST
             if problems:
                 _fail(
                     f"{run_dir}: committed iterations fail verification (restore the files or start a new run):\n  "
@@ -256,7 +256,7 @@ def resume(
             rd.init(cfg)
         except USER_ERRORS as e:
             _fail(str(e))
-        _run(cfg, rd)
+        _run(cfg, rd, verified=True)
 
 
 def _open(run_dir: Path) -> RunDir:
@@ -282,6 +282,23 @@ def status(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
     rd = _open(run_dir)
     with _reading(rd):
         _status(rd)
+
+
+@app.command()
+def verify(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
+    """Check every committed file against its MANIFEST.json (size and sha256), old policies included
+    (`eva resume` hashes only what it reads); exit 2 naming each damaged file."""
+    rd = _open(run_dir)
+    with _reading(rd):
+        try:
+            problems = rd.verify_all()
+        except CorruptCheckpointError as e:
+            problems = [str(e)]
+        if problems:
+            _fail(f"{rd.root}: committed files fail verification:\n  " + "\n  ".join(problems))
+        committed = _committed(rd)
+        files = sum(len(m["files"]) for t in committed if (m := rd.manifest(t)) is not None)
+        console.print(f"{rd.root}: {len(committed)} committed iteration(s), {files} files: all match their manifests")
 
 
 def _status(rd: RunDir) -> None:

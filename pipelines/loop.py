@@ -36,6 +36,7 @@ from eva.atomic import atomic_folder
 from eva.buffer import PromptBuffer, load_seed_prompts
 from eva.checkpoint import CorruptCheckpointError, RunDir
 from eva.config import RunConfig, flatten
+from eva.dedup import BufferIndex
 from eva.metrics import busy_summary, with_informativeness
 from eva.pairs import build_pairs
 from eva.results import (
@@ -86,6 +87,10 @@ class Ctx:
     engines_hold: int = -1  # iteration whose policy the engines serve now
     started: float = 0.0  # time.time() when this process began the current iteration
     tensorboard: Any = None  # SummaryWriter when tensorboard is installed
+    # The buffer version of the last committed iteration, kept in memory across iterations (read
+    # from disk once, when the loop starts), and the near-duplicate index of its texts, grown with it.
+    buffer: PromptBuffer = dataclasses.field(default_factory=PromptBuffer)
+    known_texts: BufferIndex | None = None
 
     @property
     def timeout(self) -> float:
@@ -234,14 +239,17 @@ def create_children(
     rounds = 0
     while c.kind != "select" and len(kept) < wanted and parents and rounds < c.max_evolve_rounds:
         if c.kind == "program":
-            got, report = mutate_prompts(
-                parents, c.num_variants, c.direction_rule, seed, t, [*buffer.ids(), *(p.id for p in kept)], rounds
-            )
+            known = KnownIds(buffer, {p.id for p in kept})
+            got, report = mutate_prompts(parents, c.num_variants, c.direction_rule, seed, t, known, rounds)
             stat = RolloutStats()
         else:
-            texts = [*buffer.texts(), *(p.text for p in kept)]
+            if ctx.known_texts is None:
+                ctx.known_texts = BufferIndex(c.near_duplicate_threshold)
+            existing = ctx.known_texts.sync(buffer)  # the buffer's texts, indexed once per run
+            parent_prompts = [p.prompt for p in parents]
+            accepted = [p.text for p in kept]  # earlier rounds: not in the buffer (surplus ones never will be)
             got, report, stat = evolve_prompts(
-                ctx.actors.creator_engines, [p.prompt for p in parents], texts, c, seed, t, rounds
+                ctx.actors.creator_engines, parent_prompts, existing, c, seed, t, rounds, accepted
             )
         kept, rounds = kept + got, rounds + 1
         reports.append(report)
@@ -252,6 +260,17 @@ def create_children(
             dropped[reason] = dropped.get(reason, 0) + n
     dropped["surplus"] = max(0, len(kept) - wanted)
     return kept[:wanted], FilterReport(kept=min(len(kept), wanted), dropped=dropped), RolloutStats.merge(stats), rounds
+
+
+class KnownIds:
+    """The ids of the buffer and of the children kept in earlier evolve rounds, looked up in place
+    (copying the buffer's ids every round would cost a pass over the whole buffer)."""
+
+    def __init__(self, buffer: PromptBuffer, kept: set[str]) -> None:
+        self.buffer, self.kept = buffer, kept
+
+    def __contains__(self, pid: object) -> bool:
+        return pid in self.kept or pid in self.buffer
 
 
 def mix(ctx: Ctx, t: int, buffer: PromptBuffer, evolved: list[Prompt]) -> list[Prompt]:
@@ -353,7 +372,7 @@ def commit(ctx: Ctx, t: int, buffer: PromptBuffer, results: IterationResults, t_
         buffer.update_stats(results.solved, t)
         buffer.mark_sampled([p.id for p in results.sampled])
         buffer.mark_trained([s.prompt.id for s in results.solved])
-        folder.write_buffer(buffer)
+        counts["buffer_rows_written"] = folder.write_buffer_changes(buffer)
         # Orchestration overhead: the iteration's wall time (in this process, up to here) that no actor
         # spent generating, scoring or training. The manifest below adds a little that this misses.
         timing = busy_summary(ctx.actors.drain_busy(ctx.timeout), ctx.started, time.time())
@@ -415,7 +434,7 @@ def run_iteration(ctx: Ctx, t: int) -> IterationMetrics:
     # spans from before this iteration (actor start-up, an earlier resume) are not its work
     ctx.actors.drain_busy(ctx.timeout)
     prev = ctx.run.iteration(t - 1)
-    buffer = prev.buffer()
+    buffer = ctx.buffer  # version t - 1
     redo_stale_stages(ctx, t)
     if ctx.engines_hold != t - 1 and not ctx.run.stage_done(t, "train"):
         raise RuntimeError(f"engines serve the policy of iteration {ctx.engines_hold}, iteration {t} needs {t - 1}")
@@ -509,9 +528,10 @@ def init_iteration_zero(cfg: RunConfig, run: RunDir, policy_path: str) -> None:
     run.log_event("init", seeds=len(seeds), policy=policy_path)
 
 
-def run_loop(cfg: RunConfig, run: RunDir, report: Reporter) -> int:
-    """Run (or resume) iterations until `run.iterations` are committed; returns the last committed."""
-    problems = run.verify_all()
+def run_loop(cfg: RunConfig, run: RunDir, report: Reporter, verified: bool = False) -> int:
+    """Run (or resume) iterations until `run.iterations` are committed; returns the last committed.
+    `verified`: the caller ran `run.verify_for_resume()` on this run directory already."""
+    problems = [] if verified else run.verify_for_resume()
     if problems:
         raise CorruptCheckpointError(
             f"{run.root}: committed iterations fail verification:\n  " + "\n  ".join(problems), problems
@@ -532,6 +552,7 @@ def run_loop(cfg: RunConfig, run: RunDir, report: Reporter) -> int:
     report(f"actors up in {time.perf_counter() - t0:.1f}s")
     run.log_event("actors_up", seconds=round(time.perf_counter() - t0, 2), nodes=actors.nodes)
     ctx = Ctx(cfg=cfg, run=run, actors=actors, report=report, engines_hold=last, tensorboard=tensorboard_writer(run))
+    ctx.buffer = run.iteration(last).buffer()
     previous = signal.getsignal(signal.SIGINT)
 
     def on_sigint(signum, frame):  # first Ctrl-C: stop at the next stage boundary

@@ -31,7 +31,6 @@ import pyarrow.compute as pc
 from eva.buffer import PromptBuffer
 from eva.checkpoint import RunDir, RunDirError, atomic_write_text
 from eva.config import RunConfig
-from eva.iteration import PROMPTS
 from eva.losses import loss_parameters
 from eva.metrics import informativeness
 from eva.types import IterationMetrics
@@ -110,7 +109,10 @@ def collect(
         return buffers[t]
 
     rows, total = table_rows(buffer(table_t), max_rows)
-    views = [iteration_view(run, t, events) for t in committed]
+    # Rows are never removed and lineage never changes: buffer version t's lineage is the last
+    # version's rows born up to t (one read, not one chain of buffer files per iteration).
+    born = buffer(last).to_table().select(["id", "text", "depth", "operator", "iteration"])
+    views = [iteration_view(run, t, events, born) for t in committed]
     return Report(
         run_dir=str(run.root.resolve()),
         name=config.run.name if config else run.root.name,
@@ -127,7 +129,7 @@ def collect(
         diff=iteration_diff(run, buffer(a), buffer(b), a, b) if a != b else None,
         evals=eval_results(run, committed),
         histogram_iterations=histogram_iterations([v.t for v in views if v.info]),
-        warnings=lineage_warnings(buffer(last), last),
+        warnings=lineage_warnings(buffer(last), last, [run.relative(p) for p in run.iteration(last).buffer_files()]),
     )
 
 
@@ -198,10 +200,12 @@ def eval_results(run: RunDir, committed: list[int]) -> list[dict[str, Any]]:
 # --- per iteration -------------------------------------------------------------------------------------
 
 
-def iteration_view(run: RunDir, t: int, events: list[dict[str, Any]]) -> IterationView:
+def iteration_view(run: RunDir, t: int, events: list[dict[str, Any]], born: pa.Table) -> IterationView:
+    """Iteration t's numbers; `born`: id, text, depth, operator and iteration of a later buffer
+    version (its rows born up to t are version t's)."""
     folder = run.iteration(t)
     metrics = folder.metrics()
-    table = folder.buffer_columns(["id", "text", "depth", "operator", "iteration"])
+    table = born.filter(pc.less_equal(born.column("iteration"), t))
     lengths = pc.utf8_length(table.column("text")).to_numpy().astype(float)
     train = table.filter(pc.is_in(table.column("id"), value_set=pa.array(_train_ids(run, t), pa.string())))
     train_lengths = pc.utf8_length(train.column("text")).to_numpy().astype(float)
@@ -333,15 +337,16 @@ def lineage_chain(buffer: PromptBuffer, pid: str) -> Chain:
     return Chain([prompt_row(buffer, p.id) for p in reversed(steps)])
 
 
-def lineage_warnings(buffer: PromptBuffer, t: int) -> list[str]:
-    """One line when prompts of buffer version t name a parent the buffer does not hold."""
+def lineage_warnings(buffer: PromptBuffer, t: int, files: list[str]) -> list[str]:
+    """One line when prompts of buffer version t (read from `files`) name a parent the buffer does not hold."""
     orphans = [p for p in buffer.prompts() if p.parent_id is not None and p.parent_id not in buffer]
     if not orphans:
         return []
     parents = sorted({p.parent_id for p in orphans if p.parent_id is not None})
     named = ", ".join(parents[:5]) + (f" and {len(parents) - 5} more" if len(parents) > 5 else "")
     return [
-        f"Damaged lineage in iterations/{t:04d}/{PROMPTS}: {len(orphans):,} prompt(s) name a parent that is "
+        f"Damaged lineage in the buffer of iteration {t} (read from {', '.join(files)}): {len(orphans):,} prompt(s) "
+        f"name a parent that is "
         f"not in the buffer "
         f"({named}); their lineage chains are shown up to the break."
     ]

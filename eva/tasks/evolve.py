@@ -13,7 +13,7 @@ code, kept on the training side of the held-out split, with lineage like an LLM 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Sequence
 
 import numpy as np
 
@@ -46,12 +46,13 @@ def mutate_prompts(
     rule: str,
     seed: int,
     iteration: int,
-    existing_ids: Iterable[str],
+    existing_ids: Container[str],
     round_: int = 0,
 ) -> tuple[list[Prompt], FilterReport]:
     """`num_variants` mutations per parent (round `round_` of them: each round draws afresh), minus
-    those with no mutation in their direction and duplicates of `existing_ids` or of each other."""
-    seen = set(existing_ids)
+    those with no mutation in their direction and duplicates of `existing_ids` (the buffer, or any
+    container of ids: only looked up) or of each other."""
+    seen: set[str] = set()
     children: list[Prompt] = []
     dropped = dict.fromkeys(DROP_REASONS, 0)
     for parent in parents:
@@ -67,7 +68,7 @@ def mutate_prompts(
             child = parent.prompt.child(
                 problem.prompt, f"task:{direction}", iteration, meta=canonical_json(problem.meta)
             )
-            if child.id in seen:
+            if child.id in seen or child.id in existing_ids:
                 dropped["duplicate"] += 1
                 continue
             seen.add(child.id)

@@ -370,9 +370,37 @@ def test_latin1_and_random_bytes_are_refused_naming_line_and_byte(tmp_path: Path
     with pytest.raises(DataError, match=r"latin1\.jsonl: line 2: not UTF-8 text \(byte 0xe9 at offset 32\)"):
         load_seed_prompts(str(latin1), "prompt", None)
     noise = tmp_path / "noise.jsonl"
-    noise.write_bytes(bytes(range(256)) * 4)
-    with pytest.raises(DataError, match=r"noise\.jsonl: line 2: not UTF-8 text \(byte 0x80 at offset 128\)"):
+    noise.write_bytes(b'{"prompt": "ok"}\n' + bytes(range(128, 256)) * 4)
+    with pytest.raises(DataError, match=r"noise\.jsonl: line 2: not UTF-8 text \(byte 0x80 at offset 17\)"):
         load_seed_prompts(str(noise), "prompt", None)
+    # lines are read as they are needed: the first problem in the file is the one named
+    noise.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(DataError, match=r"noise\.jsonl: line 1: invalid JSON"):
+        load_seed_prompts(str(noise), "prompt", None)
+
+
+def test_seed_files_are_read_only_up_to_the_limit(tmp_path: Path) -> None:
+    """`limit` stops reading: what follows the first `limit` prompts is never read (a damaged tail
+    passes), in JSONL, Parquet and datasets folders."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    jsonl = tmp_path / "big.jsonl"
+    jsonl.write_bytes(b'{"prompt": "one"}\n{"prompt": "one"}\n{"prompt": "two"}\n' + b"\xff not json\n" * 100)
+    assert [p.text for p in load_seed_prompts(str(jsonl), "prompt", 2)] == ["one", "two"]
+    with pytest.raises(DataError, match="line 4: not UTF-8"):
+        load_seed_prompts(str(jsonl), "prompt", 3)
+    texts = [f"prompt number {i}" for i in range(10_000)]
+    parquet = tmp_path / "big.parquet"
+    pq.write_table(pa.table({"prompt": texts}), parquet, row_group_size=1000)
+    assert [p.text for p in load_seed_prompts(str(parquet), "prompt", 5)] == texts[:5]
+    assert len(load_seed_prompts(str(parquet), "prompt", None)) == 10_000
+    folder = tmp_path / "ds"
+    datasets.Dataset.from_dict({"prompt": texts, "other": list(range(10_000))}).save_to_disk(str(folder))
+    assert [p.text for p in load_seed_prompts(str(folder), "prompt", 3)] == texts[:3]
+    shuffled = datasets.Dataset.from_dict({"prompt": texts}).select([9, 3, 7])  # an indices mapping
+    assert [p.text for p in load_seed_prompts(shuffled, "prompt", None)] == [texts[9], texts[3], texts[7]]
 
 
 def test_u2028_inside_a_json_string_is_one_record(tmp_path: Path) -> None:

@@ -373,6 +373,29 @@ def test_verify_without_hashes_misses_only_same_size_damage(run: RunDir) -> None
     assert run.verify(0, hashes=False) == [] and run.verify(0) == ["iterations/0000/prompts.parquet: sha256 mismatch"]
 
 
+def test_resume_hashes_the_policies_it_loads_and_sizes_the_rest(run: RunDir) -> None:
+    """verify_for_resume hashes every file but the policies resume never reads (those of iterations
+    other than 0 and the last): same-size damage there is for `verify_all`; everything else is caught."""
+    for t in range(4):
+        _write_iteration(run, t)
+        run.commit(t)
+
+    def flip(t: int, name: str) -> None:
+        path = run.iteration_dir(t) / name
+        data = bytearray(path.read_bytes())
+        data[0] ^= 1
+        path.write_bytes(bytes(data))
+
+    flip(2, "policy/model.safetensors")
+    assert run.verify_for_resume() == []
+    assert run.verify_all() == ["iterations/0002/policy/model.safetensors: sha256 mismatch"]
+    for t, name in [(3, "policy/model.safetensors"), (0, "policy/model.safetensors"), (1, "prompts.parquet")]:
+        flip(t, name)
+        assert f"iterations/{t:04d}/{name}: sha256 mismatch" in run.verify_for_resume()
+    (run.iteration_dir(1) / "policy" / "config.json").write_text("{ }")  # any size change is seen
+    assert "iterations/0001/policy/config.json: size mismatch (manifest 2 bytes, found 3)" in run.verify_for_resume()
+
+
 def test_is_committed_and_find_run_dir(run: RunDir, tmp_path: Path) -> None:
     from eva.checkpoint import find_run_dir, is_committed
 

@@ -79,3 +79,25 @@ def test_char_ngrams_and_jaccard_by_hand():
         assert char_ngrams(text) == brute_grams(text)
     assert jaccard({"a", "b"}, {"b", "c"}) == pytest.approx(1 / 3)
     assert jaccard(set(), set()) == 0.0 and jaccard({"a"}, set()) == 0.0
+
+
+def test_buffer_index_grown_in_steps_answers_as_one_built_at_once():
+    """The loop keeps one index per run and syncs it with the growing buffer each iteration; its
+    answers must equal those of an index built from the final buffer (what a resumed run builds)."""
+    from eva.buffer import PromptBuffer
+    from eva.dedup import BufferIndex
+    from eva.types import Prompt
+
+    rng = random.Random(7)
+    corpus = [t for t in dict.fromkeys(random_corpus(rng, 400)) if normalize_text(t)]
+    buffer = PromptBuffer()
+    grown = BufferIndex(0.6)
+    for start in range(0, len(corpus), 37):  # iterations of 37 new prompts each
+        buffer.add(Prompt.seed(t) for t in corpus[start : start + 37])
+        grown.sync(buffer)
+    assert len(grown.index) == len(buffer)  # each text indexed once, not once per sync
+    assert len(grown.sync(buffer)) == len(buffer)
+    fresh = NearDuplicateIndex(0.6, buffer.texts())
+    for q in random_corpus(random.Random(8), 200):
+        assert grown.index.near_duplicates(q) == fresh.near_duplicates(q), q
+        assert (q in grown.index) == (q in fresh)

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet  # noqa: F401  (pa.parquet)
 import pytest
 
 from eva.buffer import PromptBuffer
@@ -122,3 +123,75 @@ def test_missing_files_are_data_errors(tmp_path: Path) -> None:
         it.train_ids()
     with pytest.raises(DataError, match="file does not exist"):
         it.buffer_columns(["id"])
+
+
+# --- buffer versions: a whole version, then each iteration's changes ------------------------------
+
+
+def _grow(buffer: PromptBuffer, t: int) -> None:
+    """One iteration's worth of changes: a child of the first prompt, an estimate, draws, training."""
+    first = buffer.prompts()[0]
+    child = first.child(f"{first.text} Version {t}.", "deepen", t)
+    buffer.add([child])
+    buffer.update_stats([ScoredPrompt(first, ("a", "b"), (0.1 * t, 1.0), 0.2 * t)], t)
+    buffer.mark_sampled([first.id])
+    buffer.mark_trained([child.id, child.id])
+
+
+def test_each_iteration_stores_only_its_changes_and_every_version_reads_back(tmp_path: Path) -> None:
+    seeds = [Prompt.seed(f"Explain topic {i}.") for i in range(50)]
+    buffer = PromptBuffer.from_prompts(seeds)
+    root = tmp_path / "iterations"
+    IterationDir(root / "0000", 0).write_buffer(buffer)
+    buffer.clear_changes()
+    versions = {0: buffer.to_table()}
+    for t in range(1, 5):
+        _grow(buffer, t)
+        folder = IterationDir(root / f"{t:04d}", t)
+        assert folder.write_buffer_changes(buffer) == 2  # the child and its parent, not the other 49 rows
+        assert buffer.num_changed == 0
+        versions[t] = buffer.to_table()
+    for t, table in versions.items():
+        folder = IterationDir(root / f"{t:04d}", t)
+        assert folder.buffer().to_table().equals(table), t
+        assert folder.buffer_columns(["id", "times_trained"]).equals(table.select(["id", "times_trained"]))
+        assert len(folder.buffer_files()) == t + 1
+    assert pa.parquet.read_table(root / "0004" / "prompts.changes.parquet").num_rows == 2
+
+
+def test_a_whole_version_mid_chain_starts_the_chain_there(tmp_path: Path) -> None:
+    """Runs written by an older eva hold a whole buffer in every iteration; a resumed run continues
+    with changes after them, and damage before the newest whole version does not matter."""
+    buffer = PromptBuffer.from_prompts([Prompt.seed(f"Explain topic {i}.") for i in range(5)])
+    root = tmp_path / "iterations"
+    for t in range(3):
+        if t:
+            _grow(buffer, t)
+        IterationDir(root / f"{t:04d}", t).write_buffer(buffer)  # the old layout
+    buffer.clear_changes()
+    _grow(buffer, 3)
+    IterationDir(root / "0003", 3).write_buffer_changes(buffer)
+    (root / "0000" / "prompts.parquet").unlink()
+    assert IterationDir(root / "0003", 3).buffer().to_table().equals(buffer.to_table())
+    assert [p.parent.name for p in IterationDir(root / "0003", 3).buffer_files()] == ["0002", "0003"]
+
+
+def test_a_missing_link_of_the_chain_is_named(tmp_path: Path) -> None:
+    buffer = PromptBuffer.from_prompts([Prompt.seed("Explain topic 0.")])
+    root = tmp_path / "iterations"
+    IterationDir(root / "0000", 0).write_buffer(buffer)
+    for t in (1, 2):
+        _grow(buffer, t)
+        IterationDir(root / f"{t:04d}", t).write_buffer_changes(buffer)
+    (root / "0001" / "prompts.changes.parquet").unlink()
+    with pytest.raises(DataError, match=r"0001/prompts.parquet: file does not exist, nor prompts.changes.parquet "):
+        IterationDir(root / "0002", 2).buffer()
+
+
+def test_changes_that_rewrite_lineage_are_refused(tmp_path: Path) -> None:
+    seeds = [Prompt.seed(f"Explain topic {i}.") for i in range(2)]
+    buffer = PromptBuffer.from_prompts(seeds)
+    table = buffer.to_table()
+    forged = table.set_column(table.schema.get_field_index("operator"), "operator", pa.array(["x", "x"]))
+    with pytest.raises(DataError, match="different 'operator'"):
+        PromptBuffer.from_prompts(seeds).apply_changes(forged, "forged.parquet")

@@ -31,7 +31,7 @@ def test_baseline_samples_fixed_prompts_and_stays_a_baseline(eva, tmp_path: Path
         ids = _train_ids(run, t)
         assert len(ids) == len(set(ids)) == 6 and set(ids) <= set(seeds.ids())
         draws.append(ids)
-        buffer = PromptBuffer.load(folder / "prompts.parquet")
+        buffer = run.iteration(t).buffer()
         assert buffer.ids() == seeds.ids()  # no creator: the buffer never grows
         metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["num_train_prompts"] == 6 and metrics["num_evolved"] == 0 and metrics["num_sampled"] == 0

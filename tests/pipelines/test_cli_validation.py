@@ -353,6 +353,17 @@ def test_status_of_an_intact_unfinished_run_says_resume(eva, run_dir: Path) -> N
     )
 
 
+def test_verify_hashes_every_committed_file_and_names_the_damaged_one(eva, run_dir: Path) -> None:
+    code, stdout, _ = eva("verify", str(run_dir))
+    assert code == 0 and "1 committed iteration(s), 5 files: all match their manifests" in stdout
+    weights = run_dir / "iterations" / "0000" / "policy" / "model.safetensors"
+    weights.write_bytes(b"Weights")  # same size: only the hash can tell
+    before = snapshot(run_dir)
+    code, _, stderr = eva("verify", str(run_dir))
+    assert code == 2 and "iterations/0000/policy/model.safetensors: sha256 mismatch" in stderr
+    assert snapshot(run_dir) == before
+
+
 def test_cli_errors_are_one_line_without_traceback_in_a_real_process(tmp_path: Path) -> None:
     latin1 = _prompts(tmp_path, "p.jsonl", BAD_PROMPT_FILES["latin1"][1])
     proc = subprocess.run(

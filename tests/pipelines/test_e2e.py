@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import datasets
+import pyarrow.parquet as pq
 import pytest
 
 from eva.checkpoint import RunDir
@@ -30,7 +31,7 @@ def test_two_iterations_commit_everything(eva, reference_run: Path):
         folder = run.iteration(t)
         # the layout users are promised (DESIGN.md), spelled out on purpose
         for name in (
-            "prompts.parquet",
+            "prompts.changes.parquet",
             "evolved.parquet",
             "pairs.parquet",
             "metrics.json",
@@ -49,6 +50,10 @@ def test_two_iterations_commit_everything(eva, reference_run: Path):
         # The buffer only grows, by exactly the evolved children (never pruned).
         assert set(previous.ids()) <= set(buffer.ids())
         assert len(buffer) == len(previous) + len(evolved) == metrics.buffer_size
+        # The iteration stores only the buffer rows it touched: its children, X_{t-1} (estimated) and X'_t.
+        changed = pq.read_table(folder.file("prompts.changes.parquet"), columns=["id"]).column("id").to_pylist()
+        touched = {p.id for p in evolved} | set(run.iteration(t - 1).train_ids()) | set(folder.train_ids())
+        assert sorted(changed) == sorted(touched) and run.stage_info(t, "commit")["buffer_rows_written"] == len(touched)
         # Lineage: every child points at a prompt of the previous buffer that was sampled this iteration.
         sampled = folder.sampled_ids()
         assert metrics.num_sampled == len(sampled) == -(-len(run.iteration(t - 1).train_ids()) // 4)

@@ -625,7 +625,10 @@ def test_a_broken_lineage_is_reported_not_a_traceback(eva, tmp_path: Path):
         in text_of(chain)
     )  # depth 2: parent and seed
     warning = text_of(re.search(r'<p class="warn">(.*?)</p>', html).group(1))
-    assert warning.startswith("Damaged lineage in iterations/0002/prompts.parquet: ") and missing in warning
+    assert warning.startswith(
+        "Damaged lineage in the buffer of iteration 2 (read from iterations/0002/prompts.parquet): "
+    )
+    assert missing in warning
     assert "of these chains are broken" in html
     healthy = re.findall(r'<article class="chain">(.*?)</article>', html, re.S)
     assert healthy and all('class="step missing"' not in c for c in healthy)

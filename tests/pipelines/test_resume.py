@@ -29,14 +29,17 @@ FAULTS = ["1:estimate", "1:evolve", "1:train:saved", "2:commit:manifest"]
 # Every stage of iterations 2 and 3: each resumed process starts its engines from a committed
 # policy >= 1, which an uninterrupted run's engines never do (they receive every policy by push).
 LATE_FAULTS = [f"{t}:{where}" for t in (2, 3) for where in (*STAGES[:-1], "train:saved", "commit", "commit:manifest")]
-COMPARED = ("prompts.parquet", "estimate.parquet", "evolved.parquet", "rollouts.parquet", "pairs.parquet")
+COMPARED = ("prompts.changes.parquet", "estimate.parquet", "evolved.parquet", "rollouts.parquet", "pairs.parquet")
 
 
 def _tables(
-    run_dir: Path, t: int, names: tuple[str, ...] = ("prompts.parquet", "evolved.parquet", "pairs.parquet")
+    run_dir: Path, t: int, names: tuple[str, ...] = ("prompts.changes.parquet", "evolved.parquet", "pairs.parquet")
 ) -> dict[str, list]:
-    folder = RunDir(run_dir).iteration_dir(t)
-    return {name: pq.read_table(folder / name).to_pylist() for name in names}
+    """The named tables of iteration t, and the whole buffer version t (built from the changes)."""
+    folder = RunDir(run_dir).iteration(t)
+    return {"buffer": folder.buffer().to_table().to_pylist()} | {
+        name: pq.read_table(folder.file(name)).to_pylist() for name in names
+    }
 
 
 def _policy(run_dir: Path, t: int) -> dict:

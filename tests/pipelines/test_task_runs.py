@@ -81,9 +81,11 @@ def test_task_metadata_survives_resume_and_export_and_eval_counts_exact_answers(
     assert proc.returncode == -9
     eva("resume", str(killed))
     for t in (1, 2):
-        for name in ("prompts.parquet", "evolved.parquet", "rollouts.parquet", "pairs.parquet"):
+        for name in ("prompts.changes.parquet", "evolved.parquet", "rollouts.parquet", "pairs.parquet"):
             a = pq.read_table(RunDir(reference).iteration(t).file(name)).to_pylist()
             assert a == pq.read_table(RunDir(killed).iteration(t).file(name)).to_pylist(), f"{name} of iteration {t}"
+        a, b = (RunDir(run).iteration(t).buffer().to_table() for run in (reference, killed))
+        assert a.equals(b), f"buffer version {t}"
     buffer = RunDir(killed).iteration(2).buffer()
     children = [p for p in buffer.prompts() if p.iteration > 0]
     assert children and all(p.meta and p.operator.startswith("task:") for p in buffer.prompts() if p.iteration > 0)
