@@ -1,8 +1,10 @@
-"""Run a command and measure it: wall time and the peak of the summed RSS of its process tree.
+"""Run a command and measure it: wall time and the peak of the summed RSS of its process tree; and
+PSS helpers (`tree_pss`), the measure to report.
 
 The tree is the command and every descendant (a local Ray cluster started by `eva run` is: GCS,
 raylet, the actors' workers). Summed RSS over-counts pages that processes share (Ray workers map the
-same libraries), so it is an upper bound on the memory the job needs.
+same libraries), so it is an upper bound on the memory the job needs; summed PSS divides each shared
+page among the processes that map it, so it adds up to what the job holds.
 """
 
 from __future__ import annotations
@@ -68,6 +70,31 @@ def measure(
         tail = log.read_text()[-3000:] if log else ""
         raise RuntimeError(f"{' '.join(args)} exited {rc}\n{tail}")
     return {"wall_s": round(wall, 2), "peak_rss_gb": round(peak / 1e9, 2)}
+
+
+# --- PSS: proportional set size (a shared page counts 1/n in each of the n processes that map it) ---------
+
+
+def pss(proc: psutil.Process) -> int:
+    """PSS of one process in bytes (0 once it is gone or unreadable)."""
+    try:
+        return proc.memory_full_info().pss
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+        return 0
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants (empty once it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def tree_pss(pid: int) -> int:
+    """Summed PSS of a process tree: unlike summed RSS, shared library pages are counted once."""
+    return sum(pss(p) for p in tree(pid))
 
 
 def eva(*args: str) -> list[str]:

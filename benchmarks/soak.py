@@ -27,25 +27,9 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
+from benchmarks._proc import tree_pss
 
 HERE = Path(__file__).resolve().parent
-
-
-def tree_pss(pid: int) -> int:
-    """Summed PSS (shared pages divided among the processes that map them) of a process tree."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_full_info().pss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return total
 
 
 def run(args: list[str], repo: Path, log: Path, samples: list[tuple[float, int]] | None = None) -> float:
