@@ -8,6 +8,7 @@ replica split or restarts.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -46,11 +47,12 @@ class StaleWeightsError(RuntimeError):
     with the weights it was started with, or a weight push never reached it."""
 
 
-def configure_engine_env(workdir: str | Path, kv_cache_gib: int) -> None:
+def configure_engine_env(workdir: str | Path) -> None:
     """Environment vLLM reads at import/start. Must run before `import vllm` in this process."""
     workdir = Path(workdir)
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process engine (see module docstring)
-    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+    # vLLM's legacy whole-GiB setting overrides kv_cache_memory_bytes on CPU: the config sizes the cache
+    os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("VLLM_CACHE_ROOT", str(workdir / "vllm"))
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workdir / "inductor"))
@@ -59,14 +61,49 @@ def configure_engine_env(workdir: str | Path, kv_cache_gib: int) -> None:
 
 
 RAY_EXECUTOR: dict[str, Any] = {"distributed_executor_backend": "ray"}
+CPU_MAX_NUM_SEQS = 32  # model.max_num_seqs: auto on CPU
+CPU_BLOCK_TOKENS = 128  # vLLM's KV-cache block on CPU (vllm/platforms/cpu.py)
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def max_num_seqs(model: ModelSection, cpu: bool) -> int | None:
+    """model.max_num_seqs, with auto resolved (None: vLLM's own default, on GPU)."""
+    if model.max_num_seqs != "auto":
+        return int(model.max_num_seqs)
+    return CPU_MAX_NUM_SEQS if cpu else None
+
+
+def kv_cache_bytes(model_path: str, model: ModelSection, cpu: bool) -> int | None:
+    """The engine's KV cache in bytes: model.kv_cache_gib, or for auto on CPU room for max_num_seqs
+    sequences of max_model_len tokens (whole blocks, plus the block vLLM keeps empty), so that no
+    running sequence is ever preempted: a preempted seeded request would resample differently.
+    None: vLLM sizes it (auto on GPU: what gpu_memory_utilization leaves)."""
+    if model.kv_cache_gib != "auto":
+        return int(float(model.kv_cache_gib) * 2**30)
+    seqs = max_num_seqs(model, cpu)
+    if seqs is None:
+        return None
+    blocks = seqs * math.ceil(model.max_model_len / CPU_BLOCK_TOKENS) + 1
+    return blocks * CPU_BLOCK_TOKENS * kv_bytes_per_token(model_path, model.dtype, model.trust_remote_code)
+
+
+def kv_bytes_per_token(model_path: str, dtype: str, trust_remote_code: bool = False) -> int:
+    """Keys and values of one token over all layers, from the model's config (cache dtype = `dtype`)."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code).get_text_config()
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    return 2 * cfg.num_hidden_layers * kv_heads * head_dim * DTYPE_BYTES[dtype]
 
 
 # vLLM on CPU cannot rewind a seeded request's torch.Generator ("CPU Generator does not use offset"),
 # which chunked prefill does whenever a step's token budget cuts a prompt: a generate call whose
 # prompts exceed the budget (a few hundred prompts) then crashes. Without chunked prefill every
 # prompt is prefilled whole in one step; the budget (vLLM's CPU default, 4096) must hold the longest.
-def _cpu_scheduler(max_model_len: int) -> dict[str, Any]:
-    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}
+def _cpu_scheduler(max_model_len: int, seqs: int) -> dict[str, Any]:
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096, seqs)}
 
 
 class GenerationEngine:
@@ -81,11 +118,14 @@ class GenerationEngine:
     def __init__(
         self, model_path: str, model: ModelSection, workdir: str, seed: int = 0, weights_version: str = "start"
     ) -> None:
-        configure_engine_env(workdir, model.kv_cache_gib)
+        configure_engine_env(workdir)
         from vllm import LLM
         from vllm.platforms import current_platform
 
         t0 = time.perf_counter()
+        cpu = current_platform.is_cpu()
+        seqs, kv_bytes = max_num_seqs(model, cpu), kv_cache_bytes(model_path, model, cpu)
+        sizes: dict[str, Any] = {"max_num_seqs": seqs, "kv_cache_memory_bytes": kv_bytes}
         self.model_path = model_path
         self.llm = LLM(
             model=model_path,
@@ -99,7 +139,8 @@ class GenerationEngine:
             # (actors.cluster.engine_bundles); the in-process engine core stays in this actor.
             **(RAY_EXECUTOR if model.tensor_parallel_size > 1 else {}),
             seed=seed,
-            **(_cpu_scheduler(model.max_model_len) if current_platform.is_cpu() else {}),
+            **{k: v for k, v in sizes.items() if v is not None},
+            **(_cpu_scheduler(model.max_model_len, seqs or 0) if cpu else {}),
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = model.max_model_len
@@ -108,11 +149,15 @@ class GenerationEngine:
         self.busy = BusyLog()
 
     def ready(self) -> dict[str, float | str]:
+        """Cheap call to wait on after starting the actor; also what the engine holds."""
+        vllm = self.llm.llm_engine.vllm_config
         return {
             "model_path": self.model_path,
             "start_seconds": self.start_seconds,
             "pid": os.getpid(),
             "weights_version": self.weights_version,
+            "max_num_seqs": vllm.scheduler_config.max_num_seqs,
+            "kv_cache_tokens": (vllm.cache_config.num_gpu_blocks or 0) * vllm.cache_config.block_size,
         }
 
     def apply_chat_template(self, text: str, system: str | None = None) -> str:

@@ -394,6 +394,9 @@ class CombinedScorer(Scorer):
 # ------------------------------------------------------------------------------------- factory
 
 
+JUDGE_CPU_MAX_NUM_SEQS = 8
+
+
 def judge_engine(model_path: str, max_length: int, workdir: str, dtype: str = "float32") -> Any:
     """A vLLM engine for a frozen judge: room for the instructions + `max_length` tokens of pair.
 
@@ -402,7 +405,11 @@ def judge_engine(model_path: str, max_length: int, workdir: str, dtype: str = "f
     """
     from actors.engine import GenerationEngine
 
-    section = ModelSection(dtype=dtype, max_model_len=max_length + 512, kv_cache_gib=1)
+    # One token per request (its logprobs): prefill work, bounded by the engine's per-step token budget
+    # whatever the number of sequences, so a few at once use the CPU as well as many; a preempted
+    # request is simply scored again (greedy).
+    seqs = JUDGE_CPU_MAX_NUM_SEQS if assigned_device("judge") == "cpu" else "auto"
+    section = ModelSection(dtype=dtype, max_model_len=max_length + 512, max_num_seqs=seqs)
     return GenerationEngine(model_path, section, os.path.join(workdir, "judge"))
 
 

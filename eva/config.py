@@ -108,16 +108,28 @@ class ModelSection(_Section):
         description="vLLM eager mode (no torch.compile): starts in seconds; compiled is faster but slow to start "
         "on CPU.",
     )
-    kv_cache_gib: int = Field(
-        1,
-        ge=1,
-        description="vLLM CPU KV-cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE). GPU engines use "
-        "gpu_memory_utilization.",
+    kv_cache_gib: float | Literal["auto"] = Field(
+        "auto",
+        description="KV-cache size of each engine in GiB (fractions allowed), or auto: on CPU, room for "
+        "max_num_seqs sequences of max_model_len tokens (from the model's layers, KV heads and dtype), so "
+        "a running sequence is never preempted; on GPU, what gpu_memory_utilization leaves.",
+    )
+    max_num_seqs: int | Literal["auto"] = Field(
+        "auto",
+        description="Most sequences one engine runs at once (vLLM max_num_seqs; the rest wait their turn): "
+        "auto is 32 on CPU (two cores gain little from more; benchmarks/RESULTS.md) and vLLM's default on GPU.",
     )
     gpu_memory_utilization: float = Field(
         0.5, gt=0, le=1, description="Share of GPU memory one vLLM engine may take (GPU only)."
     )
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism per engine (GPU clusters).")
+
+    @field_validator("kv_cache_gib", "max_num_seqs")
+    @classmethod
+    def _positive(cls, value: float | str, info: Any) -> float | str:
+        if value != "auto" and not value > 0:  # type: ignore[operator]
+            raise ValueError(f"{info.field_name} must be auto or > 0, got {value}")
+        return value
 
 
 class PromptsSection(_Section):

@@ -34,6 +34,25 @@ def engines(ray_session, tiny_model_path, tmp_path_factory):
         ray.kill(h)
 
 
+def test_the_kv_cache_holds_max_num_seqs_full_length_sequences(ray_session, engines):
+    """kv_cache_gib auto on CPU: 32 sequences of max_model_len (256) tokens in 128-token blocks, plus
+    the block vLLM keeps empty: 65 blocks. Never a whole GiB for a model that needs kilobytes."""
+    info = ray_session.get(engines[0].ready.remote())
+    assert info["max_num_seqs"] == 32 and info["kv_cache_tokens"] == (32 * 2 + 1) * 128
+
+
+def test_more_sequences_than_the_engine_runs_at_once_wait_and_reproduce(ray_session, engines):
+    """12 prompts x 4 samples = 48 sequences > max_num_seqs (32): the rest wait their turn, and every
+    prompt's samples are the ones it gets alone."""
+    texts = [f"{t} ({i})" for i in range(4) for t in TEXTS]
+    keys = [str(i) for i in range(len(texts))]
+    seeds = list(range(100, 100 + len(texts)))
+    pool = EnginePool(engines[:1], timeout_s=120)
+    many = pool.generate(keys, texts, seeds, SPEC)
+    for i in (0, 5, 11):
+        assert pool.generate([keys[i]], [texts[i]], [seeds[i]], SPEC).generations[0] == many.generations[i]
+
+
 def test_n_distinct_samples_and_exact_reproduction(ray_session, engines):
     pool = EnginePool(engines[:1], timeout_s=120)
     first = pool.generate(["a", "b", "c"], TEXTS, [11, 22, 33], SPEC)
