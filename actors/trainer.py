@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, cast
 import ray
 import torch
 
+from actors import heap
 from actors.busy import BusyLog, Span
 from actors.models import assigned_device
 from eva.atomic import atomic_folder
@@ -187,6 +188,7 @@ class PolicyTrainer:
         self.policy = self._finish(trainer)
         del trainer
         gc.collect()
+        heap.release()  # the round's optimizer state, gradients and activations: ~3.7 GB on SmolLM2 (actors.heap)
         return metrics
 
     def state_dict(self, iteration: int | None = None) -> dict[str, torch.Tensor]:
@@ -226,6 +228,7 @@ class PolicyTrainer:
                 self.tokenizer.save_pretrained(tmp)
         finally:
             self.policy.config.dtype = config_dtype
+            heap.release()  # the dtype copy of the weights written out
 
     def load(self, path: str, iteration: int | None = None) -> None:
         """Restore the policy of `iteration` from its policy/ folder (resume). With `reference: previous`
@@ -233,6 +236,8 @@ class PolicyTrainer:
         self.policy = self._load_model(path)
         self.iteration = iteration
         self._diverged = None
+        gc.collect()
+        heap.release()  # the policy it replaced
 
     # --- internals --------------------------------------------------------------------------
 
@@ -300,7 +305,9 @@ class PolicyTrainer:
             use_cpu=not self.gpu,
             report_to=[],
             save_strategy="no",
-            gradient_checkpointing=False,  # small models; avoids per-step deprecation warnings
+            gradient_checkpointing=s.gradient_checkpointing,
+            # non-reentrant: the variant transformers recommends (no warning per step, works with frozen inputs)
+            gradient_checkpointing_kwargs={"use_reentrant": False} if s.gradient_checkpointing else None,
             dataloader_num_workers=0,
             logging_steps=1,
             logging_nan_inf_filter=False,  # transformers hides a nan/inf step loss by default; _divergence must see it

@@ -139,6 +139,9 @@ def main() -> None:
     ap.add_argument("--model", default=DEFAULT_MODEL, help="judge model (builtin name or path)")
     ap.add_argument("--data", default=None, help="labelled JSONL (default: the packaged set)")
     ap.add_argument("--out", default="benchmarks/out/reward_accuracy.json")
+    ap.add_argument(
+        "--judge-dtype", default=RewardSection().judge_dtype, help="the judge engine's dtype (reward.judge_dtype)"
+    )
     args = ap.parse_args()
 
     triples = load_triples(args.data)
@@ -150,9 +153,7 @@ def main() -> None:
     scorers: dict[str, Scorer] = {}
 
     t0 = time.perf_counter()
-    engine = judge_engine(
-        resolve_model_path(args.model), RewardSection().max_length, workdir, RewardSection().judge_dtype
-    )
+    engine = judge_engine(resolve_model_path(args.model), RewardSection().max_length, workdir, args.judge_dtype)
     seconds["judge engine start"] = time.perf_counter() - t0
     for name in JUDGE_TEMPLATES:
         scorers[f"judge:{name}"] = JudgeScorer(engine, name)
@@ -191,6 +192,7 @@ def main() -> None:
                 "date": time.strftime("%Y-%m-%d"),
                 "machine": platform.platform(),
                 "model": args.model,
+                "judge_dtype": args.judge_dtype,
                 "lines": len(triples),
                 "rows": rows,
                 "searched_weights": searched,
