@@ -4,8 +4,13 @@
 
 Times (best of `repeats`, seconds): build the buffer from Prompt records, update_stats with a
 6-reward vector per prompt, weighted sampling of k = N/4 by informativeness, mix those k with the
-buffer (ratio 0.8), save Parquet, load Parquet. Prints a markdown table and writes
-benchmarks/out/buffer_ops.json.
+buffer (ratio 0.8), save Parquet, load Parquet.
+
+Then what one iteration of a long run costs at that buffer size, with an iteration's worth of work
+(16 children added, 48 prompts estimated, sampled or trained): storing the whole buffer (what every
+iteration did before) against storing its changes, and rebuilding the creator's near-duplicate index
+from every text against syncing the one the loop keeps with the new rows. Prints a markdown table
+and writes benchmarks/out/buffer_ops.json.
 """
 
 from __future__ import annotations
@@ -23,12 +28,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet  # noqa: F401  (pa.parquet)
 
 from eva.buffer import PromptBuffer
+from eva.dedup import BufferIndex, NearDuplicateIndex
 from eva.sampling import sample_prompts
 from eva.types import Prompt, ScoredPrompt
 
 OPS = ("build", "update_stats", "sample", "mix", "save", "load")
+ITERATION_OPS = ("save whole", "save changes", "index rebuild", "index sync")
 N_REWARDS = 6
 OUT = Path(__file__).parent / "out" / "buffer_ops.json"
 
@@ -72,7 +80,28 @@ def bench_size(n: int, repeats: int, folder: Path) -> dict[str, Any]:
     times["save"], _ = best_of(repeats, lambda: buf.save(path))
     times["load"], loaded = best_of(repeats, lambda: PromptBuffer.load(path))
     assert len(loaded) == n and len(rows) == k and len(mix) == round(k / 0.8)  # the work really happened
+    times.update(iteration_costs(loaded, folder, repeats))
     return {"n": n, "k": k, "mix_size": len(mix), "parquet_mb": path.stat().st_size / 2**20, "seconds": times}
+
+
+def iteration_costs(buf: PromptBuffer, folder: Path, repeats: int) -> dict[str, float]:
+    """One iteration's bookkeeping on a buffer of len(buf) rows (loaded: nothing changed yet)."""
+    index = BufferIndex(0.85)
+    index.sync(buf)  # what the loop holds when the iteration starts
+    parents = buf.prompts(buf.ids()[:48])
+    children = [p.child(f"{p.text} Now in one sentence.", "constraints", 2) for p in parents[:16]]
+    buf.add(children)
+    buf.update_stats([ScoredPrompt(p, ("r",) * N_REWARDS, (0.5,) * N_REWARDS, 0.1) for p in parents], iteration=2)
+    buf.mark_trained([p.id for p in parents])
+    changes = folder / "changes.parquet"
+    out = {
+        "save whole": best_of(repeats, lambda: buf.save(folder / "whole.parquet"))[0],
+        "save changes": best_of(repeats, lambda: buf.save_changes(changes))[0],
+        "index rebuild": best_of(1, lambda: NearDuplicateIndex(0.85, buf.texts()))[0],
+        "index sync": best_of(1, lambda: index.sync(buf))[0],
+    }
+    assert pa.parquet.read_metadata(changes).num_rows == 64 and len(index.index) == len(buf)
+    return out
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
@@ -82,7 +111,15 @@ def markdown(results: list[dict[str, Any]]) -> str:
         f"| {r['n']:,} | " + " | ".join(f"{r['seconds'][op]:.4f}" for op in OPS) + f" | {r['parquet_mb']:.1f} |"
         for r in results
     ]
-    return "\n".join([head, rule, *rows])
+    per_iteration = [
+        "",
+        "One iteration's bookkeeping (16 children, 48 prompts updated):",
+        "",
+        "| N | " + " | ".join(f"{op} (s)" for op in ITERATION_OPS) + " |",
+        "|" + "---:|" * (len(ITERATION_OPS) + 1),
+        *(f"| {r['n']:,} | " + " | ".join(f"{r['seconds'][op]:.4f}" for op in ITERATION_OPS) + " |" for r in results),
+    ]
+    return "\n".join([head, rule, *rows, *per_iteration])
 
 
 def main() -> None:
