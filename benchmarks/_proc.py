@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -36,6 +37,32 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+def run_sampled(
+    args: list[str], env: dict, cwd: Path, log: Path | None, sample: Callable[[int], None], every_s: float = 1.0
+) -> tuple[int, float]:
+    """Run `args` to the end, calling `sample(pid)` every `every_s` seconds while it runs (from a
+    thread); output to `log` (appended) or nowhere. Returns (exit code, wall seconds)."""
+    out = open(log, "a") if log else subprocess.DEVNULL
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        done = threading.Event()
+
+        def loop() -> None:
+            while not done.wait(every_s):
+                sample(proc.pid)
+
+        sampler = threading.Thread(target=loop, daemon=True)
+        sampler.start()
+        rc = proc.wait()
+        done.set()
+        sampler.join()
+    finally:
+        if log:
+            out.close()  # type: ignore[union-attr]
+    return rc, time.perf_counter() - t0
+
+
 def measure(
     args: list[str],
     env: dict | None = None,
@@ -48,24 +75,16 @@ def measure(
     it fails. `env` adds to the environment (OMP_NUM_THREADS=1 unless given); a None value removes a
     variable. `also`: more process trees to count (the nodes of a cluster the command joins)."""
     merged = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    env = {k: v for k, v in merged.items() if v is not None}
-    out = open(log, "w") if log else subprocess.DEVNULL
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     peak = 0
-    done = threading.Event()
 
-    def sample() -> None:
+    def sample(pid: int) -> None:
         nonlocal peak
-        while not done.wait(every_s):
-            peak = max(peak, sum(tree_rss(pid) for pid in (proc.pid, *also)))
+        peak = max(peak, sum(tree_rss(p) for p in (pid, *also)))
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    rc = proc.wait()
-    done.set()
-    sampler.join()
-    wall = time.perf_counter() - t0
+    if log:
+        log.write_text("")
+    env_ = {k: v for k, v in merged.items() if v is not None}
+    rc, wall = run_sampled(args, env_, cwd, log, sample, every_s)
     if rc != 0:
         tail = log.read_text()[-3000:] if log else ""
         raise RuntimeError(f"{' '.join(args)} exited {rc}\n{tail}")

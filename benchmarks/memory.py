@@ -22,17 +22,15 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import psutil
 
-from benchmarks._proc import pss, tree
+from benchmarks._proc import pss, run_sampled, tree
 
 HERE = Path(__file__).resolve().parent
 ACTOR_TITLE = re.compile(r"^ray::([A-Z]\w*)")  # ray::PolicyTrainer, ray::GenerationEngine.generate, ...
@@ -65,42 +63,36 @@ class Roles:
         return "Ray's own processes"  # gcs_server, raylet, dashboard agent, log monitor, ...
 
 
-def sample_forever(pid: int, roles: Roles, samples: list[tuple[float, dict[str, int]]], done: threading.Event) -> None:
-    while not done.wait(1.0):
-        by_role: dict[str, int] = defaultdict(int)
-        for proc in tree(pid):
-            by_role[roles.of(proc)] += pss(proc)
-        samples.append((time.time(), dict(by_role)))
-
-
 def measure(repo: Path, preset: str, iterations: int, run_dir: Path, log: Path, sets: list[str]) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
     env.pop("RAY_ADDRESS", None)
     args = [sys.executable, "-m", "pipelines.cli", "run", "--preset", preset, "--iterations", str(iterations)]
     args += ["--run-dir", str(run_dir), *(x for s in sets for x in ("--set", s))]
     samples: list[tuple[float, dict[str, int]]] = []
-    t0 = time.perf_counter()
-    with open(log, "w") as out:
-        proc = subprocess.Popen(args, cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT)
-        done = threading.Event()
-        sampler = threading.Thread(target=sample_forever, args=(proc.pid, Roles(proc.pid), samples, done), daemon=True)
-        sampler.start()
-        rc = proc.wait()
-        done.set()
-        sampler.join()
-    wall = time.perf_counter() - t0
+    roles: Roles | None = None
+
+    def sample(pid: int) -> None:
+        nonlocal roles
+        roles = roles or Roles(pid)
+        by_role: dict[str, int] = defaultdict(int)
+        for proc in tree(pid):
+            by_role[roles.of(proc)] += pss(proc)
+        samples.append((time.time(), dict(by_role)))
+
+    log.write_text("")
+    rc, wall = run_sampled(args, env, repo, log, sample)
     if rc != 0:
         raise RuntimeError(f"eva run exited {rc}; see {log}")
-    peak_at, peak = max(samples, key=lambda s: sum(s[1].values()))
-    roles = sorted({r for _, s in samples for r in s})
+    _, peak = max(samples, key=lambda s: sum(s[1].values()))
+    names = sorted({r for _, s in samples for r in s})
     return {
         "preset": preset,
         "iterations": iterations,
         "sets": sets,
         "wall_s": round(wall, 1),
         "peak_pss_gb": round(sum(peak.values()) / 1e9, 3),
-        "peak_by_role_gb": {r: round(max(s.get(r, 0) for _, s in samples) / 1e9, 3) for r in roles},
-        "at_peak_gb": {r: round(peak.get(r, 0) / 1e9, 3) for r in roles},
+        "peak_by_role_gb": {r: round(max(s.get(r, 0) for _, s in samples) / 1e9, 3) for r in names},
+        "at_peak_gb": {r: round(peak.get(r, 0) / 1e9, 3) for r in names},
         "curve": [(round(t - samples[0][0], 1), round(sum(s.values()) / 1e9, 3)) for t, s in samples[::5]],
     }
 

@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from benchmarks._proc import tree_pss
+from benchmarks._proc import run_sampled, tree_pss
 
 HERE = Path(__file__).resolve().parent
 
@@ -37,25 +35,15 @@ def run(args: list[str], repo: Path, log: Path, samples: list[tuple[float, int]]
     (time.time(), tree PSS) every 2 s."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
     env.pop("RAY_ADDRESS", None)
-    t0 = time.perf_counter()
-    with open(log, "a") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", *args], cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-        done = threading.Event()
 
-        def sample() -> None:
-            while not done.wait(2.0):
-                samples.append((time.time(), tree_pss(proc.pid)))  # type: ignore[union-attr]
-
-        sampler = threading.Thread(target=sample, daemon=True)
+    def sample(pid: int) -> None:
         if samples is not None:
-            sampler.start()
-        rc = proc.wait()
-        done.set()
+            samples.append((time.time(), tree_pss(pid)))
+
+    rc, wall = run_sampled([sys.executable, "-m", "pipelines.cli", *args], env, repo, log, sample, 2.0)
     if rc != 0:
         raise RuntimeError(f"eva {' '.join(args)} exited {rc}; see {log}")
-    return time.perf_counter() - t0
+    return wall
 
 
 def folder_bytes(path: Path, skip: str | None = None) -> int:
