@@ -42,7 +42,7 @@ from eva.metrics import informativeness
 from eva.runlock import RunLockedError, read_holder
 from eva.scorers import check_functions
 from eva.tables import DataError
-from eva.types import IterationMetrics
+from eva.types import IterationMetrics, match_id
 
 app = typer.Typer(
     add_completion=False,
@@ -425,9 +425,12 @@ def inspect(
     iteration: Optional[int] = typer.Option(None, "--iteration", help="Iteration (default: latest committed)."),
     top: int = typer.Option(20, "--top", min=1, help="Rows to show."),
     sort: str = typer.Option("informativeness", "--sort", help="informativeness | reward | depth"),
-    lineage: Optional[str] = typer.Option(None, "--lineage", help="Print the ancestry chain of this prompt id."),
+    lineage: Optional[str] = typer.Option(
+        None, "--lineage", help="Print the ancestry chain of this prompt id (a unique prefix is enough, as in git)."
+    ),
 ) -> None:
-    """A table of the prompt buffer with stats, or the lineage of one prompt."""
+    """A table of the prompt buffer with stats, or the lineage of one prompt. Below 120 columns (and
+    when piped) one record per block, so the prompt text keeps the width."""
     rd = _open(run_dir)
     with _reading(rd):
         t, buf = _buffer(rd, iteration)
@@ -439,23 +442,24 @@ def inspect(
 
 def _lineage(rd: RunDir, t: int, buf: PromptBuffer, pid: str) -> None:
     """The chain from the seed to `pid`, with each prompt's reward gap (max - min of its latest rewards)."""
-    if pid not in buf:
-        _fail(f"prompt id {pid!r} is not in iteration {t} of {rd.root}")
-    table = Table(title=f"lineage of {pid} (iteration {t})")
-    _columns(table, ("depth", "id", "operator", "born", "reward gap", "info", "mean reward"))
+    try:
+        pid = match_id(pid, buf.ids(), f"iteration {t} of {rd.root}")
+    except ValueError as e:
+        _fail(str(e))
+    records = []
     for p in buf.ancestry(pid):
         st = buf.stats(p.id)
-        table.add_row(
-            str(p.depth),
-            p.id,
-            p.operator,
-            str(p.iteration),
-            _fmt(informativeness(st["rewards"], "gap")),
-            _fmt(_nan_none(st["info"])),
-            _fmt(_nan_none(st["mean_reward"])),
-            p.text,
-        )
-    console.print(table)
+        fields = {
+            "depth": str(p.depth),
+            "id": p.id,
+            "operator": p.operator,
+            "born": str(p.iteration),
+            "reward gap": _fmt(informativeness(st["rewards"], "gap")),
+            "info": _fmt(_nan_none(st["info"])),
+            "mean reward": _fmt(_nan_none(st["mean_reward"])),
+        }
+        records.append((fields, p.text))
+    _print_records(f"lineage of {pid} (iteration {t})", records, key="id")
 
 
 def _top(rd: RunDir, t: int, buf: PromptBuffer, top: int, sort: str) -> None:
@@ -469,28 +473,58 @@ def _top(rd: RunDir, t: int, buf: PromptBuffer, top: int, sort: str) -> None:
     value = keys[sort]
     rows = [(p, buf.stats(p.id)) for p in buf.prompts()]
     rows.sort(key=lambda r: (value(*r) is None, -(value(*r) or 0)))  # highest first, missing values last; stable
-    table = Table(title=f"{rd.root} iteration {t}: {len(buf)} prompts, top {top} by {sort}")
-    _columns(table, ("id", "depth", "operator", "born", "info", "mean reward", "sampled", "trained"))
-    for p, st in rows[:top]:
-        table.add_row(
-            p.id,
-            str(p.depth),
-            p.operator,
-            str(p.iteration),
-            _fmt(_nan_none(st["info"])),
-            _fmt(_nan_none(st["mean_reward"])),
-            str(st["times_sampled"]),
-            str(st["times_trained"]),
-            p.text[:160],
+    records = [
+        (
+            {
+                "id": p.id,
+                "depth": str(p.depth),
+                "operator": p.operator,
+                "born": str(p.iteration),
+                "info": _fmt(_nan_none(st["info"])),
+                "mean reward": _fmt(_nan_none(st["mean_reward"])),
+                "sampled": str(st["times_sampled"]),
+                "trained": str(st["times_trained"]),
+            },
+            _shorten(p.text, 400),
         )
-    console.print(table)
+        for p, st in rows[:top]
+    ]
+    _print_records(f"{rd.root} iteration {t}: {len(buf)} prompts, top {top} by {sort}", records, key="id")
 
 
-def _columns(table: Table, names: tuple[str, ...]) -> None:
-    """Stat columns never wrap; the prompt text takes the rest of the width."""
-    for name in names:
-        table.add_column(name, no_wrap=True)
-    table.add_column("text", overflow="fold", ratio=1, min_width=30)
+# Below this many columns a table squeezes the prompt text to nothing: one record per block instead.
+WIDE_TABLE_COLUMNS = 120
+
+
+def _print_records(title: str, records: list[tuple[dict[str, str], str]], key: str) -> None:
+    """Records of stat fields and a prompt text: a table (stat columns never wrap, the text takes the
+    rest) on a wide console; otherwise (a narrow terminal, or piped output at rich's 80 columns) one
+    block per record: the `key` field and the others on one line, the text wrapped below it."""
+    import textwrap
+
+    from rich.text import Text
+
+    if console.width >= WIDE_TABLE_COLUMNS:
+        table = Table(title=title)
+        for name in records[0][0] if records else ():
+            table.add_column(name, no_wrap=True)
+        table.add_column("text", overflow="fold", ratio=1, min_width=30)
+        for fields, text in records:
+            table.add_row(*fields.values(), Text(text))
+        console.print(table)
+        return
+    console.print(Text(title, style="bold"))
+    for fields, text in records:
+        head = Text(fields[key], style="bold")
+        rest = "  ".join(f"{name} {value}" for name, value in fields.items() if name != key and value != "")
+        console.print(Text.assemble(head, "  ", (rest, "dim")))
+        width = max(console.width - 4, 20)
+        lines = [textwrap.fill(line, width) or "" for line in text.splitlines() or [""]]
+        console.print(Text(textwrap.indent("\n".join(lines), "    ", lambda _: True) + "\n"), soft_wrap=True)
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def _nan_none(x):
