@@ -36,7 +36,7 @@ from rich.table import Table
 from eva.atomic import atomic_path
 from eva.buffer import PromptBuffer, load_seed_prompts
 from eva.checkpoint import CorruptCheckpointError, RunDir, RunDirError, check_writable, find_run_dir
-from eva.config import ConfigError, RunConfig, config_from_dict, load_config
+from eva.config import DEFAULT_PRESET, ConfigError, RunConfig, config_from_dict, load_config, preset_names
 from eva.iteration import PAIRS
 from eva.metrics import informativeness
 from eva.runlock import RunLockedError, read_holder
@@ -767,6 +767,36 @@ def report(
     except USER_ERRORS as e:
         _fail(str(e))
     console.print(f"report: {path}")
+
+
+@app.command("config")
+def config_(
+    config: Optional[Path] = typer.Argument(None, help="YAML config to resolve; default: the cpu-default preset."),
+    preset: Optional[str] = typer.Option(
+        None, "--preset", help=f"Built-in preset to start from ({', '.join(preset_names())})."
+    ),
+    set_: list[str] = typer.Option([], "--set", help="Override a field: section.field=value (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the YAML to this file instead of printing it."),
+) -> None:
+    """Print the resolved config (preset -> CONFIG -> --set) as YAML, every field with its description
+    as a comment: a starting point for your own config file (`eva config --preset tiny > my.yaml`)."""
+    from eva.config_doc import annotated_yaml
+
+    try:
+        cfg = load_config(config, set_, preset=preset)
+    except USER_ERRORS as e:
+        _fail(str(e))
+    base = preset or (DEFAULT_PRESET if config is None else None)
+    sources = [*([f"preset {base}"] if base else []), *([str(config)] if config else []), *(f"--set {s}" for s in set_)]
+    header = "eva run config, resolved from: " + ", ".join(sources)
+    text = annotated_yaml(cfg, header + "\nRun it with: eva run THIS_FILE   (every field is optional: defaults apply)")
+    if out is None:
+        sys.stdout.write(text)
+        return
+    with atomic_path(out) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.chmod(0o644)
+    err.print(f"wrote {out}")
 
 
 @model_app.command("prepare")

@@ -105,3 +105,40 @@ def test_inspect_lineage_takes_a_unique_prefix(eva_cli, run_dir: Path):
     assert code == 2 and f"prompt id prefix {shared!r} is ambiguous in iteration 1 of {run_dir}: {n} ids" in error
     code, _, error = eva_cli("inspect", str(run_dir), "--lineage", "zz")
     assert code == 2 and "no prompt id starts with 'zz'" in error
+
+
+@pytest.mark.parametrize("preset", ["cpu-default", "cpu-arithmetic", "tiny"])
+def test_eva_config_prints_yaml_that_loads_back_as_the_resolved_config(eva_cli, tmp_path: Path, preset: str):
+    sets = ["solver.beta=0.2", "creator.operators=[breadth, deepen]", "creator.prompt_filter=off"]
+    if preset == "cpu-arithmetic":
+        sets = ["solver.beta=0.2"]
+    code, out, _ = eva_cli("config", "--preset", preset, *(x for s in sets for x in ("--set", s)))
+    assert code == 0
+    resolved = load_config(preset=preset, overrides=sets)
+    (tmp_path / "c.yaml").write_text(out)
+    assert load_config(tmp_path / "c.yaml") == resolved  # the file alone, no preset underneath
+    assert resolved.solver.beta == 0.2
+    lines = out.splitlines()
+    # each field right below its description; sections below theirs
+    beta = lines.index("  beta: 0.2")
+    assert lines[beta - 1].startswith("  # ") and "DPO beta" in " ".join(lines[beta - 3 : beta])
+    assert lines[lines.index("solver:") - 1] == "# Rollouts and preference optimization."
+    assert out.startswith(f"# eva run config, resolved from: preset {preset}, --set solver.beta=0.2")
+    # --out writes the same text
+    code, _, _ = eva_cli(
+        "config", "--preset", preset, *(x for s in sets for x in ("--set", s)), "--out", str(tmp_path / "o.yaml")
+    )
+    assert code == 0 and (tmp_path / "o.yaml").read_text() == out
+
+
+def test_eva_config_of_a_file_and_bad_input(eva_cli, tmp_path: Path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("run:\n  name: mine\nsolver:\n  n_responses: 3\n")
+    code, out, _ = eva_cli("config", str(mine))
+    assert code == 0 and "  name: mine" in out and "  n_responses: 3" in out
+    (tmp_path / "back.yaml").write_text(out)
+    assert load_config(tmp_path / "back.yaml") == load_config(mine)
+    code, _, error = eva_cli("config", "--preset", "nope")
+    assert code == 2 and "unknown preset 'nope'" in error
+    code, _, error = eva_cli("config", "--set", "solver.beta=-1")
+    assert code == 2 and "--set solver.beta=-1: solver.beta" in error
