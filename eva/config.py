@@ -123,10 +123,29 @@ class ModelSection(_Section):
 class PromptsSection(_Section):
     path: str = Field(
         "builtin:seed",
-        description="Seed prompts: JSONL, Parquet, a saved `datasets` folder, or builtin:seed (200+ shipped "
-        "instructions).",
+        description="Seed prompts: JSONL, Parquet, a saved `datasets` folder, a local dataset repository folder, a "
+        "Hugging Face Hub dataset name (org/name, e.g. HuggingFaceH4/ultrafeedback_binarized: datasets.load_dataset "
+        "with split, subset and streaming below; offline it loads from the datasets cache), or builtin:seed (200+ "
+        "shipped instructions).",
     )
-    column: str = Field("prompt", min_length=1, description="Column (JSON key) that holds the prompt text.")
+    column: str = Field(
+        "prompt",
+        min_length=1,
+        description="Column (JSON key) that holds the prompt: its text, or chat messages (a list of {role, content}, "
+        "e.g. `messages`; the last user turn is the prompt).",
+    )
+    split: str | None = Field(
+        None,
+        description="Split of a dataset (Hub name or dataset folder), e.g. train_prefs. None: train, or the only one.",
+    )
+    subset: str | None = Field(
+        None, description="Subset (configuration) of a Hub dataset: datasets.load_dataset's `name=`. None: its default."
+    )
+    streaming: bool = Field(
+        False,
+        description="Stream a Hub dataset (datasets' streaming=True) and stop reading at `limit`: for large sets, "
+        "instead of downloading all of it first.",
+    )
     limit: int | None = Field(
         None, ge=1, description="Use only the first N seed prompts (after dropping empties and duplicates)."
     )

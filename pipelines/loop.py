@@ -30,7 +30,7 @@ import ray
 from actors.cluster import Actors, init_ray, start_actors
 from actors.creator import evolve_prompts
 from actors.engine import SamplingSpec
-from actors.models import resolve_model_path
+from actors.models import model_folder
 from actors.rollout import rollout
 from eva.atomic import atomic_folder
 from eva.buffer import PromptBuffer, load_seed_prompts
@@ -516,7 +516,8 @@ def init_iteration_zero(cfg: RunConfig, run: RunDir, policy_path: str) -> None:
     if task.family is not None:
         seeds = seed_prompts(task.family, task.levels, task.per_level, task.seed, task.problems)
     else:
-        seeds = load_seed_prompts(cfg.prompts.path, cfg.prompts.column, cfg.prompts.limit)
+        p = cfg.prompts
+        seeds = load_seed_prompts(p.path, p.column, p.limit, split=p.split, subset=p.subset, streaming=p.streaming)
     folder.write_buffer(PromptBuffer.from_prompts(seeds))
     folder.write_train_ids([p.id for p in seeds])
     # a copy fsynced before and after its rename (eva.atomic); a killed copy's temp folder goes at commit
@@ -536,7 +537,7 @@ def run_loop(cfg: RunConfig, run: RunDir, report: Reporter, verified: bool = Fal
         raise CorruptCheckpointError(
             f"{run.root}: committed iterations fail verification:\n  " + "\n  ".join(problems), problems
         )
-    initial = resolve_model_path(cfg.model.path)
+    initial = model_folder(cfg.model.path)  # a Hub name: its snapshot, copied into iteration 0
     init_iteration_zero(cfg, run, initial)
     run.sync_latest()  # a kill between an iteration's MANIFEST and LATEST: it is committed (and verified above)
     last = run.last_committed()
