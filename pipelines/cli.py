@@ -32,6 +32,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from eva.atomic import atomic_path
 from eva.buffer import PromptBuffer, load_seed_prompts
@@ -524,8 +525,6 @@ def _print_records(title: str, records: list[tuple[dict[str, str], str]], key: s
     block per record: the `key` field and the others on one line, the text wrapped below it."""
     import textwrap
 
-    from rich.text import Text
-
     if console.width >= WIDE_TABLE_COLUMNS:
         table = Table(title=title)
         for name in records[0][0] if records else ():
@@ -732,6 +731,51 @@ def eval_(
         f"{result['win_rate_se']:.3f}), "
         f"mean reward {result['mean_reward']:.4f} vs {result['mean_reward_initial']:.4f}  -> {result['path']}"
     )
+    _print_eval_changes(rd, t, 2, losses=False)
+    _print_eval_changes(rd, t, 2, losses=True)
+    console.print(f"responses: {rd.root / result['responses']}  (all of them: eva eval-diff {rd.root} --iteration {t})")
+
+
+def _print_eval_changes(rd: RunDir, t: int, top: int, losses: bool) -> int:
+    """The `top` held-out prompts where iteration t's response gained (or lost) the most reward over
+    the initial policy's, each with both responses side by side; returns how many were shown."""
+    from rich import box
+
+    from eva.evaluation import biggest_changes
+
+    rows = biggest_changes(rd.eval_responses(t), top, losses=losses)
+    what = "losses" if losses else "wins"
+    console.print(f"[bold]biggest {what} of iteration {t} over the initial policy[/] ({len(rows)} shown)")
+    for r in rows:
+        console.print(
+            Text.assemble((r["prompt_id"], "bold"), f"  Δ reward {r['delta']:+.4f}  ", _shorten(r["prompt"], 300))
+        )
+        table = Table(box=box.SIMPLE, expand=True, pad_edge=False)
+        table.add_column(f"initial ({r['reward_initial']:.4f})", ratio=1, overflow="fold")
+        table.add_column(f"iteration {t} ({r['reward']:.4f})", ratio=1, overflow="fold")
+        table.add_row(Text(_shorten(r["response_initial"], 600)), Text(_shorten(r["response"], 600)))
+        console.print(table)
+    return len(rows)
+
+
+@app.command("eval-diff")
+def eval_diff(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    iteration: Optional[int] = typer.Option(None, "--iteration", help="Evaluated iteration (default: the latest)."),
+    top: int = typer.Option(10, "--top", min=1, help="Prompts to show."),
+    losses: bool = typer.Option(False, "--losses", help="The biggest losses instead of the biggest wins."),
+) -> None:
+    """What training changed on held-out prompts: the biggest reward wins (or --losses) of an evaluated
+    iteration over the initial policy, both responses side by side, from `eva eval`'s saved responses."""
+    rd = _open(run_dir)
+    with _reading(rd):
+        saved = sorted(t for t in rd.eval_paths() if rd.eval_responses_path(t).is_file())
+        if not saved:
+            _fail(f"{rd.root} has no saved eval responses: run eva eval {rd.root} --prompts HELD_OUT first")
+        t = saved[-1] if iteration is None else iteration
+        if t not in saved:
+            _fail(f"iteration {t} of {rd.root} has no saved eval responses (evaluated: {', '.join(map(str, saved))})")
+        _print_eval_changes(rd, t, top, losses)
 
 
 def _print_task_eval(result: dict) -> None:
