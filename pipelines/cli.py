@@ -22,6 +22,7 @@ from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -45,6 +46,7 @@ from eva.runlock import RunLockedError, read_holder
 from eva.scorers import check_functions
 from eva.tables import DataError
 from eva.types import IterationMetrics, match_id
+from pipelines.tracking import check_trackers
 
 app = typer.Typer(
     add_completion=False,
@@ -63,7 +65,7 @@ READ_ERRORS: ErrorTypes = (*USER_ERRORS, ValueError, KeyError, OSError)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {escape(message)}")  # a message's [brackets] are text, not markup
     raise typer.Exit(code)
 
 
@@ -104,6 +106,7 @@ def _check_inputs(cfg: RunConfig, rd: RunDir) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     check_writable(rd.root)
+    check_trackers(cfg)
     _check_hub_models(cfg)
     if not rd.committed(0):
         p = cfg.prompts
