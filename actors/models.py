@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from eva.config import RunConfig
 from eva.hub import is_hub_name
 
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
@@ -195,6 +196,17 @@ def resolve_model_path(name: str) -> str:
     raise ModelError(
         f"model path {path} is not a model folder (no config.json), nor a Hugging Face Hub model name (org/name)"
     )
+
+
+def hub_models(cfg: RunConfig) -> list[tuple[str, str]]:
+    """(field, name) of every model the config names by Hugging Face Hub name (org/name)."""
+    named = [
+        ("model.path", cfg.model.path),
+        ("creator.model", cfg.creator.model),
+        ("reward.model", cfg.reward.model),
+        *((f"reward.components.{i}.model", c.model) for i, c in enumerate(cfg.reward.components) if c.model),
+    ]
+    return [(field, name) for field, name in named if name not in ("policy", "initial") and is_hub_name(name)]
 
 
 def model_config_file(name: str) -> Path:

@@ -39,7 +39,6 @@ from eva.atomic import atomic_path
 from eva.buffer import PromptBuffer, load_seed_prompts
 from eva.checkpoint import CorruptCheckpointError, RunDir, RunDirError, check_writable, find_run_dir
 from eva.config import DEFAULT_PRESET, ConfigError, RunConfig, config_from_dict, load_config, preset_names
-from eva.hub import is_hub_name
 from eva.iteration import PAIRS
 from eva.metrics import informativeness
 from eva.runlock import RunLockedError, read_holder
@@ -116,20 +115,13 @@ def _check_inputs(cfg: RunConfig, rd: RunDir) -> None:
 def _check_hub_models(cfg: RunConfig) -> None:
     """Models named by Hugging Face Hub name (org/name) exist, or are in the Hub cache when offline
     (their config.json is fetched, nothing else): ConfigError naming the field otherwise."""
-    from actors.models import ModelError, model_config_file
+    from actors.models import ModelError, hub_models, model_config_file
 
-    named = [
-        ("model.path", cfg.model.path),
-        ("creator.model", cfg.creator.model),
-        ("reward.model", cfg.reward.model),
-        *((f"reward.components.{i}.model", c.model) for i, c in enumerate(cfg.reward.components) if c.model),
-    ]
-    for field, name in named:
-        if name not in ("policy", "initial") and is_hub_name(name):
-            try:
-                model_config_file(name)
-            except ModelError as e:
-                raise ConfigError(f"{field}: {e}") from None
+    for field, name in hub_models(cfg):
+        try:
+            model_config_file(name)
+        except ModelError as e:
+            raise ConfigError(f"{field}: {e}") from None
 
 
 def _user_errors() -> ErrorTypes:
