@@ -903,6 +903,13 @@ def submit(
         help="Upload this folder as the job's working_dir (not needed when eva is installed on the nodes).",
     ),
     job_id: Optional[str] = typer.Option(None, "--job-id", help="Submission id (default: generated)."),
+    follow: bool = typer.Option(
+        False,
+        "--follow",
+        "-f",
+        help="Stream the job's logs until it ends and exit with its status (0: succeeded); Ctrl-C stops "
+        "following, not the job.",
+    ),
 ) -> None:
     """Submit `eva run ...` (or `eva resume RUN_DIR`) as a Ray Job on a cluster; prints the job id and how to follow its logs."""  # noqa: E501 (one line of --help)
     import shlex
@@ -928,8 +935,70 @@ def submit(
     except SubmitError as e:
         _fail(str(e))
     console.print(f"submitted job {submitted}: {entrypoint}")
+    if follow:
+        _follow(address, submitted)
+        return
     console.print(f"follow its logs:  ray job logs -f {submitted} --address {address}")
     console.print(f"its status:       ray job status {submitted} --address {address}")
+    console.print(f"stop it:          eva jobs stop {submitted} --address {address}")
+
+
+def _follow(address: str, job_id: str) -> NoReturn:
+    from pipelines.submit import follow_job
+
+    try:
+        status, code = follow_job(address, job_id, lambda line: console.print(line, markup=False, highlight=False))
+    except KeyboardInterrupt:
+        err.print(
+            f"stopped following; job {job_id} keeps running. Logs: ray job logs -f {job_id} --address {address}; "
+            f"stop it: eva jobs stop {job_id} --address {address}",
+            markup=False,
+        )
+        raise typer.Exit(130) from None
+    (console if code == 0 else err).print(f"job {job_id} {status}" + (f" (exit {code})" if code else ""), markup=False)
+    raise typer.Exit(code)
+
+
+jobs_app = typer.Typer(no_args_is_help=True, help="Ray Jobs of a cluster: list, follow, stop.")
+app.add_typer(jobs_app, name="jobs")
+_ADDRESS_HELP = "Ray dashboard / job API (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS, http://127.0.0.1:8265)."
+
+
+@jobs_app.command("list")
+def jobs_list(address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS_HELP)) -> None:
+    """The cluster's jobs, newest first."""
+    from pipelines.submit import job_address, list_jobs
+
+    table = Table()
+    for col in ("id", "status", "entrypoint"):
+        table.add_column(col, overflow="fold")
+    for job in list_jobs(job_address(address)):
+        table.add_row(job["id"], job["status"], Text(job["entrypoint"]))
+    console.print(table)
+
+
+@jobs_app.command("follow")
+def jobs_follow(
+    job_id: str = typer.Argument(..., help="Job (submission) id."),
+    address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS_HELP),
+) -> None:
+    """Stream a job's logs until it ends; exit with its status, like `eva submit --follow`."""
+    from pipelines.submit import job_address
+
+    _follow(job_address(address), job_id)
+
+
+@jobs_app.command("stop")
+def jobs_stop(
+    job_id: str = typer.Argument(..., help="Job (submission) id."),
+    address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS_HELP),
+) -> None:
+    """Stop a job (the run stays resumable: `eva submit --resume RUN_DIR`)."""
+    from pipelines.submit import job_address, stop_job
+
+    if not stop_job(job_address(address), job_id):
+        _fail(f"job {job_id} was not running")
+    console.print(f"stop requested for job {job_id}")
 
 
 if __name__ == "__main__":
