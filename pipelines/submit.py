@@ -173,8 +173,9 @@ def follow_job(address: str, job_id: str, out: Callable[[str], None], poll_s: fl
 
     try:
         asyncio.run(tail())
-    except (ConnectionError, RuntimeError, OSError) as e:  # the stream broke: wait on the status instead
-        out(f"(log stream ended: {e}; waiting for the job to finish)")
+    except (ConnectionError, RuntimeError, OSError) as e:  # Ray also raises when a finished job's stream closes
+        if not client.get_job_status(job_id).is_terminal():
+            out(f"(log stream ended: {e}; waiting for the job to finish)")
     while not (status := client.get_job_status(job_id)).is_terminal():
         time.sleep(poll_s)
     if status == JobStatus.SUCCEEDED:
@@ -184,8 +185,8 @@ def follow_job(address: str, job_id: str, out: Callable[[str], None], poll_s: fl
     out(f"--- job {job_id} {status.value}; its last {len(tail_lines)} log lines:")
     for line in tail_lines:
         out(line)
-    if info.message:
-        out(f"--- {info.message}")
+    if info.message:  # its first line: Ray appends the same last log lines to it
+        out(f"--- {info.message.splitlines()[0]}")
     code = getattr(info, "driver_exit_code", None)
     return status.value, code if isinstance(code, int) and code > 0 else 1
 
