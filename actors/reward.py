@@ -24,11 +24,10 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from actors.busy import BusyLog, Span
-from actors.models import MINILM_MODEL, ModelError, assigned_device, resolve_model_path
+from actors.models import MINILM_MODEL, ModelError, assigned_device, model_config_file, resolve_model_path
 from eva.config import ModelSection, RewardSection, ScorerSpec
 from eva.judge import expected_label, judge_template
 from eva.scorers import load_function, scorer_kind, to_unit
@@ -172,7 +171,7 @@ def check_reward_model(model_path: str, trust_remote_code: bool, field: str = "r
     scores would be noise. Accepted: config.json `architectures` naming a `*ForSequenceClassification`
     class, or custom code registered for AutoModelForSequenceClassification in `auto_map` (ArmoRM),
     which also needs `model.trust_remote_code: true`."""
-    config = json.loads((Path(model_path) / "config.json").read_text())
+    config = json.loads(model_config_file(model_path).read_text())
     architectures = config.get("architectures") or []
     custom = (config.get("auto_map") or {}).get("AutoModelForSequenceClassification")
     if custom and not trust_remote_code:

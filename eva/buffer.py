@@ -16,6 +16,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import IO, Any
@@ -24,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from eva.hub import is_hub_name
 from eva.tables import DataError, load_records, read_table, save_records, write_table
 from eva.types import PreferencePair, Prompt, ScoredPrompt, prompt_id
 
@@ -410,9 +412,22 @@ def load_prompts_table(path: str | Path) -> list[Prompt]:
 # --- seed prompts -----------------------------------------------------------------------------------
 
 
-def load_seed_prompts(path: str | Any, column: str = "prompt", limit: int | None = None) -> list[Prompt]:
-    """Seed prompts from JSONL, Parquet, a `datasets.save_to_disk` folder, "builtin:seed", or an
-    in-memory `datasets.Dataset` / `DatasetDict` (the Python API; configs name files).
+def load_seed_prompts(
+    path: str | Any,
+    column: str = "prompt",
+    limit: int | None = None,
+    *,
+    split: str | None = None,
+    subset: str | None = None,
+    streaming: bool = False,
+) -> list[Prompt]:
+    """Seed prompts from JSONL, Parquet, a `datasets.save_to_disk` folder, a local dataset repository
+    folder (data files `datasets.load_dataset` reads), a Hugging Face Hub dataset name (`org/name`:
+    `datasets.load_dataset(path, name=subset, split=split, streaming=streaming)`, so offline it loads
+    from the datasets cache), "builtin:seed", or an in-memory `datasets.Dataset` / `DatasetDict`.
+
+    A dataset's `split` defaults to train, or its only split. The column holds either the prompt
+    text or chat messages (a list of {role, content}): the last user turn is the prompt.
 
     Texts are stripped; empty texts and exact duplicates (same normalized text, i.e. same id) are
     dropped, keeping the first; then the first `limit` are kept (reading stops there). Raises
@@ -421,12 +436,17 @@ def load_seed_prompts(path: str | Any, column: str = "prompt", limit: int | None
     Parquet), texts over MAX_PROMPT_CHARS (all of them counted; none is truncated); also when no
     prompt is left.
     """
-    source, values = _column_values(path, column)
+    source, values = _column_values(path, column, DatasetSpec(split, subset, streaming))
     seen: dict[str, Prompt] = {}
     too_long: list[tuple[str, int]] = []
     for where, value in values:
+        if isinstance(value, list):  # chat messages
+            value = _last_user_turn(value, f"{source}: {where}: {column!r}")
         if not isinstance(value, str):
-            raise DataError(f"{source}: {where}: {column!r} is {type(value).__name__} {value!r}, expected a string")
+            raise DataError(
+                f"{source}: {where}: {column!r} is {type(value).__name__} {value!r}, expected a string or chat "
+                "messages (a list of {role, content})"
+            )
         _check_text(value, f"{source}: {where}: {column!r}")
         text = value.strip()
         if len(text) > MAX_PROMPT_CHARS:
@@ -480,7 +500,32 @@ def _decode_lines(lines: Iterable[bytes], source: str) -> Iterator[tuple[int, st
         offset += len(raw)
 
 
-def _column_values(path: str, column: str) -> tuple[str, Iterator[tuple[str, Any]]]:
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Which part of a dataset to read (datasets' `split`, `name` and `streaming`)."""
+
+    split: str | None = None
+    subset: str | None = None
+    streaming: bool = False
+
+
+def _last_user_turn(messages: list, where: str) -> str:
+    """The content of the last `user` message of a chat (a list of {role, content}); content given as
+    parts ([{type: text, text}, ...]) is joined. DataError naming `where` when there is no user turn."""
+    for message in reversed(messages):
+        if not isinstance(message, dict) or "role" not in message:
+            raise DataError(f"{where}: a list, but not chat messages ({{role, content}} each): {message!r}")
+        if message["role"] == "user":
+            content = message.get("content")
+            if isinstance(content, list):  # multimodal parts: keep the text
+                content = "\n".join(part.get("text") or "" for part in content if isinstance(part, dict))
+            if not isinstance(content, str):
+                raise DataError(f"{where}: the last user turn has no text content: {message!r}")
+            return content
+    raise DataError(f"{where}: chat messages without a user turn (roles: {[m.get('role') for m in messages]})")
+
+
+def _column_values(path: str, column: str, spec: DatasetSpec = DatasetSpec()) -> tuple[str, Iterator[tuple[str, Any]]]:
     """(source name for messages, iterator of (location, value)) for one column of a seed source."""
     if not isinstance(path, (str, os.PathLike)):
         import datasets  # heavy import: only for this source
@@ -489,7 +534,7 @@ def _column_values(path: str, column: str) -> tuple[str, Iterator[tuple[str, Any
             raise DataError(
                 f"seed prompts: expected a path, {BUILTIN_SEED} or a datasets.Dataset, got {type(path).__name__}"
             )
-        return "in-memory dataset", _dataset_column(path, "in-memory dataset", column)
+        return "in-memory dataset", _dataset_column(path, "in-memory dataset", column, spec.split)
     path = str(path)
     if path.startswith("builtin:"):
         if path != BUILTIN_SEED:
@@ -498,11 +543,13 @@ def _column_values(path: str, column: str) -> tuple[str, Iterator[tuple[str, Any
         if not packaged.is_file():
             raise DataError(f"{path}: the packaged file eva/data/seed_prompts.jsonl is missing (broken install)")
         return path, _jsonl_values(_lines(packaged.open("rb")), path, column)
+    if is_hub_name(path):
+        return path, _hub_values(path, column, spec)
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: file does not exist")
     if p.is_dir():
-        return str(p), _dataset_values(p, column)
+        return str(p), _dataset_values(p, column, spec)
     if p.suffix == ".jsonl":
         return str(p), _jsonl_values(_lines(p.open("rb")), str(p), column)
     if p.suffix == ".parquet":
@@ -560,26 +607,63 @@ def _parquet_rows(path: Path, column: str) -> Iterator[tuple[str, Any]]:
         raise DataError(f"{path}: not a readable Parquet file: {e}") from None
 
 
-def _dataset_values(path: Path, column: str) -> Iterator[tuple[str, Any]]:
+def _dataset_values(path: Path, column: str, spec: DatasetSpec) -> Iterator[tuple[str, Any]]:
+    """A `save_to_disk` folder, else a local dataset repository (data files, maybe a README's configs)."""
     import datasets  # heavy import: only for this source
 
-    if not ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
-        raise DataError(
-            f"{path}: a folder, but not one written by datasets' save_to_disk (no state.json or dataset_dict.json)"
+    if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+        return _dataset_column(datasets.load_from_disk(str(path)), str(path), column, spec.split)
+    return _hub_values(str(path), column, spec)
+
+
+def _hub_values(path: str, column: str, spec: DatasetSpec) -> Iterator[tuple[str, Any]]:
+    """`datasets.load_dataset` on a Hub name or a local dataset repository folder; its failures (no
+    such dataset, offline and not cached, an unknown split or subset) as one DataError naming it."""
+    import datasets  # heavy import: only for this source
+
+    asked = ", ".join(f"{k}={v!r}" for k, v in (("subset", spec.subset), ("split", spec.split)) if v is not None)
+    try:
+        ds = datasets.load_dataset(path, name=spec.subset, split=spec.split, streaming=spec.streaming)
+    except Exception as e:  # datasets raises many types (ValueError, FileNotFoundError, ConnectionError, ...)
+        local = Path(path).is_dir()
+        offline = (
+            " (HF_HUB_OFFLINE is set: only datasets already in the datasets cache load)"
+            if datasets.config.HF_HUB_OFFLINE and not local
+            else ""
         )
-    return _dataset_column(datasets.load_from_disk(str(path)), str(path), column)
+        what = (
+            "a folder, but not one written by datasets' save_to_disk (no state.json or dataset_dict.json)"
+            if local
+            else "not a local file or folder (a Hub dataset name)"
+        )
+        call = f"datasets.load_dataset({path!r}{', ' + asked if asked else ''})"
+        raise DataError(f"{path}: {what}, and {call} failed{offline}: {type(e).__name__}: {e}") from None
+    return _dataset_column(ds, f"{path}{f' ({asked})' if asked else ''}", column, spec.split)
 
 
-def _dataset_column(ds: Any, source: str, column: str) -> Iterator[tuple[str, Any]]:
-    """One column of a datasets.Dataset, or of the train (or only) split of a DatasetDict."""
+def _dataset_column(ds: Any, source: str, column: str, split: str | None = None) -> Iterator[tuple[str, Any]]:
+    """One column of a (streaming) datasets.Dataset, or of the `split` (default: train, or the only
+    split) of a DatasetDict."""
     if not hasattr(ds, "features"):  # a DatasetDict
         splits = list(ds)
-        if "train" not in ds and len(splits) != 1:
+        if split is not None and split not in ds:
+            raise DataError(f"{source}: no split {split!r}; splits: {splits}")
+        if split is None and "train" not in ds and len(splits) != 1:
             raise DataError(f"{source}: a DatasetDict with splits {splits}; expected a 'train' split or a single split")
-        ds = ds["train"] if "train" in ds else ds[splits[0]]
-    if column not in ds.column_names:
-        raise DataError(f"{source}: no column {column!r}; available columns: {ds.column_names}")
+        ds = ds[split or ("train" if "train" in ds else splits[0])]
+    names = ds.column_names
+    if names is not None and column not in names:
+        raise DataError(f"{source}: no column {column!r}; available columns: {names}")
+    if names is None:  # a streaming dataset whose features are unknown until read
+        return _streamed_rows(ds, source, column)
     return _dataset_rows(ds.select_columns([column]), column)
+
+
+def _streamed_rows(ds: Any, source: str, column: str) -> Iterator[tuple[str, Any]]:
+    for row, record in enumerate(ds):
+        if column not in record:
+            raise DataError(f"{source}: row {row}: no column {column!r}; columns here: {sorted(record)}")
+        yield f"row {row}", record[column]
 
 
 def _dataset_rows(ds: Any, column: str) -> Iterator[tuple[str, Any]]:

@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import yaml
 
 from eva.atomic import (  # noqa: F401  (re-exported: the run directory's writers)
@@ -46,6 +47,7 @@ from eva.atomic import (  # noqa: F401  (re-exported: the run directory's writer
 from eva.config import MUTABLE_FIELDS, ConfigError, RunConfig, config_from_dict, fingerprint, flatten
 from eva.iteration import POLICY, IterationDir
 from eva.runlock import LOCK_FILE, RunLock
+from eva.tables import read_table, write_table
 
 MANIFEST = "MANIFEST.json"
 STAGES = "stages"
@@ -223,6 +225,22 @@ class RunDir:
     def eval_path(self, t: int) -> Path:
         """Where `eva eval` writes its result for iteration t: outside the committed iterations."""
         return self.root / "eval" / f"iteration_{t:04d}.json"
+
+    def eval_responses_path(self, t: int) -> Path:
+        """Where `eva eval` (free text) writes each held-out prompt's two responses and rewards for
+        iteration t (eva.evaluation.EVAL_RESPONSES_SCHEMA): a Parquet file `datasets` opens."""
+        return self.root / "eval" / f"iteration_{t:04d}.responses.parquet"
+
+    def write_eval_responses(self, t: int, table: pa.Table) -> Path:
+        path = self.eval_responses_path(t)
+        write_table(table, path)
+        return path
+
+    def eval_responses(self, t: int) -> pa.Table:
+        """The table `write_eval_responses` wrote for iteration t (DataError naming the file otherwise)."""
+        from eva.evaluation import EVAL_RESPONSES_SCHEMA
+
+        return read_table(self.eval_responses_path(t), EVAL_RESPONSES_SCHEMA)
 
     def eval_paths(self) -> dict[int, Path]:
         """The `eva eval` results present, by iteration."""

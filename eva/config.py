@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -28,10 +29,20 @@ DType = Literal["bfloat16", "float16", "float32"]
 
 DEFAULT_PRESET = "cpu-default"
 
+# Experiment trackers `run.report_to` may name (pipelines.tracking writes to them).
+TRACKERS: tuple[str, ...] = ("tensorboard", "wandb")
+
 # Fields that may differ between a run directory's config and the one it is resumed/extended with:
 # they change how long or how loudly a run goes, not what it computes.
 MUTABLE_FIELDS: frozenset[str] = frozenset(
-    {"run.iterations", "run.dir", "ray.address", "checkpoint.keep_policies", "run.max_iterations_without_pairs"}
+    {
+        "run.iterations",
+        "run.dir",
+        "ray.address",
+        "checkpoint.keep_policies",
+        "run.max_iterations_without_pairs",
+        "run.report_to",
+    }
 )
 
 
@@ -72,12 +83,45 @@ class RunSection(_Section):
         "training nothing. Change what starves it (solver.min_margin, solver.n_responses, solver.temperature, "
         "the reward) or raise this, then continue.",
     )
+    report_to: tuple[str, ...] | None = Field(
+        None,
+        description="Experiment trackers that get every iteration's metrics (TRL's report_to): tensorboard "
+        "(<run>/tensorboard/), wandb (Weights & Biases in <run>/wandb/: scalars, creator health, stage times, a "
+        "table of sampled evolved prompts; WANDB_MODE=offline works without network, WANDB_PROJECT names the "
+        "project, default eva), all, or none. None: tensorboard when the package is installed.",
+    )
     baseline: bool = Field(
         False,
         description="The fixed-prompt baseline (plain iterative DPO: no estimate, sample, evolve or mix) for A/B "
         "comparisons at equal budget; `eva run --baseline` sets it. Part of the run's identity: a run never "
         "switches loops.",
     )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_list(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value  # `report_to: wandb` as TRL accepts it
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_trackers(cls, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if names is None:
+            return None
+        unknown = [n for n in names if n not in (*TRACKERS, "all", "none")]
+        if unknown:
+            raise ValueError(f"unknown tracker(s) {unknown}; known: {', '.join(TRACKERS)}, all, none")
+        if len(names) > 1 and {"all", "none"} & set(names):
+            raise ValueError(f"{list(names)}: all and none stand alone")
+        return names
+
+    def trackers(self, installed: Callable[[str], bool]) -> list[str]:
+        """The trackers this run reports to; `installed(name)` says whether a tracker's package is
+        installed (the default reports to tensorboard only when it is; `all`: every installed one)."""
+        if self.report_to is None:
+            return ["tensorboard"] if installed("tensorboard") else []
+        if self.report_to == ("all",):
+            return [n for n in TRACKERS if installed(n)]
+        return [n for n in self.report_to if n != "none"]
 
     @model_validator(mode="after")
     def _local_path(self) -> RunSection:
@@ -135,10 +179,29 @@ class ModelSection(_Section):
 class PromptsSection(_Section):
     path: str = Field(
         "builtin:seed",
-        description="Seed prompts: JSONL, Parquet, a saved `datasets` folder, or builtin:seed (200+ shipped "
-        "instructions).",
+        description="Seed prompts: JSONL, Parquet, a saved `datasets` folder, a local dataset repository folder, a "
+        "Hugging Face Hub dataset name (org/name, e.g. HuggingFaceH4/ultrafeedback_binarized: datasets.load_dataset "
+        "with split, subset and streaming below; offline it loads from the datasets cache), or builtin:seed (200+ "
+        "shipped instructions).",
     )
-    column: str = Field("prompt", min_length=1, description="Column (JSON key) that holds the prompt text.")
+    column: str = Field(
+        "prompt",
+        min_length=1,
+        description="Column (JSON key) that holds the prompt: its text, or chat messages (a list of {role, content}, "
+        "e.g. `messages`; the last user turn is the prompt).",
+    )
+    split: str | None = Field(
+        None,
+        description="Split of a dataset (Hub name or dataset folder), e.g. train_prefs. None: train, or the only one.",
+    )
+    subset: str | None = Field(
+        None, description="Subset (configuration) of a Hub dataset: datasets.load_dataset's `name=`. None: its default."
+    )
+    streaming: bool = Field(
+        False,
+        description="Stream a Hub dataset (datasets' streaming=True) and stop reading at `limit`: for large sets, "
+        "instead of downloading all of it first.",
+    )
     limit: int | None = Field(
         None, ge=1, description="Use only the first N seed prompts (after dropping empties and duplicates)."
     )

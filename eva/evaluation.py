@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import pyarrow as pa
 
 
 def win_rate(new: Sequence[float], base: Sequence[float]) -> dict[str, float | int]:
@@ -52,3 +53,45 @@ def task_accuracy(levels: Sequence[str], grades: Sequence[float]) -> dict[str, d
         }
         for level, g in by_level.items()
     }
+
+
+# One row per held-out prompt of a free-text `eva eval`: both policies' responses and rewards.
+EVAL_RESPONSES_SCHEMA = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("prompt", pa.string()),
+        ("response_initial", pa.string()),
+        ("response", pa.string()),
+        ("reward_initial", pa.float64()),
+        ("reward", pa.float64()),
+        ("delta", pa.float64()),  # reward - reward_initial; nan when either is non-finite
+        ("outcome", pa.string()),  # win | tie | loss (the trained policy's), nonfinite
+    ]
+)
+
+
+def eval_responses_table(
+    ids: Sequence[str],
+    prompts: Sequence[str],
+    base: Sequence[str],
+    new: Sequence[str],
+    base_rewards: Sequence[float],
+    new_rewards: Sequence[float],
+) -> pa.Table:
+    """The per-prompt table behind `win_rate(new_rewards, base_rewards)`: its `outcome` column counts
+    the same wins, ties and losses (1, 0.5, 0 over the rows that are not `nonfinite`)."""
+    rt, r0 = np.asarray(new_rewards, dtype=float), np.asarray(base_rewards, dtype=float)
+    ok = np.isfinite(rt) & np.isfinite(r0)
+    outcome = np.where(~ok, "nonfinite", np.where(rt > r0, "win", np.where(rt == r0, "tie", "loss")))
+    columns = [list(ids), list(prompts), list(base), list(new), r0, rt, np.where(ok, rt - r0, np.nan), outcome]
+    return pa.Table.from_arrays(
+        [pa.array(c, f.type) for c, f in zip(columns, EVAL_RESPONSES_SCHEMA, strict=True)], schema=EVAL_RESPONSES_SCHEMA
+    )
+
+
+def biggest_changes(table: pa.Table, k: int, losses: bool = False) -> list[dict]:
+    """The k rows with the largest reward gain of the trained policy (or the largest loss), rows
+    without a finite delta left out; ties in delta keep the file's order."""
+    rows = [r for r in table.to_pylist() if r["delta"] is not None and math.isfinite(r["delta"])]
+    rows.sort(key=lambda r: r["delta"], reverse=not losses)
+    return [r for r in rows if (r["delta"] < 0 if losses else r["delta"] > 0)][:k]

@@ -131,6 +131,9 @@ class IterationDir:
         buffer.clear_changes()
         return written
 
+    def has_evolved(self) -> bool:
+        return (self.path / EVOLVED).is_file()
+
     def evolved(self) -> list[Prompt]:
         return load_prompts_table(self.path / EVOLVED)
 

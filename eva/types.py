@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import math
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 SEED_OPERATOR = "seed"
@@ -27,6 +28,30 @@ def prompt_id(text: str) -> str:
     Two prompts that differ only in case or spacing share an id (and are duplicates of each other).
     """
     return hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()[:16]
+
+
+def match_id(prefix: str, ids: Iterable[str], where: str = "") -> str:
+    """The one id in `ids` that starts with `prefix` (a whole id matches itself), as git resolves a
+    short commit hash. ValueError naming `where` when none matches or several do (with a few of them)."""
+    prefix = prefix.strip().lower()
+    if not prefix:
+        raise ValueError(f"an empty prompt id{f' ({where})' if where else ''}")
+    found: list[str] = []
+    for pid in ids:
+        if pid == prefix:
+            return pid
+        if pid.startswith(prefix):
+            found.append(pid)
+    if len(found) == 1:
+        return found[0]
+    place = f" in {where}" if where else ""
+    if not found:
+        raise ValueError(f"no prompt id starts with {prefix!r}{place}")
+    shown = ", ".join(sorted(found)[:5]) + (", ..." if len(found) > 5 else "")
+    raise ValueError(
+        f"prompt id prefix {prefix!r} is ambiguous{place}: {len(found)} ids start with it ({shown}); "
+        "give more characters"
+    )
 
 
 @dataclass(frozen=True, slots=True)

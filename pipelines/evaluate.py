@@ -18,7 +18,7 @@ from actors.pool import EnginePool
 from eva.buffer import load_seed_prompts
 from eva.checkpoint import RunDir, atomic_write_json, check_writable
 from eva.config import RunConfig
-from eva.evaluation import task_accuracy, win_rate
+from eva.evaluation import eval_responses_table, task_accuracy, win_rate
 from eva.seeding import derive_seed
 from eva.tasks import Problem, get_family, heldout_set, read_problems
 from eva.tasks.prompts import grade, prompt_of
@@ -27,7 +27,8 @@ from eva.tasks.prompts import grade, prompt_of
 def evaluate(
     cfg: RunConfig, run: RunDir, iteration: int, prompts_path: str, column: str = "prompt", limit: int | None = None
 ) -> dict:
-    """Win rate of pi_iteration vs pi_0 and mean rewards on held-out prompts; written to eval/."""
+    """Win rate of pi_iteration vs pi_0 and mean rewards on held-out prompts; written to eval/ (the
+    numbers as JSON, each prompt's two responses and rewards as Parquet beside it)."""
     from actors.reward import RewardActor
 
     evaluated, initial = run.iteration(iteration), run.iteration(0)
@@ -65,11 +66,15 @@ def evaluate(
     finally:
         ray.kill(engine)
         ray.kill(reward)
+    base_rewards, new_rewards = scores[: len(texts)], scores[len(texts) :]
+    table = eval_responses_table(keys, texts, base, new, base_rewards, new_rewards)
+    responses = run.write_eval_responses(iteration, table)
     result = {
         "iteration": iteration,
         "prompts": prompts_path,
-        **win_rate(scores[len(texts) :], scores[: len(texts)]),
+        **win_rate(new_rewards, base_rewards),
         "seconds": round(time.perf_counter() - t0, 2),
+        "responses": run.relative(responses),
     }
     out = run.eval_path(iteration)
     atomic_write_json(out, result)

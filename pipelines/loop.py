@@ -30,12 +30,12 @@ import ray
 from actors.cluster import Actors, init_ray, start_actors
 from actors.creator import evolve_prompts
 from actors.engine import SamplingSpec
-from actors.models import resolve_model_path
+from actors.models import model_folder
 from actors.rollout import rollout
 from eva.atomic import atomic_folder
 from eva.buffer import PromptBuffer, load_seed_prompts
 from eva.checkpoint import CorruptCheckpointError, RunDir
-from eva.config import RunConfig, flatten
+from eva.config import RunConfig
 from eva.dedup import BufferIndex
 from eva.metrics import busy_summary, with_informativeness
 from eva.pairs import build_pairs
@@ -53,6 +53,7 @@ from eva.seeding import derive_seed
 from eva.tasks.evolve import mutate_prompts
 from eva.tasks.prompts import seed_prompts
 from eva.types import FilterReport, IterationMetrics, PreferencePair, Prompt, ScoredPrompt
+from pipelines.tracking import Trackers
 
 STAGES = ("estimate", "sample", "evolve", "mix", "solve", "pairs", "train", "commit")
 BASELINE_STAGES = ("solve", "pairs", "train", "commit")
@@ -86,7 +87,7 @@ class Ctx:
     stop_requested: bool = False
     engines_hold: int = -1  # iteration whose policy the engines serve now
     started: float = 0.0  # time.time() when this process began the current iteration
-    tensorboard: Any = None  # SummaryWriter when tensorboard is installed
+    trackers: Trackers | None = None  # run.report_to (pipelines.tracking)
     # The buffer version of the last committed iteration, kept in memory across iterations (read
     # from disk once, when the loop starts), and the near-duplicate index of its texts, grown with it.
     buffer: PromptBuffer = dataclasses.field(default_factory=PromptBuffer)
@@ -385,32 +386,9 @@ def commit(ctx: Ctx, t: int, buffer: PromptBuffer, results: IterationResults, t_
     fault_point(t, "commit:manifest")
     ctx.run.commit(t)
     ctx.run.prune_policies(ctx.cfg.checkpoint.keep_policies)
-    if ctx.tensorboard is not None:
-        log_scalars(ctx.tensorboard, t, metrics.to_dict())
+    if ctx.trackers is not None:
+        ctx.trackers.log_iteration(t, metrics.to_dict(), folder.evolved() if folder.has_evolved() else [])
     return metrics
-
-
-def tensorboard_writer(run: RunDir):
-    """A TensorBoard SummaryWriter on <run>/tensorboard/ if the tensorboard package is installed
-    (optional: `pip install tensorboard`), else None. Outside iterations/: never part of a commit."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(log_dir=str(run.root / "tensorboard"))
-
-
-def log_scalars(writer, t: int, metrics: dict) -> None:
-    """Every finite number of an iteration's metrics.json as a scalar at step t (tag: the key path)."""
-    for key, value in flatten(metrics).items():
-        if (
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-            and key != "iteration"
-        ):
-            writer.add_scalar(key.replace(".", "/"), value, t)
-    writer.flush()
 
 
 # --- iterations -----------------------------------------------------------------------------------
@@ -516,7 +494,8 @@ def init_iteration_zero(cfg: RunConfig, run: RunDir, policy_path: str) -> None:
     if task.family is not None:
         seeds = seed_prompts(task.family, task.levels, task.per_level, task.seed, task.problems)
     else:
-        seeds = load_seed_prompts(cfg.prompts.path, cfg.prompts.column, cfg.prompts.limit)
+        p = cfg.prompts
+        seeds = load_seed_prompts(p.path, p.column, p.limit, split=p.split, subset=p.subset, streaming=p.streaming)
     folder.write_buffer(PromptBuffer.from_prompts(seeds))
     folder.write_train_ids([p.id for p in seeds])
     # a copy fsynced before and after its rename (eva.atomic); a killed copy's temp folder goes at commit
@@ -536,7 +515,7 @@ def run_loop(cfg: RunConfig, run: RunDir, report: Reporter, verified: bool = Fal
         raise CorruptCheckpointError(
             f"{run.root}: committed iterations fail verification:\n  " + "\n  ".join(problems), problems
         )
-    initial = resolve_model_path(cfg.model.path)
+    initial = model_folder(cfg.model.path)  # a Hub name: its snapshot, copied into iteration 0
     init_iteration_zero(cfg, run, initial)
     run.sync_latest()  # a kill between an iteration's MANIFEST and LATEST: it is committed (and verified above)
     last = run.last_committed()
@@ -551,7 +530,7 @@ def run_loop(cfg: RunConfig, run: RunDir, report: Reporter, verified: bool = Fal
     actors = start_actors(cfg, start_policy, str(run.iteration(0).policy), start_iteration=last)
     report(f"actors up in {time.perf_counter() - t0:.1f}s")
     run.log_event("actors_up", seconds=round(time.perf_counter() - t0, 2), nodes=actors.nodes)
-    ctx = Ctx(cfg=cfg, run=run, actors=actors, report=report, engines_hold=last, tensorboard=tensorboard_writer(run))
+    ctx = Ctx(cfg=cfg, run=run, actors=actors, report=report, engines_hold=last, trackers=Trackers(cfg, run))
     ctx.buffer = run.iteration(last).buffer()
     previous = signal.getsignal(signal.SIGINT)
 
@@ -574,6 +553,6 @@ def run_loop(cfg: RunConfig, run: RunDir, report: Reporter, verified: bool = Fal
     finally:
         signal.signal(signal.SIGINT, previous)
         actors.shutdown()
-        if ctx.tensorboard is not None:
-            ctx.tensorboard.close()
+        if ctx.trackers is not None:
+            ctx.trackers.close()
     return last

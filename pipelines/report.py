@@ -31,8 +31,10 @@ import pyarrow.compute as pc
 from eva.buffer import PromptBuffer
 from eva.checkpoint import RunDir, RunDirError, atomic_write_text
 from eva.config import RunConfig
+from eva.evaluation import biggest_changes
 from eva.losses import loss_parameters
 from eva.metrics import informativeness
+from eva.tables import DataError
 from eva.types import IterationMetrics
 from pipelines.report_data import DIFF_LIST, MAX_HISTOGRAMS, Chain, Diff, IterationView, PromptRow, Report, RunStatus
 from pipelines.report_html import render_page
@@ -193,8 +195,18 @@ def eval_results(run: RunDir, committed: list[int]) -> list[dict[str, Any]]:
         except (OSError, ValueError):
             continue  # a torn or foreign file outside the committed iterations: skip it, never fail on it
         if isinstance(data, dict) and data.get("iteration") in committed:
+            data["examples"] = _eval_examples(run, data["iteration"]) if "responses" in data else {}
             out.append(data)
     return sorted(out, key=lambda d: d["iteration"])
+
+
+def _eval_examples(run: RunDir, t: int, k: int = 3) -> dict[str, list[dict[str, Any]]]:
+    """The k biggest wins and losses of iteration t's held-out responses (none when the file is unreadable)."""
+    try:
+        table = run.eval_responses(t)
+    except DataError:
+        return {}
+    return {"wins": biggest_changes(table, k), "losses": biggest_changes(table, k, losses=True)}
 
 
 # --- per iteration -------------------------------------------------------------------------------------

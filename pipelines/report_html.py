@@ -716,7 +716,28 @@ def eval_section(evals: list[dict[str, Any]]) -> str:
         "eval",
         "Held-out evaluation",
         "Results of <code>eva eval</code> (eval/iteration_NNNN.json): each policy against the initial one.",
-        table + f'<div class="grid">{figure}</div>',
+        table + f'<div class="grid">{figure}</div>' + eval_examples(evals[-1]),
+    )
+
+
+def eval_examples(e: dict[str, Any]) -> str:
+    """The biggest wins and losses of one evaluated iteration, initial and trained responses side by side."""
+    examples = e.get("examples") or {}
+    rows = "".join(
+        f'<tr data-outcome="{kind}"><td>{kind[:-1] if kind == "wins" else "loss"}</td>{cell(r["delta"], "delta")}'
+        f"<td>{esc(r['prompt'])}</td><td>{esc(r['response_initial'])}<br><small>reward "
+        f"{r['reward_initial']:.4f}</small></td><td>{esc(r['response'])}<br><small>reward "
+        f"{r['reward']:.4f}</small></td></tr>"
+        for kind in ("wins", "losses")
+        for r in examples.get(kind, [])
+    )
+    if not rows:
+        return ""
+    return (
+        f"<h3>Iteration {e['iteration']}: biggest wins and losses over the initial policy</h3>"
+        f"<p>All responses: <code>{esc(e.get('responses', ''))}</code> (Parquet; <code>eva eval-diff</code>).</p>"
+        '<div class="scroll"><table id="eval-examples"><thead><tr><th></th><th>Δ reward</th><th>prompt</th>'
+        f"<th>initial policy</th><th>iteration {e['iteration']}</th></tr></thead><tbody>{rows}</tbody></table></div>"
     )
 
 

@@ -151,3 +151,64 @@ def submit_job(
                 else ""
             )
             raise SubmitError(f"cannot submit to the Ray job API at {address}: {e}{hint}") from None
+
+
+TAIL_LINES = 20  # of a failed job's log, printed when following it
+
+
+def follow_job(address: str, job_id: str, out: Callable[[str], None], poll_s: float = 1.0) -> tuple[str, int]:
+    """Stream the job's logs to `out` until it ends (as `ray job submit` does); returns its final
+    status and the exit code `eva submit --follow` ends with: 0 when it succeeded, else the job
+    driver's own non-zero exit code (eva's 2 for bad input), or 1. A failed job's last TAIL_LINES log
+    lines and Ray's message go to `out` once more. KeyboardInterrupt propagates: the job keeps running."""
+    import asyncio
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+
+    async def tail() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            out(lines.rstrip("\n"))
+
+    try:
+        asyncio.run(tail())
+    except (ConnectionError, RuntimeError, OSError) as e:  # Ray also raises when a finished job's stream closes
+        if not client.get_job_status(job_id).is_terminal():
+            out(f"(log stream ended: {e}; waiting for the job to finish)")
+    while not (status := client.get_job_status(job_id)).is_terminal():
+        time.sleep(poll_s)
+    if status == JobStatus.SUCCEEDED:
+        return status.value, 0
+    info = client.get_job_info(job_id)
+    tail_lines = client.get_job_logs(job_id).rstrip("\n").splitlines()[-TAIL_LINES:]
+    out(f"--- job {job_id} {status.value}; its last {len(tail_lines)} log lines:")
+    for line in tail_lines:
+        out(line)
+    if info.message:  # its first line: Ray appends the same last log lines to it
+        out(f"--- {info.message.splitlines()[0]}")
+    code = getattr(info, "driver_exit_code", None)
+    return status.value, code if isinstance(code, int) and code > 0 else 1
+
+
+def list_jobs(address: str) -> list[dict]:
+    """The cluster's jobs, newest first: id, status, entrypoint, start time."""
+    from ray.job_submission import JobSubmissionClient
+
+    jobs = JobSubmissionClient(address).list_jobs()
+    rows = [
+        {
+            "id": j.submission_id or j.job_id or "",
+            "status": j.status.value,
+            "entrypoint": j.entrypoint,
+            "start": j.start_time or 0,
+        }
+        for j in jobs
+    ]
+    return sorted(rows, key=lambda r: -r["start"])
+
+
+def stop_job(address: str, job_id: str) -> bool:
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(address).stop_job(job_id)

@@ -331,3 +331,29 @@ def test_worker_node_lost_mid_rollout_then_resume_finishes(cluster, tmp_path):
     assert "1 iteration(s) committed" in client.get_job_logs(resumed)
     assert rd.committed(1) and rd.verify_all() == []
     print("stopped resumable; eva submit --resume finished it")
+
+
+def test_submit_follow_and_jobs_exit_with_the_job_status(cluster, tmp_path):
+    """`eva submit --follow` streams the job's logs and exits with its status: a job whose `eva
+    resume` refuses its input ends FAILED with eva's exit 2 and its last lines; `eva jobs follow`
+    gives 0 for a job that succeeds and the driver's own code for one that fails; `eva jobs` lists
+    and stops jobs."""
+    dash, env = cluster.dashboard, cluster.env
+    missing = tmp_path / "no-such-run"  # not on this machine either: the job itself finds out
+    proc = run_eva("submit", "--resume", str(missing), "--follow", "--address", dash, env=env, check=False)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"{missing} is not a run directory (no run.yaml)" in " ".join((proc.stdout + proc.stderr).split())
+    assert "FAILED (exit 2)" in proc.stderr and "last" in proc.stdout and "Traceback" not in proc.stderr
+    client = _client(dash)
+    ok = client.submit_job(entrypoint=f"{sys.executable} -c \"print('hello from the job')\"")
+    proc = run_eva("jobs", "follow", ok, "--address", dash, env=env, check=False)
+    assert proc.returncode == 0 and "hello from the job" in proc.stdout and f"job {ok} SUCCEEDED" in proc.stdout
+    bad = client.submit_job(entrypoint=f"{sys.executable} -c \"import sys; print('boom'); sys.exit(3)\"")
+    proc = run_eva("jobs", "follow", bad, "--address", dash, env=env, check=False)
+    assert proc.returncode == 3 and proc.stdout.splitlines().count("boom") == 2  # streamed, then in the last lines
+    assert "log stream ended" not in proc.stdout
+    slow = client.submit_job(entrypoint=f'{sys.executable} -c "import time; time.sleep(600)"')
+    listed = run_eva("jobs", "list", "--address", dash, env=env).stdout
+    assert all(j in listed for j in (ok, bad, slow)) and "SUCCEEDED" in listed and "FAILED" in listed
+    run_eva("jobs", "stop", slow, "--address", dash, env=env)
+    assert _wait_job(client, slow, limit_s=120).value == "STOPPED"
