@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,10 +36,21 @@ def records(path: Path) -> Iterator:
             yield record
 
 
-def history(run_root: Path) -> dict[int, dict]:
-    """{step: {key: value}} of every offline W&B run under `<run_root>/wandb/`, values JSON-decoded."""
+def history(run_root: Path, timeout_s: float = 60.0) -> dict[int, dict]:
+    """{step: {key: value}} of every offline W&B run under `<run_root>/wandb/`, values JSON-decoded.
+
+    `wandb.finish()` returns before W&B's service process has written the transaction log (measured:
+    7 bytes right after, the whole log a moment later), so wait until every log ends in its `exit`
+    record."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        logs = sorted((run_root / "wandb").glob("offline-run-*/run-*.wandb"))
+        done = [log for log in logs if any(r.WhichOneof("record_type") == "exit" for r in records(log))]
+        if (logs and len(done) == len(logs)) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     out: dict[int, dict] = {}
-    for log in sorted((run_root / "wandb").glob("offline-run-*/run-*.wandb")):
+    for log in logs:
         for record in records(log):
             if record.WhichOneof("record_type") == "history":
                 items = {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item}
