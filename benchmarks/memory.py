@@ -54,12 +54,13 @@ class Roles:
             cmd = " ".join(proc.cmdline())
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return "other"
-        if match := ACTOR_TITLE.match(cmd):
+        match = ACTOR_TITLE.match(cmd)
+        if match and match.group(1) != "IDLE":  # a pooled worker's title until it runs something
             role = match.group(1)
             self.by_pid[proc.pid] = role
             return role
         if cmd.startswith("ray::"):
-            return "Ray task workers"  # ray::IDLE, ray::rollout: pooled, no fixed role
+            return "Ray task workers"  # ray::IDLE, ray::rollout: pooled, no fixed role (yet)
         return "Ray's own processes"  # gcs_server, raylet, dashboard agent, log monitor, ...
 
 
