@@ -9,8 +9,11 @@ replica split or restarts.
 from __future__ import annotations
 
 import os
+import sys
 import time
-from collections.abc import Iterable, Mapping
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,39 @@ class GenerationBatch:
 class StaleWeightsError(RuntimeError):
     """The engine does not hold the weights the caller expects: Ray restarted it (`max_restarts`)
     with the weights it was started with, or a weight push never reached it."""
+
+
+# Exit status of an engine that ended itself after a fatal error (`exit_on_fatal`), for its Ray log.
+EXIT_FATAL = 70
+
+
+@contextmanager
+def exit_on_fatal(call: str, exit: Callable[[int], Any] = os._exit):
+    """Run an engine call; if it fails in a way that leaves the engine unusable, end the process.
+
+    A CUDA OOM inside vLLM, a dead tensor-parallel rank or a half-finished weight reload leave the
+    process alive with an engine that fails (or answers wrongly) from then on; Ray sees an
+    application error and neither retries nor restarts. Ending the process turns it into an actor
+    crash: Ray restarts the actor (`ray.<engine>.max_restarts`) with its start weights and label, and
+    actors.pool sends the batch again (the current weights first). A bad request (ValueError,
+    TypeError: vLLM refuses it before running it) leaves the engine fine and is raised as is.
+    `exit` is os._exit: an intended exit (ray.actor.exit_actor) is never restarted.
+    """
+    try:
+        yield
+    except (ValueError, TypeError):
+        raise
+    except Exception as e:
+        print(
+            f"eva engine (pid {os.getpid()}): {call} failed with {type(e).__name__}: {e}; the engine is unusable, "
+            f"exiting ({EXIT_FATAL}) so that Ray restarts it",
+            file=sys.stderr,
+            flush=True,
+        )
+        traceback.print_exc(file=sys.stderr)
+        sys.stderr.flush()
+        exit(EXIT_FATAL)
+        raise  # only when `exit` returns (tests)
 
 
 def configure_engine_env(workdir: str | Path, kv_cache_gib: int) -> None:
@@ -153,7 +189,7 @@ class GenerationEngine:
             for s in seeds
         ]
         t0 = time.perf_counter()
-        with self.busy.span("generate"):
+        with self.busy.span("generate"), exit_on_fatal("generate"):
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
         seconds = time.perf_counter() - t0
         generations = tuple(
@@ -186,7 +222,8 @@ class GenerationEngine:
         if not prompts:
             return []
         params = SamplingParams(n=1, temperature=0.0, max_tokens=1, logprobs=top_k)
-        outputs = self.llm.generate([self._fit(p, 1) for p in prompts], params, use_tqdm=False)
+        with exit_on_fatal("next_token_logprobs"):
+            outputs = self.llm.generate([self._fit(p, 1) for p in prompts], params, use_tqdm=False)
         result = []
         for out in outputs:
             top = out.outputs[0].logprobs[0] if out.outputs[0].logprobs else {}
@@ -205,8 +242,9 @@ class GenerationEngine:
         """
         t0 = time.perf_counter()
         items = list(weights.items()) if isinstance(weights, Mapping) else list(weights)
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items, "is_checkpoint_format": True})
-        self._after_reload()
+        with exit_on_fatal("update_weights"):  # a reload that failed midway leaves a mix of two policies
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items, "is_checkpoint_format": True})
+            self._after_reload()
         if version is not None:
             self.weights_version = version
         return time.perf_counter() - t0
@@ -214,8 +252,9 @@ class GenerationEngine:
     def load_weights_from_path(self, path: str, version: str | None = None) -> float:
         """Fallback weight sync: reload from a saved safetensors folder (e.g. the committed policy)."""
         t0 = time.perf_counter()
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path, "is_checkpoint_format": True})
-        self._after_reload()
+        with exit_on_fatal("load_weights_from_path"):
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path, "is_checkpoint_format": True})
+            self._after_reload()
         self.model_path = path
         if version is not None:
             self.weights_version = version

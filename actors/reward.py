@@ -130,12 +130,15 @@ class JudgeScorer(Scorer):
         """For each pair, the next-token logprob of every label token (in template label order)."""
         from vllm import SamplingParams
 
+        from actors.engine import exit_on_fatal
+
         _check_pairs(prompts, responses)
         if not prompts:
             return []
         params = SamplingParams(n=1, temperature=0.0, max_tokens=1, logprob_token_ids=self.token_ids)
         texts = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
-        outputs = self.engine.llm.generate(texts, params, use_tqdm=False)
+        with exit_on_fatal("judge"):  # a CUDA OOM leaves the engine unusable: Ray restarts the reward actor
+            outputs = self.engine.llm.generate(texts, params, use_tqdm=False)
         rows = []
         for out in outputs:
             step = out.outputs[0].logprobs[0] if out.outputs and out.outputs[0].logprobs else {}

@@ -588,7 +588,17 @@ class RaySection(_Section):
         "stage fails.",
     )
     timeout_s: float = Field(
-        3600.0, gt=0, description="Longest wait for one actor call before the run stops (resumable)."
+        3600.0,
+        gt=0,
+        description="Longest wait for one actor call before the run stops (resumable). A training round is not "
+        "one call: it is bounded by ray.train_step_timeout_s per step instead.",
+    )
+    restart_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="Longest wait for a crashed actor that Ray restarts (max_restarts) to come back before its batch "
+        "goes to another replica or the stage fails. An engine whose call fails in a way that leaves it unusable "
+        "(CUDA OOM, a dead tensor-parallel rank) ends its process so that Ray restarts it.",
     )
 
 
