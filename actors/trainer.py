@@ -122,18 +122,23 @@ class PolicyTrainer:
             "params": sum(p.numel() for p in self.policy.parameters()),
         }
 
-    def train(self, pairs: list[PreferencePair], iteration: int) -> dict[str, Any]:
+    def train(self, pairs: list[PreferencePair], iteration: int, checkpoint_dir: str | None = None) -> dict[str, Any]:
         """One round of preference optimization on `pairs`; returns metrics (losses, steps, seconds).
 
         An empty pair list trains nothing (steps 0). Each round gets a fresh optimizer and the seed
         `seed + iteration`, so a resumed run repeats the round exactly.
+
+        `checkpoint_dir` (with `solver.checkpoint_steps`): every that many optimizer steps the round
+        saves a step checkpoint there (weights, optimizer, scheduler, RNG states, data position;
+        the last one only), and a round started on a folder that holds one continues from it: the
+        same round, ending where an uninterrupted one ends. The folder belongs to this iteration.
         """
         self._expect(iteration - 1, "train")
         if not pairs:
             metrics = {"iteration": iteration, "loss_type": self.solver.loss_type, "num_pairs": 0, "steps": 0}
         else:
             with self.busy.span("train"):  # the whole round: dataset, TRL trainer, steps, rounding
-                metrics = self._train(pairs, iteration)
+                metrics = self._train(pairs, iteration, checkpoint_dir)
         if self.iteration is not None:  # tracking is on when the actor was told what it starts from
             self.iteration = iteration
         return metrics
@@ -158,15 +163,19 @@ class PolicyTrainer:
         """The training spans since the last call (actors.busy)."""
         return self.busy.drain()
 
-    def _train(self, pairs: list[PreferencePair], iteration: int) -> dict[str, Any]:
+    def _train(self, pairs: list[PreferencePair], iteration: int, checkpoint_dir: str | None) -> dict[str, Any]:
         from transformers.trainer_callback import PrinterCallback
 
-        trainer = self._make_trainer(self._dataset(pairs), self._reference_model(), iteration)
+        checkpoints = checkpoint_dir if self.solver.checkpoint_steps else None
+        trainer = self._make_trainer(self._dataset(pairs), self._reference_model(), iteration, checkpoints)
         trainer.remove_callback(PrinterCallback)
         if self.capture_reference:
             self._reference = _reference_weights(trainer)
+        resume_from = last_step_checkpoint(checkpoints, len(pairs)) if checkpoints else None
+        if resume_from is not None:
+            print(f"[train it={iteration}] continuing from the step checkpoint {resume_from}", flush=True)
         t0 = time.perf_counter()
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume_from)
         seconds = time.perf_counter() - t0
         metrics = _round_metrics(trainer.state.log_history, seconds)
         problem = _divergence(metrics["losses"], trainer.model)
@@ -180,6 +189,7 @@ class PolicyTrainer:
                 "`eva run --run-dir RUN_DIR --allow-change solver.learning_rate --set solver.learning_rate=...`"
             )
         metrics.update(iteration=iteration, loss_type=self.solver.loss_type, num_pairs=len(trainer.train_dataset))
+        metrics["resumed_at_step"] = _step_of(resume_from) if resume_from else 0
         # what TRL actually ran, for the record (and the tests): the trainer class and the loss's
         # arguments read back from its config, under TRL's names (SimPO's beta is CPOConfig.beta)
         trl_args = {name: getattr(trainer.args, name) for name in trl_arguments(self.solver)}
@@ -279,10 +289,16 @@ class PolicyTrainer:
         # transformers types decode as `str | list[str]` (no overloads); one list of ids decodes to a str
         return text if len(ids) <= limit else cast(str, self.tokenizer.decode(ids[-limit:]))
 
-    def _make_trainer(self, dataset, ref_model: torch.nn.Module | None, iteration: int):
+    def _make_trainer(self, dataset, ref_model: torch.nn.Module | None, iteration: int, checkpoints: str | None):
         s = self.solver
+        saving: dict[str, Any] = (
+            dict(save_strategy="steps", save_steps=s.checkpoint_steps, save_total_limit=1)
+            if checkpoints
+            else dict(save_strategy="no")
+        )
         common: dict[str, Any] = dict(
-            output_dir=str(self.workdir / f"trl-{iteration:04d}"),
+            output_dir=checkpoints or str(self.workdir / f"trl-{iteration:04d}"),
+            **saving,
             learning_rate=s.learning_rate,
             num_train_epochs=s.epochs,
             per_device_train_batch_size=s.per_device_batch_size,
@@ -299,8 +315,10 @@ class PolicyTrainer:
             fp16=self.gpu and self.dtype == torch.float16,
             use_cpu=not self.gpu,
             report_to=[],
-            save_strategy="no",
-            gradient_checkpointing=False,  # small models; avoids per-step deprecation warnings
+            # Off by default (small models; avoids per-step deprecation warnings). On: activations are
+            # recomputed in the backward pass, a third more compute for a fraction of the memory.
+            gradient_checkpointing=s.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False} if s.gradient_checkpointing else None,
             dataloader_num_workers=0,
             logging_steps=1,
             logging_nan_inf_filter=False,  # transformers hides a nan/inf step loss by default; _divergence must see it
@@ -332,7 +350,10 @@ class PolicyTrainer:
         # that: the adapter must depend on the run seed and the iteration only, never on what this
         # process drew before (a resumed run's trainer has another history).
         torch.manual_seed(derive_seed(self.seed, "lora", iteration))
-        return getattr(trl, trainer_class)(args=args, callbacks=[_step_logger(iteration, self._progress)], **kwargs)
+        callbacks = [_step_logger(iteration, self._progress)]
+        if checkpoints:
+            callbacks.append(_checkpoint_marker(len(dataset)))
+        return getattr(trl, trainer_class)(args=args, callbacks=callbacks, **kwargs)
 
     def _finish(self, trainer) -> PreTrainedModel:
         """The trained policy as a plain model: LoRA merged, TRL's patches removed, rounded to dtype."""
@@ -464,3 +485,42 @@ def _step_logger(iteration: int, progress: list[int]):
                 )
 
     return StepLine()
+
+
+# Written into a step checkpoint once transformers has saved all of it (its `on_save`): a folder
+# without it is a save that was cut off, never resumed from.
+CHECKPOINT_MARKER = "eva_step_checkpoint.json"
+
+
+def _step_of(checkpoint: str) -> int:
+    return int(Path(checkpoint).name.rsplit("-", 1)[1])
+
+
+def last_step_checkpoint(folder: str | Path, num_pairs: int) -> str | None:
+    """The latest complete step checkpoint in `folder` of a round on `num_pairs` pairs, or None."""
+    import json
+
+    found = []
+    for path in Path(folder).glob("checkpoint-*"):
+        marker = path / CHECKPOINT_MARKER
+        if path.name.rsplit("-", 1)[1].isdigit() and marker.is_file():
+            if json.loads(marker.read_text()).get("num_pairs") == num_pairs:
+                found.append(str(path))
+    return max(found, key=_step_of, default=None)
+
+
+def _checkpoint_marker(num_pairs: int):
+    """A callback that marks each step checkpoint complete once transformers has written it."""
+    import json
+
+    from transformers import TrainerCallback
+
+    from eva.atomic import atomic_write_text
+
+    class Marker(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            body = json.dumps({"num_pairs": num_pairs, "step": state.global_step, "max_steps": state.max_steps})
+            atomic_write_text(folder / CHECKPOINT_MARKER, body)
+
+    return Marker()

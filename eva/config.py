@@ -31,8 +31,22 @@ DEFAULT_PRESET = "cpu-default"
 # Fields that may differ between a run directory's config and the one it is resumed/extended with:
 # they change how long or how loudly a run goes, not what it computes.
 MUTABLE_FIELDS: frozenset[str] = frozenset(
-    {"run.iterations", "run.dir", "ray.address", "checkpoint.keep_policies", "run.max_iterations_without_pairs"}
+    {
+        "run.iterations",
+        "run.dir",
+        "ray.address",
+        "checkpoint.keep_policies",
+        "run.max_iterations_without_pairs",
+        "ray.timeout_s",
+        "ray.restart_timeout_s",
+        "ray.train_step_timeout_s",
+        "solver.checkpoint_steps",
+    }
 )
+# MUTABLE_FIELDS before ray.timeout_s joined it: the fingerprint the run.yaml of an older run
+# directory was written with (eva.checkpoint accepts either). The other additions are new fields,
+# absent from older files, so they leave those fingerprints unchanged.
+MUTABLE_FIELDS_V1: frozenset[str] = MUTABLE_FIELDS - {"ray.timeout_s"}
 
 
 class ConfigError(ValueError):
@@ -392,6 +406,20 @@ class SolverSection(_Section):
     reference: Literal["previous", "initial"] = Field(
         "previous", description="Reference policy of iteration t: pi_{t-1} (previous) or pi_0 (initial)."
     )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass instead of keeping them: activation memory drops "
+        "to a fraction (the deploy configs' trainers sit near 80 GB without it) for about a third more compute "
+        "per step. Off by default (TRL's default is on): small models do not need it.",
+    )
+    checkpoint_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Save a step checkpoint of the training round (weights, optimizer, scheduler, RNG, data "
+        "position) every this many optimizer steps into the iteration's train_checkpoints/ (shared storage; "
+        "only the last is kept, deleted once the policy is saved). A round that a crash interrupted continues "
+        "from it on resume and ends where an uninterrupted round ends. None: no step checkpoints.",
+    )
 
     @field_validator("loss_type")
     @classmethod
@@ -592,6 +620,13 @@ class RaySection(_Section):
         gt=0,
         description="Longest wait for one actor call before the run stops (resumable). A training round is not "
         "one call: it is bounded by ray.train_step_timeout_s per step instead.",
+    )
+    train_step_timeout_s: float = Field(
+        1800.0,
+        gt=0,
+        description="Training liveness: the longest a training round may go without finishing an optimizer step "
+        "(its first step counted from the start of the round) before the stage fails (resumable). A round has "
+        "no wall-clock limit of its own: it may take hours while it makes progress.",
     )
     restart_timeout_s: float = Field(
         600.0,

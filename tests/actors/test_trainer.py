@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -339,3 +340,57 @@ def test_trainer_actor_weights_reach_a_vllm_engine_actor(ray_session, tiny_model
     finally:
         ray.kill(engine)
         ray.kill(trainer)
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_a_round_resumed_from_a_step_checkpoint_ends_where_an_uninterrupted_round_ends(
+    ray_session, tiny_model_path, tmp_path, finetune
+):
+    """A trainer actor killed (SIGKILL, mid-round) after some step checkpoints; a fresh trainer given
+    the same folder continues from the last complete one and ends with exactly the weights and
+    per-step losses of a round that was never interrupted."""
+    from actors.trainer import CHECKPOINT_MARKER, last_step_checkpoint
+
+    ray = ray_session
+    pairs = PAIRS * 3  # 24 pairs, batch 1 x 2 accumulated: 12 optimizer steps
+    args = dict(per_device_batch_size=1, gradient_accumulation_steps=2, checkpoint_steps=2, learning_rate=1e-2)
+    args["finetune"] = finetune
+    whole = make(tiny_model_path, tmp_path / "whole", **args)
+    expected = whole.train(pairs, iteration=1, checkpoint_dir=str(tmp_path / "whole-ckpt"))
+    assert expected["steps"] == 12 and expected["resumed_at_step"] == 0
+
+    folder = tmp_path / "crashed-ckpt"
+    actor = ray.remote(num_cpus=0.5, max_concurrency=2)(PolicyTrainer).remote(
+        tiny_model_path, tiny_model_path, solver(**args), "float32", str(tmp_path / "crashed"), 0
+    )
+    ray.get(actor.ready.remote(), timeout=120)
+    ref = actor.train.remote(pairs, 1, str(folder))
+    deadline = time.monotonic() + 300
+    while ray.get(actor.progress.remote(), timeout=60)[0] < 5:
+        assert time.monotonic() < deadline and not ray.wait([ref], timeout=0.05)[0], "the round ended too soon"
+    ray.kill(actor)  # a crash in the middle of the round
+    at = last_step_checkpoint(folder, len(pairs))
+    assert at is not None and (Path(at) / CHECKPOINT_MARKER).is_file()
+    step = int(at.rsplit("-", 1)[1])
+    assert 4 <= step < 12 and step % 2 == 0
+    assert last_step_checkpoint(folder, len(pairs) + 1) is None  # a round on other pairs never resumes from it
+
+    resumed = make(tiny_model_path, tmp_path / "resumed", **args)
+    got = resumed.train(pairs, iteration=1, checkpoint_dir=str(folder))
+    assert got["resumed_at_step"] == step and got["steps"] == 12
+    assert got["losses"] == expected["losses"]  # the steps before the crash come from the checkpoint's history
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert not changed(a, b), sorted(changed(a, b))[:5]
+    assert changed(a, make(tiny_model_path, tmp_path / "start", **args).state_dict())  # the round did train
+
+
+def test_gradient_checkpointing_switch_recomputes_activations_and_trains_the_same(tiny_model_path, tmp_path):
+    off = make(tiny_model_path, tmp_path / "off")
+    on = make(tiny_model_path, tmp_path / "on", gradient_checkpointing=True)
+    m_off, m_on = off.train(PAIRS[:4], iteration=1), on.train(PAIRS[:4], iteration=1)
+    assert on.policy.is_gradient_checkpointing and not off.policy.is_gradient_checkpointing
+    assert m_on["steps"] == m_off["steps"] == 2
+    assert m_on["losses"] == pytest.approx(m_off["losses"], abs=1e-5)  # the same maths, recomputed
+    a, b = off.state_dict(), on.state_dict()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
