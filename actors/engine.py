@@ -230,6 +230,21 @@ class GenerationEngine:
             result.append({lp.decoded_token: lp.logprob for lp in top.values() if lp.decoded_token is not None})
         return result
 
+    def sequence_logprobs(self, token_ids: list[list[int]]) -> list[list[float]]:
+        """log p(token_i | tokens before it) for i >= 1 of each token sequence, as the engine computes
+        it (vLLM prompt_logprobs): what the trainer's log-probs must match (actors.trainer)."""
+        from vllm import SamplingParams, TokensPrompt
+
+        params = SamplingParams(n=1, temperature=0.0, max_tokens=1, prompt_logprobs=0)
+        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in token_ids]
+        with exit_on_fatal("sequence_logprobs"):
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        result = []
+        for out, ids in zip(outputs, token_ids, strict=True):
+            steps: Any = out.prompt_logprobs  # position 0 has none: nothing comes before it
+            result.append([steps[i][token].logprob for i, token in enumerate(ids) if i > 0])
+        return result
+
     def update_weights(
         self, weights: Mapping[str, object] | Iterable[tuple[str, object]], version: str | None = None
     ) -> float:

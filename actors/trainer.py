@@ -246,10 +246,25 @@ class PolicyTrainer:
 
     # --- internals --------------------------------------------------------------------------
 
+    def sequence_logprobs(self, token_ids: list[list[int]]) -> list[list[float]]:
+        """log p(token_i | tokens before it) under the policy, for i >= 1 of each sequence (what vLLM's
+        prompt_logprobs gives; the trained policy must be the served one: tests compare the two)."""
+        out = []
+        self.policy.eval()
+        with torch.no_grad():
+            for ids in token_ids:
+                x = torch.tensor([ids], device=self.policy.device)
+                logits = self.policy(input_ids=x).logits.float()[0, :-1]
+                out.append(torch.log_softmax(logits, -1).gather(1, x[0, 1:, None])[:, 0].tolist())
+        return out
+
     def _load_model(self, path: str, frozen: bool = False) -> PreTrainedModel:
         from transformers import AutoModelForCausalLM
 
-        remote = {"trust_remote_code": self.trust_remote_code}
+        remote: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
+        attention = attention_implementation(path, self.solver.attn_implementation, self.trust_remote_code)
+        if attention is not None:
+            remote["attn_implementation"] = attention
         if self.gpu and (frozen or self.solver.finetune == "lora"):  # never updated: `dtype` holds them exactly
             return AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, **remote)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **remote)
@@ -370,6 +385,20 @@ class PolicyTrainer:
         model.requires_grad_(True)
         _round_to(model, self.dtype)
         return model
+
+
+def attention_implementation(path: str, configured: str | None, trust_remote_code: bool = False) -> str | None:
+    """The attention kernel the trainer loads a model with: `configured` (solver.attn_implementation)
+    if set; else eager for a model whose attention logits are soft-capped (Gemma 2: 50), because
+    transformers' default, sdpa, silently drops the cap that vLLM applies, so the policy trained
+    would not be the policy served; else None (transformers' default)."""
+    if configured is not None:
+        return configured
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    config = getattr(config, "text_config", None) or config
+    return "eager" if getattr(config, "attn_logit_softcapping", None) else None
 
 
 def _frozen(model: torch.nn.Module) -> torch.nn.Module:

@@ -406,6 +406,14 @@ class SolverSection(_Section):
     reference: Literal["previous", "initial"] = Field(
         "previous", description="Reference policy of iteration t: pi_{t-1} (previous) or pi_0 (initial)."
     )
+    attn_implementation: Literal["eager", "sdpa", "flex_attention", "flash_attention_2"] | None = Field(
+        None,
+        description="Attention kernel of the trainer (transformers attn_implementation). None: eager for models "
+        "with soft-capped attention logits (Gemma 2), whose cap sdpa silently drops (vLLM applies it: the "
+        "trained policy would differ from the served one), transformers' default (sdpa) otherwise. eager "
+        "materializes the attention matrix: with long pairs, turn on gradient_checkpointing, or use "
+        "flex_attention / flash_attention_2 (both honour the cap) where installed.",
+    )
     gradient_checkpointing: bool = Field(
         False,
         description="Recompute activations in the backward pass instead of keeping them: activation memory drops "
