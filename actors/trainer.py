@@ -18,9 +18,14 @@ Reference model (DESIGN.md gotcha: TRL's `ref_model=None` reloads the reference 
 An explicit module (not `precompute_ref_log_probs`) because it is the same code for every case and
 tests can read back exactly what TRL held (`reference_state`); it costs one frozen copy of the weights.
 
-After every round the policy is rounded to `dtype`, so the weights in memory are exactly the ones the
-engines serve and the checkpoint holds: an uninterrupted run and one resumed from policy/ continue from
-identical weights (the price: a round whose updates are below `dtype`'s resolution is lost).
+Master weights: the trainer keeps the policy's weights in fp32 across rounds and never rounds them;
+the engines and policy/model.safetensors get them rounded to `dtype`. Rounding after every round (as
+eva did before) drops every update below half a unit in the last place of `dtype` (bf16 at lr 5e-6:
+most of a LoRA delta). Full fine-tuning: the fp32 parameters are the masters. LoRA: the base layers
+hold the masters rounded to `dtype` (the base is pi_{t-1} as served, the reference of `previous`),
+and the fp32 masters of the adapted weights live in host memory (`_merge_lora`). `save` writes the
+masters to policy/master/ when `dtype` rounds them, so a resumed run continues from exactly the
+weights an uninterrupted one holds.
 """
 
 from __future__ import annotations
@@ -58,6 +63,9 @@ TRL_TRAINERS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
     "orpo": ("trl.experimental.orpo", "ORPOConfig", "ORPOTrainer", {"remove_unused_columns": False}),
 }
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# The fp32 master weights inside a saved policy folder (a subfolder: vLLM loads only the top level's
+# *.safetensors), written when `dtype` rounds them; the trainer alone reads it.
+MASTERS = "master/master.safetensors"
 
 
 class PolicyTrainer:
@@ -102,6 +110,8 @@ class PolicyTrainer:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.policy = self._load_model(policy_path)
+        self._masters: dict[str, torch.Tensor] = {}  # LoRA: fp32 masters of the adapted weights (_merge_lora)
+        self._load_masters(policy_path)
         # The iteration whose policy this actor holds (policy_path's). If Ray restarts the actor
         # (max_restarts) it comes back holding policy_path again, and calls that name a later
         # iteration fail instead of training on, saving or syncing the wrong policy.
@@ -234,6 +244,11 @@ class PolicyTrainer:
                 self.policy.config.dtype = self.dtype
                 self.policy.config.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
+                if self.dtype != torch.float32:  # what resume continues from: the unrounded masters
+                    from safetensors.torch import save_file
+
+                    (tmp / MASTERS).parent.mkdir()
+                    save_file(self._masters_state(), str(tmp / MASTERS))
         finally:
             self.policy.config.dtype = config_dtype
 
@@ -241,6 +256,7 @@ class PolicyTrainer:
         """Restore the policy of `iteration` from its policy/ folder (resume). With `reference: previous`
         the next round's reference is taken from this policy at round start, so nothing else to restore."""
         self.policy = self._load_model(path)
+        self._load_masters(path)
         self.iteration = iteration
         self._diverged = None
 
@@ -283,7 +299,10 @@ class PolicyTrainer:
         if s.finetune == "lora":
             return None  # adapter disabled = merged base = pi_{t-1}
         reference = _frozen(copy.deepcopy(self.policy))
-        return reference.to(self.dtype) if self.gpu else reference  # the fp32 masters hold dtype values
+        if self.gpu:
+            return reference.to(self.dtype)
+        _round_to(reference, self.dtype)  # pi_{t-1} as the engines served it, not its unrounded masters
+        return reference
 
     def _dataset(self, pairs: list[PreferencePair]):
         """Conversational pairs, so TRL applies the chat template the engines use. TRL 1.16 has no
@@ -376,15 +395,63 @@ class PolicyTrainer:
 
         model = trainer.model
         if isinstance(model, PeftModel):
-            model = model.merge_and_unload()  # next round starts a fresh adapter on these weights
+            model = self._merge_lora(model)  # next round starts a fresh adapter on these weights
         # DPOTrainer replaces `forward` on the instance (fused LM head) on the policy and on ref_model:
         # drop it, so deep copies and later rounds start from the class's forward.
         for m in (model, self._initial):
             if m is not None:
                 m.__dict__.pop("forward", None)
         model.requires_grad_(True)
-        _round_to(model, self.dtype)
-        return model
+        return model  # full fine-tuning: the fp32 masters, unrounded (see module docstring)
+
+    def _merge_lora(self, model) -> PreTrainedModel:
+        """Fold the round's adapter into the fp32 masters of the weights it adapts, and give the base
+        layers those masters rounded to `dtype`: merging into a `dtype` base would round each round's
+        delta away wherever it is below half a unit in the last place of the weight (bf16 at lr 5e-6:
+        most of it). In float32 the masters are the base layers themselves."""
+        if self.dtype == torch.float32:
+            return model.merge_and_unload()
+        from peft.tuners.lora import LoraLayer
+
+        prefix = "base_model.model."
+        with torch.no_grad():
+            for name, module in model.named_modules():
+                if isinstance(module, LoraLayer):
+                    layer: Any = module  # peft's lora.Linear & co.; the LoraLayer base type declares less
+                    base: Any = layer.get_base_layer()
+                    key = name.removeprefix(prefix) + ".weight"
+                    # a copy: on CPU the fp32 base weight itself would come back, and be rounded below
+                    master = self._masters.setdefault(key, base.weight.detach().to("cpu", torch.float32, copy=True))
+                    for adapter in layer.active_adapters:
+                        master += layer.get_delta_weight(adapter).detach().float().cpu()
+                    base.weight.copy_(master.to(self.dtype))
+        return model.unload()  # the adapters go; the base layers stay, holding the rounded masters
+
+    def _masters_state(self) -> dict[str, torch.Tensor]:
+        """The fp32 masters that `dtype` rounds: every weight (full) or the adapted ones (LoRA)."""
+        if self.solver.finetune == "lora":
+            return {k: v.contiguous() for k, v in self._masters.items()}
+        return _weights(self.policy, torch.float32)
+
+    def _load_masters(self, path: str) -> None:
+        """Restore the fp32 masters a `save` wrote next to the policy (none in float32, or for pi_0)."""
+        self._masters = {}
+        file = Path(path) / MASTERS
+        if self.dtype == torch.float32 or not file.is_file():
+            return
+        from safetensors.torch import load_file
+
+        masters = load_file(str(file))
+        if self.solver.finetune == "lora":
+            self._masters = masters
+            return
+        missing = set(masters) - set(self.policy.state_dict())
+        if missing:
+            raise RuntimeError(f"{file}: weights the policy does not have: {sorted(missing)[:3]}")
+        with torch.no_grad():
+            params = self.policy.state_dict()
+            for name, value in masters.items():
+                params[name].copy_(value)
 
 
 def attention_implementation(path: str, configured: str | None, trust_remote_code: bool = False) -> str | None:

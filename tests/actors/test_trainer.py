@@ -394,3 +394,42 @@ def test_gradient_checkpointing_switch_recomputes_activations_and_trains_the_sam
     assert m_on["losses"] == pytest.approx(m_off["losses"], abs=1e-5)  # the same maths, recomputed
     a, b = off.state_dict(), on.state_dict()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_updates_below_half_a_bf16_ulp_are_kept_in_fp32_masters_and_saved(tiny_model_path, tmp_path, finetune):
+    """lr 1e-6 moves the weights (~0.02) by far less than half a bf16 ulp (~6e-5): rounded to bf16
+    after the round, as eva did, the round would be lost. The fp32 masters keep it, the served bf16
+    weights are its rounding, and a save/load (resume) restores the masters exactly."""
+    from actors.trainer import MASTERS
+
+    lr = 1e-6 if finetune == "full" else 1e-5  # a LoRA delta B @ A starts from B = 0: it needs more to show at all
+    trainer = make(tiny_model_path, tmp_path / "a", dtype="bfloat16", finetune=finetune, learning_rate=lr)
+    start = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    served_before = trainer.state_dict()
+    trainer.train(PAIRS, iteration=1)
+    served_after = trainer.state_dict()
+    if finetune == "full":
+        masters = {k: v.detach() for k, v in trainer.policy.state_dict().items()}
+    else:
+        masters = trainer._masters
+        assert masters and all(k.rsplit(".", 2)[1] in ("q_proj", "k_proj", "v_proj", "o_proj") for k in masters)
+    moved = [k for k in masters if not torch.equal(masters[k], start[k]) and k in served_after]  # tied: once
+    assert len(moved) >= len(masters) // 2, (len(moved), len(masters))
+    # most of the update is below half an ulp of the weights: it does not show in the served bf16
+    # weights (their rounding), it lives in the masters
+    kept = sum(int((masters[k] != start[k]).sum()) for k in moved)
+    shown = sum(int((served_after[k].float() != served_before[k].float()).sum()) for k in moved)
+    assert kept > 1000 and shown < 0.2 * kept, (shown, kept)
+    assert all(torch.equal(served_after[k], masters[k].to(torch.bfloat16)) for k in moved)
+
+    folder = tmp_path / "iterations" / "0001" / "policy"
+    trainer.save(str(folder))
+    assert (folder / MASTERS).is_file()
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:  # what vLLM loads: bf16, top level only
+        assert all(f.get_tensor(k).dtype == torch.bfloat16 for k in f.keys())
+    fresh = PolicyTrainer(str(folder), tiny_model_path, trainer.solver, "bfloat16", str(tmp_path / "b"), seed=0)
+    restored = fresh.policy.state_dict() if finetune == "full" else fresh._masters
+    assert restored.keys() >= masters.keys()
+    assert all(torch.equal(restored[k], masters[k].to(restored[k].device)) for k in masters)
+    assert not changed(fresh.state_dict(), served_after)
