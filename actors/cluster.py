@@ -8,6 +8,7 @@ sizes are checked against the cluster before anything starts.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -50,6 +51,17 @@ def actor_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return {**ACTOR_ENV, **{name: environ[name] for name in PASSTHROUGH_ENV if environ.get(name)}}
 
 
+def env_missing_from_job(job_config_json: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Inside a Ray Job: the variables of actor_env() that the job's runtime_env does not set.
+
+    Ray merges ray.init's runtime_env into the job's and refuses (ValueError) any variable both set,
+    even to the same value; a job submitted by `eva submit` carries all of actor_env() already, one
+    from a RayJob manifest or a plain `ray job submit` may carry some or none. Passing only the
+    missing ones gives every actor all of them either way."""
+    job_env = (json.loads(job_config_json).get("runtime_env") or {}).get("env_vars") or {}
+    return {k: v for k, v in actor_env(environ).items() if k not in job_env}
+
+
 class ClusterError(RuntimeError):
     """The cluster cannot host the run as configured (the message says what to change)."""
 
@@ -62,10 +74,13 @@ def init_ray(cfg: RunConfig) -> None:
     kwargs: dict[str, Any] = dict(
         runtime_env={"env_vars": actor_env()}, log_to_driver=False, configure_logging=True, logging_level="WARNING"
     )
-    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
-        # Inside a Ray Job (`eva submit`): the job's runtime_env already carries actor_env(), and Ray
-        # refuses to merge a second one that sets the same variables.
-        del kwargs["runtime_env"]
+    job_config = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if job_config:
+        missing = env_missing_from_job(job_config)
+        if missing:
+            kwargs["runtime_env"] = {"env_vars": missing}
+        else:
+            del kwargs["runtime_env"]
     if address:
         ray.init(address=address, **kwargs)
     else:  # "local": a fresh cluster, never silently joining one that `ray start` left running
