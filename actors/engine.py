@@ -2,8 +2,9 @@
 
 Why in-process: on CPU the in-process engine starts in ~4 s and keeps vLLM's thread binding inside
 this actor's process (DESIGN.md). Training never happens here: vLLM replaces torch.set_num_threads
-in its process. Every request carries its own seed, so outputs do not depend on batch composition,
-replica split or restarts.
+in its process. Every request carries its own seed (model.seeded_sampling, the default), so outputs do
+not depend on batch composition, replica split or restarts: exactly on CPU; on GPU batch composition
+still changes the numbers unless model.batch_invariant is on, and seeded rows cost throughput there.
 """
 
 from __future__ import annotations
@@ -82,9 +83,11 @@ def exit_on_fatal(call: str, exit: Callable[[int], Any] = os._exit):
         raise  # only when `exit` returns (tests)
 
 
-def configure_engine_env(workdir: str | Path, kv_cache_gib: int) -> None:
+def configure_engine_env(workdir: str | Path, kv_cache_gib: int, batch_invariant: bool = False) -> None:
     """Environment vLLM reads at import/start. Must run before `import vllm` in this process."""
     workdir = Path(workdir)
+    if batch_invariant:
+        os.environ["VLLM_BATCH_INVARIANT"] = "1"
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process engine (see module docstring)
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -95,6 +98,11 @@ def configure_engine_env(workdir: str | Path, kv_cache_gib: int) -> None:
 
 
 RAY_EXECUTOR: dict[str, Any] = {"distributed_executor_backend": "ray"}
+
+
+def eager_mode(model: ModelSection, on_cpu: bool) -> bool:
+    """model.enforce_eager, or by device when unset: eager on CPU, CUDA graphs on GPU."""
+    return on_cpu if model.enforce_eager is None else model.enforce_eager
 
 
 # vLLM on CPU cannot rewind a seeded request's torch.Generator ("CPU Generator does not use offset"),
@@ -117,7 +125,7 @@ class GenerationEngine:
     def __init__(
         self, model_path: str, model: ModelSection, workdir: str, seed: int = 0, weights_version: str = "start"
     ) -> None:
-        configure_engine_env(workdir, model.kv_cache_gib)
+        configure_engine_env(workdir, model.kv_cache_gib, model.batch_invariant)
         from vllm import LLM
         from vllm.platforms import current_platform
 
@@ -127,7 +135,7 @@ class GenerationEngine:
             model=model_path,
             dtype=model.dtype,
             max_model_len=model.max_model_len,
-            enforce_eager=model.enforce_eager,
+            enforce_eager=eager_mode(model, current_platform.is_cpu()),
             trust_remote_code=model.trust_remote_code,
             gpu_memory_utilization=model.gpu_memory_utilization,
             tensor_parallel_size=model.tensor_parallel_size,
@@ -140,6 +148,7 @@ class GenerationEngine:
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = model.max_model_len
         self.weights_version = weights_version
+        self.seeded = model.seeded_sampling
         self.start_seconds = time.perf_counter() - t0
         self.busy = BusyLog()
 
@@ -185,7 +194,13 @@ class GenerationEngine:
             return GenerationBatch((), 0.0, 0, 0)
         prompts = [self._fit(self.apply_chat_template(t) if chat else t, spec.max_tokens) for t in texts]
         params = [
-            SamplingParams(n=spec.n, temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_tokens, seed=s)
+            SamplingParams(
+                n=spec.n,
+                temperature=spec.temperature,
+                top_p=spec.top_p,
+                max_tokens=spec.max_tokens,
+                seed=s if self.seeded else None,
+            )
             for s in seeds
         ]
         t0 = time.perf_counter()

@@ -117,10 +117,25 @@ class ModelSection(_Section):
     trust_remote_code: bool = Field(
         False, description="Allow model code from the model folder. Off: it executes arbitrary code."
     )
-    enforce_eager: bool = Field(
+    enforce_eager: bool | None = Field(
+        None,
+        description="vLLM eager mode (no torch.compile, no CUDA graphs). None: eager on CPU (starts in seconds; "
+        "compiled is faster but takes 15-50 s to start there), compiled with CUDA graphs on GPU (rollouts are "
+        "most of a run's cost).",
+    )
+    seeded_sampling: bool = Field(
         True,
-        description="vLLM eager mode (no torch.compile): starts in seconds; compiled is faster but slow to start "
-        "on CPU.",
+        description="Give every generation request its own seed (derived from run.seed, the stage, the iteration "
+        "and the prompt), so responses do not depend on batch composition, the number of replicas or restarts, "
+        "and a resumed run reproduces an uninterrupted one. Exact on CPU; on GPU it also needs "
+        "model.batch_invariant. Costs GPU throughput: seeded requests skip FlashInfer's sampler and are sampled "
+        "row by row each step. False: one engine-wide random stream, fastest, not reproducible.",
+    )
+    batch_invariant: bool = Field(
+        False,
+        description="vLLM's batch-invariant kernels (VLLM_BATCH_INVARIANT=1): on GPU, a request's logits do not "
+        "depend on what else is in its batch, which exact reproducibility with seeded_sampling needs there. "
+        "Slower, and not every model or GPU supports it. No effect on CPU, whose results are batch-invariant.",
     )
     kv_cache_gib: int = Field(
         1,

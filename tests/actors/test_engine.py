@@ -233,3 +233,18 @@ def test_an_error_inside_generate_restarts_the_replica_and_the_batch_succeeds(ra
         assert time.monotonic() - t0 < 240
     finally:
         ray.kill(engine)
+
+
+def test_unseeded_sampling_is_not_reproducible_seeded_is(ray_session, tiny_model_path, tmp_path):
+    """model.seeded_sampling false (fast on GPU) gives up reproducibility: the same call twice differs;
+    with it (the default) the same call gives the same responses."""
+    ray = ray_session
+    model = ModelSection(path=tiny_model_path, dtype="float32", max_model_len=256, seeded_sampling=False)
+    engine = ray.remote(num_cpus=0.5)(GenerationEngine).remote(tiny_model_path, model, str(tmp_path))
+    try:
+        pool = EnginePool([engine], timeout_s=300)
+        first = pool.generate(["a", "b", "c"], TEXTS, [11, 22, 33], SPEC)
+        second = pool.generate(["a", "b", "c"], TEXTS, [11, 22, 33], SPEC)
+        assert first.generations != second.generations
+    finally:
+        ray.kill(engine)

@@ -370,3 +370,27 @@ def test_dockerfile_frees_uid_1000_before_creating_the_user() -> None:
     run = text[text.index('RUN if u="$(getent passwd 1000)"') : text.index("USER 1000:1000")]
     assert run.index("userdel") < run.index("useradd --create-home --uid 1000 --gid 1000 eva")
     assert run.index("groupdel") < run.index("groupadd --gid 1000 eva") < run.index("useradd --create-home")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_example_configs_run_compiled_bounded_and_resumable(path: Path) -> None:
+    """Issue 18: compiled engines, a round of a size that trains in hours (not days), gradient
+    checkpointing for the eager attention Gemma 2 needs, step checkpoints and a trainer Ray restarts."""
+    from actors.engine import eager_mode
+
+    cfg = load_config(path)
+    assert cfg.model.enforce_eager is False and eager_mode(cfg.model, on_cpu=False) is False
+    assert cfg.prompts.limit is not None and cfg.prompts.limit <= 10_000
+    assert cfg.solver.gradient_checkpointing and cfg.solver.checkpoint_steps
+    assert cfg.ray.trainer.max_restarts >= 1 and cfg.ray.train_step_timeout_s < cfg.ray.timeout_s
+
+
+def test_engines_are_eager_on_cpu_and_compiled_on_gpu_unless_told() -> None:
+    from actors.engine import eager_mode
+    from eva.config import ModelSection
+
+    assert ModelSection().enforce_eager is None
+    assert eager_mode(ModelSection(), on_cpu=True) is True
+    assert eager_mode(ModelSection(), on_cpu=False) is False
+    assert eager_mode(ModelSection(enforce_eager=True), on_cpu=False) is True
+    assert eager_mode(ModelSection(enforce_eager=False), on_cpu=True) is False
