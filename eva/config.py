@@ -532,7 +532,14 @@ class RewardSection(_Section):
         description="Judge engine dtype. float32 by default: bf16 logits are coarse (ties) and cost SmolLM2's judge ~5 "
         "points of accuracy.",
     )
-    batch_size: int = Field(16, ge=1, description="Scoring batch size (reward_model).")
+    batch_size: int = Field(16, ge=1, description="Most pairs in one reward-model forward (reward_model).")
+    batch_tokens: int = Field(
+        16384,
+        ge=16,
+        description="Token budget of one reward-model forward (reward_model): pairs are sorted by length and "
+        "batched while count x longest stays within it (and count within batch_size), so short pairs go in "
+        "large batches and little of a batch is padding.",
+    )
     max_length: int = Field(1024, ge=16, description="Max tokens a scorer reads of prompt + response.")
     components: tuple[ScorerSpec, ...] = Field(
         DEFAULT_REWARD_COMPONENTS,
