@@ -177,11 +177,12 @@ class PolicyTrainer:
         from transformers.trainer_callback import PrinterCallback
 
         checkpoints = checkpoint_dir if self.solver.checkpoint_steps else None
-        trainer = self._make_trainer(self._dataset(pairs), self._reference_model(), iteration, checkpoints)
+        trainer = self._make_trainer(self._dataset(pairs), self._reference_model(), iteration, checkpoints, pairs)
         trainer.remove_callback(PrinterCallback)
         if self.capture_reference:
             self._reference = _reference_weights(trainer)
-        resume_from = last_step_checkpoint(checkpoints, len(pairs)) if checkpoints else None
+        round_key = self.round_key(pairs, iteration)
+        resume_from = last_step_checkpoint(checkpoints, round_key) if checkpoints else None
         if resume_from is not None:
             print(f"[train it={iteration}] continuing from the step checkpoint {resume_from}", flush=True)
         t0 = time.perf_counter()
@@ -323,7 +324,25 @@ class PolicyTrainer:
         # transformers types decode as `str | list[str]` (no overloads); one list of ids decodes to a str
         return text if len(ids) <= limit else cast(str, self.tokenizer.decode(ids[-limit:]))
 
-    def _make_trainer(self, dataset, ref_model: torch.nn.Module | None, iteration: int, checkpoints: str | None):
+    def round_key(self, pairs: list[PreferencePair], iteration: int) -> str:
+        """What a step checkpoint belongs to: the iteration, the pairs and the solver settings (all but
+        checkpoint_steps). A checkpoint of another round (pairs redone, a setting changed with
+        --allow-change) is never resumed from."""
+        import hashlib
+        import json
+
+        solver = self.solver.model_dump(mode="json", exclude={"checkpoint_steps"})
+        body = [iteration, solver, [(p.prompt, p.chosen, p.rejected) for p in pairs]]
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+    def _make_trainer(
+        self,
+        dataset,
+        ref_model: torch.nn.Module | None,
+        iteration: int,
+        checkpoints: str | None,
+        pairs: list[PreferencePair] | None = None,
+    ):
         s = self.solver
         saving: dict[str, Any] = (
             dict(save_strategy="steps", save_steps=s.checkpoint_steps, save_total_limit=1)
@@ -386,7 +405,7 @@ class PolicyTrainer:
         torch.manual_seed(derive_seed(self.seed, "lora", iteration))
         callbacks = [_step_logger(iteration, self._progress)]
         if checkpoints:
-            callbacks.append(_checkpoint_marker(len(dataset)))
+            callbacks.append(_checkpoint_marker(self.round_key(pairs or [], iteration)))
         return getattr(trl, trainer_class)(args=args, callbacks=callbacks, **kwargs)
 
     def _finish(self, trainer) -> PreTrainedModel:
@@ -592,20 +611,20 @@ def _step_of(checkpoint: str) -> int:
     return int(Path(checkpoint).name.rsplit("-", 1)[1])
 
 
-def last_step_checkpoint(folder: str | Path, num_pairs: int) -> str | None:
-    """The latest complete step checkpoint in `folder` of a round on `num_pairs` pairs, or None."""
+def last_step_checkpoint(folder: str | Path, round_key: str) -> str | None:
+    """The latest complete step checkpoint in `folder` of the round `round_key` names, or None."""
     import json
 
     found = []
     for path in Path(folder).glob("checkpoint-*"):
         marker = path / CHECKPOINT_MARKER
         if path.name.rsplit("-", 1)[1].isdigit() and marker.is_file():
-            if json.loads(marker.read_text()).get("num_pairs") == num_pairs:
+            if json.loads(marker.read_text()).get("round") == round_key:
                 found.append(str(path))
     return max(found, key=_step_of, default=None)
 
 
-def _checkpoint_marker(num_pairs: int):
+def _checkpoint_marker(round_key: str):
     """A callback that marks each step checkpoint complete once transformers has written it."""
     import json
 
@@ -616,7 +635,7 @@ def _checkpoint_marker(num_pairs: int):
     class Marker(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            body = json.dumps({"num_pairs": num_pairs, "step": state.global_step, "max_steps": state.max_steps})
+            body = json.dumps({"round": round_key, "step": state.global_step, "max_steps": state.max_steps})
             atomic_write_text(folder / CHECKPOINT_MARKER, body)
 
     return Marker()

@@ -370,13 +370,16 @@ def test_a_round_resumed_from_a_step_checkpoint_ends_where_an_uninterrupted_roun
     while ray.get(actor.progress.remote(), timeout=60)[0] < 5:
         assert time.monotonic() < deadline and not ray.wait([ref], timeout=0.05)[0], "the round ended too soon"
     ray.kill(actor)  # a crash in the middle of the round
-    at = last_step_checkpoint(folder, len(pairs))
+    resumed = make(tiny_model_path, tmp_path / "resumed", **args)
+    at = last_step_checkpoint(folder, resumed.round_key(pairs, 1))
     assert at is not None and (Path(at) / CHECKPOINT_MARKER).is_file()
     step = int(at.rsplit("-", 1)[1])
     assert 4 <= step < 12 and step % 2 == 0
-    assert last_step_checkpoint(folder, len(pairs) + 1) is None  # a round on other pairs never resumes from it
-
-    resumed = make(tiny_model_path, tmp_path / "resumed", **args)
+    # a round on other pairs, of another iteration, or with another setting never resumes from it
+    assert last_step_checkpoint(folder, resumed.round_key(pairs[:-1], 1)) is None
+    assert last_step_checkpoint(folder, resumed.round_key(pairs, 2)) is None
+    other = make(tiny_model_path, tmp_path / "other", **{**args, "learning_rate": 2e-2})
+    assert last_step_checkpoint(folder, other.round_key(pairs, 1)) is None
     got = resumed.train(pairs, iteration=1, checkpoint_dir=str(folder))
     assert got["resumed_at_step"] == step and got["steps"] == 12
     assert got["losses"] == expected["losses"]  # the steps before the crash come from the checkpoint's history
