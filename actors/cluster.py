@@ -8,9 +8,10 @@ sizes are checked against the cluster before anything starts.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,17 @@ def actor_env(environ: Mapping[str, str] | None = None, hub: bool = False) -> di
     return env
 
 
+def env_missing_from_job(job_config_json: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Inside a Ray Job: the variables of actor_env() that the job's runtime_env does not set.
+
+    Ray merges ray.init's runtime_env into the job's and refuses (ValueError) any variable both set,
+    even to the same value; a job submitted by `eva submit` carries all of actor_env() already, one
+    from a RayJob manifest or a plain `ray job submit` may carry some or none. Passing only the
+    missing ones gives every actor all of them either way."""
+    job_env = (json.loads(job_config_json).get("runtime_env") or {}).get("env_vars") or {}
+    return {k: v for k, v in actor_env(environ).items() if k not in job_env}
+
+
 class ClusterError(RuntimeError):
     """The cluster cannot host the run as configured (the message says what to change)."""
 
@@ -79,10 +91,13 @@ def init_ray(cfg: RunConfig) -> None:
         configure_logging=True,
         logging_level="WARNING",
     )
-    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
-        # Inside a Ray Job (`eva submit`): the job's runtime_env already carries actor_env(), and Ray
-        # refuses to merge a second one that sets the same variables.
-        del kwargs["runtime_env"]
+    job_config = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if job_config:
+        missing = env_missing_from_job(job_config)
+        if missing:
+            kwargs["runtime_env"] = {"env_vars": missing}
+        else:
+            del kwargs["runtime_env"]
     if address:
         ray.init(address=address, **kwargs)
     else:  # "local": a fresh cluster, never silently joining one that `ray start` left running
@@ -153,24 +168,69 @@ def _engine_placement(res: ActorResources, tensor_parallel: int, strategy: str, 
 
 
 def _engines(cls, res: ActorResources, groups: list, tensor_parallel: int, args: tuple) -> list:
-    """One engine actor per replica: bundle i of the one group (TP 1), or bundle 0 of group i, asking
-    no GPU itself and capturing its child tasks, so vLLM's rank workers land in the group (TP > 1)."""
+    """One engine actor per replica, all created at once (see `_engine_options`)."""
+    return [_remote(cls, res, **options).remote(*args) for options in _engine_options(res, groups, tensor_parallel)]
+
+
+def _engine_options(res: ActorResources, groups: list, tensor_parallel: int) -> list[dict[str, Any]]:
+    """Ray options of each engine replica: bundle i of the one group (TP 1), or bundle 0 of group i,
+    asking no GPU itself and capturing its child tasks, so vLLM's rank workers land in the group (TP > 1)."""
     if tensor_parallel == 1:
-        where = [
-            PlacementGroupSchedulingStrategy(groups[0], placement_group_bundle_index=i) for i in range(res.replicas)
+        return [
+            {"scheduling_strategy": PlacementGroupSchedulingStrategy(groups[0], placement_group_bundle_index=i)}
+            for i in range(res.replicas)
         ]
-        return [_remote(cls, res, scheduling_strategy=w).remote(*args) for w in where]
     return [
-        _remote(
-            cls,
-            res,
-            num_gpus=0,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(
+        {
+            "num_gpus": 0,
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(
                 g, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
             ),
-        ).remote(*args)
+        }
         for g in groups
     ]
+
+
+def shares_gpu(res: ActorResources, tensor_parallel: int = 1) -> bool:
+    """Whether an actor may share its GPU with another: a fraction of one (Ray packs fractions onto
+    one card). A tensor-parallel engine's ranks take whole GPUs."""
+    return tensor_parallel == 1 and 0 < res.num_gpus < 1
+
+
+@dataclass
+class Launch:
+    """One actor to start: `create()` makes it, `ready(handle)` is the call to wait on (an ObjectRef)."""
+
+    create: Callable[[], Any]
+    ready: Callable[[Any], Any]
+    shares_gpu: bool
+
+
+def launch(launches: list[Launch], timeout_s: float) -> list:
+    """Start the actors, return their handles once every one is up (in order of `launches`).
+
+    Actors that may share a GPU start one after another, each up before the next is created: vLLM
+    sizes its KV cache from the device's free memory, measured before and after it profiles, so a
+    neighbour's weights landing in that window are charged to it (start-up fails with "No available
+    memory for the cache blocks", or the cache silently shrinks, depending on timing). The others
+    start all at once, meanwhile. On any failure every actor created here is killed."""
+    handles: list = []
+    try:
+        together = [(i, item) for i, item in enumerate(launches) if not item.shares_gpu]
+        made = {i: item.create() for i, item in together}
+        waits = [item.ready(made[i]) for i, item in together]
+        handles.extend(made.values())
+        for i, item in enumerate(launches):
+            if item.shares_gpu:
+                made[i] = item.create()
+                handles.append(made[i])
+                ray.get(item.ready(made[i]), timeout=timeout_s)
+        ray.get(waits, timeout=timeout_s)
+    except Exception:
+        for handle in handles:
+            ray.kill(handle)
+        raise
+    return [made[i] for i in range(len(launches))]
 
 
 def _remote(cls, res: ActorResources, **options):
@@ -224,76 +284,124 @@ def workdir_for(cfg: RunConfig) -> str:
 def start_actors(cfg: RunConfig, policy_path: str, initial_path: str, start_iteration: int = 0) -> Actors:
     """Create every actor and wait until all are up (the slow part is importing vLLM).
 
+    Every actor gets a placement group first (engines: `engine_bundles`; reward and trainer: one
+    bundle each), all of them reserved within `ray.placement_timeout_s` or the run stops saying what
+    did not fit, instead of an actor waiting unplaced for `ray.timeout_s`. Actors that may share a
+    GPU start one after another (`launch`).
+
     `policy_path` holds the policy of iteration `start_iteration`: the engines serve it labelled
     policy-<t> (actors.pool) and the trainer knows which iteration it holds."""
     from actors.reward import RewardActor  # heavy imports (transformers, trl) only when starting a run
     from actors.trainer import PolicyTrainer
 
     own_creator = cfg.creator.model != "policy"
+    has_reward = SCORER_KINDS[cfg.reward.kind].actor  # a task grader is pure code: no process to hold it
     _check_fits(cfg, own_creator)
     work = workdir_for(cfg)
     timeout = cfg.ray.timeout_s
     wait_pg = min(timeout, cfg.ray.placement_timeout_s)
     tp = cfg.model.tensor_parallel_size
-    groups = _engine_placement(cfg.ray.engine, tp, cfg.ray.placement, wait_pg, "engine")
+    wanted = [("engine", cfg.ray.engine, tp, cfg.ray.placement)]
+    if own_creator:
+        wanted.append(("creator", cfg.ray.creator, tp, cfg.ray.placement))
+    if has_reward:
+        wanted.append(("reward", cfg.ray.reward, 1, "PACK"))
+    wanted.append(("trainer", cfg.ray.trainer, 1, "PACK"))
+    groups: dict[str, list] = {}
+    try:
+        for what, res, k, strategy in wanted:
+            groups[what] = _engine_placement(res, k, strategy, wait_pg, what)
+    except ClusterError:
+        for made in groups.values():
+            for group in made:
+                remove_placement_group(group)
+        raise
+
     version = f"policy-{start_iteration}"
-    engines = _engines(
-        GenerationEngine, cfg.ray.engine, groups, tp, (policy_path, cfg.model, work, cfg.run.seed, version)
-    )
-    policy = EnginePool(engines, timeout, cfg.ray.retries, version=version)
+    launches = [
+        _engine_launch(cfg.ray.engine, options, tp, (policy_path, cfg.model, work, cfg.run.seed, version))
+        for options in _engine_options(cfg.ray.engine, groups["engine"], tp)
+    ]
     if own_creator:
         creator_path = initial_path if cfg.creator.model == "initial" else resolve_model_path(cfg.creator.model)
-        try:
-            creator_groups = _engine_placement(cfg.ray.creator, tp, cfg.ray.placement, wait_pg, "creator")
-        except ClusterError:
-            for group in groups:
-                remove_placement_group(group)
-            raise
-        groups += creator_groups
-        engines = _engines(
-            GenerationEngine,
-            cfg.ray.creator,
-            creator_groups,
-            tp,
-            (creator_path, cfg.model, work, cfg.run.seed, "creator"),
+        launches += [
+            _engine_launch(cfg.ray.creator, options, tp, (creator_path, cfg.model, work, cfg.run.seed, "creator"))
+            for options in _engine_options(cfg.ray.creator, groups["creator"], tp)
+        ]
+    if has_reward:
+        reward_actor = _remote(RewardActor, cfg.ray.reward, scheduling_strategy=_in(groups["reward"]))
+        launches.append(
+            Launch(
+                lambda: reward_actor.remote(
+                    cfg.reward, initial_path, work, trust_remote_code=cfg.model.trust_remote_code
+                ),
+                lambda h: h.info.remote(),
+                shares_gpu(cfg.ray.reward),
+            )
         )
-        creator_engines = EnginePool(engines, timeout, cfg.ray.retries, version="creator")
-    else:
-        creator_engines = policy  # the creator generates with the policy's engines
-    reward = None  # a task grader is pure code: no process to hold it (eva.scorers, `actor`)
-    if SCORER_KINDS[cfg.reward.kind].actor:
-        reward = _remote(RewardActor, cfg.ray.reward).remote(
-            cfg.reward, initial_path, work, trust_remote_code=cfg.model.trust_remote_code
-        )
-    trainer = _remote(
-        PolicyTrainer, cfg.ray.trainer, max_concurrency=2
-    ).remote(  # 2: progress() answers while train() runs
-        policy_path,
-        initial_path,
-        cfg.solver,
-        cfg.model.dtype,
-        work,
-        cfg.run.seed,
-        threads=cfg.ray.trainer.threads,
-        iteration=start_iteration,
-        trust_remote_code=cfg.model.trust_remote_code,
+    trainer_actor = _remote(  # max_concurrency 2: progress() answers while train() runs
+        PolicyTrainer, cfg.ray.trainer, max_concurrency=2, scheduling_strategy=_in(groups["trainer"])
     )
-    actors = Actors(policy, creator_engines, reward, trainer, groups)
+    launches.append(
+        Launch(
+            lambda: trainer_actor.remote(
+                policy_path,
+                initial_path,
+                cfg.solver,
+                cfg.model.dtype,
+                work,
+                cfg.run.seed,
+                threads=cfg.ray.trainer.threads,
+                iteration=start_iteration,
+                trust_remote_code=cfg.model.trust_remote_code,
+            ),
+            lambda h: h.ready.remote(),
+            shares_gpu(cfg.ray.trainer),
+        )
+    )
+    all_groups = [g for made in groups.values() for g in made]
+    try:
+        handles = launch(launches, timeout)
+    except Exception:
+        for group in all_groups:
+            remove_placement_group(group)
+        raise
+    n_policy, n_creator = cfg.ray.engine.replicas, cfg.ray.creator.replicas if own_creator else 0
+    restart = cfg.ray.restart_timeout_s
+    policy = EnginePool(handles[:n_policy], timeout, cfg.ray.retries, version=version, restart_timeout_s=restart)
+    creator_engines = (
+        EnginePool(
+            handles[n_policy : n_policy + n_creator], timeout, cfg.ray.retries, "creator", restart_timeout_s=restart
+        )
+        if own_creator
+        else policy  # the creator generates with the policy's engines
+    )
+    reward = handles[-2] if has_reward else None
+    trainer = handles[-1]
+    actors = Actors(policy, creator_engines, reward, trainer, all_groups)
     kinds = {
         "engine": policy.engines,
         "creator_engine": creator_engines.engines if own_creator else [],
         "reward": actors._scorers(),
         "trainer": [trainer],
     }
-    pending = {kind: [_node_of(h) for h in handles] for kind, handles in kinds.items()}
     try:
-        ray.get([e.ready.remote() for e in {*policy.engines, *creator_engines.engines}], timeout=timeout)
-        ray.get([*(s.info.remote() for s in actors._scorers()), trainer.ready.remote()], timeout=timeout)
+        pending = {kind: [_node_of(h) for h in handles] for kind, handles in kinds.items()}
         actors.nodes = {kind: ray.get(refs, timeout=timeout) for kind, refs in pending.items() if refs}
     except Exception:
         actors.shutdown()
         raise
     return actors
+
+
+def _in(groups: list) -> PlacementGroupSchedulingStrategy:
+    """Bundle 0 of the first of `groups` (a one-bundle group of its own)."""
+    return PlacementGroupSchedulingStrategy(groups[0], placement_group_bundle_index=0)
+
+
+def _engine_launch(res: ActorResources, options: dict[str, Any], tensor_parallel: int, args: tuple) -> Launch:
+    actor = _remote(GenerationEngine, res, **options)
+    return Launch(lambda: actor.remote(*args), lambda h: h.ready.remote(), shares_gpu(res, tensor_parallel))
 
 
 def _node_of(handle):

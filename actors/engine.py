@@ -2,16 +2,20 @@
 
 Why in-process: on CPU the in-process engine starts in ~4 s and keeps vLLM's thread binding inside
 this actor's process (DESIGN.md). Training never happens here: vLLM replaces torch.set_num_threads
-in its process. Every request carries its own seed, so outputs do not depend on batch composition,
-replica split or restarts.
+in its process. Every request carries its own seed (model.seeded_sampling, the default), so outputs do
+not depend on batch composition, replica split or restarts: exactly on CPU; on GPU batch composition
+still changes the numbers unless model.batch_invariant is on, and seeded rows cost throughput there.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 import time
-from collections.abc import Iterable, Mapping
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,9 +51,44 @@ class StaleWeightsError(RuntimeError):
     with the weights it was started with, or a weight push never reached it."""
 
 
-def configure_engine_env(workdir: str | Path) -> None:
+# Exit status of an engine that ended itself after a fatal error (`exit_on_fatal`), for its Ray log.
+EXIT_FATAL = 70
+
+
+@contextmanager
+def exit_on_fatal(call: str, exit: Callable[[int], Any] = os._exit):
+    """Run an engine call; if it fails in a way that leaves the engine unusable, end the process.
+
+    A CUDA OOM inside vLLM, a dead tensor-parallel rank or a half-finished weight reload leave the
+    process alive with an engine that fails (or answers wrongly) from then on; Ray sees an
+    application error and neither retries nor restarts. Ending the process turns it into an actor
+    crash: Ray restarts the actor (`ray.<engine>.max_restarts`) with its start weights and label, and
+    actors.pool sends the batch again (the current weights first). A bad request (ValueError,
+    TypeError: vLLM refuses it before running it) leaves the engine fine and is raised as is.
+    `exit` is os._exit: an intended exit (ray.actor.exit_actor) is never restarted.
+    """
+    try:
+        yield
+    except (ValueError, TypeError):
+        raise
+    except Exception as e:
+        print(
+            f"eva engine (pid {os.getpid()}): {call} failed with {type(e).__name__}: {e}; the engine is unusable, "
+            f"exiting ({EXIT_FATAL}) so that Ray restarts it",
+            file=sys.stderr,
+            flush=True,
+        )
+        traceback.print_exc(file=sys.stderr)
+        sys.stderr.flush()
+        exit(EXIT_FATAL)
+        raise  # only when `exit` returns (tests)
+
+
+def configure_engine_env(workdir: str | Path, batch_invariant: bool = False) -> None:
     """Environment vLLM reads at import/start. Must run before `import vllm` in this process."""
     workdir = Path(workdir)
+    if batch_invariant:
+        os.environ["VLLM_BATCH_INVARIANT"] = "1"
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process engine (see module docstring)
     # vLLM's legacy whole-GiB setting overrides kv_cache_memory_bytes on CPU: the config sizes the cache
     os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
@@ -98,6 +137,11 @@ def kv_bytes_per_token(model_path: str, dtype: str, trust_remote_code: bool = Fa
     return 2 * cfg.num_hidden_layers * kv_heads * head_dim * DTYPE_BYTES[dtype]
 
 
+def eager_mode(model: ModelSection, on_cpu: bool) -> bool:
+    """model.enforce_eager, or by device when unset: eager on CPU, CUDA graphs on GPU."""
+    return on_cpu if model.enforce_eager is None else model.enforce_eager
+
+
 # vLLM on CPU cannot rewind a seeded request's torch.Generator ("CPU Generator does not use offset"),
 # which chunked prefill does whenever a step's token budget cuts a prompt: a generate call whose
 # prompts exceed the budget (a few hundred prompts) then crashes. Without chunked prefill every
@@ -118,7 +162,7 @@ class GenerationEngine:
     def __init__(
         self, model_path: str, model: ModelSection, workdir: str, seed: int = 0, weights_version: str = "start"
     ) -> None:
-        configure_engine_env(workdir)
+        configure_engine_env(workdir, model.batch_invariant)
         from vllm import LLM
         from vllm.platforms import current_platform
 
@@ -131,7 +175,7 @@ class GenerationEngine:
             model=model_path,
             dtype=model.dtype,
             max_model_len=model.max_model_len,
-            enforce_eager=model.enforce_eager,
+            enforce_eager=eager_mode(model, current_platform.is_cpu()),
             trust_remote_code=model.trust_remote_code,
             gpu_memory_utilization=model.gpu_memory_utilization,
             tensor_parallel_size=model.tensor_parallel_size,
@@ -145,6 +189,7 @@ class GenerationEngine:
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = model.max_model_len
         self.weights_version = weights_version
+        self.seeded = model.seeded_sampling
         self.start_seconds = time.perf_counter() - t0
         self.busy = BusyLog()
 
@@ -194,11 +239,17 @@ class GenerationEngine:
             return GenerationBatch((), 0.0, 0, 0)
         prompts = [self._fit(self.apply_chat_template(t) if chat else t, spec.max_tokens) for t in texts]
         params = [
-            SamplingParams(n=spec.n, temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_tokens, seed=s)
+            SamplingParams(
+                n=spec.n,
+                temperature=spec.temperature,
+                top_p=spec.top_p,
+                max_tokens=spec.max_tokens,
+                seed=s if self.seeded else None,
+            )
             for s in seeds
         ]
         t0 = time.perf_counter()
-        with self.busy.span("generate"):
+        with self.busy.span("generate"), exit_on_fatal("generate"):
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
         seconds = time.perf_counter() - t0
         generations = tuple(
@@ -231,11 +282,27 @@ class GenerationEngine:
         if not prompts:
             return []
         params = SamplingParams(n=1, temperature=0.0, max_tokens=1, logprobs=top_k)
-        outputs = self.llm.generate([self._fit(p, 1) for p in prompts], params, use_tqdm=False)
+        with exit_on_fatal("next_token_logprobs"):
+            outputs = self.llm.generate([self._fit(p, 1) for p in prompts], params, use_tqdm=False)
         result = []
         for out in outputs:
             top = out.outputs[0].logprobs[0] if out.outputs[0].logprobs else {}
             result.append({lp.decoded_token: lp.logprob for lp in top.values() if lp.decoded_token is not None})
+        return result
+
+    def sequence_logprobs(self, token_ids: list[list[int]]) -> list[list[float]]:
+        """log p(token_i | tokens before it) for i >= 1 of each token sequence, as the engine computes
+        it (vLLM prompt_logprobs): what the trainer's log-probs must match (actors.trainer)."""
+        from vllm import SamplingParams, TokensPrompt
+
+        params = SamplingParams(n=1, temperature=0.0, max_tokens=1, prompt_logprobs=0)
+        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in token_ids]
+        with exit_on_fatal("sequence_logprobs"):
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        result = []
+        for out, ids in zip(outputs, token_ids, strict=True):
+            steps: Any = out.prompt_logprobs  # position 0 has none: nothing comes before it
+            result.append([steps[i][token].logprob for i, token in enumerate(ids) if i > 0])
         return result
 
     def update_weights(
@@ -250,8 +317,9 @@ class GenerationEngine:
         """
         t0 = time.perf_counter()
         items = list(weights.items()) if isinstance(weights, Mapping) else list(weights)
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items, "is_checkpoint_format": True})
-        self._after_reload()
+        with exit_on_fatal("update_weights"):  # a reload that failed midway leaves a mix of two policies
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items, "is_checkpoint_format": True})
+            self._after_reload()
         if version is not None:
             self.weights_version = version
         return time.perf_counter() - t0
@@ -259,8 +327,9 @@ class GenerationEngine:
     def load_weights_from_path(self, path: str, version: str | None = None) -> float:
         """Fallback weight sync: reload from a saved safetensors folder (e.g. the committed policy)."""
         t0 = time.perf_counter()
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path, "is_checkpoint_format": True})
-        self._after_reload()
+        with exit_on_fatal("load_weights_from_path"):
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path, "is_checkpoint_format": True})
+            self._after_reload()
         self.model_path = path
         if version is not None:
             self.weights_version = version

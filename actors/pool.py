@@ -63,6 +63,7 @@ class EnginePool:
     timeout_s: float
     retries: int = 2  # resubmissions of a failed chunk before the call fails
     version: str | None = None  # label of the weights every replica must serve (None: unchecked)
+    restart_timeout_s: float = 600.0  # longest wait for a replica Ray restarts before using the next one
     # the weights of `version` (ObjectRef or path); None: the start weights
     _weights: object = field(default=None, repr=False)
 
@@ -103,9 +104,12 @@ class EnginePool:
             except (StaleWeightsError, *LOST) as e:
                 if attempt == self.retries:
                     raise
-                if isinstance(e, ActorUnavailableError):  # restarting: it comes back, with its start weights
-                    wait_until_available(self.engines[engine], self.timeout_s)
-                elif not isinstance(e, StaleWeightsError):  # dead, or its node is: the next replica
+                # crashed (or ended itself after a fatal engine error, actors.engine.exit_on_fatal): Ray
+                # restarts it with its start weights when it has restarts left; wait for that, bounded,
+                # else (dead for good, its node lost) the next replica takes the chunk
+                if not isinstance(e, StaleWeightsError) and not wait_until_available(
+                    self.engines[engine], self.restart_timeout_s
+                ):
                     engine = (engine + 1) % len(self.engines)
                 line = (
                     f"engine replica {chunk.engine} failed on a batch of {len(chunk.args[0])} prompts "

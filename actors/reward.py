@@ -129,12 +129,15 @@ class JudgeScorer(Scorer):
         """For each pair, the next-token logprob of every label token (in template label order)."""
         from vllm import SamplingParams
 
+        from actors.engine import exit_on_fatal
+
         _check_pairs(prompts, responses)
         if not prompts:
             return []
         params = SamplingParams(n=1, temperature=0.0, max_tokens=1, logprob_token_ids=self.token_ids)
         texts = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
-        outputs = self.engine.llm.generate(texts, params, use_tqdm=False)
+        with exit_on_fatal("judge"):  # a CUDA OOM leaves the engine unusable: Ray restarts the reward actor
+            outputs = self.engine.llm.generate(texts, params, use_tqdm=False)
         rows = []
         for out in outputs:
             step = out.outputs[0].logprobs[0] if out.outputs and out.outputs[0].logprobs else {}
@@ -203,6 +206,22 @@ def reward_values(output: Any, n: int) -> Any:
     raise ModelError(f"reward model gives {values.shape[1]} values per pair in `{what}`; expected 1 (or 2 logits)")
 
 
+def token_budget_batches(lengths: Sequence[int], budget: int, max_count: int) -> list[list[int]]:
+    """Indices of `lengths` grouped into batches, longest first: each batch holds items of similar
+    length, at most `max_count` of them, and (count x its longest) padded tokens within `budget`
+    (a single item longer than the budget gets a batch of its own)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        current = batches[-1] if batches else None
+        # sorted longest first: the batch's first item is its longest
+        if current and len(current) < max_count and (len(current) + 1) * lengths[current[0]] <= budget:
+            current.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 class RewardModelScorer(Scorer):
     """Any HF sequence-classification reward model (Skywork-Reward, ArmoRM-style custom heads).
 
@@ -229,9 +248,12 @@ class RewardModelScorer(Scorer):
         trust_remote_code: bool = False,
         device: str | None = None,
         field: str = "reward.model",
+        batch_tokens: int = 16384,
     ) -> None:
         check_reward_model(model_path, trust_remote_code, field)
         self.model_path, self.max_length = model_path, max_length
+        self.batch_tokens = batch_tokens
+        self._overhead: int | None = None  # tokens of the chat template around an empty pair
         self.device = device or assigned_device()
         self.tokenizer, self.model = _load_hf(
             model_path, "reward_model", threads, trust_remote_code=trust_remote_code, device=self.device
@@ -248,29 +270,46 @@ class RewardModelScorer(Scorer):
         turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         return self.tokenizer.apply_chat_template(turns, tokenize=False)
 
-    def _encode(self, prompts: list[str], responses: list[str]) -> Any:
+    def _encode(self, prompt: str, response: str) -> dict[str, list[int]]:
+        """The model inputs of one pair (input_ids, and token_type_ids where the tokenizer makes them),
+        at most `max_length` tokens; tokenized once when the pair fits (a pair too long is clipped and
+        tokenized again)."""
         tok = self.tokenizer
-        common = dict(truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
-        if not tok.chat_template:
-            return tok(prompts, responses, **common)
-        # Clip the contents, not the rendered text: cutting the end would drop the assistant turn.
-        overhead = len(tok.encode(self._chat("", ""), add_special_tokens=False))
-        budget = max(8, self.max_length - overhead)
-        texts = [self._chat(*_clip_pair(tok, p, r, budget)) for p, r in zip(prompts, responses, strict=True)]
-        return tok(texts, add_special_tokens=False, **common)
+        if not tok.chat_template:  # a (prompt, response) text pair, e.g. a BERT classifier
+            encoded = tok(prompt, response, truncation=True, max_length=self.max_length)
+            return {k: list(encoded[k]) for k in ("input_ids", "token_type_ids") if k in encoded}
+        ids = tok.encode(self._chat(prompt, response), add_special_tokens=False)
+        if len(ids) > self.max_length:
+            # Clip the contents, not the rendered text: cutting the end would drop the assistant turn.
+            if self._overhead is None:
+                self._overhead = len(tok.encode(self._chat("", ""), add_special_tokens=False))
+            budget = max(8, self.max_length - self._overhead)
+            clipped = self._chat(*_clip_pair(tok, prompt, response, budget))
+            ids = tok.encode(clipped, add_special_tokens=False)[: self.max_length]
+        return {"input_ids": ids}
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        """Pairs sorted by length and batched up to `batch_tokens` padded tokens (and `batch_size`
+        pairs), so a batch holds pairs of similar length and little padding; scores in input order."""
         import torch
 
         _check_pairs(prompts, responses)
-        out: list[float] = []
+        pairs = [self._encode(p, r) for p, r in zip(prompts, responses, strict=True)]
+        lengths = [len(x["input_ids"]) for x in pairs]
+        out = [math.nan] * len(pairs)
+        pads = {"input_ids": self.tokenizer.pad_token_id, "token_type_ids": 0}
         with torch.inference_mode():
-            for i in range(0, len(prompts), self.batch_size):
-                batch = self._encode(prompts[i : i + self.batch_size], responses[i : i + self.batch_size]).to(
-                    self.device
-                )
-                raw = reward_values(self.model(**batch), batch["input_ids"].shape[0])
-                out.extend(_finite_or_nan(float(x)) for x in raw.cpu())
+            for batch in token_budget_batches(lengths, self.batch_tokens, self.batch_size):
+                width = lengths[batch[0]]  # longest first
+                inputs = {k: torch.full((len(batch), width), pads[k], dtype=torch.long) for k in pairs[batch[0]]}
+                inputs["attention_mask"] = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, i in enumerate(batch):  # right padding: built-in classes read the last non-pad token
+                    for key, values in pairs[i].items():
+                        inputs[key][row, : lengths[i]] = torch.tensor(values)
+                    inputs["attention_mask"][row, : lengths[i]] = 1
+                output = self.model(**{k: v.to(self.device) for k, v in inputs.items()})
+                for i, x in zip(batch, reward_values(output, len(batch)).cpu(), strict=True):
+                    out[i] = _finite_or_nan(float(x))
         return out
 
     def describe(self) -> str:
@@ -449,7 +488,12 @@ def build_scorer(
             return JudgeScorer(engines[path], spec.judge_template or reward.judge_template, reward.max_length)
         if spec.kind == RewardModelScorer.name:  # eva.config refuses `initial` here: a causal LM is no reward model
             return RewardModelScorer(
-                path, reward.batch_size, reward.max_length, trust_remote_code=trust_remote_code, field=field
+                path,
+                reward.batch_size,
+                reward.max_length,
+                trust_remote_code=trust_remote_code,
+                field=field,
+                batch_tokens=reward.batch_tokens,
             )
         if spec.kind == RelevanceScorer.name:
             return RelevanceScorer(path)

@@ -21,16 +21,17 @@ log = logging.getLogger("eva.rollout")
 
 
 def score_with_retries(
-    reward, prompts: list[str], responses: list[str], retries: int, timeout_s: float
+    reward, prompts: list[str], responses: list[str], retries: int, timeout_s: float, restart_timeout_s: float
 ) -> tuple[list[float], list[str]]:
     """The reward actor's scores, asking again (up to `retries` times) if the actor died: Ray
-    restarts it (`ray.reward.max_restarts`) with the same frozen models, so the scores are the same."""
+    restarts it (`ray.reward.max_restarts`; waited for up to `restart_timeout_s`) with the same
+    frozen models, so the scores are the same."""
     lines: list[str] = []
     for attempt in range(retries + 1):
         try:
             return ray.get(reward.score.remote(prompts, responses), timeout=timeout_s), lines
         except LOST as e:
-            if attempt == retries or not wait_until_available(reward, timeout_s):
+            if attempt == retries or not wait_until_available(reward, restart_timeout_s):
                 raise
             lines.append(
                 f"reward actor failed on a batch of {len(prompts)} responses ({type(e).__name__}); retry "
@@ -66,7 +67,12 @@ def rollout(
         rewards, retried = task_grade(flat_prompts, flat_responses), []
     elif flat_responses:
         rewards, retried = score_with_retries(
-            reward, [p.text for p in flat_prompts], flat_responses, engines.retries, timeout_s
+            reward,
+            [p.text for p in flat_prompts],
+            flat_responses,
+            engines.retries,
+            timeout_s,
+            engines.restart_timeout_s,
         )
     else:
         rewards, retried = [], []

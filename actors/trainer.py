@@ -18,9 +18,14 @@ Reference model (DESIGN.md gotcha: TRL's `ref_model=None` reloads the reference 
 An explicit module (not `precompute_ref_log_probs`) because it is the same code for every case and
 tests can read back exactly what TRL held (`reference_state`); it costs one frozen copy of the weights.
 
-After every round the policy is rounded to `dtype`, so the weights in memory are exactly the ones the
-engines serve and the checkpoint holds: an uninterrupted run and one resumed from policy/ continue from
-identical weights (the price: a round whose updates are below `dtype`'s resolution is lost).
+Master weights: the trainer keeps the policy's weights in fp32 across rounds and never rounds them;
+the engines and policy/model.safetensors get them rounded to `dtype`. Rounding after every round (as
+eva did before) drops every update below half a unit in the last place of `dtype` (bf16 at lr 5e-6:
+most of a LoRA delta). Full fine-tuning: the fp32 parameters are the masters. LoRA: the base layers
+hold the masters rounded to `dtype` (the base is pi_{t-1} as served, the reference of `previous`),
+and the fp32 masters of the adapted weights live in host memory (`_merge_lora`). `save` writes the
+masters to policy/master/ when `dtype` rounds them, so a resumed run continues from exactly the
+weights an uninterrupted one holds.
 """
 
 from __future__ import annotations
@@ -59,6 +64,9 @@ TRL_TRAINERS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
     "orpo": ("trl.experimental.orpo", "ORPOConfig", "ORPOTrainer", {"remove_unused_columns": False}),
 }
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# The fp32 master weights inside a saved policy folder (a subfolder: vLLM loads only the top level's
+# *.safetensors), written when `dtype` rounds them; the trainer alone reads it.
+MASTERS = "master/master.safetensors"
 
 
 class PolicyTrainer:
@@ -103,6 +111,8 @@ class PolicyTrainer:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.policy = self._load_model(policy_path)
+        self._masters: dict[str, torch.Tensor] = {}  # LoRA: fp32 masters of the adapted weights (_merge_lora)
+        self._load_masters(policy_path)
         # The iteration whose policy this actor holds (policy_path's). If Ray restarts the actor
         # (max_restarts) it comes back holding policy_path again, and calls that name a later
         # iteration fail instead of training on, saving or syncing the wrong policy.
@@ -123,18 +133,23 @@ class PolicyTrainer:
             "params": sum(p.numel() for p in self.policy.parameters()),
         }
 
-    def train(self, pairs: list[PreferencePair], iteration: int) -> dict[str, Any]:
+    def train(self, pairs: list[PreferencePair], iteration: int, checkpoint_dir: str | None = None) -> dict[str, Any]:
         """One round of preference optimization on `pairs`; returns metrics (losses, steps, seconds).
 
         An empty pair list trains nothing (steps 0). Each round gets a fresh optimizer and the seed
         `seed + iteration`, so a resumed run repeats the round exactly.
+
+        `checkpoint_dir` (with `solver.checkpoint_steps`): every that many optimizer steps the round
+        saves a step checkpoint there (weights, optimizer, scheduler, RNG states, data position;
+        the last one only), and a round started on a folder that holds one continues from it: the
+        same round, ending where an uninterrupted one ends. The folder belongs to this iteration.
         """
         self._expect(iteration - 1, "train")
         if not pairs:
             metrics = {"iteration": iteration, "loss_type": self.solver.loss_type, "num_pairs": 0, "steps": 0}
         else:
             with self.busy.span("train"):  # the whole round: dataset, TRL trainer, steps, rounding
-                metrics = self._train(pairs, iteration)
+                metrics = self._train(pairs, iteration, checkpoint_dir)
         if self.iteration is not None:  # tracking is on when the actor was told what it starts from
             self.iteration = iteration
         return metrics
@@ -159,15 +174,20 @@ class PolicyTrainer:
         """The training spans since the last call (actors.busy)."""
         return self.busy.drain()
 
-    def _train(self, pairs: list[PreferencePair], iteration: int) -> dict[str, Any]:
+    def _train(self, pairs: list[PreferencePair], iteration: int, checkpoint_dir: str | None) -> dict[str, Any]:
         from transformers.trainer_callback import PrinterCallback
 
-        trainer = self._make_trainer(self._dataset(pairs), self._reference_model(), iteration)
+        checkpoints = checkpoint_dir if self.solver.checkpoint_steps else None
+        trainer = self._make_trainer(self._dataset(pairs), self._reference_model(), iteration, checkpoints, pairs)
         trainer.remove_callback(PrinterCallback)
         if self.capture_reference:
             self._reference = _reference_weights(trainer)
+        round_key = self.round_key(pairs, iteration)
+        resume_from = last_step_checkpoint(checkpoints, round_key) if checkpoints else None
+        if resume_from is not None:
+            print(f"[train it={iteration}] continuing from the step checkpoint {resume_from}", flush=True)
         t0 = time.perf_counter()
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume_from)
         seconds = time.perf_counter() - t0
         metrics = _round_metrics(trainer.state.log_history, seconds)
         problem = _divergence(metrics["losses"], trainer.model)
@@ -181,6 +201,7 @@ class PolicyTrainer:
                 "`eva run --run-dir RUN_DIR --allow-change solver.learning_rate --set solver.learning_rate=...`"
             )
         metrics.update(iteration=iteration, loss_type=self.solver.loss_type, num_pairs=len(trainer.train_dataset))
+        metrics["resumed_at_step"] = _step_of(resume_from) if resume_from else 0
         # what TRL actually ran, for the record (and the tests): the trainer class and the loss's
         # arguments read back from its config, under TRL's names (SimPO's beta is CPOConfig.beta)
         trl_args = {name: getattr(trainer.args, name) for name in trl_arguments(self.solver)}
@@ -226,6 +247,11 @@ class PolicyTrainer:
                 self.policy.config.dtype = self.dtype
                 self.policy.config.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
+                if self.dtype != torch.float32:  # what resume continues from: the unrounded masters
+                    from safetensors.torch import save_file
+
+                    (tmp / MASTERS).parent.mkdir()
+                    save_file(self._masters_state(), str(tmp / MASTERS))
         finally:
             self.policy.config.dtype = config_dtype
             heap.release()  # the dtype copy of the weights written out
@@ -234,6 +260,7 @@ class PolicyTrainer:
         """Restore the policy of `iteration` from its policy/ folder (resume). With `reference: previous`
         the next round's reference is taken from this policy at round start, so nothing else to restore."""
         self.policy = self._load_model(path)
+        self._load_masters(path)
         self.iteration = iteration
         self._diverged = None
         gc.collect()
@@ -241,10 +268,25 @@ class PolicyTrainer:
 
     # --- internals --------------------------------------------------------------------------
 
+    def sequence_logprobs(self, token_ids: list[list[int]]) -> list[list[float]]:
+        """log p(token_i | tokens before it) under the policy, for i >= 1 of each sequence (what vLLM's
+        prompt_logprobs gives; the trained policy must be the served one: tests compare the two)."""
+        out = []
+        self.policy.eval()
+        with torch.no_grad():
+            for ids in token_ids:
+                x = torch.tensor([ids], device=self.policy.device)
+                logits = self.policy(input_ids=x).logits.float()[0, :-1]
+                out.append(torch.log_softmax(logits, -1).gather(1, x[0, 1:, None])[:, 0].tolist())
+        return out
+
     def _load_model(self, path: str, frozen: bool = False) -> PreTrainedModel:
         from transformers import AutoModelForCausalLM
 
-        remote = {"trust_remote_code": self.trust_remote_code}
+        remote: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
+        attention = attention_implementation(path, self.solver.attn_implementation, self.trust_remote_code)
+        if attention is not None:
+            remote["attn_implementation"] = attention
         if self.gpu and (frozen or self.solver.finetune == "lora"):  # never updated: `dtype` holds them exactly
             return AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, **remote)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **remote)
@@ -263,7 +305,10 @@ class PolicyTrainer:
         if s.finetune == "lora":
             return None  # adapter disabled = merged base = pi_{t-1}
         reference = _frozen(copy.deepcopy(self.policy))
-        return reference.to(self.dtype) if self.gpu else reference  # the fp32 masters hold dtype values
+        if self.gpu:
+            return reference.to(self.dtype)
+        _round_to(reference, self.dtype)  # pi_{t-1} as the engines served it, not its unrounded masters
+        return reference
 
     def _dataset(self, pairs: list[PreferencePair]):
         """Conversational pairs, so TRL applies the chat template the engines use. TRL 1.16 has no
@@ -284,10 +329,34 @@ class PolicyTrainer:
         # transformers types decode as `str | list[str]` (no overloads); one list of ids decodes to a str
         return text if len(ids) <= limit else cast(str, self.tokenizer.decode(ids[-limit:]))
 
-    def _make_trainer(self, dataset, ref_model: torch.nn.Module | None, iteration: int):
+    def round_key(self, pairs: list[PreferencePair], iteration: int) -> str:
+        """What a step checkpoint belongs to: the iteration, the pairs and the solver settings (all but
+        checkpoint_steps). A checkpoint of another round (pairs redone, a setting changed with
+        --allow-change) is never resumed from."""
+        import hashlib
+        import json
+
+        solver = self.solver.model_dump(mode="json", exclude={"checkpoint_steps"})
+        body = [iteration, solver, [(p.prompt, p.chosen, p.rejected) for p in pairs]]
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+    def _make_trainer(
+        self,
+        dataset,
+        ref_model: torch.nn.Module | None,
+        iteration: int,
+        checkpoints: str | None,
+        pairs: list[PreferencePair] | None = None,
+    ):
         s = self.solver
+        saving: dict[str, Any] = (
+            dict(save_strategy="steps", save_steps=s.checkpoint_steps, save_total_limit=1)
+            if checkpoints
+            else dict(save_strategy="no")
+        )
         common: dict[str, Any] = dict(
-            output_dir=str(self.workdir / f"trl-{iteration:04d}"),
+            output_dir=checkpoints or str(self.workdir / f"trl-{iteration:04d}"),
+            **saving,
             learning_rate=s.learning_rate,
             num_train_epochs=s.epochs,
             per_device_train_batch_size=s.per_device_batch_size,
@@ -304,7 +373,6 @@ class PolicyTrainer:
             fp16=self.gpu and self.dtype == torch.float16,
             use_cpu=not self.gpu,
             report_to=[],
-            save_strategy="no",
             gradient_checkpointing=s.gradient_checkpointing,
             # non-reentrant: the variant transformers recommends (no warning per step, works with frozen inputs)
             gradient_checkpointing_kwargs={"use_reentrant": False} if s.gradient_checkpointing else None,
@@ -339,7 +407,10 @@ class PolicyTrainer:
         # that: the adapter must depend on the run seed and the iteration only, never on what this
         # process drew before (a resumed run's trainer has another history).
         torch.manual_seed(derive_seed(self.seed, "lora", iteration))
-        return getattr(trl, trainer_class)(args=args, callbacks=[_step_logger(iteration, self._progress)], **kwargs)
+        callbacks = [_step_logger(iteration, self._progress)]
+        if checkpoints:
+            callbacks.append(_checkpoint_marker(self.round_key(pairs or [], iteration)))
+        return getattr(trl, trainer_class)(args=args, callbacks=callbacks, **kwargs)
 
     def _finish(self, trainer) -> PreTrainedModel:
         """The trained policy as a plain model: LoRA merged, TRL's patches removed, rounded to dtype."""
@@ -347,15 +418,77 @@ class PolicyTrainer:
 
         model = trainer.model
         if isinstance(model, PeftModel):
-            model = model.merge_and_unload()  # next round starts a fresh adapter on these weights
+            model = self._merge_lora(model)  # next round starts a fresh adapter on these weights
         # DPOTrainer replaces `forward` on the instance (fused LM head) on the policy and on ref_model:
         # drop it, so deep copies and later rounds start from the class's forward.
         for m in (model, self._initial):
             if m is not None:
                 m.__dict__.pop("forward", None)
         model.requires_grad_(True)
-        _round_to(model, self.dtype)
-        return model
+        return model  # full fine-tuning: the fp32 masters, unrounded (see module docstring)
+
+    def _merge_lora(self, model) -> PreTrainedModel:
+        """Fold the round's adapter into the fp32 masters of the weights it adapts, and give the base
+        layers those masters rounded to `dtype`: merging into a `dtype` base would round each round's
+        delta away wherever it is below half a unit in the last place of the weight (bf16 at lr 5e-6:
+        most of it). In float32 the masters are the base layers themselves."""
+        if self.dtype == torch.float32:
+            return model.merge_and_unload()
+        from peft.tuners.lora import LoraLayer
+
+        prefix = "base_model.model."
+        with torch.no_grad():
+            for name, module in model.named_modules():
+                if isinstance(module, LoraLayer):
+                    layer: Any = module  # peft's lora.Linear & co.; the LoraLayer base type declares less
+                    base: Any = layer.get_base_layer()
+                    key = name.removeprefix(prefix) + ".weight"
+                    # a copy: on CPU the fp32 base weight itself would come back, and be rounded below
+                    master = self._masters.setdefault(key, base.weight.detach().to("cpu", torch.float32, copy=True))
+                    for adapter in layer.active_adapters:
+                        master += layer.get_delta_weight(adapter).detach().float().cpu()
+                    base.weight.copy_(master.to(self.dtype))
+        return model.unload()  # the adapters go; the base layers stay, holding the rounded masters
+
+    def _masters_state(self) -> dict[str, torch.Tensor]:
+        """The fp32 masters that `dtype` rounds: every weight (full) or the adapted ones (LoRA)."""
+        if self.solver.finetune == "lora":
+            return {k: v.contiguous() for k, v in self._masters.items()}
+        return _weights(self.policy, torch.float32)
+
+    def _load_masters(self, path: str) -> None:
+        """Restore the fp32 masters a `save` wrote next to the policy (none in float32, or for pi_0)."""
+        self._masters = {}
+        file = Path(path) / MASTERS
+        if self.dtype == torch.float32 or not file.is_file():
+            return
+        from safetensors.torch import load_file
+
+        masters = load_file(str(file))
+        if self.solver.finetune == "lora":
+            self._masters = masters
+            return
+        missing = set(masters) - set(self.policy.state_dict())
+        if missing:
+            raise RuntimeError(f"{file}: weights the policy does not have: {sorted(missing)[:3]}")
+        with torch.no_grad():
+            params = self.policy.state_dict()
+            for name, value in masters.items():
+                params[name].copy_(value)
+
+
+def attention_implementation(path: str, configured: str | None, trust_remote_code: bool = False) -> str | None:
+    """The attention kernel the trainer loads a model with: `configured` (solver.attn_implementation)
+    if set; else eager for a model whose attention logits are soft-capped (Gemma 2: 50), because
+    transformers' default, sdpa, silently drops the cap that vLLM applies, so the policy trained
+    would not be the policy served; else None (transformers' default)."""
+    if configured is not None:
+        return configured
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    config = getattr(config, "text_config", None) or config
+    return "eager" if getattr(config, "attn_logit_softcapping", None) else None
 
 
 def _frozen(model: torch.nn.Module) -> torch.nn.Module:
@@ -471,3 +604,42 @@ def _step_logger(iteration: int, progress: list[int]):
                 )
 
     return StepLine()
+
+
+# Written into a step checkpoint once transformers has saved all of it (its `on_save`): a folder
+# without it is a save that was cut off, never resumed from.
+CHECKPOINT_MARKER = "eva_step_checkpoint.json"
+
+
+def _step_of(checkpoint: str) -> int:
+    return int(Path(checkpoint).name.rsplit("-", 1)[1])
+
+
+def last_step_checkpoint(folder: str | Path, round_key: str) -> str | None:
+    """The latest complete step checkpoint in `folder` of the round `round_key` names, or None."""
+    import json
+
+    found = []
+    for path in Path(folder).glob("checkpoint-*"):
+        marker = path / CHECKPOINT_MARKER
+        if path.name.rsplit("-", 1)[1].isdigit() and marker.is_file():
+            if json.loads(marker.read_text()).get("round") == round_key:
+                found.append(str(path))
+    return max(found, key=_step_of, default=None)
+
+
+def _checkpoint_marker(round_key: str):
+    """A callback that marks each step checkpoint complete once transformers has written it."""
+    import json
+
+    from transformers import TrainerCallback
+
+    from eva.atomic import atomic_write_text
+
+    class Marker(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            body = json.dumps({"round": round_key, "step": state.global_step, "max_steps": state.max_steps})
+            atomic_write_text(folder / CHECKPOINT_MARKER, body)
+
+    return Marker()

@@ -44,7 +44,7 @@ from eva.atomic import (  # noqa: F401  (re-exported: the run directory's writer
     remove_temp_leftovers,
     sha256_file,
 )
-from eva.config import MUTABLE_FIELDS, ConfigError, RunConfig, config_from_dict, fingerprint, flatten
+from eva.config import MUTABLE_FIELDS, MUTABLE_FIELDS_V1, ConfigError, RunConfig, config_from_dict, fingerprint, flatten
 from eva.iteration import POLICY, IterationDir
 from eva.runlock import LOCK_FILE, RunLock
 from eva.tables import read_table, write_table
@@ -203,7 +203,7 @@ class RunDir:
             raise RunDirError(str(e)) from None
         # The hash covers the file as written (not re-validated), so a newer eva that adds a field
         # with a default still opens old runs, while a hand edit is caught.
-        if stored is not None and stored != fingerprint(data):
+        if stored is not None and stored not in (fingerprint(data), fingerprint(data, MUTABLE_FIELDS_V1)):
             raise CorruptCheckpointError(
                 f"{self.config_path}: {_HASH_KEY} {stored} does not match the config in the file "
                 f"({fingerprint(data)}); it was edited by hand. Restore it, or re-init with allow_changes."

@@ -42,8 +42,16 @@ MUTABLE_FIELDS: frozenset[str] = frozenset(
         "checkpoint.keep_policies",
         "run.max_iterations_without_pairs",
         "run.report_to",
+        "ray.timeout_s",
+        "ray.restart_timeout_s",
+        "ray.train_step_timeout_s",
+        "solver.checkpoint_steps",
     }
 )
+# MUTABLE_FIELDS before ray.timeout_s joined it: the fingerprint the run.yaml of an older run
+# directory was written with (eva.checkpoint accepts either). The other additions are new fields,
+# absent from older files, so they leave those fingerprints unchanged.
+MUTABLE_FIELDS_V1: frozenset[str] = MUTABLE_FIELDS - {"ray.timeout_s"}
 
 
 class ConfigError(ValueError):
@@ -147,10 +155,25 @@ class ModelSection(_Section):
     trust_remote_code: bool = Field(
         False, description="Allow model code from the model folder. Off: it executes arbitrary code."
     )
-    enforce_eager: bool = Field(
+    enforce_eager: bool | None = Field(
+        None,
+        description="vLLM eager mode (no torch.compile, no CUDA graphs). None: eager on CPU (starts in seconds; "
+        "compiled is faster but takes 15-50 s to start there), compiled with CUDA graphs on GPU (rollouts are "
+        "most of a run's cost).",
+    )
+    seeded_sampling: bool = Field(
         True,
-        description="vLLM eager mode (no torch.compile): starts in seconds; compiled is faster but slow to start "
-        "on CPU.",
+        description="Give every generation request its own seed (derived from run.seed, the stage, the iteration "
+        "and the prompt), so responses do not depend on batch composition, the number of replicas or restarts, "
+        "and a resumed run reproduces an uninterrupted one. Exact on CPU; on GPU it also needs "
+        "model.batch_invariant. Costs GPU throughput: seeded requests skip FlashInfer's sampler and are sampled "
+        "row by row each step. False: one engine-wide random stream, fastest, not reproducible.",
+    )
+    batch_invariant: bool = Field(
+        False,
+        description="vLLM's batch-invariant kernels (VLLM_BATCH_INVARIANT=1): on GPU, a request's logits do not "
+        "depend on what else is in its batch, which exact reproducibility with seeded_sampling needs there. "
+        "Slower, and not every model or GPU supports it. No effect on CPU, whose results are batch-invariant.",
     )
     kv_cache_gib: float | Literal["auto"] = Field(
         "auto",
@@ -456,8 +479,9 @@ class SolverSection(_Section):
     gradient_checkpointing: bool = Field(
         False,
         description="Keep only each layer's input during the forward pass and recompute the rest in the backward "
-        "pass: the same gradients for about a third more training compute, with activation memory one layer "
-        "deep instead of the whole model's (on cpu-default the trainer's peak drops by ~2.5 GB).",
+        "pass: the same gradients (bit-identical rounds) for about a third more training compute, with activation "
+        "memory one layer deep instead of the whole model's (the deploy configs' trainers sit near 80 GB without "
+        "it). Off by default (TRL's default is on).",
     )
     max_length: int = Field(768, ge=16, description="Max tokens of prompt + response in training.")
     max_prompt_length: int = Field(
@@ -472,6 +496,22 @@ class SolverSection(_Section):
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA settings (used when finetune=lora).")
     reference: Literal["previous", "initial"] = Field(
         "previous", description="Reference policy of iteration t: pi_{t-1} (previous) or pi_0 (initial)."
+    )
+    attn_implementation: Literal["eager", "sdpa", "flex_attention", "flash_attention_2"] | None = Field(
+        None,
+        description="Attention kernel of the trainer (transformers attn_implementation). None: eager for models "
+        "with soft-capped attention logits (Gemma 2), whose cap sdpa silently drops (vLLM applies it: the "
+        "trained policy would differ from the served one), transformers' default (sdpa) otherwise. eager "
+        "materializes the attention matrix: with long pairs, turn on gradient_checkpointing, or use "
+        "flex_attention / flash_attention_2 (both honour the cap) where installed.",
+    )
+    checkpoint_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Save a step checkpoint of the training round (weights, optimizer, scheduler, RNG, data "
+        "position) every this many optimizer steps into the iteration's train_checkpoints/ (shared storage; "
+        "only the last is kept, deleted once the policy is saved). A round that a crash interrupted continues "
+        "from it on resume and ends where an uninterrupted round ends. None: no step checkpoints.",
     )
 
     @field_validator("loss_type")
@@ -562,7 +602,14 @@ class RewardSection(_Section):
         description="Judge engine dtype. float32 by default: bf16 logits are coarse (ties) and cost SmolLM2's judge ~5 "
         "points of accuracy.",
     )
-    batch_size: int = Field(16, ge=1, description="Scoring batch size (reward_model).")
+    batch_size: int = Field(16, ge=1, description="Most pairs in one reward-model forward (reward_model).")
+    batch_tokens: int = Field(
+        16384,
+        ge=16,
+        description="Token budget of one reward-model forward (reward_model): pairs are sorted by length and "
+        "batched while count x longest stays within it (and count within batch_size), so short pairs go in "
+        "large batches and little of a batch is padding.",
+    )
     max_length: int = Field(1024, ge=16, description="Max tokens a scorer reads of prompt + response.")
     components: tuple[ScorerSpec, ...] = Field(
         DEFAULT_REWARD_COMPONENTS,
@@ -669,7 +716,24 @@ class RaySection(_Section):
         "stage fails.",
     )
     timeout_s: float = Field(
-        3600.0, gt=0, description="Longest wait for one actor call before the run stops (resumable)."
+        3600.0,
+        gt=0,
+        description="Longest wait for one actor call before the run stops (resumable). A training round is not "
+        "one call: it is bounded by ray.train_step_timeout_s per step instead.",
+    )
+    train_step_timeout_s: float = Field(
+        1800.0,
+        gt=0,
+        description="Training liveness: the longest a training round may go without finishing an optimizer step "
+        "(its first step counted from the start of the round) before the stage fails (resumable). A round has "
+        "no wall-clock limit of its own: it may take hours while it makes progress.",
+    )
+    restart_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="Longest wait for a crashed actor that Ray restarts (max_restarts) to come back before its batch "
+        "goes to another replica or the stage fails. An engine whose call fails in a way that leaves it unusable "
+        "(CUDA OOM, a dead tensor-parallel rank) ends its process so that Ray restarts it.",
     )
 
 

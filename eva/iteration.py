@@ -22,6 +22,7 @@ an older eva) with the changes of each later iteration applied in order (`Iterat
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -47,6 +48,7 @@ SAMPLED = "sampled.json"
 TRAIN_PROMPTS = "train_prompts.json"
 METRICS = "metrics.json"
 POLICY = "policy"
+TRAIN_CHECKPOINTS = "train_checkpoints"  # step checkpoints of the round in progress (never committed)
 # The two rollout stages write the same table: estimate scores X_{t-1}, solve scores X'_t.
 SCORED = {"estimate": "estimate.parquet", "solve": "rollouts.parquet"}
 
@@ -77,6 +79,15 @@ class IterationDir:
     @property
     def policy(self) -> Path:
         return self.path / POLICY
+
+    @property
+    def train_checkpoints(self) -> Path:
+        """The training round's step checkpoints (actors.trainer), while the round is unfinished."""
+        return self.path / TRAIN_CHECKPOINTS
+
+    def drop_train_checkpoints(self) -> None:
+        """Delete the step checkpoints once the round's policy is saved: they are never part of a commit."""
+        shutil.rmtree(self.train_checkpoints, ignore_errors=True)
 
     def has_policy(self) -> bool:
         """A policy folder that a model loader can open (absent when pruned or never written)."""

@@ -31,6 +31,7 @@ from actors.cluster import Actors, init_ray, start_actors
 from actors.creator import evolve_prompts
 from actors.engine import SamplingSpec
 from actors.models import model_folder
+from actors.pool import LOST, wait_until_available
 from actors.rollout import rollout
 from eva.atomic import atomic_folder
 from eva.buffer import PromptBuffer, load_seed_prompts
@@ -317,7 +318,8 @@ def pairs(ctx: Ctx, t: int, solved: list[ScoredPrompt]) -> tuple[list[Preference
 
 def train(ctx: Ctx, t: int, built: list[PreferencePair]) -> TrainResult:
     """Step 6: preference-optimize pi_{t-1} -> pi_t; save it as the iteration's policy; sync engines."""
-    policy_dir = ctx.run.iteration(t).policy
+    folder = ctx.run.iteration(t)
+    policy_dir = folder.policy
     trainer = ctx.actors.trainer
     if (done := finished(ctx, t, "train")) is not None:
         ray.get(trainer.load.remote(str(policy_dir), t), timeout=ctx.timeout)
@@ -325,7 +327,7 @@ def train(ctx: Ctx, t: int, built: list[PreferencePair]) -> TrainResult:
         return TrainResult.from_marker(done)
     with stage(ctx, t, "train") as counts:
         try:
-            result = wait_training(ctx, t, trainer.train.remote(built, t))  # no pairs: pi_t = pi_{t-1}, steps 0
+            result = train_round(ctx, t, built)  # no pairs: pi_t = pi_{t-1}, steps 0
         except ray.exceptions.RayTaskError as e:
             # the actor's message, without Ray's wrapping and remote traceback
             if isinstance(e.cause, TrainingDivergedError):
@@ -336,19 +338,53 @@ def train(ctx: Ctx, t: int, built: list[PreferencePair]) -> TrainResult:
             counts["skipped"] = "no pairs"
         t_save = time.perf_counter()
         ray.get(trainer.save.remote(str(policy_dir), t), timeout=ctx.timeout)
+        folder.drop_train_checkpoints()  # the policy is saved: a redone stage needs none of them
         counts["save_s"] = round(time.perf_counter() - t_save, 3)
         fault_point(t, "train:saved")
         counts["sync_s"] = round(sync_engines(ctx, t), 3)
     return TrainResult.from_marker(counts)
 
 
+def train_round(ctx: Ctx, t: int, built: list[PreferencePair]) -> dict[str, Any]:
+    """The training round, its step checkpoints (solver.checkpoint_steps) in the iteration folder.
+
+    A trainer that crashed and that Ray restarted (ray.trainer.max_restarts; waited for up to
+    ray.restart_timeout_s) holds its start policy: it is given pi_{t-1} again and the round goes on
+    from its last step checkpoint (from the start without one), up to ray.retries times."""
+    checkpoints = str(ctx.run.iteration(t).train_checkpoints) if ctx.cfg.solver.checkpoint_steps else None
+    trainer, retries = ctx.actors.trainer, ctx.cfg.ray.retries
+    for attempt in range(retries + 1):
+        try:
+            return wait_training(ctx, t, trainer.train.remote(built, t, checkpoints))
+        except LOST as e:
+            if attempt == retries or not wait_until_available(trainer, ctx.cfg.ray.restart_timeout_s):
+                raise
+            line = (
+                f"trainer failed ({type(e).__name__}); retry {attempt + 1}/{retries} on the restarted trainer, "
+                f"from the policy of iteration {t - 1}"
+                + (" and the round's last step checkpoint" if checkpoints else " (no step checkpoints: from step 0)")
+            )
+            log_retries(ctx, t, "train", (line,))
+            ray.get(trainer.load.remote(str(ctx.run.iteration(t - 1).policy), t - 1), timeout=ctx.timeout)
+    raise AssertionError("unreachable")
+
+
 def wait_training(ctx: Ctx, t: int, ref) -> dict[str, Any]:
-    """The training round's result; meanwhile the trainer's step count feeds the progress bar."""
-    deadline = time.monotonic() + ctx.timeout
+    """The training round's result; meanwhile the trainer's step count feeds the progress bar.
+
+    Liveness is progress, not a wall clock: the round fails when no optimizer step finishes for
+    ray.train_step_timeout_s (a large round may take many hours, and that is fine)."""
+    limit = ctx.cfg.ray.train_step_timeout_s
+    last_done, last_change = -1, time.monotonic()
     while not ray.wait([ref], timeout=2.0)[0]:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"iteration {t}: training took longer than ray.timeout_s = {ctx.timeout:g}s")
         done, total = ray.get(ctx.actors.trainer.progress.remote(), timeout=60)
+        if done != last_done:
+            last_done, last_change = done, time.monotonic()
+        elif time.monotonic() - last_change > limit:
+            raise TimeoutError(
+                f"iteration {t}: training finished no step for {limit:g}s (at step {done} of {total}; "
+                "ray.train_step_timeout_s): the stage fails, resume continues from the last step checkpoint"
+            )
         ctx.report.progress(f"[{t}] train", done, total or None, "steps")
     return ray.get(ref)
 

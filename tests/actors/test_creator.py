@@ -103,3 +103,44 @@ def test_minilm_check_drops_a_paraphrase_of_the_meta_prompt_and_keeps_rewrites()
         prompt_check(CreatorSection(prompt_filter="text")).embed is None
         and prompt_check(CreatorSection(prompt_filter="off")) is None
     )
+
+
+@pytest.mark.ray
+def test_evolve_after_a_creator_replica_restarts_serves_the_current_policy(ray_session, tmp_path):
+    """Issue 18, item 9 (the creator is a function over the policy's engine pool): a replica of that
+    pool that crashed and that Ray restarted comes back with its start weights; evolve still gets the
+    children of the current policy (the pool re-pushes policy-1), the same ones as before the crash."""
+    import torch
+    from safetensors.torch import load_file
+
+    from actors.engine import GenerationEngine
+    from actors.pool import EnginePool
+    from eva.config import ModelSection
+
+    ray = ray_session
+    tiny = resolve_model_path(TINY_MODEL)
+    creator = CreatorSection(num_variants=2, max_new_tokens=32, prompt_filter="off", min_prompt_chars=1)
+    model = ModelSection(path=tiny, dtype="float32", max_model_len=512)
+    engine = ray.remote(num_cpus=0.5, max_restarts=1)(GenerationEngine).remote(
+        tiny, model, str(tmp_path), 0, "policy-0"
+    )
+    pool = EnginePool([engine], timeout_s=300, retries=2, version="policy-0", restart_timeout_s=300)
+    try:
+        seeds = load_seed_prompts("builtin:seed", limit=4)
+        gen = torch.Generator().manual_seed(3)
+        weights = {
+            k: v + 0.5 * torch.randn(v.shape, generator=gen) for k, v in load_file(f"{tiny}/model.safetensors").items()
+        }
+        start_children, _, _ = evolve_prompts(pool, seeds, [], creator, 0, 1)
+        pool.update_weights(ray.put(weights), "policy-1")
+        before, _, stats = evolve_prompts(pool, seeds, [], creator, 0, 1)
+        assert stats.retries == () and [c.text for c in before] != [c.text for c in start_children]
+        pid = ray.get(engine.ready.remote(), timeout=120)["pid"]
+        ray.kill(engine, no_restart=False)  # a crash: Ray restarts it with policy-0's weights
+        after, _, stats = evolve_prompts(pool, seeds, [], creator, 0, 1)
+        assert [c.text for c in after] == [c.text for c in before]  # policy-1's children, not policy-0's
+        assert stats.retries and "policy-1" in stats.retries[-1]
+        info = ray.get(engine.ready.remote(), timeout=120)
+        assert info["pid"] != pid and info["weights_version"] == "policy-1"
+    finally:
+        ray.kill(engine)

@@ -196,3 +196,74 @@ def test_a_batch_larger_than_one_step_budget_generates_and_reproduces(ray_sessio
     assert all(len(g.responses) == 2 for g in batch.generations)
     alone = pool.generate(["199"], texts[199:], [199], spec)  # the last prompt, scheduled last in the big batch
     assert alone.generations[0] == batch.generations[199]
+
+
+def test_exit_on_fatal_ends_the_process_for_engine_errors_but_not_for_bad_requests():
+    from actors.engine import EXIT_FATAL, exit_on_fatal
+
+    codes: list[int] = []
+    with pytest.raises(ValueError, match="too long"), exit_on_fatal("generate", exit=codes.append):
+        raise ValueError("prompt too long")  # vLLM refused the request: the engine is fine
+    assert codes == []
+    with pytest.raises(torch.OutOfMemoryError), exit_on_fatal("generate", exit=codes.append):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    with pytest.raises(RuntimeError), exit_on_fatal("update_weights", exit=codes.append):
+        raise RuntimeError("NCCL error: unhandled system error")
+    assert codes == [EXIT_FATAL, EXIT_FATAL]
+
+
+def test_an_error_inside_generate_restarts_the_replica_and_the_batch_succeeds(ray_session, tiny_model_path, tmp_path):
+    """An engine whose generate raises (here: a CUDA OOM raised inside its vLLM call) ends its process;
+    Ray restarts it (max_restarts), the pool waits for it, pushes it the current weights and sends
+    the batch again: the call succeeds with the same responses, and says it was retried."""
+    ray = ray_session
+
+    def break_next_generate(engine_self):  # runs inside the actor: a closure, so Ray ships it by value
+        real = engine_self.llm.generate
+
+        def failing(*args, **kwargs):
+            engine_self.llm.generate = real
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected by the test)")
+
+        engine_self.llm.generate = failing
+        return True
+
+    model = ModelSection(path=tiny_model_path, dtype="float32", max_model_len=256)
+    engine = ray.remote(num_cpus=0.5, max_restarts=1)(GenerationEngine).remote(
+        tiny_model_path, model, str(tmp_path), 0, "policy-0"
+    )
+    pool = EnginePool([engine], timeout_s=300, retries=2, version="policy-0", restart_timeout_s=300)
+    try:
+        gen = torch.Generator().manual_seed(2)
+        trained = {
+            k: v + 0.5 * torch.randn(v.shape, generator=gen)
+            for k, v in load_file(f"{tiny_model_path}/model.safetensors").items()
+        }
+        pool.update_weights(ray.put(trained), "policy-1")
+        expected = pool.generate(["x", "y"], TEXTS[:2], [5, 6], SPEC)
+        pid = ray.get(engine.ready.remote(), timeout=120)["pid"]
+        assert ray.get(engine.__ray_call__.remote(break_next_generate), timeout=60)
+        t0 = time.monotonic()
+        got = pool.generate(["x", "y"], TEXTS[:2], [5, 6], SPEC)
+        assert got.generations == expected.generations  # the current policy, not the start weights
+        assert len(got.retries) >= 1 and "policy-1" in got.retries[-1]
+        info = ray.get(engine.ready.remote(), timeout=120)
+        assert info["pid"] != pid and info["weights_version"] == "policy-1"  # a new process, given policy-1
+        assert time.monotonic() - t0 < 240
+    finally:
+        ray.kill(engine)
+
+
+def test_unseeded_sampling_is_not_reproducible_seeded_is(ray_session, tiny_model_path, tmp_path):
+    """model.seeded_sampling false (fast on GPU) gives up reproducibility: the same call twice differs;
+    with it (the default) the same call gives the same responses."""
+    ray = ray_session
+    model = ModelSection(path=tiny_model_path, dtype="float32", max_model_len=256, seeded_sampling=False)
+    engine = ray.remote(num_cpus=0.5)(GenerationEngine).remote(tiny_model_path, model, str(tmp_path))
+    try:
+        pool = EnginePool([engine], timeout_s=300)
+        first = pool.generate(["a", "b", "c"], TEXTS, [11, 22, 33], SPEC)
+        second = pool.generate(["a", "b", "c"], TEXTS, [11, 22, 33], SPEC)
+        assert first.generations != second.generations
+    finally:
+        ray.kill(engine)

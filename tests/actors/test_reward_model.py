@@ -129,7 +129,7 @@ def test_reward_is_the_models_own_logit(llama_rm: str) -> None:
 
     scorer = RewardModelScorer(llama_rm, batch_size=3, max_length=64)
     model = AutoModelForSequenceClassification.from_pretrained(llama_rm).eval()
-    batch = scorer._encode(PROMPTS[:1], RESPONSES[:1])
+    batch = {k: torch.tensor([v]) for k, v in scorer._encode(PROMPTS[0], RESPONSES[0]).items()}  # alone, unpadded
     with torch.inference_mode():
         expected = float(model(**batch).logits[0, 0])
     assert scorer.score(PROMPTS, RESPONSES)[0] == pytest.approx(expected, abs=1e-4)
@@ -143,7 +143,7 @@ def test_armorm_style_custom_head_uses_score_one_unpadded_pair_at_a_time(gated_r
     scores = scorer.score(PROMPTS, RESPONSES)
     assert all(math.isfinite(s) for s in scores) and len(set(scores)) == 3
     with torch.inference_mode():
-        out = scorer.model(**scorer._encode(PROMPTS[1:2], RESPONSES[1:2]))
+        out = scorer.model(**{k: torch.tensor([v]) for k, v in scorer._encode(PROMPTS[1], RESPONSES[1]).items()})
     assert out.rewards.shape == (1, 19)
     assert scores[1] == pytest.approx(float(out.score[0]), abs=1e-6)  # the gated score, not a logit column
     assert scorer.score(PROMPTS[1:2], RESPONSES[1:2]) == [scores[1]]  # same reward alone or in a batch
@@ -160,8 +160,12 @@ def test_bert_classifier_scores_text_pairs(tmp_path: Path) -> None:
     AutoTokenizer.from_pretrained(minilm).save_pretrained(tmp_path)
     scorer = RewardModelScorer(str(tmp_path), max_length=64)
     assert scorer.tokenizer.chat_template is None
-    ids = scorer._encode(["a question"], ["an answer"])["input_ids"][0].tolist()
+    encoded = scorer._encode("a question", "an answer")
+    ids = encoded["input_ids"]
     assert ids.count(scorer.tokenizer.sep_token_id) == 2  # [CLS] prompt [SEP] response [SEP]
+    assert encoded["token_type_ids"] == [0] * (ids.index(scorer.tokenizer.sep_token_id) + 1) + [1] * (
+        len(ids) - ids.index(scorer.tokenizer.sep_token_id) - 1
+    )  # the segments reach the model
     assert all(math.isfinite(s) for s in scorer.score(PROMPTS, RESPONSES))
 
 
@@ -251,3 +255,25 @@ def test_device_with_a_ray_gpu_needs_cuda_torch(monkeypatch: pytest.MonkeyPatch)
         assigned_device()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert assigned_device() == "cuda"
+
+
+def test_token_budget_batches_group_similar_lengths_within_the_budget() -> None:
+    from actors.reward import token_budget_batches
+
+    lengths = [5, 300, 40, 41, 290, 7, 6, 1000]
+    batches = token_budget_batches(lengths, budget=700, max_count=3)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # every pair once
+    assert batches == [[7], [1, 4], [3, 2, 5], [6, 0]]  # longest first; 1000 alone (over the budget)
+    for b in batches[1:]:
+        assert len(b) * lengths[b[0]] <= 700 and len(b) <= 3 and lengths[b[0]] == max(lengths[i] for i in b)
+    assert token_budget_batches([], 100, 4) == []
+    assert token_budget_batches([10] * 5, 100, 1) == [[0], [1], [2], [3], [4]]
+
+
+def test_sorted_batches_score_as_the_model_does_alone(llama_rm: str) -> None:
+    """Length-sorted token-budget batches: each score is the model's logit for the pair alone, in input order."""
+    prompts = [p * k for k in (1, 5, 2) for p in PROMPTS]
+    responses = [r * k for k in (3, 1, 6) for r in RESPONSES]
+    scorer = RewardModelScorer(llama_rm, batch_size=4, max_length=256, batch_tokens=400)
+    alone = [scorer.score([p], [r])[0] for p, r in zip(prompts, responses, strict=True)]
+    assert scorer.score(prompts, responses) == pytest.approx(alone, abs=1e-4)

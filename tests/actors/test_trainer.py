@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -353,3 +354,99 @@ def test_trainer_actor_weights_reach_a_vllm_engine_actor(ray_session, tiny_model
     finally:
         ray.kill(engine)
         ray.kill(trainer)
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_a_round_resumed_from_a_step_checkpoint_ends_where_an_uninterrupted_round_ends(
+    ray_session, tiny_model_path, tmp_path, finetune
+):
+    """A trainer actor killed (SIGKILL, mid-round) after some step checkpoints; a fresh trainer given
+    the same folder continues from the last complete one and ends with exactly the weights and
+    per-step losses of a round that was never interrupted."""
+    from actors.trainer import CHECKPOINT_MARKER, last_step_checkpoint
+
+    ray = ray_session
+    pairs = PAIRS * 3  # 24 pairs, batch 1 x 2 accumulated: 12 optimizer steps
+    args = dict(per_device_batch_size=1, gradient_accumulation_steps=2, checkpoint_steps=2, learning_rate=1e-2)
+    args["finetune"] = finetune
+    whole = make(tiny_model_path, tmp_path / "whole", **args)
+    expected = whole.train(pairs, iteration=1, checkpoint_dir=str(tmp_path / "whole-ckpt"))
+    assert expected["steps"] == 12 and expected["resumed_at_step"] == 0
+
+    folder = tmp_path / "crashed-ckpt"
+    actor = ray.remote(num_cpus=0.5, max_concurrency=2)(PolicyTrainer).remote(
+        tiny_model_path, tiny_model_path, solver(**args), "float32", str(tmp_path / "crashed"), 0
+    )
+    ray.get(actor.ready.remote(), timeout=120)
+    ref = actor.train.remote(pairs, 1, str(folder))
+    deadline = time.monotonic() + 300
+    while ray.get(actor.progress.remote(), timeout=60)[0] < 5:
+        assert time.monotonic() < deadline and not ray.wait([ref], timeout=0.05)[0], "the round ended too soon"
+    ray.kill(actor)  # a crash in the middle of the round
+    resumed = make(tiny_model_path, tmp_path / "resumed", **args)
+    at = last_step_checkpoint(folder, resumed.round_key(pairs, 1))
+    assert at is not None and (Path(at) / CHECKPOINT_MARKER).is_file()
+    step = int(at.rsplit("-", 1)[1])
+    assert 4 <= step < 12 and step % 2 == 0
+    # a round on other pairs, of another iteration, or with another setting never resumes from it
+    assert last_step_checkpoint(folder, resumed.round_key(pairs[:-1], 1)) is None
+    assert last_step_checkpoint(folder, resumed.round_key(pairs, 2)) is None
+    other = make(tiny_model_path, tmp_path / "other", **{**args, "learning_rate": 2e-2})
+    assert last_step_checkpoint(folder, other.round_key(pairs, 1)) is None
+    got = resumed.train(pairs, iteration=1, checkpoint_dir=str(folder))
+    assert got["resumed_at_step"] == step and got["steps"] == 12
+    assert got["losses"] == expected["losses"]  # the steps before the crash come from the checkpoint's history
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert not changed(a, b), sorted(changed(a, b))[:5]
+    assert changed(a, make(tiny_model_path, tmp_path / "start", **args).state_dict())  # the round did train
+
+
+def test_gradient_checkpointing_switch_recomputes_activations_and_trains_the_same(tiny_model_path, tmp_path):
+    off = make(tiny_model_path, tmp_path / "off")
+    on = make(tiny_model_path, tmp_path / "on", gradient_checkpointing=True)
+    m_off, m_on = off.train(PAIRS[:4], iteration=1), on.train(PAIRS[:4], iteration=1)
+    assert on.policy.is_gradient_checkpointing and not off.policy.is_gradient_checkpointing
+    assert m_on["steps"] == m_off["steps"] == 2
+    assert m_on["losses"] == pytest.approx(m_off["losses"], abs=1e-5)  # the same maths, recomputed
+    a, b = off.state_dict(), on.state_dict()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_updates_below_half_a_bf16_ulp_are_kept_in_fp32_masters_and_saved(tiny_model_path, tmp_path, finetune):
+    """lr 1e-6 moves the weights (~0.02) by far less than half a bf16 ulp (~6e-5): rounded to bf16
+    after the round, as eva did, the round would be lost. The fp32 masters keep it, the served bf16
+    weights are its rounding, and a save/load (resume) restores the masters exactly."""
+    from actors.trainer import MASTERS
+
+    lr = 1e-6 if finetune == "full" else 1e-5  # a LoRA delta B @ A starts from B = 0: it needs more to show at all
+    trainer = make(tiny_model_path, tmp_path / "a", dtype="bfloat16", finetune=finetune, learning_rate=lr)
+    start = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    served_before = trainer.state_dict()
+    trainer.train(PAIRS, iteration=1)
+    served_after = trainer.state_dict()
+    if finetune == "full":
+        masters = {k: v.detach() for k, v in trainer.policy.state_dict().items()}
+    else:
+        masters = trainer._masters
+        assert masters and all(k.rsplit(".", 2)[1] in ("q_proj", "k_proj", "v_proj", "o_proj") for k in masters)
+    moved = [k for k in masters if not torch.equal(masters[k], start[k]) and k in served_after]  # tied: once
+    assert len(moved) >= len(masters) // 2, (len(moved), len(masters))
+    # most of the update is below half an ulp of the weights: it does not show in the served bf16
+    # weights (their rounding), it lives in the masters
+    kept = sum(int((masters[k] != start[k]).sum()) for k in moved)
+    shown = sum(int((served_after[k].float() != served_before[k].float()).sum()) for k in moved)
+    assert kept > 1000 and shown < 0.2 * kept, (shown, kept)
+    assert all(torch.equal(served_after[k], masters[k].to(torch.bfloat16)) for k in moved)
+
+    folder = tmp_path / "iterations" / "0001" / "policy"
+    trainer.save(str(folder))
+    assert (folder / MASTERS).is_file()
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:  # what vLLM loads: bf16, top level only
+        assert all(f.get_tensor(k).dtype == torch.bfloat16 for k in f.keys())
+    fresh = PolicyTrainer(str(folder), tiny_model_path, trainer.solver, "bfloat16", str(tmp_path / "b"), seed=0)
+    restored = fresh.policy.state_dict() if finetune == "full" else fresh._masters
+    assert restored.keys() >= masters.keys()
+    assert all(torch.equal(restored[k], masters[k].to(restored[k].device)) for k in masters)
+    assert not changed(fresh.state_dict(), served_after)

@@ -326,3 +326,71 @@ def test_docs_and_manifests_name_existing_configs() -> None:
         ):
             name = next(m for m in mentioned if m)
             assert name in names, f"{path.name} names {name}, which deploy/configs does not have"
+
+
+# ------------------------------------------------------------------------- issue 18: env, shm, user
+
+
+@pytest.mark.parametrize("path", KUBERAY, ids=lambda p: p.name)
+def test_every_ray_pod_mounts_a_memory_backed_dev_shm(path: Path) -> None:
+    """Ray's object store lives in /dev/shm; a container's default (64 MB) makes it spill to /tmp."""
+    spec = _cluster_spec(_load(path))
+    templates = list(_pod_templates(spec))
+    assert len(templates) == 1 + len(spec["workerGroupSpecs"])  # the head too
+    for template in templates:
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        for container in template["spec"]["containers"]:
+            [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+            assert volumes[mount["name"]]["emptyDir"]["medium"] == "Memory"
+
+
+def test_rayjob_passes_every_actor_variable_and_retries_as_a_resume() -> None:
+    from actors.cluster import ACTOR_ENV
+
+    job = yaml.safe_load((DEPLOY / "kuberay" / "rayjob.yaml").read_text())["spec"]
+    assert yaml.safe_load(job["runtimeEnvYAML"])["env_vars"] == ACTOR_ENV
+    assert job["backoffLimit"] >= 1 and job["entrypoint"].split()[:2] == ["eva", "run"]  # run continues a run
+
+
+def test_inside_a_job_init_ray_adds_only_the_variables_the_job_lacks() -> None:
+    from actors.cluster import ACTOR_ENV, env_missing_from_job
+
+    three = {k: ACTOR_ENV[k] for k in ("OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE")}
+    job = json.dumps({"runtime_env": {"env_vars": three, "working_dir": "gcs://x.zip"}})
+    missing = env_missing_from_job(job, environ={"EVA_CACHE_DIR": "/mnt/shared/cache"})
+    assert set(missing) == set(ACTOR_ENV) - set(three) | {"EVA_CACHE_DIR"}
+    assert missing["EVA_CACHE_DIR"] == "/mnt/shared/cache"
+    everything = json.dumps({"runtime_env": {"env_vars": {**ACTOR_ENV, "EVA_CACHE_DIR": "/c"}}})
+    assert env_missing_from_job(everything, environ={"EVA_CACHE_DIR": "/c"}) == {}
+    assert env_missing_from_job(json.dumps({}), environ={}) == ACTOR_ENV  # `ray job submit` without a runtime_env
+
+
+def test_dockerfile_frees_uid_1000_before_creating_the_user() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    run = text[text.index('RUN if u="$(getent passwd 1000)"') : text.index("USER 1000:1000")]
+    assert run.index("userdel") < run.index("useradd --create-home --uid 1000 --gid 1000 eva")
+    assert run.index("groupdel") < run.index("groupadd --gid 1000 eva") < run.index("useradd --create-home")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_example_configs_run_compiled_bounded_and_resumable(path: Path) -> None:
+    """Issue 18: compiled engines, a round of a size that trains in hours (not days), gradient
+    checkpointing for the eager attention Gemma 2 needs, step checkpoints and a trainer Ray restarts."""
+    from actors.engine import eager_mode
+
+    cfg = load_config(path)
+    assert cfg.model.enforce_eager is False and eager_mode(cfg.model, on_cpu=False) is False
+    assert cfg.prompts.limit is not None and cfg.prompts.limit <= 10_000
+    assert cfg.solver.gradient_checkpointing and cfg.solver.checkpoint_steps
+    assert cfg.ray.trainer.max_restarts >= 1 and cfg.ray.train_step_timeout_s < cfg.ray.timeout_s
+
+
+def test_engines_are_eager_on_cpu_and_compiled_on_gpu_unless_told() -> None:
+    from actors.engine import eager_mode
+    from eva.config import ModelSection
+
+    assert ModelSection().enforce_eager is None
+    assert eager_mode(ModelSection(), on_cpu=True) is True
+    assert eager_mode(ModelSection(), on_cpu=False) is False
+    assert eager_mode(ModelSection(enforce_eager=True), on_cpu=False) is True
+    assert eager_mode(ModelSection(enforce_eager=False), on_cpu=True) is False

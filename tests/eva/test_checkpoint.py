@@ -261,6 +261,29 @@ def test_mutable_fields_never_matter(tmp_path: Path) -> None:
     assert run.config().run.iterations == 9
 
 
+def test_timeouts_may_change_on_resume_and_older_run_yaml_still_opens(tmp_path: Path) -> None:
+    import yaml
+
+    from eva.config import MUTABLE_FIELDS_V1, fingerprint
+
+    run = RunDir(tmp_path / "r")
+    run.init(_config())
+    slower = _config(ray={"timeout_s": 20000, "train_step_timeout_s": 7200, "restart_timeout_s": 60})
+    assert run.init(slower) == []  # no --allow-change needed: how long to wait computes nothing
+    assert run.config().ray.timeout_s == 20000
+    # a run.yaml written before ray.timeout_s was mutable: its hash covered the timeout
+    data = yaml.safe_load(run.config_path.read_text())
+    data.pop("config_hash")
+    for field in ("train_step_timeout_s", "restart_timeout_s"):  # not known then
+        del data["ray"][field]
+    del data["solver"]["checkpoint_steps"]
+    run.config_path.write_text(yaml.safe_dump({"config_hash": fingerprint(data, MUTABLE_FIELDS_V1), **data}))
+    assert run.config().ray.timeout_s == 20000
+    run.config_path.write_text(run.config_path.read_text().replace("timeout_s: 20000", "timeout_s: 30000"))
+    with pytest.raises(CorruptCheckpointError, match="edited by hand"):  # and it still catches an edit
+        run.config()
+
+
 def test_hand_edited_run_yaml_is_detected(run: RunDir) -> None:
     text = run.config_path.read_text().replace("beta: 0.05", "beta: 0.5")
     run.config_path.write_text(text)

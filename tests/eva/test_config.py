@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -243,3 +244,23 @@ def test_the_pairless_limit_is_mutable():
 def test_a_task_reward_has_no_component_fields_and_no_user_function():
     cfg = load_config(None, ["task.family=arithmetic", "creator.kind=program", "reward.kind=task"], preset="tiny")
     assert cfg.reward.kind == "task" and cfg.reward.functions() == []
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        "solver.checkpoint_steps=0",
+        "solver.attn_implementation=fast",
+        "solver.gradient_checkpointing=sometimes",
+        "ray.train_step_timeout_s=0",
+        "ray.restart_timeout_s=-5",
+        "reward.batch_tokens=8",
+        "model.enforce_eager=maybe",
+        "model.seeded_sampling=3",
+        "model.batch_invariant=perhaps",
+    ],
+)
+def test_issue_18_fields_refuse_bad_values_naming_the_field(item: str) -> None:
+    field = item.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"--set {re.escape(item)}: {re.escape(field)}: "):
+        load_config(None, [item], preset="tiny")
