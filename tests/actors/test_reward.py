@@ -135,9 +135,9 @@ def tiny_reward_model(tiny_path: str, tmp_path_factory: pytest.TempPathFactory) 
 
 def test_reward_model_scores_batched_with_chat_template(tiny_reward_model: str) -> None:
     scorer = RewardModelScorer(tiny_reward_model, batch_size=3, max_length=64)
-    batch = scorer._encode(["why " * 100], ["because " * 100])
-    text = scorer.tokenizer.decode(batch["input_ids"][0])
-    assert batch["input_ids"].shape[1] <= 64 and "<|im_start|>assistant\nbecause because" in text
+    ids = scorer._encode("why " * 100, "because " * 100)["input_ids"]
+    text = scorer.tokenizer.decode(ids)
+    assert len(ids) <= 64 and "<|im_start|>assistant\nbecause because" in text
     scores = scorer.score(PROMPTS + ["why " * 100], RESPONSES + ["because " * 100])  # last one truncated
     assert len(scores) == 5 and all(math.isfinite(s) for s in scores) and len(set(scores)) == 5
     alone = RewardModelScorer(tiny_reward_model, batch_size=1, max_length=64).score(PROMPTS, RESPONSES)
