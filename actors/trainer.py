@@ -48,6 +48,7 @@ from actors.models import assigned_device
 from eva.atomic import atomic_folder
 from eva.checkpoint import is_committed
 from eva.config import SolverSection
+from eva.iteration import POLICY_MASTERS
 from eva.losses import loss_spec, trl_arguments
 from eva.results import TrainingDivergedError
 from eva.seeding import derive_seed
@@ -64,9 +65,7 @@ TRL_TRAINERS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
     "orpo": ("trl.experimental.orpo", "ORPOConfig", "ORPOTrainer", {"remove_unused_columns": False}),
 }
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-# The fp32 master weights inside a saved policy folder (a subfolder: vLLM loads only the top level's
-# *.safetensors), written when `dtype` rounds them; the trainer alone reads it.
-MASTERS = "master/master.safetensors"
+MASTERS = POLICY_MASTERS  # the fp32 masters inside a saved policy folder (eva.iteration owns the name)
 
 
 class PolicyTrainer:

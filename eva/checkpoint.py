@@ -45,7 +45,7 @@ from eva.atomic import (  # noqa: F401  (re-exported: the run directory's writer
     sha256_file,
 )
 from eva.config import MUTABLE_FIELDS, MUTABLE_FIELDS_V1, ConfigError, RunConfig, config_from_dict, fingerprint, flatten
-from eva.iteration import POLICY, IterationDir
+from eva.iteration import POLICY, POLICY_MASTERS, IterationDir
 from eva.runlock import LOCK_FILE, RunLock
 from eva.tables import read_table, write_table
 
@@ -500,6 +500,24 @@ class RunDir:
         if pruned:
             self.log_event("prune_policies", iterations=pruned, keep_last=keep_last)
         return pruned
+
+    def prune_masters(self, t: int) -> bool:
+        """Once iteration t is committed, drop the fp32 master weights of iteration t - 1 (policy/master/,
+        written by the trainer when the policy's dtype rounds them): a resume continues from the newest
+        committed iteration only, and the masters are twice the size of the policy they sit in (34 GB an
+        iteration for a 9B LoRA run). The manifest moves their entries to "pruned" first, the files go
+        after. Returns whether anything was dropped."""
+        if t < 1 or not self.committed(t) or not self.committed(t - 1):
+            return False
+        folder = POLICY + "/" + POLICY_MASTERS.split("/")[0] + "/"
+        manifest = self.manifest(t - 1)
+        assert manifest is not None  # committed
+        if not any(rel.startswith(folder) for rel in manifest["files"]):
+            return False
+        self._drop_from_manifest(t - 1, folder)
+        shutil.rmtree(self.iteration_dir(t - 1) / folder, ignore_errors=True)
+        self.log_event("prune_masters", iteration=t - 1)
+        return True
 
     def _drop_from_manifest(self, t: int, prefix: str) -> None:
         manifest = self.manifest(t)

@@ -48,6 +48,9 @@ SAMPLED = "sampled.json"
 TRAIN_PROMPTS = "train_prompts.json"
 METRICS = "metrics.json"
 POLICY = "policy"
+# The trainer's fp32 master weights inside a policy folder saved in a rounding dtype (a subfolder:
+# vLLM loads only the top level's *.safetensors); only the newest committed iteration keeps them.
+POLICY_MASTERS = "master/master.safetensors"
 TRAIN_CHECKPOINTS = "train_checkpoints"  # step checkpoints of the round in progress (never committed)
 # The two rollout stages write the same table: estimate scores X_{t-1}, solve scores X'_t.
 SCORED = {"estimate": "estimate.parquet", "solve": "rollouts.parquet"}

@@ -421,6 +421,7 @@ def commit(ctx: Ctx, t: int, buffer: PromptBuffer, results: IterationResults, t_
         counts.update(buffer=len(buffer))
     fault_point(t, "commit:manifest")
     ctx.run.commit(t)
+    ctx.run.prune_masters(t)
     ctx.run.prune_policies(ctx.cfg.checkpoint.keep_policies)
     if ctx.trackers is not None:
         ctx.trackers.log_iteration(t, metrics.to_dict(), folder.evolved() if folder.has_evolved() else [])
@@ -556,6 +557,7 @@ def run_loop(cfg: RunConfig, run: RunDir, report: Reporter, verified: bool = Fal
     run.sync_latest()  # a kill between an iteration's MANIFEST and LATEST: it is committed (and verified above)
     last = run.last_committed()
     assert last is not None  # iteration 0 is committed now
+    run.prune_masters(last)  # a kill between the last commit and its pruning left the previous ones
     if last >= cfg.run.iterations:
         report(f"nothing to do: {last} iterations committed (run.iterations = {cfg.run.iterations})")
         return last

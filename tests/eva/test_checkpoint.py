@@ -476,3 +476,19 @@ def test_markers_without_a_fingerprint_count_as_current(run: RunDir) -> None:
     run.commit(1)
     with pytest.raises(RunDirError, match="committed"):
         run.drop_stages(1, ["estimate"])
+
+
+def test_only_the_newest_committed_iteration_keeps_the_fp32_masters(run: RunDir) -> None:
+    """policy/master/ (the trainer's fp32 masters) of iteration t - 1 goes once t is committed: a resume
+    reads the newest iteration's only. Listed as pruned in the manifest; the rest of the policy stays."""
+    for t in range(3):
+        folder = _write_iteration(run, t)
+        if t:
+            atomic_write_bytes(folder / "policy" / "master" / "master.safetensors", bytes(range(256)) * 8)
+        run.commit(t)
+        assert run.prune_masters(t) is (t == 2)  # iteration 0 has none; 1's go when 2 commits
+    assert not (run.iteration_dir(1) / "policy" / "master").exists()
+    assert (run.iteration_dir(1) / "policy" / "model.safetensors").is_file()
+    assert (run.iteration_dir(2) / "policy" / "master" / "master.safetensors").is_file()
+    assert "policy/master/master.safetensors" in run.manifest(1)["pruned"]
+    assert run.verify_all() == [] and run.prune_masters(2) is False  # idempotent
