@@ -38,8 +38,8 @@ ACTOR_ENV = {
     "TRL_EXPERIMENTAL_SILENCE": "1",
     "RAY_DEDUP_LOGS": "1",
     # The trainer's state dict travels out-of-band: every engine maps the object store's one copy
-    # instead of unpickling a private one (benchmarks/weight_sync.py: 8 vs 30 s/GB, receiver PSS
-    # 0.36 vs 0.89 GB for 0.5 GB). Only the trainer returns tensors; engines only read them.
+    # instead of unpickling a private one (benchmarks/weight_sync.py, 2 GB to 2 receivers: 1.9 vs
+    # 5.5 s/GB, receiver PSS 0.91 vs 2.99 GB). Only the trainer returns tensors; engines only read them.
     "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1",
 }
 # Variables of the launching shell that actors need too, when set: where converted models are
