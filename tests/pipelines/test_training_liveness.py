@@ -52,13 +52,27 @@ def setup(ray, tiny_model_path, tmp_path, overrides: list[str], max_restarts: in
 
 
 def test_a_round_that_finishes_no_step_fails_after_train_step_timeout_s(ray_session, tiny_model_path, tmp_path):
-    # one optimizer step = 16 pairs forward and backward: several seconds, far above the 0.5 s allowed
-    ctx, trainer = setup(
-        ray_session,
-        tiny_model_path,
-        tmp_path,
-        ["solver.per_device_batch_size=1", "solver.gradient_accumulation_steps=16", "ray.train_step_timeout_s=0.5"],
-    )
+    def stall_steps(trainer_self):  # runs inside the actor: a closure, so Ray ships it by value
+        """Every optimizer step of the next rounds first sleeps 60 s (a hung collective, a stuck data
+        loader), however fast the machine: far above the 0.5 s allowed (the driver looks every 2 s)."""
+        from transformers import TrainerCallback
+
+        make = trainer_self._make_trainer
+
+        class Stall(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                time.sleep(60)
+
+        def stalled(*args, **kwargs):
+            made = make(*args, **kwargs)
+            made.add_callback(Stall())
+            return made
+
+        trainer_self._make_trainer = stalled
+        return True
+
+    ctx, trainer = setup(ray_session, tiny_model_path, tmp_path, ["ray.train_step_timeout_s=0.5"])
+    assert ray_session.get(trainer.__ray_call__.remote(stall_steps), timeout=60)
     try:
         t0 = time.monotonic()
         with pytest.raises(TimeoutError, match=r"finished no step for 0.5s .*ray.train_step_timeout_s"):
