@@ -29,7 +29,6 @@ import pyarrow as pa
 
 from eva.atomic import atomic_write_json
 from eva.buffer import (
-    BUFFER_SCHEMA,
     PromptBuffer,
     load_pairs,
     load_prompts_table,
@@ -124,14 +123,6 @@ class IterationDir:
         for path in changes:
             buffer.apply_changes(read_changes(path), str(path))
         return buffer
-
-    def buffer_columns(self, columns: list[str]) -> pa.Table:
-        """Only the named columns of the buffer version t (typed as in the buffer). Read from disk
-        alone (the other columns are skipped) when this iteration holds a whole version."""
-        schema = pa.schema([BUFFER_SCHEMA.field(c) for c in columns])
-        if (self.path / PROMPTS).is_file():
-            return read_table(self.path / PROMPTS, schema)
-        return self.buffer().to_table().select(columns).cast(schema)
 
     def write_buffer(self, buffer: PromptBuffer) -> None:
         """The whole buffer as version t (iteration 0, and tests: it does not depend on earlier ones)."""

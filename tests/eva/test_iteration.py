@@ -58,11 +58,7 @@ def test_every_artifact_round_trips(tmp_path: Path) -> None:
 
 def test_partial_reads_return_only_the_named_columns_typed(tmp_path: Path) -> None:
     it, buffer, scored = _folder(tmp_path)
-    it.write_buffer(buffer)
     it.write_scored("solve", scored)
-    table = it.buffer_columns(["id", "depth"])
-    assert table.column_names == ["id", "depth"] and table.schema.field("depth").type == pa.int64()
-    assert table.column("id").to_pylist() == buffer.ids()
     info = it.scored_table("solve", ["info"])
     assert info.column_names == ["info"] and info.column("info").to_pylist() == [0.0, 0.5, 1.0]
     assert it.scored_table("solve").column_names == ["prompt_id", "prompt", "responses", "rewards", "info"]
@@ -122,7 +118,7 @@ def test_missing_files_are_data_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="file does not exist"):
         it.train_ids()
     with pytest.raises(DataError, match="file does not exist"):
-        it.buffer_columns(["id"])
+        it.buffer()
 
 
 # --- buffer versions: a whole version, then each iteration's changes ------------------------------
@@ -154,7 +150,6 @@ def test_each_iteration_stores_only_its_changes_and_every_version_reads_back(tmp
     for t, table in versions.items():
         folder = IterationDir(root / f"{t:04d}", t)
         assert folder.buffer().to_table().equals(table), t
-        assert folder.buffer_columns(["id", "times_trained"]).equals(table.select(["id", "times_trained"]))
         assert len(folder.buffer_files()) == t + 1
     assert pa.parquet.read_table(root / "0004" / "prompts.changes.parquet").num_rows == 2
 
