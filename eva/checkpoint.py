@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Container, Iterable
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -425,17 +425,16 @@ class RunDir:
                 problems.append(f"{name}: sha256 mismatch")
         return problems
 
-    def verify_all(self, hashes: bool = True, policies: Container[int] | None = None) -> list[str]:
+    def verify_all(self, hashes: bool = True, loaded_policies_only: bool = False) -> list[str]:
         """Problems of every iteration a resumed run builds on: each one up to the highest committed
         (`last_committed`, where resume continues) or LATEST, whichever is higher, must be committed
-        and intact. `policies`: the iterations whose policy files are hashed (None: every one); the
-        other policies are checked by size."""
+        and intact. `loaded_policies_only`: hash the policy files of iteration 0 and of that highest
+        one only (the policies a resume loads); the other policies are checked by size."""
         last = self.resume_point()
         if last is None:
             return []
-        return [
-            p for t in range(last + 1) for p in self.verify(t, hashes, policy_hashes=policies is None or t in policies)
-        ]
+        hashed = {0, last} if loaded_policies_only else range(last + 1)
+        return [p for t in range(last + 1) for p in self.verify(t, hashes, policy_hashes=t in hashed)]
 
     def resume_point(self) -> int | None:
         """The iteration a resumed run continues from: the highest committed one or LATEST."""
@@ -446,8 +445,7 @@ class RunDir:
         every committed iteration, and the two policies it loads (iteration 0's, the reference, and
         the one it continues from); the older policies, which it never reads, by size. Hashing each
         kept policy would make resuming a long run cost the run's length times the model's size."""
-        last = self.resume_point()
-        return self.verify_all(policies={0} if last is None else {0, last})
+        return self.verify_all(loaded_policies_only=True)
 
     def ensure_valid(self, t: int) -> None:
         """Raise CorruptCheckpointError naming the bad files if iteration t does not verify."""
