@@ -197,6 +197,15 @@ def shares_gpu(res: ActorResources, tensor_parallel: int = 1) -> bool:
     return tensor_parallel == 1 and 0 < res.num_gpus < 1
 
 
+def engines_sleep(cfg: RunConfig) -> bool:
+    """model.sleep resolved: auto is on when the engines run on CPU (they share the machine's memory
+    with the trainer) or share GPUs with it (fractional ray.engine.num_gpus and ray.trainer.num_gpus)."""
+    if cfg.model.sleep != "auto":
+        return bool(cfg.model.sleep)
+    engine = cfg.ray.engine
+    return engine.num_gpus == 0 or (shares_gpu(engine, cfg.model.tensor_parallel_size) and shares_gpu(cfg.ray.trainer))
+
+
 @dataclass
 class Launch:
     """One actor to start: `create()` makes it, `ready(handle)` is the call to wait on (an ObjectRef)."""
@@ -261,6 +270,25 @@ class Actors:
     def _scorers(self) -> list:
         return [] if self.reward is None else [self.reward]
 
+    def sleep(self, timeout_s: float) -> float:
+        """Every engine gives its memory to the trainer (model.sleep): the policy's engines drop their
+        weights, fixed models (the creator's own, the judge) keep them where vLLM can. Seconds, slowest."""
+        refs = [e.sleep.remote(False) for e in self.policy.engines]
+        if self.creator_engines is not self.policy:
+            refs += [e.sleep.remote(True) for e in self.creator_engines.engines]
+        refs += [r.sleep.remote() for r in self._scorers()]
+        return max(ray.get(refs, timeout=timeout_s), default=0.0)
+
+    def wake_up(self, policy_path: str, version: str, timeout_s: float) -> float:
+        """Every engine back from `sleep`, the policy's serving the policy folder `policy_path` as
+        `version` (the pool adopts it: a replica restarted later reloads it). Seconds, slowest."""
+        self.policy.adopt(policy_path, version)
+        refs = [e.wake_up.remote(policy_path, version) for e in self.policy.engines]
+        if self.creator_engines is not self.policy:
+            refs += [e.wake_up.remote() for e in self.creator_engines.engines]
+        refs += [r.wake_up.remote() for r in self._scorers()]
+        return max(ray.get(refs, timeout=timeout_s), default=0.0)
+
     def shutdown(self) -> None:
         for handle in [*self.policy.engines, *self.creator_engines.engines, *self._scorers(), self.trainer]:
             try:
@@ -318,14 +346,17 @@ def start_actors(cfg: RunConfig, policy_path: str, initial_path: str, start_iter
         raise
 
     version = f"policy-{start_iteration}"
+    sleeps = engines_sleep(cfg)
     launches = [
-        _engine_launch(cfg.ray.engine, options, tp, (policy_path, cfg.model, work, cfg.run.seed, version))
+        _engine_launch(cfg.ray.engine, options, tp, (policy_path, cfg.model, work, cfg.run.seed, version, sleeps))
         for options in _engine_options(cfg.ray.engine, groups["engine"], tp)
     ]
     if own_creator:
         creator_path = initial_path if cfg.creator.model == "initial" else resolve_model_path(cfg.creator.model)
         launches += [
-            _engine_launch(cfg.ray.creator, options, tp, (creator_path, cfg.model, work, cfg.run.seed, "creator"))
+            _engine_launch(
+                cfg.ray.creator, options, tp, (creator_path, cfg.model, work, cfg.run.seed, "creator", sleeps)
+            )
             for options in _engine_options(cfg.ray.creator, groups["creator"], tp)
         ]
     if has_reward:
@@ -333,7 +364,7 @@ def start_actors(cfg: RunConfig, policy_path: str, initial_path: str, start_iter
         launches.append(
             Launch(
                 lambda: reward_actor.remote(
-                    cfg.reward, initial_path, work, trust_remote_code=cfg.model.trust_remote_code
+                    cfg.reward, initial_path, work, trust_remote_code=cfg.model.trust_remote_code, sleep_mode=sleeps
                 ),
                 lambda h: h.info.remote(),
                 shares_gpu(cfg.ray.reward),

@@ -9,6 +9,7 @@ still changes the numbers unless model.batch_invariant is on, and seeded rows co
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import sys
@@ -44,6 +45,10 @@ class GenerationBatch:
     prompt_tokens: int
     new_tokens: int
     retries: tuple[str, ...] = ()  # what actors.pool had to resend, one line each (for events.jsonl)
+
+
+class EngineAsleepError(RuntimeError):
+    """A request reached an engine that sleeps while the trainer trains (model.sleep)."""
 
 
 class StaleWeightsError(RuntimeError):
@@ -160,50 +165,141 @@ class GenerationEngine:
     """
 
     def __init__(
-        self, model_path: str, model: ModelSection, workdir: str, seed: int = 0, weights_version: str = "start"
+        self,
+        model_path: str,
+        model: ModelSection,
+        workdir: str,
+        seed: int = 0,
+        weights_version: str = "start",
+        sleep_mode: bool = False,
     ) -> None:
         configure_engine_env(workdir, model.batch_invariant)
-        from vllm import LLM
         from vllm.platforms import current_platform
 
+        self.cpu = current_platform.is_cpu()
+        self.model, self.seed = model, seed
+        # vLLM's sleep mode (GPU): allocations go through its pool so that sleep() can free them; on CPU
+        # vLLM has none (its CPU worker ignores sleep), so sleep() shuts the engine down instead.
+        self.sleep_mode = sleep_mode and not self.cpu
+        self.asleep = False
+        self._kept_weights = True
+        self.max_model_len = model.max_model_len
+        self.seeded = model.seeded_sampling
+        self.busy = BusyLog()
         t0 = time.perf_counter()
-        cpu = current_platform.is_cpu()
+        self._build(model_path)
+        self.start_seconds = time.perf_counter() - t0
+        self.weights_version = weights_version
+        self._path_version = weights_version  # the label of the weights in model_path (a CPU wake reloads them)
+
+    def _build(self, model_path: str) -> None:
+        from vllm import LLM
+
+        model, cpu = self.model, self.cpu
         seqs, kv_bytes = max_num_seqs(model, cpu), kv_cache_bytes(model_path, model, cpu)
         sizes: dict[str, Any] = {"max_num_seqs": seqs, "kv_cache_memory_bytes": kv_bytes}
+        if self.sleep_mode:
+            sizes["enable_sleep_mode"] = True
         self.model_path = model_path
-        self.llm = LLM(
+        self.llm: Any = LLM(
             model=model_path,
             dtype=model.dtype,
             max_model_len=model.max_model_len,
-            enforce_eager=eager_mode(model, current_platform.is_cpu()),
+            enforce_eager=eager_mode(model, cpu),
             trust_remote_code=model.trust_remote_code,
             gpu_memory_utilization=model.gpu_memory_utilization,
             tensor_parallel_size=model.tensor_parallel_size,
             # TP > 1: vLLM's own Ray executor, one worker per rank in this actor's placement group
             # (actors.cluster.engine_bundles); the in-process engine core stays in this actor.
             **(RAY_EXECUTOR if model.tensor_parallel_size > 1 else {}),
-            seed=seed,
+            seed=self.seed,
             **{k: v for k, v in sizes.items() if v is not None},
             **(_cpu_scheduler(model.max_model_len, seqs or 0) if cpu else {}),
         )
-        self.tokenizer = self.llm.get_tokenizer()
-        self.max_model_len = model.max_model_len
-        self.weights_version = weights_version
-        self.seeded = model.seeded_sampling
-        self.start_seconds = time.perf_counter() - t0
-        self.busy = BusyLog()
+        self.tokenizer: Any = self.llm.get_tokenizer()
 
-    def ready(self) -> dict[str, float | str]:
+    def ready(self) -> dict[str, Any]:
         """Cheap call to wait on after starting the actor; also what the engine holds."""
-        vllm = self.llm.llm_engine.vllm_config
-        return {
+        info: dict[str, Any] = {
             "model_path": self.model_path,
             "start_seconds": self.start_seconds,
             "pid": os.getpid(),
             "weights_version": self.weights_version,
-            "max_num_seqs": vllm.scheduler_config.max_num_seqs,
-            "kv_cache_tokens": (vllm.cache_config.num_gpu_blocks or 0) * vllm.cache_config.block_size,
+            "asleep": self.asleep,
         }
+        if self.llm is not None:
+            vllm = self.llm.llm_engine.vllm_config
+            info["max_num_seqs"] = vllm.scheduler_config.max_num_seqs
+            info["kv_cache_tokens"] = (vllm.cache_config.num_gpu_blocks or 0) * vllm.cache_config.block_size
+        return info
+
+    # --- sleeping while the trainer trains (model.sleep) ------------------------------------
+
+    def sleep(self, keep_weights: bool = False) -> float:
+        """Give the engine's memory to the trainer until `wake_up`; returns seconds.
+
+        GPU (sleep mode): vLLM's LLM.sleep, level 2 (weights and KV cache freed: the policy's engines,
+        whose weights the round replaces anyway) or level 1 with `keep_weights` (weights moved to host
+        memory: an engine of a fixed model, the judge's or the creator's). CPU: vLLM has no sleep mode
+        there, so the engine is shut down and its heap returned to the OS (SmolLM2-135M: 1.74 -> 0.56
+        GB PSS); `wake_up` builds it again from its model folder (3 s). Asleep, it refuses requests."""
+        if self.asleep:
+            return 0.0
+        t0 = time.perf_counter()
+        if self.sleep_mode:
+            with exit_on_fatal("sleep"):
+                self.llm.sleep(level=1 if keep_weights else 2)
+            self._kept_weights = keep_weights
+        else:
+            from actors import heap
+
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+            self.tokenizer = None
+            gc.collect()
+            heap.release()
+        self.asleep = True
+        return time.perf_counter() - t0
+
+    def wake_up(self, path: str | None = None, version: str | None = None) -> float:
+        """Come back from `sleep` serving the weights of `path` (a saved policy folder) labelled
+        `version`, or with no path the weights it slept with (those of its model folder on CPU, where it
+        is built again; on GPU, level 1 keeps them, level 2 leaves weights that must be pushed:
+        labelled "discarded" until then). Awake already (e.g. Ray restarted it meanwhile): just loads
+        `path`. Returns seconds."""
+        t0 = time.perf_counter()
+        if not self.asleep:
+            if path is not None:
+                self.load_weights_from_path(path, version)
+            return time.perf_counter() - t0
+        if self.sleep_mode:
+            with exit_on_fatal("wake_up"):
+                self.llm.wake_up(tags=["weights"])
+                if path is not None:  # fill the weights before the KV cache takes its memory back
+                    self.llm.collective_rpc(
+                        "reload_weights", kwargs={"weights_path": path, "is_checkpoint_format": True}
+                    )
+                    self._after_reload()
+                self.llm.wake_up(tags=["kv_cache"])
+            if path is not None:
+                self.model_path = path
+                self._path_version = self.weights_version = version or path
+            elif not self._kept_weights:
+                self.weights_version = "discarded"  # level 2 freed them: a push must come before any request
+        else:
+            self._build(path or self.model_path)
+            if path is not None:
+                self._path_version = version or path
+            self.weights_version = self._path_version
+        self.asleep = False
+        return time.perf_counter() - t0
+
+    def _awake(self, call: str) -> None:
+        if self.asleep:
+            raise EngineAsleepError(
+                f"engine (pid {os.getpid()}): {call} while asleep (model.sleep: the trainer holds the memory); "
+                "wake_up() first"
+            )
 
     def apply_chat_template(self, text: str, system: str | None = None) -> str:
         messages: list[Any] = ([{"role": "system", "content": system}] if system else []) + [
@@ -228,6 +324,7 @@ class GenerationEngine:
         """
         from vllm import SamplingParams
 
+        self._awake("generate")
         if expect_weights is not None and expect_weights != self.weights_version:
             raise StaleWeightsError(
                 f"engine (pid {os.getpid()}) serves weights {self.weights_version!r}, the caller expects "
@@ -279,6 +376,7 @@ class GenerationEngine:
         """
         from vllm import SamplingParams
 
+        self._awake("next_token_logprobs")
         if not prompts:
             return []
         params = SamplingParams(n=1, temperature=0.0, max_tokens=1, logprobs=top_k)
@@ -295,6 +393,7 @@ class GenerationEngine:
         it (vLLM prompt_logprobs): what the trainer's log-probs must match (actors.trainer)."""
         from vllm import SamplingParams, TokensPrompt
 
+        self._awake("sequence_logprobs")
         params = SamplingParams(n=1, temperature=0.0, max_tokens=1, prompt_logprobs=0)
         prompts = [TokensPrompt(prompt_token_ids=ids) for ids in token_ids]
         with exit_on_fatal("sequence_logprobs"):
@@ -315,6 +414,7 @@ class GenerationEngine:
         so a direct `model.load_weights` fails); the prefix cache is dropped because cached KV blocks
         belong to the old weights.
         """
+        self._awake("update_weights")
         t0 = time.perf_counter()
         items = list(weights.items()) if isinstance(weights, Mapping) else list(weights)
         with exit_on_fatal("update_weights"):  # a reload that failed midway leaves a mix of two policies
@@ -326,6 +426,8 @@ class GenerationEngine:
 
     def load_weights_from_path(self, path: str, version: str | None = None) -> float:
         """Fallback weight sync: reload from a saved safetensors folder (e.g. the committed policy)."""
+        if self.asleep:
+            return self.wake_up(path, version)
         t0 = time.perf_counter()
         with exit_on_fatal("load_weights_from_path"):
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path, "is_checkpoint_format": True})
@@ -333,6 +435,7 @@ class GenerationEngine:
         self.model_path = path
         if version is not None:
             self.weights_version = version
+        self._path_version = self.weights_version
         return time.perf_counter() - t0
 
     def _after_reload(self) -> None:

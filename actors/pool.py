@@ -153,6 +153,18 @@ class EnginePool:
             ray.get([e.load_weights_from_path.remote(path, self.version) for e in self.engines], timeout=self.timeout_s)
         )
 
+    def sleep(self, keep_weights: bool = False) -> float:
+        """Every replica gives its memory to the trainer (GenerationEngine.sleep); the slowest one's seconds."""
+        return max(ray.get([e.sleep.remote(keep_weights) for e in self.engines], timeout=self.timeout_s))
+
+    def wake_up(self, path: str | None = None, version: str | None = None) -> float:
+        """Every replica comes back (GenerationEngine.wake_up), serving the policy folder `path` as
+        `version` when given; the slowest one's seconds."""
+        if path is not None:
+            self.adopt(path, version or uuid.uuid4().hex[:12])
+        refs = [e.wake_up.remote(path, self.version if path is not None else None) for e in self.engines]
+        return max(ray.get(refs, timeout=self.timeout_s))
+
     def adopt(self, weights, version: str) -> None:
         """Record weights another copy of this pool pushed already (ObjectRef or path, and its label)."""
         self._weights, self.version = weights, version

@@ -435,7 +435,9 @@ class CombinedScorer(Scorer):
 JUDGE_CPU_MAX_NUM_SEQS = 8
 
 
-def judge_engine(model_path: str, max_length: int, workdir: str, dtype: str = "float32") -> Any:
+def judge_engine(
+    model_path: str, max_length: int, workdir: str, dtype: str = "float32", sleep_mode: bool = False
+) -> Any:
     """A vLLM engine for a frozen judge: room for the instructions + `max_length` tokens of pair.
 
     float32 by default: SmolLM2's bf16 logits come in steps of 1/8, which makes many expected scores
@@ -448,7 +450,7 @@ def judge_engine(model_path: str, max_length: int, workdir: str, dtype: str = "f
     # request is simply scored again (greedy).
     seqs = JUDGE_CPU_MAX_NUM_SEQS if assigned_device("judge") == "cpu" else "auto"
     section = ModelSection(dtype=dtype, max_model_len=max_length + 512, max_num_seqs=seqs)
-    return GenerationEngine(model_path, section, os.path.join(workdir, "judge"))
+    return GenerationEngine(model_path, section, os.path.join(workdir, "judge"), sleep_mode=sleep_mode)
 
 
 def _model(name: str | None, default: str, initial_model_path: str) -> str:
@@ -463,11 +465,13 @@ def build_scorer(
     engines: dict[str, Any] | None = None,
     *,
     trust_remote_code: bool = False,
+    sleep_mode: bool = False,
 ) -> Scorer:
     """The scorer a RewardSection describes. `model: initial` is the frozen initial policy
     (`initial_model_path`); builtin names resolve offline. Judges on one model share one engine;
     pass `engines` (resolved model path -> GenerationEngine) to reuse engines that already run.
-    `trust_remote_code` (the config's `model.trust_remote_code`) lets a reward model run its own code."""
+    `trust_remote_code` (the config's `model.trust_remote_code`) lets a reward model run its own code.
+    `sleep_mode`: judges' engines start in vLLM's sleep mode (model.sleep on GPU)."""
     engines = {} if engines is None else engines
 
     def make(spec: ScorerSpec, field: str) -> Scorer:
@@ -484,7 +488,7 @@ def build_scorer(
         )
         if spec.kind == JudgeScorer.name:
             if path not in engines:
-                engines[path] = judge_engine(path, reward.max_length, workdir, reward.judge_dtype)
+                engines[path] = judge_engine(path, reward.max_length, workdir, reward.judge_dtype, sleep_mode)
             return JudgeScorer(engines[path], spec.judge_template or reward.judge_template, reward.max_length)
         if spec.kind == RewardModelScorer.name:  # eva.config refuses `initial` here: a causal LM is no reward model
             return RewardModelScorer(
@@ -515,10 +519,24 @@ class RewardActor:
     """The reward scorer behind a Ray actor (`ray.remote(RewardActor)`); plain class, no Ray import."""
 
     def __init__(
-        self, reward: RewardSection, initial_model_path: str, workdir: str, *, trust_remote_code: bool = False
+        self,
+        reward: RewardSection,
+        initial_model_path: str,
+        workdir: str,
+        *,
+        trust_remote_code: bool = False,
+        sleep_mode: bool = False,
     ) -> None:
         t0 = time.perf_counter()
-        self.scorer = build_scorer(reward, initial_model_path, workdir, trust_remote_code=trust_remote_code)
+        self.engines: dict[str, Any] = {}  # the judges' engines (model path -> GenerationEngine)
+        self.scorer = build_scorer(
+            reward,
+            initial_model_path,
+            workdir,
+            self.engines,
+            trust_remote_code=trust_remote_code,
+            sleep_mode=sleep_mode,
+        )
         self.kind = reward.kind
         self.start_seconds = time.perf_counter() - t0
         self.pairs = self.nonfinite = 0
@@ -535,6 +553,15 @@ class RewardActor:
         self.nonfinite += report.nonfinite
         self.seconds += report.seconds
         return report
+
+    def sleep(self) -> float:
+        """The judges' engines give their memory to the trainer (GenerationEngine.sleep, weights kept
+        where vLLM can keep them: the judge is a fixed model); seconds. Other scorers keep theirs (MiniLM:
+        90 MB)."""
+        return sum(engine.sleep(keep_weights=True) for engine in self.engines.values())
+
+    def wake_up(self) -> float:
+        return sum(engine.wake_up() for engine in self.engines.values())
 
     def drain_busy(self) -> list[Span]:
         """The scoring spans since the last call (actors.busy)."""

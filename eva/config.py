@@ -46,6 +46,7 @@ MUTABLE_FIELDS: frozenset[str] = frozenset(
         "ray.restart_timeout_s",
         "ray.train_step_timeout_s",
         "solver.checkpoint_steps",
+        "model.sleep",
     }
 )
 # MUTABLE_FIELDS before ray.timeout_s joined it: the fingerprint the run.yaml of an older run
@@ -192,6 +193,16 @@ class ModelSection(_Section):
         0.5, gt=0, le=1, description="Share of GPU memory one vLLM engine may take (GPU only)."
     )
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism per engine (GPU clusters).")
+    sleep: bool | Literal["auto"] = Field(
+        "auto",
+        description="Engines give their memory to the trainer while it trains: every engine (the policy's, the "
+        "creator model's, the judge's) frees its weights and KV cache for the train stage, and the policy's "
+        "come back serving the round's new policy, read from the iteration's policy/ folder. GPU: vLLM's sleep "
+        "mode (enable_sleep_mode; LLM.sleep level 2 for the policy, 1 for fixed models, then wake_up). CPU, "
+        "where vLLM has no sleep mode: the engine is shut down and built again (about 3 s for SmolLM2-135M; "
+        "cpu-default's peak memory: benchmarks/RESULTS.md). auto: on when the engines run on CPU, or share "
+        "GPUs with the trainer (fractional ray.engine.num_gpus and ray.trainer.num_gpus).",
+    )
 
     @field_validator("kv_cache_gib", "max_num_seqs")
     @classmethod

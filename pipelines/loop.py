@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import ray
 
-from actors.cluster import Actors, init_ray, start_actors
+from actors.cluster import Actors, engines_sleep, init_ray, start_actors
 from actors.creator import evolve_prompts
 from actors.engine import SamplingSpec
 from actors.models import model_folder
@@ -326,6 +326,10 @@ def train(ctx: Ctx, t: int, built: list[PreferencePair]) -> TrainResult:
         sync_engines(ctx, t, from_path=str(policy_dir))
         return TrainResult.from_marker(done)
     with stage(ctx, t, "train") as counts:
+        # model.sleep: the engines' memory is the trainer's for the round; they come back serving pi_t
+        sleeping = bool(built) and engines_sleep(ctx.cfg)
+        if sleeping:
+            counts["sleep_s"] = round(ctx.actors.sleep(ctx.timeout), 3)
         try:
             result = train_round(ctx, t, built)  # no pairs: pi_t = pi_{t-1}, steps 0
         except ray.exceptions.RayTaskError as e:
@@ -341,7 +345,7 @@ def train(ctx: Ctx, t: int, built: list[PreferencePair]) -> TrainResult:
         folder.drop_train_checkpoints()  # the policy is saved: a redone stage needs none of them
         counts["save_s"] = round(time.perf_counter() - t_save, 3)
         fault_point(t, "train:saved")
-        counts["sync_s"] = round(sync_engines(ctx, t), 3)
+        counts["sync_s"] = round(wake_engines(ctx, t, str(policy_dir)) if sleeping else sync_engines(ctx, t), 3)
     return TrainResult.from_marker(counts)
 
 
@@ -397,6 +401,14 @@ def sync_engines(ctx: Ctx, t: int, from_path: str | None = None) -> float:
         seconds = ctx.actors.policy.load_weights_from_path(from_path, version)
     else:
         seconds = ctx.actors.policy.update_weights(ctx.actors.trainer.state_dict.remote(t), version)
+    ctx.engines_hold = t
+    return seconds
+
+
+def wake_engines(ctx: Ctx, t: int, policy_dir: str) -> float:
+    """The engines back from their sleep through the round, the policy's serving pi_t from its saved
+    folder (the weight sync of a sleeping run: no push, the folder was written anyway)."""
+    seconds = ctx.actors.wake_up(policy_dir, f"policy-{t}", ctx.timeout)
     ctx.engines_hold = t
     return seconds
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from actors.engine import GenerationEngine, SamplingSpec, StaleWeightsError
+from actors.engine import EngineAsleepError, GenerationEngine, SamplingSpec, StaleWeightsError
 from actors.pool import EnginePool
 from eva.config import ModelSection
 
@@ -116,6 +116,47 @@ def test_pushed_weights_serve_what_an_engine_started_from_them_serves(ray_sessio
         push()
         assert ray.get(engines[0].next_token_logprobs.remote(prompts, 5), timeout=120) == want
     pool.update_weights(ray.put(original))
+
+
+def test_a_sleeping_engine_refuses_requests_and_wakes_serving_the_folder_it_is_given(
+    ray_session, engines, tiny_model_path, tmp_path
+):
+    """model.sleep on CPU: sleep() shuts the engine down and every request is refused until
+    wake_up(folder, label) builds it again, serving that folder under that label: the responses of the
+    same weights loaded into an awake engine. Woken with no folder it serves its model folder again."""
+    ray = ray_session
+    original = load_file(f"{tiny_model_path}/model.safetensors")
+    gen = torch.Generator().manual_seed(2)
+    folder = tmp_path / "next"
+    shutil.copytree(tiny_model_path, folder)
+    save_file(
+        {k: v + 0.5 * torch.randn(v.shape, generator=gen) for k, v in original.items()},
+        str(folder / "model.safetensors"),
+    )
+    pool = EnginePool(engines[:1], timeout_s=120)
+    pool.load_weights_from_path(str(folder), "next")
+    want = pool.generate(["x", "y"], TEXTS[:2], [0, 1], SPEC).generations
+    pool.load_weights_from_path(tiny_model_path, "start")
+    before = pool.generate(["x", "y"], TEXTS[:2], [0, 1], SPEC).generations
+    assert want != before
+
+    assert pool.sleep() >= 0 and ray.get(engines[0].ready.remote())["asleep"]
+    assert "max_num_seqs" not in ray.get(engines[0].ready.remote())  # no vLLM engine left
+    with pytest.raises(EngineAsleepError, match="asleep"):
+        pool.generate(["x"], TEXTS[:1], [0], SPEC)
+    assert pool.sleep() == 0.0  # asleep already: nothing to do
+
+    pool.wake_up(str(folder), "policy-1")
+    info = ray.get(engines[0].ready.remote())
+    assert (info["asleep"], info["weights_version"], info["model_path"]) == (False, "policy-1", str(folder))
+    assert pool.generate(["x", "y"], TEXTS[:2], [0, 1], SPEC).generations == want
+
+    pool.sleep()
+    pool.wake_up()  # no folder: the weights it was built from, under their label
+    assert ray.get(engines[0].ready.remote())["weights_version"] == "policy-1"
+    assert pool.generate(["x", "y"], TEXTS[:2], [0, 1], SPEC).generations == want
+    pool.wake_up(tiny_model_path, "start")  # awake: just loads the folder
+    assert pool.generate(["x", "y"], TEXTS[:2], [0, 1], SPEC).generations == before
 
 
 def _wait_for_restart(ray, engine, old_pid: int, timeout_s: float = 300) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.cluster import engine_bundles
+from actors.cluster import engine_bundles, engines_sleep
 from eva.config import ActorResources, ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,6 +64,22 @@ def test_bundles_per_tensor_parallel_rank():
         engine_bundles(res, 4, "SPREAD")
         == [([{"CPU": 2, "GPU": 1.0}, {"GPU": 1.0}, {"GPU": 1.0}, {"GPU": 1.0}], "STRICT_PACK")] * 2
     )
+
+
+def test_engines_sleep_through_training_on_cpu_or_on_a_gpu_they_share_with_the_trainer():
+    """model.sleep auto: CPU engines sleep (the machine's memory is shared); GPU engines sleep only when
+    engines and trainer ask for fractions of GPUs (Ray may put them on one card); an explicit value wins."""
+
+    def sleeps(*sets: str) -> bool:
+        return engines_sleep(load_config(None, ["model.sleep=auto", *sets], preset="tiny"))
+
+    assert sleeps()
+    assert not sleeps("ray.engine.num_gpus=1", "ray.trainer.num_gpus=1")
+    assert not sleeps("ray.engine.num_gpus=0.5", "ray.trainer.num_gpus=1")
+    assert sleeps("ray.engine.num_gpus=0.5", "ray.trainer.num_gpus=0.5")
+    assert not engines_sleep(load_config(None, ["model.sleep=false"], preset="cpu-default"))
+    assert engines_sleep(load_config(None, ["model.sleep=true", "ray.engine.num_gpus=1"], preset="tiny"))
+    assert not engines_sleep(load_config(None, [], preset="tiny"))  # the tiny preset turns it off
 
 
 def test_tensor_parallel_needs_one_gpu_per_rank():

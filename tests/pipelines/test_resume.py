@@ -192,3 +192,23 @@ def test_sigkill_at_random_times_then_resume_equals_uninterrupted(reference_run_
     run = RunDir(run_dir)
     assert run.latest() == 3 and run.verify_all() == []
     _assert_same_run(run_dir, reference_run_3, range(1, 4))
+
+
+def test_engines_sleeping_through_training_change_nothing_and_a_kill_while_they_sleep_resumes_exactly(
+    eva, reference_run: Path, tmp_path: Path
+):
+    """model.sleep=true (cpu-default's setting; the tiny preset turns it off): every engine shuts down for
+    the training round and the policy's come back serving the saved policy folder. Killed while they
+    sleep (iteration 2's policy saved, not yet served), then resumed: every table and policy equals the
+    reference run's, whose engines never slept."""
+    run_dir = tmp_path / "asleep"
+    args = ("run", "--preset", "tiny", "--run-dir", str(run_dir), "--set", "model.sleep=true")
+    proc = eva(*args, env={"EVA_FAULT_AT": "2:train:saved"}, check=False)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    eva("resume", str(run_dir))
+    run = RunDir(run_dir)
+    assert run.latest() == 2 and run.verify_all() == [] and run.config().model.sleep is True
+    _assert_same_run(run_dir, reference_run, range(1, 3))
+    trained = [e["counts"] for e in run.events() if e["kind"] == "stage_end" and e["stage"] == "train"]
+    assert len(trained) == 2 and all(c["sleep_s"] > 0 and c["sync_s"] > 0 for c in trained)
+    assert all("sleep_s" not in e["counts"] for e in RunDir(reference_run).events() if e["kind"] == "stage_end")
