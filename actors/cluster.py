@@ -124,7 +124,7 @@ def _check_fits(cfg: RunConfig, with_creator_engine: bool) -> None:
 
 
 def engine_bundles(
-    res: ActorResources, tensor_parallel: int, strategy: str
+    res: ActorResources, tensor_parallel: int, strategy: str, share: ActorResources | None = None
 ) -> list[tuple[list[dict[str, float]], str]]:
     """The placement groups of one kind of engine: (bundles, strategy) per group.
 
@@ -134,19 +134,31 @@ def engine_bundles(
     each replica gets a group of its own (vLLM takes the first k GPU bundles of the group it sees),
     STRICT_PACK (a replica's ranks on one node, on its fast interconnect): bundle 0 holds the engine
     actor's CPUs and rank 0's GPU, bundles 1..k-1 a GPU each.
+    `share` (ray.colocate, tensor parallel 1): the trainer's resources join bundle 0, where it runs
+    beside replica 0 on the same GPU.
     """
     if tensor_parallel == 1:
         bundle = {"CPU": res.num_cpus, **({"GPU": res.num_gpus} if res.num_gpus else {})}
-        return [([dict(bundle) for _ in range(res.replicas)], strategy)]
+        bundles = [dict(bundle) for _ in range(res.replicas)]
+        if share is not None:  # ray.colocate: the trainer's CPUs and GPU share in the first replica's bundle
+            bundles[0] = {"CPU": res.num_cpus + share.num_cpus, "GPU": res.num_gpus + share.num_gpus}
+        return [(bundles, strategy)]
     ranks = [{"CPU": res.num_cpus, "GPU": 1.0}] + [{"GPU": 1.0} for _ in range(tensor_parallel - 1)]
     return [([dict(b) for b in ranks], "STRICT_PACK") for _ in range(res.replicas)]
 
 
-def _engine_placement(res: ActorResources, tensor_parallel: int, strategy: str, timeout_s: float, what: str) -> list:
+def _engine_placement(
+    res: ActorResources,
+    tensor_parallel: int,
+    strategy: str,
+    timeout_s: float,
+    what: str,
+    share: ActorResources | None = None,
+) -> list:
     """engine_bundles as placement groups, all ready within `timeout_s` (else none is left behind)."""
     groups = [
         placement_group(bundles, strategy=how, name=f"eva-{what}-{os.getpid()}-{i}")
-        for i, (bundles, how) in enumerate(engine_bundles(res, tensor_parallel, strategy))
+        for i, (bundles, how) in enumerate(engine_bundles(res, tensor_parallel, strategy, share))
     ]
     ready, _ = ray.wait([g.ready() for g in groups], num_returns=len(groups), timeout=timeout_s)
     if len(ready) < len(groups):
@@ -199,11 +211,13 @@ def shares_gpu(res: ActorResources, tensor_parallel: int = 1) -> bool:
 
 def engines_sleep(cfg: RunConfig) -> bool:
     """model.sleep resolved: auto is on when the engines run on CPU (they share the machine's memory
-    with the trainer) or share GPUs with it (fractional ray.engine.num_gpus and ray.trainer.num_gpus)."""
+    with the trainer) or share GPUs with it (ray.colocate, or fractional ray.engine.num_gpus and
+    ray.trainer.num_gpus: Ray may pack both onto one card)."""
     if cfg.model.sleep != "auto":
         return bool(cfg.model.sleep)
     engine = cfg.ray.engine
-    return engine.num_gpus == 0 or (shares_gpu(engine, cfg.model.tensor_parallel_size) and shares_gpu(cfg.ray.trainer))
+    fractions = shares_gpu(engine, cfg.model.tensor_parallel_size) and shares_gpu(cfg.ray.trainer)
+    return engine.num_gpus == 0 or cfg.ray.colocate or fractions
 
 
 @dataclass
@@ -313,9 +327,10 @@ def start_actors(cfg: RunConfig, policy_path: str, initial_path: str, start_iter
     """Create every actor and wait until all are up (the slow part is importing vLLM).
 
     Every actor gets a placement group first (engines: `engine_bundles`; reward and trainer: one
-    bundle each), all of them reserved within `ray.placement_timeout_s` or the run stops saying what
-    did not fit, instead of an actor waiting unplaced for `ray.timeout_s`. Actors that may share a
-    GPU start one after another (`launch`).
+    bundle each; with ray.colocate the trainer runs in the first engine bundle), all of them
+    reserved within `ray.placement_timeout_s` or the run stops saying what did not fit, instead of an
+    actor waiting unplaced for `ray.timeout_s`. Actors that may share a GPU start one after another
+    (`launch`).
 
     `policy_path` holds the policy of iteration `start_iteration`: the engines serve it labelled
     policy-<t> (actors.pool) and the trainer knows which iteration it holds."""
@@ -329,16 +344,18 @@ def start_actors(cfg: RunConfig, policy_path: str, initial_path: str, start_iter
     timeout = cfg.ray.timeout_s
     wait_pg = min(timeout, cfg.ray.placement_timeout_s)
     tp = cfg.model.tensor_parallel_size
-    wanted = [("engine", cfg.ray.engine, tp, cfg.ray.placement)]
+    colocate = cfg.ray.colocate  # the trainer's resources in the first engine bundle (engine_bundles)
+    wanted = [("engine", cfg.ray.engine, tp, cfg.ray.placement, cfg.ray.trainer if colocate else None)]
     if own_creator:
-        wanted.append(("creator", cfg.ray.creator, tp, cfg.ray.placement))
+        wanted.append(("creator", cfg.ray.creator, tp, cfg.ray.placement, None))
     if has_reward:
-        wanted.append(("reward", cfg.ray.reward, 1, "PACK"))
-    wanted.append(("trainer", cfg.ray.trainer, 1, "PACK"))
+        wanted.append(("reward", cfg.ray.reward, 1, "PACK", None))
+    if not colocate:
+        wanted.append(("trainer", cfg.ray.trainer, 1, "PACK", None))
     groups: dict[str, list] = {}
     try:
-        for what, res, k, strategy in wanted:
-            groups[what] = _engine_placement(res, k, strategy, wait_pg, what)
+        for what, res, k, strategy, share in wanted:
+            groups[what] = _engine_placement(res, k, strategy, wait_pg, what, share)
     except ClusterError:
         for made in groups.values():
             for group in made:
@@ -371,7 +388,10 @@ def start_actors(cfg: RunConfig, policy_path: str, initial_path: str, start_iter
             )
         )
     trainer_actor = _remote(  # max_concurrency 2: progress() answers while train() runs
-        PolicyTrainer, cfg.ray.trainer, max_concurrency=2, scheduling_strategy=_in(groups["trainer"])
+        PolicyTrainer,
+        cfg.ray.trainer,
+        max_concurrency=2,
+        scheduling_strategy=_in(groups["engine"] if colocate else groups["trainer"]),
     )
     launches.append(
         Launch(

@@ -201,7 +201,7 @@ class ModelSection(_Section):
         "mode (enable_sleep_mode; LLM.sleep level 2 for the policy, 1 for fixed models, then wake_up). CPU, "
         "where vLLM has no sleep mode: the engine is shut down and built again (about 3 s for SmolLM2-135M; "
         "cpu-default's peak memory: benchmarks/RESULTS.md). auto: on when the engines run on CPU, or share "
-        "GPUs with the trainer (fractional ray.engine.num_gpus and ray.trainer.num_gpus).",
+        "GPUs with the trainer (ray.colocate, or fractional ray.engine.num_gpus and ray.trainer.num_gpus).",
     )
 
     @field_validator("kv_cache_gib", "max_num_seqs")
@@ -717,6 +717,14 @@ class RaySection(_Section):
         description="Placement-group strategy for engine replicas (one bundle of {CPU: num_cpus, GPU: num_gpus} per "
         "replica); STRICT_SPREAD puts each replica on its own node.",
     )
+    colocate: bool = Field(
+        False,
+        description="The trainer shares the GPU of the first policy engine replica: one placement bundle holds "
+        "both, the engine sleeps while the trainer trains (model.sleep auto), and the trainer's GPU generates the "
+        "rest of the time instead of idling. Needs fractions of one GPU for both (ray.engine.num_gpus + "
+        "ray.trainer.num_gpus <= 1) and model.tensor_parallel_size 1; set model.gpu_memory_utilization to leave "
+        "the trainer its share at start (both hold their weights then).",
+    )
     placement_timeout_s: float = Field(
         300.0,
         gt=0,
@@ -827,6 +835,24 @@ class RunConfig(_Section):
                     f"tensor-parallel engine "
                     f"replica takes one whole GPU per rank, set {name}.num_gpus: {tp}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _colocated(self) -> RunConfig:
+        if not self.ray.colocate:
+            return self
+        if self.model.tensor_parallel_size > 1:
+            raise ValueError(
+                f"ray.colocate with model.tensor_parallel_size {self.model.tensor_parallel_size}: a tensor-parallel "
+                "engine's ranks take whole GPUs, so the trainer cannot share one; use tensor_parallel_size 1"
+            )
+        engine, trainer = self.ray.engine.num_gpus, self.ray.trainer.num_gpus
+        if not (0 < engine < 1 and 0 < trainer < 1 and engine + trainer <= 1 + 1e-9):
+            raise ValueError(
+                f"ray.colocate shares one GPU between the first engine replica and the trainer, but "
+                f"ray.engine.num_gpus is {engine:g} and ray.trainer.num_gpus is {trainer:g}: give both a fraction of "
+                "one GPU, summing to at most 1 (e.g. 0.5 and 0.5)"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

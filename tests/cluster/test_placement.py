@@ -107,3 +107,58 @@ def test_tensor_parallel_replicas_and_their_rank_workers_share_a_group():
     used = [gpu for r in replicas for _, gpus in r["ranks"] for gpu in gpus]
     assert sorted(used) == ["0", "1", "2", "3"]  # 2 replicas x TP 2 = every GPU once
     assert "did not fit the cluster" in out["error"] and "tensor_parallel_size" in out["error"] and out["pending"] == 0
+
+
+COLOCATE_PROBE = r"""
+import json, ray
+from actors.cluster import _engine_placement, _engines, _in, _remote
+from eva.config import ActorResources
+
+ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+
+class Probe:
+    def __init__(self, tag):
+        self.tag = tag
+    def where(self):
+        pg = ray.util.get_current_placement_group()
+        return {"group": pg.id.hex(), "gpus": ray.get_runtime_context().get_accelerator_ids().get("GPU", [])}
+
+engine, trainer = ActorResources(num_cpus=0.5, num_gpus=0.6, replicas=2), ActorResources(num_cpus=0.5, num_gpus=0.4)
+groups = _engine_placement(engine, 1, "PACK", 60, "engine", share=trainer)
+replicas = _engines(Probe, engine, groups, 1, ("engine",))
+beside = _remote(Probe, trainer, scheduling_strategy=_in(groups)).remote("trainer")
+out = {"replicas": ray.get([a.where.remote() for a in replicas], timeout=120)}
+out["trainer"] = ray.get(beside.where.remote(), timeout=120)
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_colocate_puts_the_trainer_on_the_first_engine_replicas_gpu():
+    """ray.colocate on 2 logical GPUs: the trainer (0.4 GPU) joins replica 0's bundle (0.6 GPU), on the
+    same GPU; replica 1 keeps the other GPU to itself."""
+    assert engine_bundles(
+        ActorResources(num_cpus=1, num_gpus=0.6, replicas=2), 1, "PACK", ActorResources(num_cpus=0.5, num_gpus=0.4)
+    ) == [([{"CPU": 1.5, "GPU": 1.0}, {"CPU": 1, "GPU": 0.6}], "PACK")]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", COLOCATE_PROBE], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    first, second = out["replicas"]
+    assert out["trainer"]["group"] == first["group"] and out["trainer"]["gpus"] == first["gpus"]
+    assert len(first["gpus"]) == 1 and second["gpus"] != first["gpus"]
+
+
+def test_colocate_needs_fractions_of_one_gpu_and_no_tensor_parallelism():
+    base = ["ray.colocate=true", "ray.engine.num_gpus=0.5", "ray.trainer.num_gpus=0.5"]
+    cfg = load_config(None, base, preset="tiny")
+    assert cfg.ray.colocate and engines_sleep(load_config(None, [*base, "model.sleep=auto"], preset="tiny"))
+    for sets, said in (
+        (["ray.colocate=true"], "give both a fraction of one GPU"),
+        (["ray.colocate=true", "ray.engine.num_gpus=0.7", "ray.trainer.num_gpus=0.5"], "summing to at most 1"),
+        ([*base, "ray.engine.num_gpus=2", "model.tensor_parallel_size=2"], "ranks take whole GPUs"),
+    ):
+        with pytest.raises(ConfigError, match=said):
+            load_config(None, sets, preset="tiny")
