@@ -109,7 +109,7 @@ class PolicyTrainer:
         self.tokenizer = AutoTokenizer.from_pretrained(policy_path, trust_remote_code=trust_remote_code)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.policy = self._load_model(policy_path)
+        self.policy: Any = self._load_model(policy_path)  # None while asleep (sleep, load)
         self._masters: dict[str, torch.Tensor] = {}  # LoRA: fp32 masters of the adapted weights (_merge_lora)
         self._load_masters(policy_path)
         # The iteration whose policy this actor holds (policy_path's). If Ray restarts the actor
@@ -154,6 +154,8 @@ class PolicyTrainer:
         return metrics
 
     def _expect(self, iteration: int | None, call: str) -> None:
+        if self.policy is None:
+            raise RuntimeError(f"trainer.{call}: the trainer sleeps (model.sleep): load() the policy first")
         if self._diverged is not None:
             raise RuntimeError(
                 f"trainer.{call}: {self._diverged}; the policy in memory is unusable: resume redoes the stage"
@@ -254,6 +256,14 @@ class PolicyTrainer:
         finally:
             self.policy.config.dtype = config_dtype
             heap.release()  # the dtype copy of the weights written out
+
+    def sleep(self) -> None:
+        """Free the policy between rounds (model.sleep: the engines generate meanwhile); `load` brings it
+        back from the iteration's saved policy folder and fp32 masters, as a resume does (exactly)."""
+        self.policy = None
+        self._masters = {}
+        gc.collect()
+        heap.release()
 
     def load(self, path: str, iteration: int | None = None) -> None:
         """Restore the policy of `iteration` from its policy/ folder (resume). With `reference: previous`

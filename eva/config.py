@@ -195,9 +195,10 @@ class ModelSection(_Section):
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism per engine (GPU clusters).")
     sleep: bool | Literal["auto"] = Field(
         "auto",
-        description="Engines give their memory to the trainer while it trains: every engine (the policy's, the "
-        "creator model's, the judge's) frees its weights and KV cache for the train stage, and the policy's "
-        "come back serving the round's new policy, read from the iteration's policy/ folder. GPU: vLLM's sleep "
+        description="Engines and trainer take turns with the memory: every engine (the policy's, the creator "
+        "model's, the judge's) frees its weights and KV cache for the train stage, and the policy's come back "
+        "serving the round's new policy, read from the iteration's policy/ folder; the trainer frees its copy of "
+        "the policy between rounds and reloads it (weights and fp32 masters, as a resume does). GPU: vLLM's sleep "
         "mode (enable_sleep_mode; LLM.sleep level 2 for the policy, 1 for fixed models, then wake_up). CPU, "
         "where vLLM has no sleep mode: the engine is shut down and built again (about 3 s for SmolLM2-135M; "
         "cpu-default's peak memory: benchmarks/RESULTS.md). auto: on when the engines run on CPU, or share "

@@ -87,6 +87,7 @@ class Ctx:
     report: Reporter
     stop_requested: bool = False
     engines_hold: int = -1  # iteration whose policy the engines serve now
+    trainer_asleep: bool = False  # model.sleep: the trainer freed its policy after the last round
     started: float = 0.0  # time.time() when this process began the current iteration
     trackers: Trackers | None = None  # run.report_to (pipelines.tracking)
     # The buffer version of the last committed iteration, kept in memory across iterations (read
@@ -323,12 +324,17 @@ def train(ctx: Ctx, t: int, built: list[PreferencePair]) -> TrainResult:
     trainer = ctx.actors.trainer
     if (done := finished(ctx, t, "train")) is not None:
         ray.get(trainer.load.remote(str(policy_dir), t), timeout=ctx.timeout)
+        ctx.trainer_asleep = False
         sync_engines(ctx, t, from_path=str(policy_dir))
         return TrainResult.from_marker(done)
     with stage(ctx, t, "train") as counts:
         # model.sleep: the engines' memory is the trainer's for the round; they come back serving pi_t
-        sleeping = bool(built) and engines_sleep(ctx.cfg)
-        if sleeping:
+        sleeping = engines_sleep(ctx.cfg)
+        if ctx.trainer_asleep:  # pi_{t-1} back from its folder and fp32 masters, as on resume
+            ray.get(trainer.load.remote(str(ctx.run.iteration(t - 1).policy), t - 1), timeout=ctx.timeout)
+            ctx.trainer_asleep = False
+        engines_asleep = sleeping and bool(built)  # no pairs: nothing trains, nothing to make room for
+        if engines_asleep:
             counts["sleep_s"] = round(ctx.actors.sleep(ctx.timeout), 3)
         try:
             result = train_round(ctx, t, built)  # no pairs: pi_t = pi_{t-1}, steps 0
@@ -345,7 +351,10 @@ def train(ctx: Ctx, t: int, built: list[PreferencePair]) -> TrainResult:
         folder.drop_train_checkpoints()  # the policy is saved: a redone stage needs none of them
         counts["save_s"] = round(time.perf_counter() - t_save, 3)
         fault_point(t, "train:saved")
-        counts["sync_s"] = round(wake_engines(ctx, t, str(policy_dir)) if sleeping else sync_engines(ctx, t), 3)
+        counts["sync_s"] = round(wake_engines(ctx, t, str(policy_dir)) if engines_asleep else sync_engines(ctx, t), 3)
+        if sleeping:  # the policy is in its folder: the trainer's copy waits there until the next round
+            ray.get(trainer.sleep.remote(), timeout=ctx.timeout)
+            ctx.trainer_asleep = True
     return TrainResult.from_marker(counts)
 
 

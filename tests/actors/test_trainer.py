@@ -450,3 +450,25 @@ def test_updates_below_half_a_bf16_ulp_are_kept_in_fp32_masters_and_saved(tiny_m
     assert restored.keys() >= masters.keys()
     assert all(torch.equal(restored[k], masters[k].to(restored[k].device)) for k in masters)
     assert not changed(fresh.state_dict(), served_after)
+
+
+def test_a_sleeping_trainer_holds_no_policy_and_load_brings_back_the_masters(tiny_model_path, tmp_path):
+    """model.sleep: between rounds the trainer frees its policy; load() of the saved folder restores the
+    fp32 masters exactly, and the next round trains as the one that never slept."""
+    awake = make(tiny_model_path, tmp_path / "a", dtype="bfloat16", learning_rate=1e-6)
+    slept = make(tiny_model_path, tmp_path / "b", dtype="bfloat16", learning_rate=1e-6)
+    for trainer in (awake, slept):
+        trainer.train(PAIRS, iteration=1)
+    folder = tmp_path / "iterations" / "0001" / "policy"
+    slept.save(str(folder))
+    masters = {k: v.clone() for k, v in slept.policy.state_dict().items()}
+    slept.sleep()
+    assert slept.policy is None
+    with pytest.raises(RuntimeError, match="sleeps"):
+        slept.state_dict()
+    slept.load(str(folder), 1)
+    assert all(torch.equal(v, masters[k]) for k, v in slept.policy.state_dict().items())
+    for trainer in (awake, slept):
+        trainer.train(PAIRS, iteration=2)
+    after = {k: v for k, v in awake.policy.state_dict().items()}
+    assert all(torch.equal(v, after[k]) for k, v in slept.policy.state_dict().items())
