@@ -21,6 +21,8 @@ from eva.online.algos import (
     reinforce_loss,
     rloo_advantages,
 )
+from eva.pairs import build_pairs
+from eva.types import PreferencePair, Prompt, ScoredPrompt
 
 NAN = math.nan
 
@@ -243,3 +245,24 @@ def test_losses_say_what_they_miss():
         clipped_loss(batch)
     with pytest.raises(ValueError, match="ref_logp"):
         reinforce_loss(batch, beta=0.1)
+
+
+# --- online DPO: pairs from the step's groups (eva.pairs.build_pairs, as the eva.online docstring says) ---
+
+
+def test_online_dpo_pairs_best_vs_worst_of_each_group_ties_skipped():
+    def scored(text, rewards):
+        return ScoredPrompt(Prompt.seed(text), tuple(f"{text}/{j}" for j in range(len(rewards))), tuple(rewards))
+
+    groups = [
+        scored("a", [0.2, 0.9, 0.5, 0.9, 0.2]),  # best: first 0.9 (index 1), worst: first 0.2 (index 0)
+        scored("b", [0.5, 0.5, 0.5, 0.5]),  # a tie: no signal, no pair
+        scored("c", [1.0, NAN, NAN, NAN]),  # one finite reward
+        scored("d", [NAN, 0.0, 1.0, -math.inf]),  # -inf is a scorer failure, not the worst
+    ]
+    pairs, report = build_pairs(groups, min_margin=0.0, iteration=7)
+    assert pairs == [
+        PreferencePair(groups[0].prompt.id, "a", "a/1", "a/0", 0.9, 0.2, 7),
+        PreferencePair(groups[3].prompt.id, "d", "d/2", "d/1", 1.0, 0.0, 7),
+    ]
+    assert report.dropped == {"too_few_rewards": 1, "tie": 1, "below_margin": 0}
