@@ -108,24 +108,33 @@ class PriorityBuffer:
         self._times = np.empty(0, np.int64)
         self._admitted = np.empty(0, bool)
         self._is_seed = np.empty(0, bool)
-        seeds = list(seeds)
+        unique: dict[str, Prompt] = {}
+        for p in seeds:
+            unique.setdefault(p.id, p)  # the first of equal ids wins, as everywhere in eva
+        seeds = list(unique.values())
         children = [p.id for p in seeds if not p.is_seed]
         if children:
             raise ValueError(f"seed prompts must be seeds (no parent); {len(children)} are not, e.g. {children[0]}")
-        self._append(seeds, admitted=True)
+        self._append(seeds, [True] * len(seeds))
 
     def _append(
-        self, prompts: Sequence[Prompt], admitted: bool, priority: Sequence[float] = (), step: int = -1
+        self,
+        prompts: Sequence[Prompt],
+        admitted: Sequence[bool],
+        priority: Sequence[float] | None = None,
+        step: int = -1,
     ) -> None:
+        """New rows (ids not in the buffer), never scored unless `priority` gives their first score at `step`."""
         n = len(prompts)
         base = len(self._prompts)
         self._prompts.extend(prompts)
         self._index.update((p.id, base + j) for j, p in enumerate(prompts))
-        fresh = np.array(priority, dtype=np.float64) if priority else np.full(n, math.nan)
+        scored = priority is not None
+        fresh = np.array(priority, dtype=np.float64) if scored else np.full(n, math.nan)
         self._priority = np.concatenate([self._priority, fresh])
-        self._last = np.concatenate([self._last, np.full(n, step if priority else -1, np.int64)])
-        self._times = np.concatenate([self._times, np.full(n, 1 if priority else 0, np.int64)])
-        self._admitted = np.concatenate([self._admitted, np.full(n, admitted, bool)])
+        self._last = np.concatenate([self._last, np.full(n, step if scored else -1, np.int64)])
+        self._times = np.concatenate([self._times, np.full(n, int(scored), np.int64)])
+        self._admitted = np.concatenate([self._admitted, np.array(admitted, dtype=bool).reshape(n)])
         self._is_seed = np.concatenate([self._is_seed, np.fromiter((p.is_seed for p in prompts), bool, count=n)])
 
     def __len__(self) -> int:
@@ -151,7 +160,7 @@ class PriorityBuffer:
         if self.settings.admit_threshold is not None:
             raise ValueError("admission gating is on (admit_threshold): score the children once and call admit()")
         fresh = self._new(children)
-        self._append(fresh, admitted=True)
+        self._append(fresh, [True] * len(fresh))
         return len(fresh)
 
     def admit(self, scored: Sequence[ScoredPrompt], step: int) -> FilterReport:
@@ -164,18 +173,18 @@ class PriorityBuffer:
         """
         threshold = self.settings.admit_threshold
         dropped = dict.fromkeys(ADMIT_REASONS, 0)
-        by_id = {sp.prompt.id: sp for sp in scored}
+        rewards: dict[str, tuple[float, ...]] = {}
+        for sp in scored:
+            rewards.setdefault(sp.prompt.id, sp.rewards)  # the first of equal ids, as _new keeps
         fresh = self._new(sp.prompt for sp in scored)
         dropped["duplicate"] = len(scored) - len(fresh)
-        kept = 0
-        for p in fresh:
-            info = informativeness(by_id[p.id].rewards, self.settings.metric)
-            ok = threshold is None or (info is not None and info > threshold)
+        infos = [informativeness(rewards[p.id], self.settings.metric) for p in fresh]
+        admitted = [threshold is None or (info is not None and info > threshold) for info in infos]
+        for info, ok in zip(infos, admitted, strict=True):
             if not ok:
                 dropped["no_info" if info is None else "below_threshold"] += 1
-            kept += ok
-            self._append([p], admitted=ok, priority=[0.0 if info is None else info], step=step)
-        return FilterReport(kept=kept, dropped=dropped)
+        self._append(fresh, admitted, [0.0 if info is None else info for info in infos], step)
+        return FilterReport(kept=sum(admitted), dropped=dropped)
 
     def _new(self, prompts: Iterable[Prompt]) -> list[Prompt]:
         """The prompts whose id is neither in the buffer nor earlier in `prompts`; seeds refused."""

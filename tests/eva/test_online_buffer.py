@@ -240,6 +240,16 @@ def test_without_a_threshold_admit_keeps_every_new_child():
         buf.add([Prompt.seed("a new seed")])
 
 
+def test_equal_ids_keep_the_first():
+    a, b = make_seeds(2)
+    buf = PriorityBuffer(PrioritySettings(seed=0), [a, b, Prompt.seed("SEED  problem 0")])  # same id as a
+    assert len(buf) == 2 and buf.get(a.id).text == "seed problem 0"
+    first, second = a.child("x", "deepen", 1), b.child("X", "breadth", 1)  # one id
+    report = buf.admit([group(first, [1, 0]), group(second, [0, 0])], step=2)
+    assert report.kept == 1 and report.dropped["duplicate"] == 1
+    assert buf.get(first.id).operator == "deepen" and buf.priority(first.id, 2) == 0.5
+
+
 # --- persistence ----------------------------------------------------------------------------------
 
 
