@@ -72,13 +72,23 @@ def _weighted(values: np.ndarray, candidates: np.ndarray, k: int, rng: np.random
         return rng.choice(candidates, size=k, replace=False).tolist()
     w = (values - lo) / (hi - lo)
     positive = w > 0
-    # 1 - random() lies in (0, 1], so log(u) is finite and <= 0; larger key = drawn earlier.
-    keys = np.log(1.0 - rng.random(int(positive.sum()))) / w[positive]
     pos_idx = candidates[positive]
     take = min(k, pos_idx.size)
-    top = np.argpartition(-keys, take - 1)[:take]
-    drawn = pos_idx[top[np.argsort(-keys[top], kind="stable")]].tolist()
+    drawn = pos_idx[draw_weighted(w[positive], take, rng)].tolist()
     if take < k:
         # Weight 0 means "never before a positive-weight prompt", not "never": fill the rest uniformly.
         drawn += rng.choice(candidates[~positive], size=k - take, replace=False).tolist()
     return drawn
+
+
+def draw_weighted(weights: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k distinct indices into `weights` (all > 0), in draw order: successive draws without replacement,
+    each with probability proportional to the weight among those left (Efraimidis-Spirakis: the k
+    largest keys log(u)/w). k is clipped to len(weights). Uses exactly len(weights) uniforms of `rng`."""
+    k = min(k, weights.size)
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    # 1 - random() lies in (0, 1], so log(u) is finite and <= 0; larger key = drawn earlier.
+    keys = np.log(1.0 - rng.random(weights.size)) / weights
+    top = np.argpartition(-keys, k - 1)[:k]
+    return top[np.argsort(-keys[top], kind="stable")]
