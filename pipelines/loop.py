@@ -591,6 +591,9 @@ def run_loop(cfg: RunConfig, run: RunDir, report: Reporter, verified: bool = Fal
     run.log_event("actors_up", seconds=round(time.perf_counter() - t0, 2), nodes=actors.nodes)
     ctx = Ctx(cfg=cfg, run=run, actors=actors, report=report, engines_hold=last, trackers=Trackers(cfg, run))
     ctx.buffer = run.iteration(last).buffer()
+    if engines_sleep(cfg):  # model.sleep: the trainer's policy waits in its folder until the first round
+        ray.get(actors.trainer.sleep.remote(), timeout=ctx.timeout)
+        ctx.trainer_asleep = True
     previous = signal.getsignal(signal.SIGINT)
 
     def on_sigint(signum, frame):  # first Ctrl-C: stop at the next stage boundary
