@@ -331,8 +331,10 @@ def train(ctx: Ctx, t: int, built: list[PreferencePair]) -> TrainResult:
         # model.sleep: the engines' memory is the trainer's for the round; they come back serving pi_t
         sleeping = engines_sleep(ctx.cfg)
         if ctx.trainer_asleep:  # pi_{t-1} back from its folder and fp32 masters, as on resume
+            t_load = time.perf_counter()
             ray.get(trainer.load.remote(str(ctx.run.iteration(t - 1).policy), t - 1), timeout=ctx.timeout)
             ctx.trainer_asleep = False
+            counts["trainer_load_s"] = round(time.perf_counter() - t_load, 3)
         engines_asleep = sleeping and bool(built)  # no pairs: nothing trains, nothing to make room for
         if engines_asleep:
             counts["sleep_s"] = round(ctx.actors.sleep(ctx.timeout), 3)
