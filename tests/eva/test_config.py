@@ -264,3 +264,19 @@ def test_issue_18_fields_refuse_bad_values_naming_the_field(item: str) -> None:
     field = item.split("=")[0]
     with pytest.raises(ConfigError, match=rf"--set {re.escape(item)}: {re.escape(field)}: "):
         load_config(None, [item], preset="tiny")
+
+
+def test_precompute_ref_log_probs_is_on_by_default_and_round_trips_through_run_yaml():
+    import yaml
+
+    default = load_config(preset="tiny")
+    assert RunConfig().solver.precompute_ref_log_probs is True and default.solver.precompute_ref_log_probs is True
+    off = load_config(None, ["solver.precompute_ref_log_probs=false"], preset="tiny")
+    assert off.solver.precompute_ref_log_probs is False
+    assert config_from_dict(yaml.safe_load(off.to_yaml()), "run.yaml") == off
+    # it moves the numbers by float rounding: part of what a run computes, not switched silently on resume
+    assert default.changed_fields(off) == ["solver.precompute_ref_log_probs"]
+    assert default.fingerprint() != off.fingerprint()
+    item = "solver.precompute_ref_log_probs=sometimes"
+    with pytest.raises(ConfigError, match=rf"--set {re.escape(item)}: solver.precompute_ref_log_probs: "):
+        load_config(None, [item], preset="tiny")
