@@ -131,6 +131,16 @@ def kv_cache_bytes(model_path: str, model: ModelSection, cpu: bool) -> int | Non
     return blocks * CPU_BLOCK_TOKENS * kv_bytes_per_token(model_path, model.dtype, model.trust_remote_code)
 
 
+def one_step_kv_cache_bytes(model_path: str, model: ModelSection, seqs: int) -> int:
+    """The KV cache of a CPU engine whose every request ends in the step that prefills it (the judge:
+    one token each): one scheduler step's token budget (`_cpu_scheduler`) in whole blocks, a partial
+    block per sequence, and the block vLLM keeps empty. Nothing outlives a step, so room for `seqs`
+    full-length sequences (kv_cache_bytes) would never be used."""
+    tokens = _cpu_scheduler(model.max_model_len, seqs)["max_num_batched_tokens"]
+    blocks = math.ceil(tokens / CPU_BLOCK_TOKENS) + seqs + 1
+    return blocks * CPU_BLOCK_TOKENS * kv_bytes_per_token(model_path, model.dtype, model.trust_remote_code)
+
+
 def kv_bytes_per_token(model_path: str, dtype: str, trust_remote_code: bool = False) -> int:
     """Keys and values of one token over all layers, from the model's config (cache dtype = `dtype`)."""
     from transformers import AutoConfig

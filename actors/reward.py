@@ -443,13 +443,18 @@ def judge_engine(
     float32 by default: SmolLM2's bf16 logits come in steps of 1/8, which makes many expected scores
     tie and cost the CPU default ~5 points of pairwise accuracy (measured; RESULTS.md).
     """
-    from actors.engine import GenerationEngine
+    from actors.engine import GenerationEngine, one_step_kv_cache_bytes
 
     # One token per request (its logprobs): prefill work, bounded by the engine's per-step token budget
     # whatever the number of sequences, so a few at once use the CPU as well as many; a preempted
     # request is simply scored again (greedy).
-    seqs = JUDGE_CPU_MAX_NUM_SEQS if assigned_device("judge") == "cpu" else "auto"
-    section = ModelSection(dtype=dtype, max_model_len=max_length + 512, max_num_seqs=seqs)
+    cpu = assigned_device("judge") == "cpu"
+    section = ModelSection(
+        dtype=dtype, max_model_len=max_length + 512, max_num_seqs=JUDGE_CPU_MAX_NUM_SEQS if cpu else "auto"
+    )
+    if cpu:  # every request ends in its prefill step: one step's tokens of KV cache, not 8 full sequences
+        kv = one_step_kv_cache_bytes(model_path, section, JUDGE_CPU_MAX_NUM_SEQS)
+        section = section.model_copy(update={"kv_cache_gib": kv / 2**30})
     return GenerationEngine(model_path, section, os.path.join(workdir, "judge"), sleep_mode=sleep_mode)
 
 

@@ -353,10 +353,13 @@ def train(ctx: Ctx, t: int, built: list[PreferencePair]) -> TrainResult:
         folder.drop_train_checkpoints()  # the policy is saved: a redone stage needs none of them
         counts["save_s"] = round(time.perf_counter() - t_save, 3)
         fault_point(t, "train:saved")
-        counts["sync_s"] = round(wake_engines(ctx, t, str(policy_dir)) if engines_asleep else sync_engines(ctx, t), 3)
-        if sleeping:  # the policy is in its folder: the trainer's copy waits there until the next round
-            ray.get(trainer.sleep.remote(), timeout=ctx.timeout)
+        if not engines_asleep:  # awake engines get the trainer's state dict
+            counts["sync_s"] = round(sync_engines(ctx, t), 3)
+        if sleeping:  # the policy is in its folder: the trainer's copy waits there until the next round,
+            ray.get(trainer.sleep.remote(), timeout=ctx.timeout)  # out of the way before the engines return
             ctx.trainer_asleep = True
+        if engines_asleep:
+            counts["sync_s"] = round(wake_engines(ctx, t, str(policy_dir)), 3)
     return TrainResult.from_marker(counts)
 
 

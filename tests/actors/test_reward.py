@@ -68,6 +68,30 @@ def test_judge_is_batch_independent(tiny_engine) -> None:
     assert alone == batch  # exact: per-request computation, fp32 judge
 
 
+def test_judge_cache_holds_one_step_and_scores_as_a_cache_of_full_sequences(
+    tiny_engine, tiny_path, tmp_path, ray_session
+) -> None:
+    """A judge request ends in the step that prefills it, so its CPU cache holds one step's 4096-token
+    budget (32 blocks, a partial block for each of its 8 sequences, the block vLLM keeps empty: 41), and
+    it scores what an engine with room for 8 full-length sequences scores (in its own process: two
+    in-process vLLM engines cannot share one)."""
+
+    def full_cache_scores(path: str, prompts: list[str], responses: list[str], work: str) -> tuple[int, list]:
+        from actors.engine import GenerationEngine
+        from actors.reward import JudgeScorer
+        from eva.config import ModelSection
+
+        full = GenerationEngine(path, ModelSection(dtype="float32", max_model_len=768, max_num_seqs=8), work)
+        return full.ready()["kv_cache_tokens"], JudgeScorer(full, "fewshot", 256).score(prompts, responses)
+
+    assert tiny_engine.ready()["kv_cache_tokens"] == 41 * 128
+    prompts, responses = PROMPTS * 6, [r * (1 + i % 5) for i, r in enumerate(RESPONSES * 6)]
+    got = JudgeScorer(tiny_engine, "fewshot", 256).score(prompts, responses)
+    remote = ray_session.remote(num_cpus=0.5)(full_cache_scores)
+    tokens, want = ray_session.get(remote.remote(tiny_path, prompts, responses, str(tmp_path)), timeout=600)
+    assert tokens == (8 * 6 + 1) * 128 and got == want
+
+
 def test_judge_clips_long_pairs_and_keeps_its_instructions(tiny_engine) -> None:
     judge = JudgeScorer(tiny_engine, "fewshot", 64)
     text = judge.render("why " * 500, "because " * 500)
