@@ -63,10 +63,17 @@ def pad_sequences(
 
 def completion_logprobs(model: torch.nn.Module, batch: Padded, temperature: float = 1.0) -> torch.Tensor:
     """log pi(token | tokens before it) of every completion token [B, T] (0 at padding); carries the
-    gradient when called with grad enabled. Only the completion positions' logits are normalized."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    gradient when called with grad enabled. The LM head runs only over the span of positions that hold
+    some completion's logits (transformers' `logits_to_keep`), not over the prompts: with a vocabulary
+    of 49k, logits are most of the activation memory."""
+    real = batch.positions[batch.mask.bool()]
+    lo = int(real.min()) if real.numel() else 0
+    hi = int(real.max()) + 1 if real.numel() else 1
+    keep = torch.arange(lo, hi, device=batch.input_ids.device)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep).logits
     vocab = logits.shape[-1]
-    picked = logits.gather(1, batch.positions.unsqueeze(-1).expand(-1, -1, vocab)).float()
+    index = (batch.positions - lo).clamp(0, hi - lo - 1)  # padding points anywhere in the span: masked below
+    picked = logits.gather(1, index.unsqueeze(-1).expand(-1, -1, vocab)).float()
     if temperature != 1.0:
         picked = picked / temperature
     logp = torch.log_softmax(picked, dim=-1).gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)

@@ -97,8 +97,10 @@ def test_rloo_loss_equals_the_hand_computation_in_one_pass_and_in_micro_batches(
     micro = make(tiny_model_path, tmp_path / "micro", algorithm="rloo", micro_batch=1)
     micro.start_online()
     assert micro.train_step(b)["loss"] == pytest.approx(expected, rel=1e-5)
-    a, c = weights(one), weights(micro)
-    assert all(torch.allclose(a[k], c[k], atol=1e-6) for k in a)
+    # the accumulated gradient is the one-pass gradient (Adam's first step would amplify rounding)
+    grads = [(p.grad, q.grad) for p, q in zip(one.policy.parameters(), micro.policy.parameters(), strict=True)]
+    assert all(g is not None and h is not None and torch.allclose(g, h, rtol=1e-3, atol=1e-6) for g, h in grads)
+    assert any(float(g.abs().max()) > 1e-3 for g, _ in grads if g is not None)
 
 
 def test_a_tied_group_trains_nothing_and_the_token_mean_counts_every_token(tiny_model_path, tmp_path):
