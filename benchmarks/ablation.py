@@ -178,7 +178,7 @@ def print_tables(rows: list[dict]) -> None:
             print(f"| {a} − {b} | {point:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {'yes' if lo > 0 or hi < 0 else 'no'} |")
 
 
-def plot(rows: list[dict]) -> None:
+def plot(rows: list[dict], svg: Path = SVG) -> None:
     series = []
     for i, arm in enumerate(a for a in ARMS if any(r["arm"] == a for r in rows)):
         rs = [r for r in rows if r["arm"] == arm]
@@ -205,7 +205,19 @@ def plot(rows: list[dict]) -> None:
         f'<text x="{70 + 110 * i}" y="14" fill="{s.color}" font-size="12">{s.name}</text>' for i, s in enumerate(series)
     )
     if chart:
-        SVG.write_text(chart.replace("</svg>", f"{legend}</svg>"))
+        svg.write_text(chart.replace("</svg>", f"{legend}</svg>"))
+
+
+def commit() -> str:
+    """The checkout's commit, with "+dirty" when it has uncommitted changes."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + (
+        "+dirty" if git("status", "--porcelain", "--untracked-files=no") else ""
+    )
 
 
 def main() -> None:
@@ -213,6 +225,13 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=["B0", "B1", "B2", "eva"], choices=list(ARMS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "out" / "ablation")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=OUT,
+        help="The grid's JSON (resumed from; default the tracked one). Another file keeps a check on other "
+        "code apart from the grid.",
+    )
     parser.add_argument(
         "--keep-policies",
         action="store_true",
@@ -224,7 +243,8 @@ def main() -> None:
     heldout = folder / "heldout.jsonl"
     if not heldout.is_file():
         write_problems(heldout, heldout_problems(load_config(preset=PRESET)))
-    rows = json.loads(OUT.read_text())["runs"] if OUT.is_file() else []
+    out = args.results
+    rows = json.loads(out.read_text())["runs"] if out.is_file() else []
     done = {(r["arm"], r["seed"]) for r in rows}
     print(f"runs and logs: {folder}; {sum(1 for _ in heldout.open())} held-out problems; {len(done)} runs done before")
     for seed in args.seeds:
@@ -232,6 +252,7 @@ def main() -> None:
             if (arm, seed) in done:
                 continue
             row = json.loads(json.dumps(run_arm(folder, arm, seed, heldout)))  # str keys, as read back
+            row["commit"] = commit()  # the code the run ran on: a grid resumed on newer code mixes versions
             rows.append(row)
             if not args.keep_policies:  # evaluated: keep the initial and the last policy (the manifests say so)
                 RunDir(folder / f"{arm}-seed{seed}").prune_policies(1)
@@ -240,10 +261,10 @@ def main() -> None:
                 f"{row['pairs']}, {row['wall_s']:.0f} s",
                 flush=True,
             )
-            OUT.parent.mkdir(exist_ok=True)
-            OUT.write_text(json.dumps({"preset": PRESET, "eval_at": EVAL_AT, "runs": rows}, indent=1))
+            out.parent.mkdir(exist_ok=True)
+            out.write_text(json.dumps({"preset": PRESET, "eval_at": EVAL_AT, "runs": rows}, indent=1))
     print_tables(rows)
-    plot(rows)
+    plot(rows, SVG if out == OUT else out.with_suffix(".svg"))
 
 
 if __name__ == "__main__":

@@ -45,12 +45,23 @@ def analyse(run_dir: Path) -> dict:
                 "train_s": x.busy_by_kind.get("train", 0.0),
                 "busy_s": x.busy_s,
                 "sync_s": x.sync_s,
+                # model.sleep: engines freed for the round and rebuilt after it (the rebuild is the sync),
+                # the trainer's policy reloaded at its start; all of it is in the overhead
+                "sleep_wake_s": sleep_wake(run.stage_info(t, "train")),
                 "save_s": x.save_s,
                 "overhead_s": wall - x.busy_s,
                 "overhead_share": (wall - x.busy_s) / wall,
             }
         )
     return {"run_dir": str(run_dir), "actors_up_s": up, "iterations": rows}
+
+
+def sleep_wake(train: dict) -> float:
+    """Seconds the train stage spent putting the engines to sleep, waking them (their rebuild from the
+    saved policy is the weight sync then) and reloading the trainer's policy (model.sleep); 0 without."""
+    if "sleep_s" not in train:
+        return train.get("trainer_load_s", 0.0)
+    return train["sleep_s"] + train.get("sync_s", 0.0) + train.get("trainer_load_s", 0.0)
 
 
 def print_tables(result: dict) -> None:
@@ -66,15 +77,16 @@ def print_tables(result: dict) -> None:
         )
     print("\nWhere the iteration's wall time went (s); generate is engine-seconds, busy the union of all work\n")
     print(
-        "| iteration | generate | score | train | busy (union) | weight sync | policy save | overhead | "
-        "overhead share |"
+        "| iteration | generate | score | train | busy (union) | weight sync | policy save | sleep + wake | "
+        "overhead | overhead share | without sleep + wake |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        rest = (r["overhead_s"] - r["sleep_wake_s"]) / (r["wall_s"] - r["sleep_wake_s"])
         print(
             f"| {r['iteration']} | {r['generate_s']:.1f} | {r['score_s']:.1f} | {r['train_s']:.1f} | "
-            f"{r['busy_s']:.1f} | "
-            f"{r['sync_s']:.2f} | {r['save_s']:.2f} | {r['overhead_s']:.1f} | **{r['overhead_share']:.1%}** |"
+            f"{r['busy_s']:.1f} | {r['sync_s']:.2f} | {r['save_s']:.2f} | {r['sleep_wake_s']:.1f} | "
+            f"{r['overhead_s']:.1f} | **{r['overhead_share']:.1%}** | {rest:.1%} |"
         )
     total_wall = sum(r["wall_s"] for r in rows)
     total_over = sum(r["overhead_s"] for r in rows)

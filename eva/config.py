@@ -519,6 +519,18 @@ class SolverSection(_Section):
     reference: Literal["previous", "initial"] = Field(
         "previous", description="Reference policy of iteration t: pi_{t-1} (previous) or pi_0 (initial)."
     )
+    precompute_ref_log_probs: bool = Field(
+        True,
+        description="Compute the reference log-probs of every pair once, before the round's first step (TRL "
+        "precompute_ref_log_probs), and free the reference model before training starts: its copy of the "
+        "weights is not held next to the gradients and optimizer states (SmolLM2-135M on CPU: the trainer's "
+        "peak PSS 3.6 -> 3.1 GB), and no step runs a reference forward. The same losses and weights as off up "
+        "to fp32 rounding (measured: identical on SmolLM2-135M, within 6e-7 on the tiny model). With reference "
+        "initial, pi_0 is loaded for each round instead of kept across rounds. Losses with a reference only "
+        "(sigmoid/ipo/hinge/robust); simpo and orpo have none. With LoRA and reference previous there is no "
+        "copy to free (TRL disables the adapter): it saves the per-step reference forward only. The pass "
+        "counts toward the round's first step in ray.train_step_timeout_s.",
+    )
     attn_implementation: Literal["eager", "sdpa", "flex_attention", "flash_attention_2"] | None = Field(
         None,
         description="Attention kernel of the trainer (transformers attn_implementation). None: eager for models "

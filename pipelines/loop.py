@@ -339,8 +339,10 @@ def train(ctx: Ctx, t: int, built: list[PreferencePair]) -> TrainResult:
         # model.sleep: the engines' memory is the trainer's for the round; they come back serving pi_t
         sleeping = engines_sleep(ctx.cfg)
         if ctx.trainer_asleep:  # pi_{t-1} back from its folder and fp32 masters, as on resume
+            t_load = time.perf_counter()
             ray.get(trainer.load.remote(str(ctx.run.iteration(t - 1).policy), t - 1), timeout=ctx.timeout)
             ctx.trainer_asleep = False
+            counts["trainer_load_s"] = round(time.perf_counter() - t_load, 3)
         engines_asleep = sleeping and bool(built)  # no pairs: nothing trains, nothing to make room for
         if engines_asleep:
             counts["sleep_s"] = round(ctx.actors.sleep(ctx.timeout), 3)
@@ -616,8 +618,11 @@ def run_loop(cfg: RunConfig, run: RunDir, report: Reporter, verified: bool = Fal
     run.log_event("actors_up", seconds=round(time.perf_counter() - t0, 2), nodes=actors.nodes)
     ctx = Ctx(cfg=cfg, run=run, actors=actors, report=report, engines_hold=last, trackers=Trackers(cfg, run))
     ctx.buffer = run.iteration(last).buffer()
+    if engines_sleep(cfg):  # model.sleep: the trainer's policy waits in its folder until the first round
+        ray.get(actors.trainer.sleep.remote(), timeout=ctx.timeout)
+        ctx.trainer_asleep = True
     iterate = run_iteration
-    if cfg.run.mode == "online":
+    if cfg.run.mode == "online":  # never asleep (engines_sleep): the trainer steps between every rollout
         from pipelines.online import online_iteration, start_online
 
         start_online(ctx, last)

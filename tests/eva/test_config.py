@@ -327,3 +327,19 @@ def test_online_names_are_the_registries_and_defaults_resolve():
     cfg = load_config(preset="cpu-arithmetic-online")
     assert cfg.run.mode == "online" and cfg.creator.metric == "learnability"
     assert priority_settings(cfg) == PrioritySettings(seed=0, metric="learnability")  # the buffer's own defaults
+
+
+def test_precompute_ref_log_probs_is_on_by_default_and_round_trips_through_run_yaml():
+    import yaml
+
+    default = load_config(preset="tiny")
+    assert RunConfig().solver.precompute_ref_log_probs is True and default.solver.precompute_ref_log_probs is True
+    off = load_config(None, ["solver.precompute_ref_log_probs=false"], preset="tiny")
+    assert off.solver.precompute_ref_log_probs is False
+    assert config_from_dict(yaml.safe_load(off.to_yaml()), "run.yaml") == off
+    # it moves the numbers by float rounding: part of what a run computes, not switched silently on resume
+    assert default.changed_fields(off) == ["solver.precompute_ref_log_probs"]
+    assert default.fingerprint() != off.fingerprint()
+    item = "solver.precompute_ref_log_probs=sometimes"
+    with pytest.raises(ConfigError, match=rf"--set {re.escape(item)}: solver.precompute_ref_log_probs: "):
+        load_config(None, [item], preset="tiny")
