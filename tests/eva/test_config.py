@@ -327,6 +327,8 @@ def test_online_names_are_the_registries_and_defaults_resolve():
     cfg = load_config(preset="cpu-arithmetic-online")
     assert cfg.run.mode == "online" and cfg.creator.metric == "learnability"
     assert priority_settings(cfg) == PrioritySettings(seed=0, metric="learnability")  # the buffer's own defaults
+    for preset in ("cpu-arithmetic", "cpu-default", "tiny"):  # any preset runs online with one override
+        assert load_config(None, ONLINE, preset=preset).run.mode == "online"
 
 
 def test_precompute_ref_log_probs_is_on_by_default_and_round_trips_through_run_yaml():
