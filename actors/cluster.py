@@ -212,7 +212,10 @@ def shares_gpu(res: ActorResources, tensor_parallel: int = 1) -> bool:
 def engines_sleep(cfg: RunConfig) -> bool:
     """model.sleep resolved: auto is on when the engines run on CPU (they share the machine's memory
     with the trainer) or share GPUs with it (ray.colocate, or fractional ray.engine.num_gpus and
-    ray.trainer.num_gpus: Ray may pack both onto one card)."""
+    ray.trainer.num_gpus: Ray may pack both onto one card). Never in run.mode online: the engines
+    generate between every optimizer step (the config refuses model.sleep true there)."""
+    if cfg.run.mode == "online":
+        return False
     if cfg.model.sleep != "auto":
         return bool(cfg.model.sleep)
     engine = cfg.ray.engine
@@ -405,6 +408,7 @@ def start_actors(cfg: RunConfig, policy_path: str, initial_path: str, start_iter
                 threads=cfg.ray.trainer.threads,
                 iteration=start_iteration,
                 trust_remote_code=cfg.model.trust_remote_code,
+                online=cfg.online if cfg.run.mode == "online" else None,
             ),
             lambda h: h.ready.remote(),
             shares_gpu(cfg.ray.trainer),

@@ -23,17 +23,19 @@ from typing import Any
 
 from actors.busy import BusyLog, Span
 from eva.config import ModelSection
-from eva.types import Generation
+from eva.types import Generation, SampledTokens
 
 
 @dataclass(frozen=True, slots=True)
 class SamplingSpec:
-    """How to sample: n responses per prompt, each at most `max_tokens` new tokens."""
+    """How to sample: n responses per prompt, each at most `max_tokens` new tokens; `token_ids`: return
+    the token ids of prompt and responses too (the online solver trains on them)."""
 
     n: int
     temperature: float
     top_p: float
     max_tokens: int
+    token_ids: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +367,7 @@ class GenerationEngine:
                 responses=tuple(c.text for c in out.outputs),
                 num_tokens=tuple(len(c.token_ids) for c in out.outputs),
                 finish_reasons=tuple(str(c.finish_reason) for c in out.outputs),
+                tokens=_sampled_tokens(out) if spec.token_ids else None,
             )
             for key, out in zip(keys, outputs, strict=True)
         )
@@ -469,6 +472,13 @@ class GenerationEngine:
         if len(ids) <= budget:
             return prompt
         return self.tokenizer.decode(ids[len(ids) - budget :])
+
+
+def _sampled_tokens(out) -> SampledTokens:
+    """The ids of one request's prompt (as the engine ran it) and of each of its sampled responses."""
+    return SampledTokens(
+        prompt=tuple(out.prompt_token_ids or ()), responses=tuple(tuple(c.token_ids) for c in out.outputs)
+    )
 
 
 def refresh_output_heads(model) -> int:

@@ -80,9 +80,8 @@ def rollout(
     scored, pos = [], 0
     for p, g in zip(prompts, batch.generations, strict=True):
         k = len(g.responses)
-        scored.append(
-            ScoredPrompt(prompt=p, responses=g.responses, rewards=tuple(float(r) for r in rewards[pos : pos + k]))
-        )
+        rs = tuple(float(r) for r in rewards[pos : pos + k])
+        scored.append(ScoredPrompt(prompt=p, responses=g.responses, rewards=rs, tokens=g.tokens))
         pos += k
     stats = RolloutStats(
         generate_seconds=batch.seconds,

@@ -58,11 +58,13 @@ import torch
 from actors import heap
 from actors.busy import BusyLog, Span
 from actors.models import assigned_device
+from actors.online_step import OnlineState, Padded, chunks, completion_logprobs, make_online_state, pad_sequences
 from eva.atomic import atomic_folder
 from eva.checkpoint import is_committed
-from eva.config import SolverSection
-from eva.iteration import POLICY_MASTERS
+from eva.config import OnlineSection, SolverSection
+from eva.iteration import POLICY_MASTERS, POLICY_OPTIMIZER
 from eva.losses import loss_spec, trl_arguments
+from eva.online.batch import StepBatch
 from eva.results import TrainingDivergedError
 from eva.seeding import derive_seed
 from eva.types import PreferencePair
@@ -101,6 +103,7 @@ class PolicyTrainer:
         threads: int = 1,
         iteration: int | None = None,
         trust_remote_code: bool = False,
+        online: OnlineSection | None = None,
     ) -> None:
         # One thread by default: two cores shared by every actor (DESIGN.md). The loop's stages run
         # one after another, so while this trains the engines are idle and it may take more.
@@ -134,6 +137,8 @@ class PolicyTrainer:
         self._reference: dict[str, torch.Tensor] | None = None
         self._diverged: str | None = None  # why the last round failed, when it left non-finite weights behind
         self.busy = BusyLog()
+        self.online = online  # run.mode online: the online solver's settings (start_online, train_step)
+        self._online: OnlineState | None = None
 
     # --- public API -------------------------------------------------------------------------
 
@@ -291,8 +296,11 @@ class PolicyTrainer:
                 if self.dtype != torch.float32:  # what resume continues from: the unrounded masters
                     from safetensors.torch import save_file
 
-                    (tmp / MASTERS).parent.mkdir()
+                    (tmp / MASTERS).parent.mkdir(exist_ok=True)
                     save_file(self._masters_state(), str(tmp / MASTERS))
+                if self._online is not None:  # the online solver's optimizer spans commits: resume continues it
+                    (tmp / POLICY_OPTIMIZER).parent.mkdir(exist_ok=True)
+                    torch.save(self._online.state(), tmp / POLICY_OPTIMIZER)
         finally:
             self.policy.config.dtype = config_dtype
             heap.release()  # the dtype copy of the weights written out
@@ -312,8 +320,152 @@ class PolicyTrainer:
         self._load_masters(path)
         self.iteration = iteration
         self._diverged = None
+        self._online = None  # its optimizer held the replaced model's parameters: start_online again
         gc.collect()
         heap.release()  # the policy it replaced
+
+    # --- the online solver (run.mode: online) ----------------------------------------------------
+
+    def start_online(self, path: str | None = None) -> int:
+        """Begin or continue the online solver: one AdamW and LR schedule over the policy, kept across
+        steps and commits, restored from the optimizer state `save` wrote into the policy folder `path`
+        (a resume; fresh at step 0 without one). Returns the global step the next `train_step` carries."""
+        if self.online is None:
+            raise RuntimeError("trainer.start_online: the trainer was built without an online section")
+        self._expect(None, "start_online")
+        if self.solver.gradient_checkpointing:
+            self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.policy.train()
+        self._online = make_online_state(self.policy, self.solver, self.online)
+        file = Path(path) / POLICY_OPTIMIZER if path else None
+        if file is not None and file.is_file():
+            self._online.restore(torch.load(file, map_location="cpu", weights_only=True))
+        return self._online.step
+
+    def train_step(self, batch: StepBatch) -> dict[str, Any]:
+        """One optimizer step on one minibatch's groups (rloo/grpo: advantages and the policy loss;
+        online_dpo: the groups' best-vs-worst pairs). Returns the step's loss and stats.
+
+        Old log-probs (the clip loss's ratio) are the policy's own, detached, when the engines sampled
+        with the weights the trainer holds (every step with sync_every 1; the first step after each
+        push otherwise): the ratio is 1 there, as in TRL's GRPO with one update per generation. When
+        the engines lag (sync_every > 1) they come from a frozen copy of the weights last pushed,
+        rounded as the engines hold them. vLLM's own sampling log-probs are not used: they come from
+        other kernels (and bf16 weights), so the ratio would differ from 1 on fresh samples.
+        A non-finite loss or gradient raises TrainingDivergedError before the update: the weights stay."""
+        st = self._online
+        if self.online is None or st is None:
+            raise RuntimeError("trainer.train_step: call start_online first")
+        self._expect(None, "train_step")
+        if batch.step != st.step:
+            raise RuntimeError(
+                f"trainer.train_step: the trainer is at step {st.step}, the batch is for step {batch.step} "
+                "(restarted, or a step was skipped): resume redoes the iteration from its last commit"
+            )
+        t0 = time.perf_counter()
+        with self.busy.span("train"):
+            self._online_references(batch)
+            st.optimizer.zero_grad(set_to_none=True)
+            stats = self._dpo_backward(batch) if self.online.algorithm == "online_dpo" else self._pg_backward(batch)
+            params = [p for p in self.policy.parameters() if p.requires_grad]
+            limit = self.online.max_grad_norm
+            norm = torch.nn.utils.clip_grad_norm_(params, limit if limit is not None else math.inf)
+            if not (math.isfinite(stats["loss"]) and math.isfinite(float(norm))):
+                raise TrainingDivergedError(
+                    f"step {batch.step}: loss {stats['loss']}, gradient norm {float(norm)}: training diverged; "
+                    "nothing was updated. Lower solver.learning_rate, then resume with --allow-change"
+                )
+            stats.update(step=batch.step, lr=st.scheduler.get_last_lr()[0], grad_norm=float(norm))
+            st.optimizer.step()
+            st.scheduler.step()
+            st.step += 1
+        stats["seconds"] = time.perf_counter() - t0
+        return stats
+
+    def _online_references(self, batch: StepBatch) -> None:
+        """Take the iteration's KL / DPO reference at its first step, and a copy of the pushed weights
+        at every push while the engines lag (sync_every > 1 with the clip loss)."""
+        o, st = self.online, self._online
+        assert o is not None and st is not None
+        if batch.iteration != st.iteration:
+            st.reference = None
+            if o.kl_beta > 0 or o.algorithm == "online_dpo":  # pi_{t-1} (as served), or pi_0
+                st.reference = self._frozen_reference()
+            st.iteration = batch.iteration
+        if o.sync_every > 1 and o.resolved_loss() == "clip" and batch.step % o.sync_every == 0:
+            st.served = self._served_copy()  # what the engines hold until the next push
+
+    def _logprobs(self, model: torch.nn.Module | None, padded: Padded, temperature: float) -> torch.Tensor:
+        """Completion-token log-probs [B, T] of `model` (mixed precision in `dtype` on a GPU)."""
+        assert model is not None
+        if not (self.gpu and self.dtype != torch.float32):
+            return completion_logprobs(model, padded, temperature)
+        with torch.autocast("cuda", dtype=self.dtype):
+            return completion_logprobs(model, padded, temperature)
+
+    def _pg_backward(self, batch: StepBatch) -> dict[str, Any]:
+        """rloo/grpo: advantages of the groups, then the policy loss over micro-batches (gradients
+        accumulate, weighted to the whole minibatch's loss: `chunk_weight`). Sequences with advantage
+        0 carry no gradient without a KL term: they are left out of the passes (they still count in
+        the normalizers). Stats are weighted like the loss."""
+        from eva.online.algos import PolicyBatch, advantage_estimator, chunk_weight, policy_loss
+
+        o, st = self.online, self._online
+        assert o is not None and st is not None
+        extra = {"scale_by_std": o.scale_by_std} if o.algorithm == "grpo" else {}
+        adv = advantage_estimator(o.algorithm)(torch.tensor(batch.rewards, dtype=torch.float32), **extra).reshape(-1)
+        prompts = [p for p, group in zip(batch.prompt_ids, batch.completion_ids, strict=True) for _ in group]
+        completions = [c for group in batch.completion_ids for c in group]
+        active = [i for i in range(len(completions)) if adv[i] != 0 or o.kl_beta > 0]
+        loss_name, agg = o.resolved_loss() or "reinforce", o.resolved_agg()
+        kwargs: dict[str, Any] = dict(agg=agg, beta=o.kl_beta, max_len=self.solver.max_new_tokens)
+        if loss_name == "clip":
+            kwargs.update(eps_low=o.clip_eps_low, eps_high=o.clip_eps_high)
+        lagging = o.sync_every > 1 and batch.step % o.sync_every != 0  # the engines serve st.served
+        temperature = self.solver.temperature
+        total: dict[str, float] = {"loss": 0.0}
+        for chunk in chunks(active, o.micro_batch):
+            padded = pad_sequences([prompts[i] for i in chunk], [completions[i] for i in chunk], self.policy.device)
+            logp = self._logprobs(self.policy, padded, temperature)
+            with torch.no_grad():
+                old = None
+                if loss_name == "clip":
+                    old = self._logprobs(st.served, padded, temperature) if lagging else logp.detach()
+                ref = self._logprobs(st.reference, padded, temperature) if o.kl_beta > 0 else None
+            policy_batch = PolicyBatch(logp, adv[chunk].to(logp.device), padded.mask, old, ref)
+            loss, stats = policy_loss(loss_name)(policy_batch, **kwargs)
+            weight = chunk_weight(agg, padded.mask, sum(len(c) for c in completions), len(completions))
+            (loss * weight).backward()
+            for key, value in {"loss": float(loss.detach()), **stats}.items():
+                total[key] = total.get(key, 0.0) + value * weight
+        signal = int((adv != 0).sum())
+        return {**total, "sequences": len(completions), "trained_sequences": len(active), "signal_sequences": signal}
+
+    def _dpo_backward(self, batch: StepBatch) -> dict[str, Any]:
+        """online_dpo: eva's sigmoid DPO loss on the groups' (best, worst) pairs, in micro-batches of
+        micro_batch // 2 pairs, each weighted by its share of the pairs; no pairs: no update."""
+        from eva.online.algos import dpo_loss
+
+        o, st = self.online, self._online
+        assert o is not None and st is not None
+        pairs = batch.pairs
+        total: dict[str, float] = {"loss": 0.0}
+        for chunk in chunks(range(len(pairs)), max(1, o.micro_batch // 2)):
+            picked = [pairs[i] for i in chunk]
+            chosen = [batch.completion_ids[p][c] for p, c, _ in picked]
+            rejected = [batch.completion_ids[p][r] for p, _, r in picked]
+            prompts = [batch.prompt_ids[p] for p, _, _ in picked] * 2
+            padded = pad_sequences(prompts, chosen + rejected, self.policy.device)
+            seq = self._logprobs(self.policy, padded, 1.0).sum(-1)
+            with torch.no_grad():
+                ref = self._logprobs(st.reference, padded, 1.0).sum(-1)
+            m = len(picked)
+            loss, stats = dpo_loss(seq[:m], seq[m:], ref[:m], ref[m:], self.solver.beta)
+            weight = m / len(pairs)
+            (loss * weight).backward()
+            for key, value in {"loss": float(loss.detach()), **stats}.items():
+                total[key] = total.get(key, 0.0) + value * weight
+        return {**total, "pairs": len(pairs)}
 
     # --- internals --------------------------------------------------------------------------
 
@@ -353,19 +505,30 @@ class PolicyTrainer:
         s = self.solver
         if loss_spec(s.loss_type).reference_free:
             return None
-        if s.reference == "initial":
-            if self._precomputes_reference():  # used once per round: loaded for it, freed after it
-                return _frozen(self._load_model(self.initial_path, frozen=True))
-            if self._initial is None:  # used at every step of every round: loaded once, kept
+        if (
+            s.reference == "initial" and self._precomputes_reference()
+        ):  # used once per round: loaded for it, freed after
+            return _frozen(self._load_model(self.initial_path, frozen=True))
+        if s.finetune == "lora" and s.reference != "initial":
+            return None  # adapter disabled = merged base = pi_{t-1}
+        return self._frozen_reference()
+
+    def _frozen_reference(self) -> torch.nn.Module:
+        """pi_0 (solver.reference initial: used at every step, loaded once and kept) or a frozen copy of
+        the policy held now (previous)."""
+        if self.solver.reference == "initial":
+            if self._initial is None:
                 self._initial = _frozen(self._load_model(self.initial_path, frozen=True))
             return self._initial
-        if s.finetune == "lora":
-            return None  # adapter disabled = merged base = pi_{t-1}
-        reference = _frozen(copy.deepcopy(self.policy))
+        return self._served_copy()
+
+    def _served_copy(self) -> torch.nn.Module:
+        """A frozen copy of the policy as the engines serve it: rounded to `dtype`, not its fp32 masters."""
+        copied = _frozen(copy.deepcopy(self.policy))
         if self.gpu:
-            return reference.to(self.dtype)
-        _round_to(reference, self.dtype)  # pi_{t-1} as the engines served it, not its unrounded masters
-        return reference
+            return copied.to(self.dtype)
+        _round_to(copied, self.dtype)
+        return copied
 
     def _dataset(self, pairs: list[PreferencePair], folder: Path):
         """Conversational pairs, so TRL applies the chat template the engines use. TRL 1.16 has no

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from eva.evolve import OPERATORS, check_operators
 from eva.judge import JUDGE_TEMPLATES, judge_template
 from eva.losses import LOSSES, loss_spec
-from eva.metrics import check_metric, metric_names
+from eva.metrics import BATCH_ONLY, check_metric, metric_names
 from eva.sampling import check_sample_method
 from eva.scorers import SCORER_KINDS, component_kinds, reward_kinds, scorer_kind
 
@@ -103,7 +103,15 @@ class RunSection(_Section):
         False,
         description="The fixed-prompt baseline (plain iterative DPO: no estimate, sample, evolve or mix) for A/B "
         "comparisons at equal budget; `eva run --baseline` sets it. Part of the run's identity: a run never "
-        "switches loops.",
+        "switches loops. In online mode: every minibatch is drawn uniformly from the seed prompts and the creator "
+        "makes no children (online uniform sampling).",
+    )
+    mode: Literal["offline", "online"] = Field(
+        "offline",
+        description="offline: Algorithm 1, a whole iteration of rollouts, then a preference-optimization round. "
+        "online: a policy-gradient solver that takes one optimizer step per minibatch drawn from a prioritized "
+        "buffer, the creator evolving the prompts just seen every online.steps_per_commit steps, one committed "
+        "iteration per that many steps (the `online` section). Part of the run's identity.",
     )
 
     @field_validator("report_to", mode="before")
@@ -771,6 +779,142 @@ class RaySection(_Section):
     )
 
 
+class PriorityBufferSection(_Section):
+    decay: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="Staleness decay of a prompt's priority per optimizer step since its group was last scored "
+        "(eva.online.buffer): a child not drawn for a while loses its claim until it is scored again. 1: no decay.",
+    )
+    alpha: float = Field(
+        1.0,
+        ge=0,
+        description="Temperature of priority sampling: children are drawn with weight (priority + eps) ** alpha "
+        "(0: uniform, 1: proportional to the decayed informativeness).",
+    )
+    eps: float = Field(
+        0.01,
+        gt=0,
+        description="Floor added to every priority, so a child with informativeness 0 is drawn rarely, never starved.",
+    )
+    seed_ratio: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="Share of every minibatch drawn uniformly from the seed prompts after the warm-up; the rest "
+        "comes from the creator's children by priority (either pool fills in when the other runs short).",
+    )
+    warmup_steps: int = Field(
+        0, ge=0, description="Optimizer steps at the start whose minibatches come from the seed prompts only."
+    )
+    admit_threshold: float | None = Field(
+        None,
+        description="Admission gating (as ACCEL does for environments): score every child once (n responses, "
+        "counted as generated tokens) and admit it to the draws only if its informativeness (creator.metric) is "
+        "strictly above this. None: every child is admitted unscored, drawn soon at the top priority.",
+    )
+
+
+class OnlineSection(_Section):
+    algorithm: Literal["rloo", "grpo", "online_dpo"] = Field(
+        "rloo",
+        description="The online solver (run.mode: online; eva.online): rloo (leave-one-out baseline, REINFORCE "
+        "loss; the paper's online solver), grpo (group-normalized advantages, clipped ratio), or online_dpo (a "
+        "pair per group of the current policy's own samples, best vs worst, eva's sigmoid DPO loss with "
+        "solver.beta and solver.reference). Losses are eva's code, not TRL's trainers: README, the online mode.",
+    )
+    policy_loss: Literal["reinforce", "clip"] | None = Field(
+        None,
+        description="rloo/grpo: reinforce (-A log pi, on-policy) or clip (PPO's clipped ratio against the "
+        "sampling policy). None: reinforce for rloo, clip for grpo. online_dpo has its own loss.",
+    )
+    clip_eps_low: float = Field(
+        0.2, gt=0, lt=1, description="clip: the ratio's lower bound is 1 - clip_eps_low (for negative advantages)."
+    )
+    clip_eps_high: float = Field(
+        0.2,
+        gt=0,
+        description="clip: the ratio's upper bound is 1 + clip_eps_high (for positive advantages); above "
+        "clip_eps_low is DAPO's clip-higher.",
+    )
+    kl_beta: float = Field(
+        0.0,
+        ge=0,
+        description="rloo/grpo: weight of the per-token k3 KL penalty to the reference policy (solver.reference: "
+        "the last committed policy, or the initial one); 0 holds no reference copy. online_dpo's beta is "
+        "solver.beta.",
+    )
+    scale_by_std: bool = Field(
+        True,
+        description="grpo: divide a group's centred rewards by their std (GRPO); false: Dr. GRPO, centred only.",
+    )
+    agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] | None = Field(
+        None,
+        description="Token aggregation of the policy loss (eva.online.algos, verl's names): token-mean (DAPO), "
+        "seq-mean-token-mean (GRPO), seq-mean-token-sum (RLOO), seq-mean-token-sum-norm (Dr. GRPO, divisor "
+        "solver.max_new_tokens). None: seq-mean-token-sum for reinforce, seq-mean-token-mean for clip.",
+    )
+    minibatch_prompts: int = Field(
+        8,
+        ge=1,
+        description="Prompts per optimizer step; each gets solver.n_responses responses (the group its advantages "
+        "and its informativeness come from).",
+    )
+    micro_batch: int = Field(
+        16,
+        ge=1,
+        description="Sequences per forward/backward pass of the trainer (gradients accumulate over them into the "
+        "step's one optimizer update, with the aggregation's normalizers of the whole minibatch: the same update "
+        "as one pass). Lower it when the trainer runs out of memory.",
+    )
+    steps_per_commit: int = Field(
+        8,
+        ge=1,
+        description="Optimizer steps per committed iteration (K): every K steps the creator evolves the prompts "
+        "just seen and the run commits an iteration (buffer, policy, optimizer state, metrics). A killed run "
+        "redoes at most the K steps since the last commit.",
+    )
+    sync_every: int = Field(
+        1,
+        ge=1,
+        description="Push the trainer's weights to the engines every this many optimizer steps (S); must divide "
+        "steps_per_commit. S > 1 samples up to S - 1 steps stale: the clip loss corrects for it (the sampling "
+        "policy's log-probs from a copy of the pushed weights).",
+    )
+    children_per_commit: int = Field(
+        8,
+        ge=0,
+        description="Children the creator adds every steps_per_commit steps: parents are creator.sample_frac of the "
+        "prompts drawn since the last commit, picked by creator.sample_method on their last group's "
+        "informativeness (creator.metric), with creator.num_variants children each (more rounds up to "
+        "creator.max_evolve_rounds while filters drop children). 0: no creator.",
+    )
+    lr_warmup_steps: int = Field(
+        0,
+        ge=0,
+        description="The learning rate (solver.learning_rate) rises linearly over this many optimizer steps, then "
+        "stays constant: the run's length may be extended (run.iterations), so no schedule depends on it.",
+    )
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Clip the gradient's global norm to this before each optimizer step (None: no clip)."
+    )
+    buffer: PriorityBufferSection = Field(
+        default_factory=PriorityBufferSection,
+        description="The prioritized generative buffer the minibatches are drawn from (eva.online.buffer).",
+    )
+
+    def resolved_loss(self) -> str | None:
+        """The policy loss rloo/grpo train with (None for online_dpo)."""
+        if self.algorithm == "online_dpo":
+            return None
+        return self.policy_loss or ("reinforce" if self.algorithm == "rloo" else "clip")
+
+    def resolved_agg(self) -> str:
+        """The token aggregation of the policy loss."""
+        return self.agg or ("seq-mean-token-sum" if self.resolved_loss() == "reinforce" else "seq-mean-token-mean")
+
+
 class CheckpointSection(_Section):
     keep_policies: int | None = Field(
         None,
@@ -796,6 +940,10 @@ class RunConfig(_Section):
     reward: RewardSection = Field(default_factory=RewardSection, description="Reward scorer.")
     ray: RaySection = Field(default_factory=RaySection, description="Ray cluster and per-actor resources.")
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection, description="Checkpoint retention.")
+    online: OnlineSection = Field(
+        default_factory=OnlineSection,
+        description="The online solver, its step cadence and the prioritized buffer (read when run.mode is online).",
+    )
 
     @model_validator(mode="after")
     def _task_family(self) -> RunConfig:
@@ -848,6 +996,60 @@ class RunConfig(_Section):
                     f"tensor-parallel engine "
                     f"replica takes one whole GPU per rank, set {name}.num_gpus: {tp}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _online(self) -> RunConfig:
+        if self.run.mode != "online":
+            return self
+        o, s = self.online, self.solver
+        problems = [
+            (
+                self.model.sleep is True,
+                "model.sleep is true: online, the engines generate between every optimizer step, and a sleeping "
+                "engine would be rebuilt (CPU) or woken every step; set model.sleep: auto (off in online mode)",
+            ),
+            (s.finetune == "lora", "solver.finetune is lora: the online solver trains full weights only"),
+            (
+                s.temperature == 0,
+                "solver.temperature is 0: the n responses of a group would be equal (no advantage, no pair)",
+            ),
+            (
+                o.steps_per_commit % o.sync_every != 0,
+                f"online.sync_every ({o.sync_every}) must divide online.steps_per_commit ({o.steps_per_commit}): "
+                "at every commit the engines must serve the committed policy, which a resume starts them from",
+            ),
+            (
+                o.sync_every > 1 and o.resolved_loss() == "reinforce",
+                f"online.sync_every is {o.sync_every} with the reinforce loss: rollouts up to {o.sync_every - 1} "
+                "steps stale need the clipped ratio's correction; set online.policy_loss: clip",
+            ),
+            (
+                o.algorithm == "online_dpo" and o.policy_loss is not None,
+                "online.policy_loss is for rloo/grpo: online_dpo trains eva's sigmoid DPO loss",
+            ),
+            (
+                o.algorithm == "online_dpo" and o.kl_beta > 0,
+                "online.kl_beta is for rloo/grpo: online_dpo's strength is solver.beta",
+            ),
+            (
+                o.algorithm == "online_dpo" and s.loss_type != "sigmoid",
+                f"solver.loss_type is {s.loss_type}: online_dpo trains the sigmoid DPO loss only",
+            ),
+            (
+                self.creator.kind == "select",
+                "creator.kind is select: online, the buffer already re-draws the informative prompts; use "
+                "creator.kind program or llm, or run.baseline for no creator",
+            ),
+            (
+                self.creator.metric in BATCH_ONLY,
+                f"creator.metric {self.creator.metric} is normalized per batch, so priorities of different steps "
+                "would not compare; use a per-prompt metric (maxmean, learnability, gap, ...)",
+            ),
+        ]
+        bad = [message for failed, message in problems if failed]
+        if bad:
+            raise ValueError("run.mode is online, but " + "; ".join(bad))
         return self
 
     @model_validator(mode="after")

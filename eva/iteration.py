@@ -8,6 +8,7 @@ prompts.changes.parquet  the buffer rows iteration t added or updated (t >= 1)
 estimate.parquet    rollouts of X_{t-1} (ScoredPrompt)        rollouts.parquet  rollouts of X'_t (solve)
 sampled.json        ids of the prompts sampled for evolving   train_prompts.json  ids of X'_t
 pairs.parquet       the preference pairs                      metrics.json      IterationMetrics
+priority.parquet    run.mode online: the prioritized buffer (eva.online.buffer) at the commit
 policy/             the policy pi_t (safetensors or adapter + tokenizer)
 ```
 
@@ -36,6 +37,7 @@ from eva.buffer import (
     save_pairs,
     save_prompts_table,
 )
+from eva.online.buffer import PRIORITY_SCHEMA
 from eva.tables import DataError, read_table, write_table
 from eva.types import IterationMetrics, PreferencePair, Prompt, ScoredPrompt
 
@@ -50,6 +52,10 @@ POLICY = "policy"
 # The trainer's fp32 master weights inside a policy folder saved in a rounding dtype (a subfolder:
 # vLLM loads only the top level's *.safetensors); only the newest committed iteration keeps them.
 POLICY_MASTERS = "master/master.safetensors"
+# The online solver's optimizer and scheduler state (actors.trainer), next to the masters: what a
+# resume continues from, pruned with them (only the newest committed iteration keeps it).
+POLICY_OPTIMIZER = "master/optimizer.pt"
+PRIORITY = "priority.parquet"  # run.mode online: the prioritized buffer (eva.online.buffer) at the commit
 TRAIN_CHECKPOINTS = "train_checkpoints"  # step checkpoints of the round in progress (never committed)
 # The two rollout stages write the same table: estimate scores X_{t-1}, solve scores X'_t.
 SCORED = {"estimate": "estimate.parquet", "solve": "rollouts.parquet"}
@@ -205,6 +211,19 @@ class IterationDir:
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise DataError(f"{path}: 'ids' must be a list of prompt-id strings")
         return ids
+
+    # the online solver's prioritized buffer ---------------------------------------------------------
+
+    def has_priority(self) -> bool:
+        """Online runs' committed iterations >= 1 hold it; iteration 0 and offline runs do not."""
+        return (self.path / PRIORITY).is_file()
+
+    def priority_table(self) -> pa.Table:
+        """The prioritized buffer as written at the commit (PRIORITY_SCHEMA; DataError naming the file)."""
+        return read_table(self.path / PRIORITY, PRIORITY_SCHEMA)
+
+    def write_priority(self, table: pa.Table) -> None:
+        write_table(table, self.path / PRIORITY)
 
     # pairs and metrics -------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ depends on the means of the whole prompt set, so it exists only in `informativen
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -126,7 +127,7 @@ def informativeness_batch(reward_lists: Sequence[Sequence[float]], metric: str) 
 def with_informativeness(scored: Sequence[ScoredPrompt], metric: str) -> list[ScoredPrompt]:
     """The records with `info` attached, computed over the whole set (mean_inv needs the set's range)."""
     infos = informativeness_batch([s.rewards for s in scored], metric)
-    return [ScoredPrompt(s.prompt, s.responses, s.rewards, info) for s, info in zip(scored, infos, strict=True)]
+    return [dataclasses.replace(s, info=info) for s, info in zip(scored, infos, strict=True)]
 
 
 def summarize(values: Sequence[float | None]) -> dict[str, float]:

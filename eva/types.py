@@ -13,6 +13,7 @@ import math
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 SEED_OPERATOR = "seed"
 
@@ -102,13 +103,25 @@ class Prompt:
 class Generation:
     """Responses sampled for one prompt, as the engine returns them.
 
-    `num_tokens` has one entry per response (new tokens generated).
+    `num_tokens` has one entry per response (new tokens generated). `tokens`: the token ids the
+    engine ran (prompt as sent, responses as sampled), only when the request asked for them.
     """
 
     prompt_id: str
     responses: tuple[str, ...]
     num_tokens: tuple[int, ...]
     finish_reasons: tuple[str, ...] = ()
+    tokens: SampledTokens | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SampledTokens:
+    """The token ids of one prompt's group as the engine ran it: `prompt` after the chat template and
+    any left-truncation, `responses[i]` the ids sampled for response i (a stop token included). The
+    online solver trains on exactly these, never on a re-tokenization of the text."""
+
+    prompt: tuple[int, ...]
+    responses: tuple[tuple[int, ...], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,13 +130,15 @@ class ScoredPrompt:
 
     `rewards[i]` scores `responses[i]` and may be non-finite (a scorer failure): such rewards are
     kept here for the record and excluded by `eva.metrics`. `info` is None when the prompt has fewer
-    than two finite rewards (it is then never sampled).
+    than two finite rewards (it is then never sampled). `tokens`: the engine's token ids of the group
+    when the rollout asked for them (online mode); None otherwise and when read back from a table.
     """
 
     prompt: Prompt
     responses: tuple[str, ...]
     rewards: tuple[float, ...]
     info: float | None = None
+    tokens: SampledTokens | None = None
 
     @property
     def finite_rewards(self) -> list[float]:
@@ -234,6 +249,9 @@ class IterationMetrics:
     buffer_size: int = 0
     timing: Timing = field(default_factory=Timing)
     health: CreatorHealth = field(default_factory=CreatorHealth)
+    # run.mode online: one record per optimizer step of the iteration (pipelines.online: loss, rewards,
+    # informativeness, tokens, seconds, ...); empty offline.
+    steps: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -39,6 +39,7 @@ from eva.checkpoint import CorruptCheckpointError, RunDir
 from eva.config import RunConfig
 from eva.dedup import BufferIndex
 from eva.metrics import busy_summary, with_informativeness
+from eva.online.buffer import PriorityBuffer
 from eva.pairs import build_pairs
 from eva.results import (
     GENERATING_STAGES,
@@ -94,6 +95,10 @@ class Ctx:
     # from disk once, when the loop starts), and the near-duplicate index of its texts, grown with it.
     buffer: PromptBuffer = dataclasses.field(default_factory=PromptBuffer)
     known_texts: BufferIndex | None = None
+    # run.mode online (pipelines.online): the prioritized buffer the minibatches are drawn from, and
+    # the global optimizer step the next minibatch trains (both as of the last commit on resume).
+    priority: PriorityBuffer | None = None
+    step: int = 0
 
     @property
     def timeout(self) -> float:
@@ -162,12 +167,15 @@ def scored_stage(ctx: Ctx, t: int, name: str, buffer: PromptBuffer, prompts: lis
     return scored
 
 
-def rollout_chunked(ctx: Ctx, prompts: list[Prompt], name: str, t: int) -> tuple[list[ScoredPrompt], RolloutStats]:
-    """Rollout + scoring in chunks, two in flight, so generation of one overlaps scoring of another."""
+def rollout_chunked(
+    ctx: Ctx, prompts: list[Prompt], name: str, t: int, tokens: bool = False
+) -> tuple[list[ScoredPrompt], RolloutStats]:
+    """Rollout + scoring in chunks, two in flight, so generation of one overlaps scoring of another.
+    Seeds are keyed by (`name`, `t`, prompt); `tokens`: the groups carry the engine's token ids."""
     size = max(4, math.ceil(len(prompts) / 8))
     chunks = [prompts[i : i + size] for i in range(0, len(prompts), size)]
     s = ctx.cfg.solver
-    spec = SamplingSpec(s.n_responses, s.temperature, s.top_p, s.max_new_tokens)
+    spec = SamplingSpec(s.n_responses, s.temperature, s.top_p, s.max_new_tokens, token_ids=tokens)
     task = ray.remote(num_cpus=0)(rollout)
 
     def submit(chunk: list[Prompt]):
@@ -427,15 +435,29 @@ def wake_engines(ctx: Ctx, t: int, policy_dir: str) -> float:
     return seconds
 
 
-def commit(ctx: Ctx, t: int, buffer: PromptBuffer, results: IterationResults, t_commit: float) -> IterationMetrics:
-    """Step 7: the new buffer version and metrics.json, then MANIFEST.json (the commit) and LATEST."""
+def commit(
+    ctx: Ctx,
+    t: int,
+    buffer: PromptBuffer,
+    results: IterationResults,
+    t_commit: float,
+    online_steps: list[dict[str, Any]] | None = None,
+) -> IterationMetrics:
+    """Step 7: the new buffer version and metrics.json, then MANIFEST.json (the commit) and LATEST.
+
+    Online (`online_steps`: one record per optimizer step): every step's groups count as estimates,
+    in draw order (`results.estimated` is the creator's view of them, not more estimates), and the
+    prioritized buffer's table is written too."""
     folder = ctx.run.iteration(t)
     with stage(ctx, t, "commit") as counts:
-        buffer.update_stats(results.estimated, t)
+        if online_steps is None:
+            buffer.update_stats(results.estimated, t)
         buffer.update_stats(results.solved, t)
         buffer.mark_sampled([p.id for p in results.sampled])
         buffer.mark_trained([s.prompt.id for s in results.solved])
         counts["buffer_rows_written"] = folder.write_buffer_changes(buffer)
+        if ctx.priority is not None:
+            folder.write_priority(ctx.priority.to_table())
         # Orchestration overhead: the iteration's wall time (in this process, up to here) that no actor
         # spent generating, scoring or training. The manifest below adds a little that this misses.
         timing = busy_summary(ctx.actors.drain_busy(ctx.timeout), ctx.started, time.time())
@@ -443,6 +465,9 @@ def commit(ctx: Ctx, t: int, buffer: PromptBuffer, results: IterationResults, t_
         # metrics.json is part of the commit, so it records the commit's time up to this write.
         seconds = {**results.stage_seconds, "commit": time.perf_counter() - t_commit}
         metrics = iteration_metrics(dataclasses.replace(results, stage_seconds=seconds), len(buffer), timing)
+        if online_steps is not None:  # the children are born at the commit: they train from the next step on
+            children = results.evolve_report.kept if results.evolve_report else 0
+            metrics = dataclasses.replace(metrics, steps=online_steps, num_evolved=children)
         folder.write_metrics(metrics)
         counts.update(buffer=len(buffer))
     fault_point(t, "commit:manifest")
@@ -599,6 +624,12 @@ def run_loop(cfg: RunConfig, run: RunDir, report: Reporter, verified: bool = Fal
     if engines_sleep(cfg):  # model.sleep: the trainer's policy waits in its folder until the first round
         ray.get(actors.trainer.sleep.remote(), timeout=ctx.timeout)
         ctx.trainer_asleep = True
+    iterate = run_iteration
+    if cfg.run.mode == "online":  # never asleep (engines_sleep): the trainer steps between every rollout
+        from pipelines.online import online_iteration, start_online
+
+        start_online(ctx, last)
+        iterate = online_iteration
     previous = signal.getsignal(signal.SIGINT)
 
     def on_sigint(signum, frame):  # first Ctrl-C: stop at the next stage boundary
@@ -612,7 +643,7 @@ def run_loop(cfg: RunConfig, run: RunDir, report: Reporter, verified: bool = Fal
         for t in range(last + 1, cfg.run.iterations + 1):
             run.log_event("iteration_start", iteration=t, baseline=cfg.run.baseline)
             t_iter = time.perf_counter()
-            run_iteration(ctx, t)
+            iterate(ctx, t)
             run.log_event("iteration_end", iteration=t, seconds=round(time.perf_counter() - t_iter, 2))
             last = t
             if t < cfg.run.iterations:

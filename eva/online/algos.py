@@ -230,3 +230,40 @@ def clipped_loss(
         "ratio_mean": _masked_mean(r, batch.mask),
     }
     return _finish(per_token, batch, agg, beta, max_len, stats)
+
+
+def chunk_weight(agg: str, mask: torch.Tensor, total_tokens: int, total_sequences: int) -> float:
+    """The factor that makes a micro-batch's aggregated loss its share of the whole minibatch's.
+
+    `aggregate` over a micro-batch of the minibatch's sequences (completion mask `mask` [b, T])
+    divides by the micro-batch's own tokens (token-mean) or sequences (the seq-mean modes); times
+    this weight, the micro-batches' losses sum to `aggregate` over the whole minibatch of
+    `total_sequences` sequences holding `total_tokens` completion tokens (up to float rounding), so
+    gradient accumulation gives the one-pass gradient. Sequences left out of every micro-batch (a
+    zero advantage, no KL: their loss is 0) still count in the totals.
+    """
+    if agg == "token-mean":
+        return float(mask.sum()) / max(total_tokens, 1)
+    if agg in AGG_MODES:
+        return mask.shape[0] / max(total_sequences, 1)
+    raise ValueError(f"unknown token aggregation {agg!r}; known: {', '.join(AGG_MODES)}")
+
+
+def dpo_loss(
+    chosen_logp: torch.Tensor,
+    rejected_logp: torch.Tensor,
+    ref_chosen_logp: torch.Tensor,
+    ref_rejected_logp: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sigmoid DPO over M pairs (online DPO's loss; TRL DPOTrainer's `sigmoid` without label smoothing).
+
+    Inputs are sequence log-probs [M] (summed over each completion's tokens) of the chosen and the
+    rejected response under the policy and the reference. With the implicit reward margin
+    z = beta * ((chosen - ref_chosen) - (rejected - ref_rejected)): loss = mean(-log sigmoid(z)).
+    Stats: `reward_accuracy` (share of pairs with z > 0) and `reward_margin` (mean z).
+    """
+    z = beta * ((chosen_logp - ref_chosen_logp) - (rejected_logp - ref_rejected_logp))
+    loss = -torch.nn.functional.logsigmoid(z).mean()
+    zd = z.detach()
+    return loss, {"reward_accuracy": float((zd > 0).float().mean()), "reward_margin": float(zd.mean())}

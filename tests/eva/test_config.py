@@ -266,6 +266,71 @@ def test_issue_18_fields_refuse_bad_values_naming_the_field(item: str) -> None:
         load_config(None, [item], preset="tiny")
 
 
+ONLINE = ["run.mode=online"]
+
+
+@pytest.mark.parametrize(
+    ("items", "fragment"),
+    [
+        (["model.sleep=true"], "model.sleep is true"),
+        (["solver.finetune=lora"], "solver.finetune is lora"),
+        (["solver.temperature=0"], "solver.temperature is 0"),
+        (["online.sync_every=3"], "online.sync_every (3) must divide online.steps_per_commit (8)"),
+        (["online.sync_every=2"], "online.sync_every is 2 with the reinforce loss"),
+        (["online.algorithm=online_dpo", "online.policy_loss=clip"], "online.policy_loss is for rloo/grpo"),
+        (["online.algorithm=online_dpo", "online.kl_beta=0.1"], "online.kl_beta is for rloo/grpo"),
+        (["online.algorithm=online_dpo", "solver.loss_type=ipo"], "solver.loss_type is ipo"),
+        (["creator.kind=select"], "creator.kind is select"),
+        (["creator.metric=mean_inv"], "creator.metric mean_inv is normalized per batch"),
+    ],
+)
+def test_online_mode_refuses_combinations_naming_the_field(items: list[str], fragment: str):
+    with pytest.raises(ConfigError, match=re.escape(fragment)) as info:
+        load_config(None, [*ONLINE, *items], preset="tiny")
+    assert "run.mode is online" in str(info.value)
+    load_config(None, items if items != ["model.sleep=true"] else [], preset="tiny")  # offline: not the online check
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        "online.algorithm=ppo",
+        "online.policy_loss=kl",
+        "online.agg=mean",
+        "online.minibatch_prompts=0",
+        "online.clip_eps_low=1",
+        "online.buffer.decay=0",
+        "online.buffer.eps=0",
+        "online.buffer.seed_ratio=1.5",
+        "online.max_grad_norm=0",
+    ],
+)
+def test_online_fields_refuse_bad_values_naming_the_field(item: str) -> None:
+    field = item.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"--set {re.escape(item)}: {re.escape(field)}: "):
+        load_config(None, [*ONLINE, item], preset="tiny")
+
+
+def test_online_names_are_the_registries_and_defaults_resolve():
+    from eva.online.algos import ADV_ESTIMATORS, AGG_MODES, POLICY_LOSSES
+    from eva.online.buffer import PrioritySettings
+    from pipelines.online import priority_settings
+
+    section = RunConfig().online
+    fields = type(section).model_fields
+    assert set(fields["policy_loss"].annotation.__args__[0].__args__) == set(POLICY_LOSSES)  # type: ignore[union-attr]
+    assert set(fields["agg"].annotation.__args__[0].__args__) == set(AGG_MODES)  # type: ignore[union-attr]
+    assert set(ADV_ESTIMATORS) < set(fields["algorithm"].annotation.__args__)  # type: ignore[union-attr]
+    assert (section.resolved_loss(), section.resolved_agg()) == ("reinforce", "seq-mean-token-sum")
+    grpo = section.model_copy(update={"algorithm": "grpo"})
+    assert (grpo.resolved_loss(), grpo.resolved_agg()) == ("clip", "seq-mean-token-mean")
+    cfg = load_config(preset="cpu-arithmetic-online")
+    assert cfg.run.mode == "online" and cfg.creator.metric == "learnability"
+    assert priority_settings(cfg) == PrioritySettings(seed=0, metric="learnability")  # the buffer's own defaults
+    for preset in ("cpu-arithmetic", "cpu-default", "tiny"):  # any preset runs online with one override
+        assert load_config(None, ONLINE, preset=preset).run.mode == "online"
+
+
 def test_precompute_ref_log_probs_is_on_by_default_and_round_trips_through_run_yaml():
     import yaml
 

@@ -266,3 +266,55 @@ def test_online_dpo_pairs_best_vs_worst_of_each_group_ties_skipped():
         PreferencePair(groups[3].prompt.id, "d", "d/2", "d/1", 1.0, 0.0, 7),
     ]
     assert report.dropped == {"too_few_rewards": 1, "tie": 1, "below_margin": 0}
+
+
+# --- micro-batches and online DPO ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("agg", AGG_MODES)
+def test_micro_batches_weighted_by_chunk_weight_sum_to_the_whole_batch(agg):
+    """Three sequences of 2, 3 and 1 completion tokens split 2 + 1: the weighted chunk losses add up
+    to the one-pass loss in every aggregation mode."""
+    from eva.online.algos import chunk_weight
+
+    x = torch.tensor([[1.0, 2.0, 0.0], [3.0, 4.0, 5.0], [6.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]])
+    whole = aggregate(x, mask, agg, max_len=4)
+    parts = [(x[:2], mask[:2]), (x[2:], mask[2:])]
+    summed = sum(aggregate(xs, ms, agg, max_len=4) * chunk_weight(agg, ms, 6, 3) for xs, ms in parts)
+    close(summed, float(whole))
+
+
+def test_chunk_weight_by_hand_and_unknown_mode():
+    from eva.online.algos import chunk_weight
+
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert chunk_weight("token-mean", mask, 12, 5) == 3 / 12
+    assert chunk_weight("seq-mean-token-sum", mask, 12, 5) == 2 / 5
+    with pytest.raises(ValueError, match="unknown token aggregation"):
+        chunk_weight("mean", mask, 12, 5)
+
+
+def test_dpo_loss_by_hand():
+    """z = beta ((pc - rc) - (pr - rr)): pair 1: 0.5 ((-1 + 2) - (-3 + 2)) = 1; pair 2: 0.5 (0 - (-2 + 4)) = -1.
+    loss = mean(-log sigmoid(z)) = (log(1 + e^-1) + log(1 + e^1)) / 2; one pair of two has z > 0."""
+    from eva.online.algos import dpo_loss
+
+    chosen = torch.tensor([-1.0, -4.0], requires_grad=True)
+    loss, stats = dpo_loss(
+        chosen, torch.tensor([-3.0, -2.0]), torch.tensor([-2.0, -4.0]), torch.tensor([-2.0, -4.0]), 0.5
+    )
+    expected = (math.log1p(math.exp(-1)) + math.log1p(math.exp(1))) / 2
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    assert stats == {"reward_accuracy": 0.5, "reward_margin": 0.0}
+    loss.backward()  # d/d chosen_i = -beta * sigmoid(-z_i) / 2
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    close(chosen.grad, [-0.5 * sig(-1.0) / 2, -0.5 * sig(1.0) / 2])
+
+
+def test_dpo_loss_at_the_reference_is_ln2():
+    from eva.online.algos import dpo_loss
+
+    logp = torch.tensor([-5.0, -7.0, -1.0])
+    loss, stats = dpo_loss(logp, logp - 1, logp, logp - 1, 0.1)
+    assert float(loss) == pytest.approx(math.log(2)) and stats["reward_accuracy"] == 0.0
