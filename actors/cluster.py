@@ -218,6 +218,8 @@ def engines_sleep(cfg: RunConfig) -> bool:
         return False
     if cfg.model.sleep != "auto":
         return bool(cfg.model.sleep)
+    if cfg.run.mode == "online":  # the engines generate between every optimizer step: nothing to take turns on
+        return False
     engine = cfg.ray.engine
     fractions = shares_gpu(engine, cfg.model.tensor_parallel_size) and shares_gpu(cfg.ray.trainer)
     return engine.num_gpus == 0 or cfg.ray.colocate or fractions

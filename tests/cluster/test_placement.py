@@ -80,6 +80,7 @@ def test_engines_sleep_through_training_on_cpu_or_on_a_gpu_they_share_with_the_t
     assert not engines_sleep(load_config(None, ["model.sleep=false"], preset="cpu-default"))
     assert engines_sleep(load_config(None, ["model.sleep=true", "ray.engine.num_gpus=1"], preset="tiny"))
     assert not engines_sleep(load_config(None, [], preset="tiny"))  # the tiny preset turns it off
+    assert not sleeps("run.mode=online")  # engines generate between every optimizer step
 
 
 def test_tensor_parallel_needs_one_gpu_per_rank():

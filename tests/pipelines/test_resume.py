@@ -74,9 +74,17 @@ def reference_run_3(tmp_path_factory) -> Path:
 
 
 def test_sigkill_at_every_stage_then_resume_equals_uninterrupted(eva, reference_run: Path, tmp_path: Path):
+    """Killed at every stage of a run whose engines and trainer take turns with the memory (model.sleep,
+    cpu-default's setting; the tiny preset and the reference run keep them resident): the run resumes to
+    the reference run's tables, so sleeping changes nothing, and a kill while the engines sleep (after
+    the policy is saved, before they wake: 1:train:saved) resumes exactly too."""
     run_dir = tmp_path / "killed"
     for i, fault in enumerate(FAULTS):
-        args = ["run", "--preset", "tiny", "--run-dir", str(run_dir)] if i == 0 else ["resume", str(run_dir)]
+        args = (
+            ["run", "--preset", "tiny", "--run-dir", str(run_dir), "--set", "model.sleep=true"]
+            if i == 0
+            else ["resume", str(run_dir)]
+        )
         proc = eva(*args, env={"EVA_FAULT_AT": fault}, check=False)
         assert proc.returncode == -9, f"{fault}: expected SIGKILL, got {proc.returncode}\n{proc.stderr[-2000:]}"
         run = RunDir(run_dir)
@@ -84,9 +92,11 @@ def test_sigkill_at_every_stage_then_resume_equals_uninterrupted(eva, reference_
         assert not run.committed(t), f"{fault}: iteration {t} must not be committed"
     eva("resume", str(run_dir))
     run = RunDir(run_dir)
-    assert run.latest() == 2 and run.verify_all() == []
-    for t in (1, 2):
-        assert _tables(run_dir, t) == _tables(reference_run, t), f"iteration {t} differs after resume"
+    assert run.latest() == 2 and run.verify_all() == [] and run.config().model.sleep is True
+    _assert_same_run(run_dir, reference_run, range(1, 3))
+    trained = [e["counts"] for e in run.events() if e["kind"] == "stage_end" and e["stage"] == "train"]
+    assert len(trained) == 2 and all(c["sleep_s"] > 0 and c["sync_s"] > 0 for c in trained)
+    assert all("sleep_s" not in e["counts"] for e in RunDir(reference_run).events() if e["kind"] == "stage_end")
     started = [e for e in run.events() if e["kind"] == "stage_start"]
     # every stage of both iterations once, plus once more for each stage a fault cut short
     assert len(started) == 2 * len(STAGES) + len(FAULTS)
@@ -192,23 +202,3 @@ def test_sigkill_at_random_times_then_resume_equals_uninterrupted(reference_run_
     run = RunDir(run_dir)
     assert run.latest() == 3 and run.verify_all() == []
     _assert_same_run(run_dir, reference_run_3, range(1, 4))
-
-
-def test_engines_sleeping_through_training_change_nothing_and_a_kill_while_they_sleep_resumes_exactly(
-    eva, reference_run: Path, tmp_path: Path
-):
-    """model.sleep=true (cpu-default's setting; the tiny preset turns it off): every engine shuts down for
-    the training round and the policy's come back serving the saved policy folder. Killed while they
-    sleep (iteration 2's policy saved, not yet served), then resumed: every table and policy equals the
-    reference run's, whose engines never slept."""
-    run_dir = tmp_path / "asleep"
-    args = ("run", "--preset", "tiny", "--run-dir", str(run_dir), "--set", "model.sleep=true")
-    proc = eva(*args, env={"EVA_FAULT_AT": "2:train:saved"}, check=False)
-    assert proc.returncode == -9, proc.stderr[-2000:]
-    eva("resume", str(run_dir))
-    run = RunDir(run_dir)
-    assert run.latest() == 2 and run.verify_all() == [] and run.config().model.sleep is True
-    _assert_same_run(run_dir, reference_run, range(1, 3))
-    trained = [e["counts"] for e in run.events() if e["kind"] == "stage_end" and e["stage"] == "train"]
-    assert len(trained) == 2 and all(c["sleep_s"] > 0 and c["sync_s"] > 0 for c in trained)
-    assert all("sleep_s" not in e["counts"] for e in RunDir(reference_run).events() if e["kind"] == "stage_end")
