@@ -212,3 +212,10 @@ class LocalCluster:
             time.sleep(2)
         for node in self.nodes:
             node.wait(timeout=30)
+
+
+def run_or_resume(run_dir: Path, preset: str, flags: list[str], sets: list[str], log: Path) -> dict:
+    """`eva run` one benchmark run, or `eva resume` it where a crash left it unfinished; its timing."""
+    if (run_dir / "run.yaml").is_file():
+        return measure(eva("resume", str(run_dir)), log=log)
+    return measure(eva("run", "--preset", preset, *flags, *[a for s in sets for a in ("--set", s)]), log=log)

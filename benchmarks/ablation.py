@@ -35,7 +35,7 @@ import random
 import statistics
 from pathlib import Path
 
-from benchmarks._proc import eva, measure
+from benchmarks._proc import eva, measure, run_or_resume
 from eva.checkpoint import RunDir
 from eva.config import load_config
 from eva.tasks import write_problems
@@ -63,10 +63,7 @@ def run_arm(folder: Path, arm: str, seed: int, heldout: Path) -> dict:
     flags, sets = ARMS[arm]
     sets = [f"run.dir={run_dir}", f"run.seed={seed}", f"task.seed={seed}", *sets]
     log = folder / f"{arm}-seed{seed}.log"
-    if (run_dir / "run.yaml").is_file():
-        timing = measure(eva("resume", str(run_dir)), log=log)
-    else:
-        timing = measure(eva("run", "--preset", PRESET, *flags, *[a for s in sets for a in ("--set", s)]), log=log)
+    timing = run_or_resume(run_dir, PRESET, flags, sets, log)
     run = RunDir(run_dir)
     iterations = [t for t in EVAL_AT if t <= run.latest()]
     measure(

@@ -36,7 +36,7 @@ import json
 import statistics
 from pathlib import Path
 
-from benchmarks._proc import eva, measure
+from benchmarks._proc import eva, measure, run_or_resume
 from benchmarks.ablation import paired_bootstrap
 from eva.checkpoint import RunDir
 from eva.config import load_config
@@ -59,10 +59,7 @@ def run_arm(folder: Path, arm: str, seed: int, heldout: Path, sizes: list[str]) 
     flags, sets = ARMS[arm]
     sets = [f"run.dir={run_dir}", f"run.seed={seed}", f"task.seed={seed}", *sizes, *sets]
     log = folder / f"{arm}-seed{seed}.log"
-    if (run_dir / "run.yaml").is_file():
-        timing = measure(eva("resume", str(run_dir)), log=log)
-    else:
-        timing = measure(eva("run", "--preset", PRESET, *flags, *[a for s in sets for a in ("--set", s)]), log=log)
+    timing = run_or_resume(run_dir, PRESET, flags, sets, log)
     run = RunDir(run_dir)
     last = run.latest()
     assert last is not None
