@@ -218,8 +218,6 @@ def engines_sleep(cfg: RunConfig) -> bool:
         return False
     if cfg.model.sleep != "auto":
         return bool(cfg.model.sleep)
-    if cfg.run.mode == "online":  # the engines generate between every optimizer step: nothing to take turns on
-        return False
     engine = cfg.ray.engine
     fractions = shares_gpu(engine, cfg.model.tensor_parallel_size) and shares_gpu(cfg.ray.trainer)
     return engine.num_gpus == 0 or cfg.ray.colocate or fractions
@@ -292,19 +290,18 @@ class Actors:
     def sleep(self, timeout_s: float) -> float:
         """Every engine gives its memory to the trainer (model.sleep): the policy's engines drop their
         weights, fixed models (the creator's own, the judge) keep them where vLLM can. Seconds, slowest."""
-        refs = [e.sleep.remote(False) for e in self.policy.engines]
+        refs = self.policy.sleep_async(keep_weights=False)
         if self.creator_engines is not self.policy:
-            refs += [e.sleep.remote(True) for e in self.creator_engines.engines]
+            refs += self.creator_engines.sleep_async(keep_weights=True)
         refs += [r.sleep.remote() for r in self._scorers()]
         return max(ray.get(refs, timeout=timeout_s), default=0.0)
 
     def wake_up(self, policy_path: str, version: str, timeout_s: float) -> float:
         """Every engine back from `sleep`, the policy's serving the policy folder `policy_path` as
         `version` (the pool adopts it: a replica restarted later reloads it). Seconds, slowest."""
-        self.policy.adopt(policy_path, version)
-        refs = [e.wake_up.remote(policy_path, version) for e in self.policy.engines]
+        refs = self.policy.wake_up_async(policy_path, version)
         if self.creator_engines is not self.policy:
-            refs += [e.wake_up.remote() for e in self.creator_engines.engines]
+            refs += self.creator_engines.wake_up_async()
         refs += [r.wake_up.remote() for r in self._scorers()]
         return max(ray.get(refs, timeout=timeout_s), default=0.0)
 

@@ -288,10 +288,7 @@ class GenerationEngine:
             with exit_on_fatal("wake_up"):
                 self.llm.wake_up(tags=["weights"])
                 if path is not None:  # fill the weights before the KV cache takes its memory back
-                    self.llm.collective_rpc(
-                        "reload_weights", kwargs={"weights_path": path, "is_checkpoint_format": True}
-                    )
-                    self._after_reload()
+                    self._reload_from(path)
                 self.llm.wake_up(tags=["kv_cache"])
             if path is not None:
                 self.model_path = path
@@ -443,13 +440,17 @@ class GenerationEngine:
             return self.wake_up(path, version)
         t0 = time.perf_counter()
         with exit_on_fatal("load_weights_from_path"):
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path, "is_checkpoint_format": True})
-            self._after_reload()
+            self._reload_from(path)
         self.model_path = path
         if version is not None:
             self.weights_version = version
         self._path_version = self.weights_version
         return time.perf_counter() - t0
+
+    def _reload_from(self, path: str) -> None:
+        """The weights of a saved safetensors folder, reloaded in place (`_after_reload` included)."""
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path, "is_checkpoint_format": True})
+        self._after_reload()
 
     def _after_reload(self) -> None:
         """What vLLM's reload leaves undone: the output head of a tied-embedding model, and the prefix cache.

@@ -155,15 +155,23 @@ class EnginePool:
 
     def sleep(self, keep_weights: bool = False) -> float:
         """Every replica gives its memory to the trainer (GenerationEngine.sleep); the slowest one's seconds."""
-        return max(ray.get([e.sleep.remote(keep_weights) for e in self.engines], timeout=self.timeout_s))
+        return max(ray.get(self.sleep_async(keep_weights), timeout=self.timeout_s))
+
+    def sleep_async(self, keep_weights: bool = False) -> list:
+        """`sleep` started on every replica: their ObjectRefs (seconds each), to wait on with other actors'."""
+        return [e.sleep.remote(keep_weights) for e in self.engines]
 
     def wake_up(self, path: str | None = None, version: str | None = None) -> float:
         """Every replica comes back (GenerationEngine.wake_up), serving the policy folder `path` as
         `version` when given; the slowest one's seconds."""
+        return max(ray.get(self.wake_up_async(path, version), timeout=self.timeout_s))
+
+    def wake_up_async(self, path: str | None = None, version: str | None = None) -> list:
+        """`wake_up` started on every replica (the pool adopts `path`: a replica restarted later reloads
+        it): their ObjectRefs."""
         if path is not None:
             self.adopt(path, version or uuid.uuid4().hex[:12])
-        refs = [e.wake_up.remote(path, self.version if path is not None else None) for e in self.engines]
-        return max(ray.get(refs, timeout=self.timeout_s))
+        return [e.wake_up.remote(path, self.version if path is not None else None) for e in self.engines]
 
     def adopt(self, weights, version: str) -> None:
         """Record weights another copy of this pool pushed already (ObjectRef or path, and its label)."""

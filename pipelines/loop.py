@@ -331,8 +331,7 @@ def train(ctx: Ctx, t: int, built: list[PreferencePair]) -> TrainResult:
     policy_dir = folder.policy
     trainer = ctx.actors.trainer
     if (done := finished(ctx, t, "train")) is not None:
-        ray.get(trainer.load.remote(str(policy_dir), t), timeout=ctx.timeout)
-        ctx.trainer_asleep = False
+        load_trainer(ctx, t)
         sync_engines(ctx, t, from_path=str(policy_dir))
         return TrainResult.from_marker(done)
     with stage(ctx, t, "train") as counts:
@@ -340,8 +339,7 @@ def train(ctx: Ctx, t: int, built: list[PreferencePair]) -> TrainResult:
         sleeping = engines_sleep(ctx.cfg)
         if ctx.trainer_asleep:  # pi_{t-1} back from its folder and fp32 masters, as on resume
             t_load = time.perf_counter()
-            ray.get(trainer.load.remote(str(ctx.run.iteration(t - 1).policy), t - 1), timeout=ctx.timeout)
-            ctx.trainer_asleep = False
+            load_trainer(ctx, t - 1)
             counts["trainer_load_s"] = round(time.perf_counter() - t_load, 3)
         engines_asleep = sleeping and bool(built)  # no pairs: nothing trains, nothing to make room for
         if engines_asleep:
@@ -391,8 +389,15 @@ def train_round(ctx: Ctx, t: int, built: list[PreferencePair]) -> dict[str, Any]
                 + (" and the round's last step checkpoint" if checkpoints else " (no step checkpoints: from step 0)")
             )
             log_retries(ctx, t, "train", (line,))
-            ray.get(trainer.load.remote(str(ctx.run.iteration(t - 1).policy), t - 1), timeout=ctx.timeout)
+            load_trainer(ctx, t - 1)
     raise AssertionError("unreachable")
+
+
+def load_trainer(ctx: Ctx, s: int) -> None:
+    """Give the trainer the policy of committed iteration `s` from its folder (weights and fp32 masters):
+    on resume, after a restart, or back from model.sleep."""
+    ray.get(ctx.actors.trainer.load.remote(str(ctx.run.iteration(s).policy), s), timeout=ctx.timeout)
+    ctx.trainer_asleep = False
 
 
 def wait_training(ctx: Ctx, t: int, ref) -> dict[str, Any]:
