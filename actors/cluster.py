@@ -223,6 +223,23 @@ def engines_sleep(cfg: RunConfig) -> bool:
     return engine.num_gpus == 0 or cfg.ray.colocate or fractions
 
 
+def weight_sync(cfg: RunConfig) -> str:
+    """ray.weight_sync resolved (actors.weight_transfer): auto is the object store for CPU engines
+    (measured faster there than a gloo broadcast: benchmarks/RESULTS.md, "Weight sync") or a CPU
+    trainer, CUDA IPC when the trainer shares the engine's GPU (ray.colocate), NCCL when both have
+    GPUs of their own."""
+    if cfg.ray.weight_sync != "auto":
+        return cfg.ray.weight_sync
+    if cfg.ray.engine.num_gpus == 0 or cfg.ray.trainer.num_gpus == 0:
+        return "object_store"
+    return "ipc" if cfg.ray.colocate else "nccl"
+
+
+def transfer_backend(cfg: RunConfig) -> str | None:
+    """The vLLM weight-transfer backend the policy's engines are built with; None for the object store."""
+    return {"nccl": "nccl", "ipc": "ipc", "gloo": "eva_gloo"}.get(weight_sync(cfg))
+
+
 @dataclass
 class Launch:
     """One actor to start: `create()` makes it, `ready(handle)` is the call to wait on (an ObjectRef)."""
@@ -366,8 +383,11 @@ def start_actors(cfg: RunConfig, policy_path: str, initial_path: str, start_iter
 
     version = f"policy-{start_iteration}"
     sleeps = engines_sleep(cfg)
+    transfer = transfer_backend(cfg)  # the policy's engines only: the trainer pushes to them
     launches = [
-        _engine_launch(cfg.ray.engine, options, tp, (policy_path, cfg.model, work, cfg.run.seed, version, sleeps))
+        _engine_launch(
+            cfg.ray.engine, options, tp, (policy_path, cfg.model, work, cfg.run.seed, version, sleeps, transfer)
+        )
         for options in _engine_options(cfg.ray.engine, groups["engine"], tp)
     ]
     if own_creator:

@@ -184,6 +184,7 @@ class GenerationEngine:
         seed: int = 0,
         weights_version: str = "start",
         sleep_mode: bool = False,
+        weight_transfer: str | None = None,
     ) -> None:
         configure_engine_env(workdir, model.batch_invariant)
         from vllm.platforms import current_platform
@@ -197,6 +198,11 @@ class GenerationEngine:
         self._kept_weights = True
         self.max_model_len = model.max_model_len
         self.seeded = model.seeded_sampling
+        # ray.weight_sync nccl/ipc/gloo: the vLLM weight-transfer backend this engine is built with, and the
+        # trainer's group it has joined (actors.weight_transfer; None until the first push, and again after
+        # a CPU sleep: the rebuilt engine has left it)
+        self.weight_transfer = weight_transfer
+        self.transfer_group_id: str | None = None
         self.busy = BusyLog()
         t0 = time.perf_counter()
         self._build(model_path)
@@ -212,6 +218,11 @@ class GenerationEngine:
         sizes: dict[str, Any] = {"max_num_seqs": seqs, "kv_cache_memory_bytes": kv_bytes}
         if self.sleep_mode:
             sizes["enable_sleep_mode"] = True
+        if self.weight_transfer is not None:
+            from actors.weight_transfer import register
+
+            register()  # eva's gloo backend, in the factory this process's worker builds from
+            sizes["weight_transfer_config"] = {"backend": self.weight_transfer}
         self.model_path = model_path
         self.llm: Any = LLM(
             model=model_path,
@@ -267,6 +278,7 @@ class GenerationEngine:
 
             self.llm.llm_engine.engine_core.shutdown()
             self.llm = None
+            self.transfer_group_id = None  # the worker that joined the trainer's group is gone
             self.tokenizer = None
             gc.collect()
             heap.release()
@@ -433,6 +445,52 @@ class GenerationEngine:
         if version is not None:
             self.weights_version = version
         return time.perf_counter() - t0
+
+    # --- collective weight transfer (ray.weight_sync nccl/ipc/gloo; actors.weight_transfer) -------
+    # vLLM's four control calls, per group: the trainer's sender forms a group, pushes through it, and
+    # forms a new one when an engine answers `transfer_group` with another (Ray restarted it).
+
+    def transfer_group(self) -> str | None:
+        """The trainer group this engine has joined (None: none, e.g. restarted or rebuilt since)."""
+        return self.transfer_group_id
+
+    def transfer_init(self, group: str, init_info: dict[str, Any]) -> None:
+        """Join the trainer's group `group` (leaving the one it was in): blocks until the trainer joins."""
+        self._awake("transfer_init")
+        self.transfer_leave()
+        self.llm.collective_rpc("init_weight_transfer_engine", args=(init_info,))
+        self.transfer_group_id = group
+
+    def transfer_leave(self) -> None:
+        if self.transfer_group_id is not None and self.llm is not None:
+            self.llm.collective_rpc("shutdown_weight_transfer_engine")
+        self.transfer_group_id = None
+
+    def _in_group(self, group: str, call: str) -> None:
+        self._awake(call)
+        if group != self.transfer_group_id:
+            raise RuntimeError(
+                f"engine (pid {os.getpid()}): {call} for weight-transfer group {group}, "
+                f"but it is in {self.transfer_group_id}"
+            )
+
+    def transfer_start(self, group: str) -> None:
+        self._in_group(group, "transfer_start")
+        self.llm.collective_rpc("start_weight_update")
+
+    def transfer_receive(self, group: str, update_info: dict[str, Any] | list[dict[str, Any]]) -> None:
+        self._in_group(group, "transfer_receive")
+        with exit_on_fatal("transfer_receive"):  # a push that failed midway leaves a mix of two policies
+            self.llm.collective_rpc("update_weights", args=(update_info,))
+
+    def transfer_finish(self, group: str, version: str | None) -> None:
+        """The push is in: vLLM's reload post-processing, then eva's tail (`_after_reload`) and the label."""
+        self._in_group(group, "transfer_finish")
+        with exit_on_fatal("transfer_finish"):
+            self.llm.collective_rpc("finish_weight_update")
+            self._after_reload()
+        if version is not None:
+            self.weights_version = version
 
     def load_weights_from_path(self, path: str, version: str | None = None) -> float:
         """Fallback weight sync: reload from a saved safetensors folder (e.g. the committed policy)."""

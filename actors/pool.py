@@ -55,6 +55,15 @@ class _Chunk:
     ref: Any  # ObjectRef of its GenerationBatch
 
 
+@dataclass(frozen=True)
+class TrainerWeights:
+    """Weights the trainer pushed over a collective (`EnginePool.send_from`): the trainer that holds them
+    (the policy of `iteration`; None: whatever it holds, online), for a replica that must be given them again."""
+
+    trainer: Any
+    iteration: int | None
+
+
 @dataclass
 class EnginePool:
     """Handles of GenerationEngine actors that serve one model (the policy, or a creator model)."""
@@ -64,7 +73,7 @@ class EnginePool:
     retries: int = 2  # resubmissions of a failed chunk before the call fails
     version: str | None = None  # label of the weights every replica must serve (None: unchecked)
     restart_timeout_s: float = 600.0  # longest wait for a replica Ray restarts before using the next one
-    # the weights of `version` (ObjectRef or path); None: the start weights
+    # the weights of `version` (ObjectRef, path or TrainerWeights); None: the start weights
     _weights: object = field(default=None, repr=False)
 
     def generate_async(
@@ -126,10 +135,17 @@ class EnginePool:
         """Give one replica the current weights (before resending it a chunk)."""
         if self._weights is None:  # the start weights: a restarted replica has them already
             return
-        handle = self.engines[engine]
-        push = handle.update_weights if isinstance(self._weights, ray.ObjectRef) else handle.load_weights_from_path
+        handle, weights = self.engines[engine], self._weights
+        if isinstance(weights, TrainerWeights):  # pushed over a collective: this replica left the group
+            # when it restarted, so it gets the same weights through the object store (the next push
+            # forms a new group with every replica)
+            push, weights = handle.update_weights, weights.trainer.state_dict.remote(weights.iteration)
+        elif isinstance(weights, ray.ObjectRef):
+            push = handle.update_weights
+        else:
+            push = handle.load_weights_from_path
         try:
-            ray.get(push.remote(self._weights, self.version), timeout=self.timeout_s)
+            ray.get(push.remote(weights, self.version), timeout=self.timeout_s)
         except LOST as e:  # let the generate call that follows fail (and count) on its own
             log.warning("engine replica %d: weight re-sync before retry failed (%s)", engine, type(e).__name__)
 
@@ -144,6 +160,21 @@ class EnginePool:
         self.adopt(weights_ref, version or uuid.uuid4().hex[:12])
         return max(
             ray.get([e.update_weights.remote(weights_ref, self.version) for e in self.engines], timeout=self.timeout_s)
+        )
+
+    def send_from(
+        self, trainer, backend: str, ranks_per_engine: int, iteration: int | None, version: str | None = None
+    ) -> float:
+        """The trainer pushes its policy to every replica over a collective (ray.weight_sync nccl, ipc or
+        gloo: PolicyTrainer.send_weights), as `version` (default: a fresh label); returns its seconds."""
+        self.adopt(TrainerWeights(trainer, iteration), version or uuid.uuid4().hex[:12])
+        return float(
+            ray.get(
+                trainer.send_weights.remote(
+                    self.engines, ranks_per_engine, backend, self.version, iteration, self.timeout_s
+                ),
+                timeout=self.timeout_s,
+            )
         )
 
     def load_weights_from_path(self, path: str, version: str | None = None) -> float:

@@ -146,6 +146,7 @@ class PolicyTrainer:
         self.busy = BusyLog()
         self.online = online  # run.mode online: the online solver's settings (start_online, train_step)
         self._online: OnlineState | None = None
+        self._sender: Any = None  # ray.weight_sync nccl/ipc/gloo: the trainer's end (send_weights)
 
     # --- public API -------------------------------------------------------------------------
 
@@ -271,6 +272,36 @@ class PolicyTrainer:
         `iteration`: fail unless the trainer holds that iteration's policy."""
         self._expect(iteration, "state_dict")
         return _revert_names(self.policy, _weights(self.policy, self.dtype))
+
+    def send_weights(
+        self,
+        engines: list,
+        ranks_per_engine: int,
+        backend: str,
+        version: str,
+        iteration: int | None = None,
+        timeout_s: float = 3600.0,
+    ) -> float:
+        """Push the policy to every engine of `engines` over a collective (ray.weight_sync nccl, ipc or
+        gloo; actors.weight_transfer), labelled `version`; returns seconds. The group is formed on the
+        first push, and again when the engines change or one of them left it (Ray restarted it).
+        The weights are `state_dict`'s, left on the trainer's device. `iteration`: as in state_dict."""
+        from actors.weight_transfer import WeightSender
+
+        self._expect(iteration, "send_weights")
+        t0 = time.perf_counter()
+        key = (backend, tuple(h._actor_id.hex() for h in engines))
+        if self._sender is None or self._sender.key != key:
+            if self._sender is not None:
+                self._sender.close()
+            self._sender = WeightSender(backend, engines, ranks_per_engine, timeout_s, self._wire_weights, key)
+        with self.busy.span("weight_sync"):
+            self._sender.send(version)
+        return time.perf_counter() - t0
+
+    def _wire_weights(self) -> dict[str, torch.Tensor]:
+        """The policy's weights as the engines load them (state_dict's names and dtype), on its device."""
+        return _revert_names(self.policy, _weights(self.policy, self.dtype, device=None))
 
     def reference_state(self) -> dict[str, torch.Tensor]:
         """fp32 weights of the reference model TRL used in the last round, HF names, read from the TRL
@@ -741,16 +772,22 @@ def _round_to(model: torch.nn.Module, dtype: torch.dtype) -> None:
         p.copy_(p.to(dtype))
 
 
-def _weights(model: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+def _weights(
+    model: torch.nn.Module, dtype: torch.dtype | None = None, device: str | None = "cpu"
+) -> dict[str, torch.Tensor]:
     """state_dict in the model's own names, each tied tensor once (first name wins, as in save_pretrained:
-    model.embed_tokens.weight before lm_head.weight), copied to contiguous CPU tensors."""
+    model.embed_tokens.weight before lm_head.weight), copied to contiguous tensors on `device` (None:
+    where they are, copied only when the dtype changes)."""
     out: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for name, tensor in model.state_dict().items():
         if tensor.data_ptr() in seen:
             continue
         seen.add(tensor.data_ptr())
-        out[name] = tensor.detach().to("cpu", dtype or tensor.dtype, copy=True).contiguous()
+        if device is None:
+            out[name] = tensor.detach().to(dtype or tensor.dtype).contiguous()
+        else:
+            out[name] = tensor.detach().to(device, dtype or tensor.dtype, copy=True).contiguous()
     return out
 
 

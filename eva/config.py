@@ -47,6 +47,7 @@ MUTABLE_FIELDS: frozenset[str] = frozenset(
         "ray.train_step_timeout_s",
         "solver.checkpoint_steps",
         "model.sleep",
+        "ray.weight_sync",
     }
 )
 # MUTABLE_FIELDS before ray.timeout_s joined it: the fingerprint the run.yaml of an older run
@@ -748,6 +749,16 @@ class RaySection(_Section):
         "ray.trainer.num_gpus <= 1) and model.tensor_parallel_size 1; set model.gpu_memory_utilization to leave "
         "the trainer its share at start (both hold their weights then).",
     )
+    weight_sync: Literal["auto", "object_store", "nccl", "ipc", "gloo"] = Field(
+        "auto",
+        description="How the trainer's weights reach the policy's engines after a round (or an online step): "
+        "object_store (the state dict put once in Ray's object store, zero-copy; works everywhere), nccl (vLLM's "
+        "NCCL weight-transfer engine: one GPU-to-GPU broadcast to every engine rank; the trainer and the engines "
+        "need GPUs), ipc (vLLM's CUDA IPC engine: the engine maps the trainer's GPU tensors; needs ray.colocate), "
+        "gloo (the same broadcast over a gloo group on CPU; tensor_parallel_size 1). auto: object_store on CPU, "
+        "ipc with ray.colocate, nccl when the trainer and the engines have GPUs. Engines that sleep through the "
+        "round (model.sleep) wake from the saved policy folder instead. The weights are the same on every path.",
+    )
     placement_timeout_s: float = Field(
         300.0,
         gt=0,
@@ -1052,6 +1063,28 @@ class RunConfig(_Section):
         bad = [message for failed, message in problems if failed]
         if bad:
             raise ValueError("run.mode is online, but " + "; ".join(bad))
+        return self
+
+    @model_validator(mode="after")
+    def _weight_sync(self) -> RunConfig:
+        path, engine, trainer = self.ray.weight_sync, self.ray.engine.num_gpus, self.ray.trainer.num_gpus
+        if path in ("nccl", "ipc") and not (engine > 0 and trainer > 0):
+            raise ValueError(
+                f"ray.weight_sync {path} sends from the trainer's GPU to the engines' GPUs, but ray.engine.num_gpus "
+                f"is {engine:g} and ray.trainer.num_gpus is {trainer:g}: give both GPUs, or use object_store (or "
+                "gloo on CPU)"
+            )
+        if path == "ipc" and not self.ray.colocate:
+            raise ValueError(
+                "ray.weight_sync ipc maps the trainer's GPU memory into the engine, which needs both on one GPU: "
+                "set ray.colocate true, or use nccl between GPUs of their own"
+            )
+        if path == "gloo" and self.model.tensor_parallel_size > 1:
+            raise ValueError(
+                f"ray.weight_sync gloo with model.tensor_parallel_size {self.model.tensor_parallel_size}: eva's gloo "
+                "backend is registered in the engine's own process, not in vLLM's tensor-parallel workers; use "
+                "nccl (GPU) or object_store"
+            )
         return self
 
     @model_validator(mode="after")

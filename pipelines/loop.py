@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import ray
 
-from actors.cluster import Actors, engines_sleep, init_ray, start_actors
+from actors.cluster import Actors, engines_sleep, init_ray, start_actors, transfer_backend
 from actors.creator import evolve_prompts
 from actors.engine import SamplingSpec
 from actors.models import model_folder
@@ -421,15 +421,25 @@ def wait_training(ctx: Ctx, t: int, ref) -> dict[str, Any]:
 
 
 def sync_engines(ctx: Ctx, t: int, from_path: str | None = None) -> float:
-    """Weight sync: the trainer's state dict, put once in the object store, to every policy engine
-    replica (or, on resume, each replica reloads the committed policy folder)."""
+    """Weight sync: the trainer's policy to every policy engine replica (`push_policy`), or, on resume,
+    each replica reloads the committed policy folder."""
     version = f"policy-{t}"
     if from_path is not None:
         seconds = ctx.actors.policy.load_weights_from_path(from_path, version)
     else:
-        seconds = ctx.actors.policy.update_weights(ctx.actors.trainer.state_dict.remote(t), version)
+        seconds = push_policy(ctx, version, t)
     ctx.engines_hold = t
     return seconds
+
+
+def push_policy(ctx: Ctx, version: str, iteration: int | None) -> float:
+    """The trainer's weights into every policy engine replica as `version`, by ray.weight_sync: its state
+    dict put once in the object store, or a collective (nccl, ipc, gloo: actors.weight_transfer)."""
+    pool, trainer = ctx.actors.policy, ctx.actors.trainer
+    backend = transfer_backend(ctx.cfg)
+    if backend is None:
+        return pool.update_weights(trainer.state_dict.remote(iteration), version)
+    return pool.send_from(trainer, backend, ctx.cfg.model.tensor_parallel_size, iteration, version)
 
 
 def wake_engines(ctx: Ctx, t: int, policy_dir: str) -> float:

@@ -46,7 +46,7 @@ from eva.results import IterationResults, TrainingDivergedError, TrainResult
 from eva.sampling import sample_prompts, sample_size
 from eva.seeding import derive_seed
 from eva.types import FilterReport, IterationMetrics, Prompt, ScoredPrompt
-from pipelines.loop import Ctx, Interrupted, commit, evolve, fault_point, rollout_chunked, stage
+from pipelines.loop import Ctx, Interrupted, commit, evolve, fault_point, push_policy, rollout_chunked, stage
 
 ONLINE_STAGES = ("steps", "evolve", "admit", "save", "commit")
 
@@ -204,8 +204,8 @@ def train_step(ctx: Ctx, batch: StepBatch) -> dict[str, Any]:
 
 
 def push_weights(ctx: Ctx, s: int) -> float:
-    """Weight sync after step s: the trainer's state dict, put once, into every policy engine replica."""
-    return ctx.actors.policy.update_weights(ctx.actors.trainer.state_dict.remote(), f"step-{s + 1}")
+    """Weight sync after step s: the trainer's weights into every policy engine replica (ray.weight_sync)."""
+    return push_policy(ctx, f"step-{s + 1}", None)
 
 
 def create_children(ctx: Ctx, t: int, seen: list[ScoredPrompt]) -> tuple[list[Prompt], FilterReport | None, int]:
