@@ -12,10 +12,18 @@ deserializes it before vLLM copies it into the model. Two ways Ray 2.60 can seri
   out-of-band as NumPy buffers; every receiver maps the object store's copy read-only, and shared
   pages count once (PSS) however many receivers read them.
 
+And the collective path eva offers on CPU (`ray.weight_sync: gloo`, actors.weight_transfer):
+
+- `gloo`: the sender broadcasts the tensors over a torch gloo group it forms with the receivers, packed
+  in chunks of 256 MB (`actors.weight_transfer`'s own plan, packing and broadcast); each receiver
+  reads every tensor of a chunk and lets the chunk go (vLLM copies it into the model's own tensors),
+  so it holds one chunk at a time, not the whole dict.
+
 Each mode runs in its own local Ray cluster: a sender actor builds `--gb` GB of bf16 tensors
-(64 of them, like a model's layers), each receiver gets the ObjectRef, reads every tensor (a sum over
-each) and reports its RSS and PSS while it holds them. Prints a table; writes
-benchmarks/results/weight_sync.json.
+(64 of them, like a model's layers), each receiver gets the ObjectRef (or the broadcast), reads every
+tensor (a sum over each) and reports its RSS and PSS (object store: while it holds them; gloo: its
+peak). Transport only: vLLM's load into the model comes on top, the same on every path. Prints a
+table; writes benchmarks/results/weight_sync.json.
 """
 
 from __future__ import annotations
@@ -49,6 +57,24 @@ class Sender:
         info = psutil.Process().memory_full_info()
         return {"rss_gb": info.rss / 1e9, "pss_gb": info.pss / 1e9}
 
+    def meta(self) -> list:
+        return [(name, list(t.shape)) for name, t in self.weights.items()]
+
+    def broadcast(self, address: str, port: int, world: int) -> float:
+        """Rank 0 of a gloo group: every tensor out in chunks, as GlooTrainerWeightTransferEngine sends."""
+        import torch
+
+        from actors.weight_transfer import CHUNK_BYTES, _broadcast, _open_group, _plan
+
+        group = _open_group(address, port, 0, world)
+        names = list(self.weights)
+        sizes = [self.weights[n].numel() * 2 for n in names]
+        t0 = time.perf_counter()
+        for chunk in _plan(names, sizes, CHUNK_BYTES):
+            parts = [self.weights[names[i]].view(-1).view(torch.uint8) for i in chunk]
+            _broadcast(group, torch.cat(parts) if len(parts) > 1 else parts[0])
+        return time.perf_counter() - t0
+
 
 class Receiver:
     def receive(self, weights: dict) -> dict:
@@ -57,6 +83,41 @@ class Receiver:
         total = sum(float(t.sum()) for t in weights.values())  # every byte read, no float copy
         info = psutil.Process().memory_full_info()
         return {"read_s": time.perf_counter() - t0, "rss_gb": info.rss / 1e9, "pss_gb": info.pss / 1e9, "sum": total}
+
+    def gloo_receive(self, address: str, port: int, rank: int, world: int, meta: list) -> dict:
+        """A rank of the gloo group: each chunk received, its tensors read, the chunk let go (peak memory)."""
+        import threading
+
+        import torch
+
+        from actors.weight_transfer import CHUNK_BYTES, _broadcast, _open_group, _plan
+
+        peak = {"rss": 0, "pss": 0}
+        done = threading.Event()
+
+        def watch() -> None:  # PSS sampled while chunks come and go
+            while not done.wait(0.05):
+                info = psutil.Process().memory_full_info()
+                peak["rss"], peak["pss"] = max(peak["rss"], info.rss), max(peak["pss"], info.pss)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        group = _open_group(address, port, rank, world)
+        t0 = time.perf_counter()
+        sizes = [2 * int(torch.Size(shape).numel()) for _, shape in meta]
+        total = 0.0
+        for chunk in _plan([n for n, _ in meta], sizes, CHUNK_BYTES):
+            buffer = torch.empty(sum(sizes[i] for i in chunk), dtype=torch.uint8)
+            _broadcast(group, buffer)
+            at = 0
+            for i in chunk:
+                total += float(buffer[at : at + sizes[i]].view(torch.bfloat16).sum())
+                at += sizes[i]
+            del buffer
+        done.set()
+        watcher.join()
+        seconds = time.perf_counter() - t0
+        return {"read_s": seconds, "rss_gb": peak["rss"] / 1e9, "pss_gb": peak["pss"] / 1e9, "sum": total}
 
 
 def one_mode(mode: str, gb: float, receivers: int) -> dict:
@@ -71,12 +132,25 @@ def one_mode(mode: str, gb: float, receivers: int) -> dict:
         sent = ray.get(sender.memory.remote())
         pool = [ray.remote(num_cpus=0.5)(Receiver).remote() for _ in range(receivers)]
         ray.get([r.__ray_ready__.remote() for r in pool])
-        t0 = time.perf_counter()
-        ref = sender.state_dict.remote()
-        ray.wait([ref], fetch_local=False)
-        put_s = time.perf_counter() - t0
-        got = ray.get([r.receive.remote(ref) for r in pool])
-        total_s = time.perf_counter() - t0
+        if mode == "gloo":
+            from actors.weight_transfer import free_port, node_address
+
+            meta = ray.get(sender.meta.remote())
+            # vLLM imported before the clock starts, as in an engine (and a trainer after its first push)
+            ray.get([a.__ray_call__.remote(lambda self: __import__("actors.weight_transfer")) for a in [sender, *pool]])
+            address, port, world = node_address(), free_port(), receivers + 1
+            t0 = time.perf_counter()
+            refs = [r.gloo_receive.remote(address, port, i + 1, world, meta) for i, r in enumerate(pool)]
+            ray.get(sender.broadcast.remote(address, port, world))
+            got = ray.get(refs)
+            put_s, total_s = 0.0, time.perf_counter() - t0
+        else:
+            t0 = time.perf_counter()
+            ref = sender.state_dict.remote()
+            ray.wait([ref], fetch_local=False)
+            put_s = time.perf_counter() - t0
+            got = ray.get([r.receive.remote(ref) for r in pool])
+            total_s = time.perf_counter() - t0
         return {
             "mode": mode,
             "gb": gb,
@@ -88,6 +162,7 @@ def one_mode(mode: str, gb: float, receivers: int) -> dict:
             "receiver_pss_gb": round(max(g["pss_gb"] for g in got), 2),
             "sender_pss_gb": round(sent["pss_gb"], 2),
             "same_sum": len({round(g["sum"], 3) for g in got}) == 1,
+            "receive_s": round(max(g["read_s"] for g in got), 2),
         }
     finally:
         ray.shutdown()
@@ -97,9 +172,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gb", type=float, default=2.0)
     parser.add_argument("--receivers", type=int, default=2)
+    parser.add_argument("--modes", nargs="+", default=["pickle", "zero-copy", "gloo"])
     args = parser.parse_args()
     os.environ.pop("RAY_ADDRESS", None)
-    rows = [one_mode(mode, args.gb, args.receivers) for mode in ("pickle", "zero-copy")]
+    rows = [one_mode(mode, args.gb, args.receivers) for mode in args.modes]
     print(f"\n{args.gb:g} GB bf16 state dict ({TENSORS} tensors) to {args.receivers} receivers, one local Ray node")
     print(f"{'mode':<10} {'total s':>8} {'s/GB':>6} {'receiver RSS GB':>16} {'receiver PSS GB':>16} {'same data':>10}")
     for r in rows:
