@@ -7,6 +7,8 @@ skipped elsewhere. No GPU has run them yet (benchmarks/RESULTS.md says so). Each
 - eva's engine actor against bare vLLM `generate` on the same prompts (target: >= 90% of its tokens/s).
 - One colocated iteration of the CPU default's settings on one GPU (ray.colocate: engine and trainer
   share it): the peak GPU memory the card reached, sampled with nvidia-smi.
+- A push over vLLM's CUDA IPC (one GPU) and NCCL (two) weight-transfer engines (ray.weight_sync) serves
+  what the object-store push serves; seconds per GB of each path.
 """
 
 from __future__ import annotations
@@ -175,3 +177,55 @@ def test_one_colocated_iteration_and_its_peak_gpu_memory(tmp_path):
         thread.join()
     assert proc.returncode == 0, proc.stderr[-3000:]
     print(f"\ncolocated cpu-default iteration on one GPU: {time.perf_counter() - t0:.0f}s, peak {peak[0]} MiB used")
+
+
+@pytest.mark.parametrize("backend", ["ipc", "nccl"])
+def test_a_collective_push_serves_what_the_object_store_push_serves_and_its_seconds_per_gb(
+    ray_session, tmp_path, backend
+):
+    """ray.weight_sync ipc (trainer and engine on one GPU) and nccl (one GPU each): the trainer pushes a
+    moved SmolLM2 through vLLM's weight-transfer engine and the engine then generates what an engine
+    given the same weights through the object store generates. Prints seconds per GB of each path."""
+    if backend == "nccl" and torch.cuda.device_count() < 2:
+        pytest.skip("nccl needs two GPUs: NCCL refuses two ranks on one device")
+    from actors.pool import EnginePool
+    from actors.trainer import PolicyTrainer
+    from eva.config import SolverSection
+
+    ray = ray_session
+    path = _smollm2()
+    share = 0.5 if backend == "ipc" else 1.0
+    section = ModelSection(path=path, dtype="bfloat16", max_model_len=1024, gpu_memory_utilization=0.3)
+    res = ActorResources(num_cpus=0.1, num_gpus=share)
+    engine = _remote(GenerationEngine, res).remote(path, section, str(tmp_path / "e"), 0, "policy-0", False, backend)
+    trainer = _remote(PolicyTrainer, ActorResources(num_cpus=0.1, num_gpus=share)).remote(
+        path, path, SolverSection(), "bfloat16", str(tmp_path / "t"), 0, iteration=0
+    )
+    try:
+        ray.get([engine.ready.remote(), trainer.ready.remote()], timeout=900)
+
+        def move(self) -> int:  # a trained policy stand-in: every weight moved, on the trainer's GPU
+            gen = torch.Generator(device=self.policy.device).manual_seed(0)
+            with torch.no_grad():
+                for p in self.policy.parameters():
+                    p.add_(0.01 * torch.randn(p.shape, generator=gen, device=p.device, dtype=p.dtype))
+            self.iteration = 1
+            return sum(p.numel() * p.element_size() for p in self.policy.parameters())
+
+        nbytes = ray.get(trainer.__ray_call__.remote(move), timeout=300)
+        pool = EnginePool([engine], timeout_s=600, version="policy-0")
+        seconds = [pool.send_from(trainer, backend, 1, 1, f"policy-1.{i}") for i in range(3)]  # 1st forms the group
+        got = pool.generate(["a", "b"], TEXTS[:2], [0, 1], GREEDY)
+        t0 = time.perf_counter()
+        pool.update_weights(trainer.state_dict.remote(1), "policy-1-store")
+        store = time.perf_counter() - t0
+        want = pool.generate(["a", "b"], TEXTS[:2], [0, 1], GREEDY)
+        gb = nbytes / 1e9
+        print(
+            f"\n{backend}: SmolLM2-135M bf16 ({gb:.2f} GB): first push (group formed) {seconds[0]:.2f}s, then "
+            f"{min(seconds[1:]) / gb:.2f} s/GB; object store {store / gb:.2f} s/GB"
+        )
+        assert got.generations == want.generations
+    finally:
+        for actor in (engine, trainer):
+            ray.kill(actor)
