@@ -224,15 +224,11 @@ def engines_sleep(cfg: RunConfig) -> bool:
 
 
 def weight_sync(cfg: RunConfig) -> str:
-    """ray.weight_sync resolved (actors.weight_transfer): auto is the object store for CPU engines
-    (measured faster there than a gloo broadcast: benchmarks/RESULTS.md, "Weight sync") or a CPU
-    trainer, CUDA IPC when the trainer shares the engine's GPU (ray.colocate), NCCL when both have
-    GPUs of their own."""
-    if cfg.ray.weight_sync != "auto":
-        return cfg.ray.weight_sync
-    if cfg.ray.engine.num_gpus == 0 or cfg.ray.trainer.num_gpus == 0:
-        return "object_store"
-    return "ipc" if cfg.ray.colocate else "nccl"
+    """ray.weight_sync resolved (actors.weight_transfer). auto is the object store everywhere for now:
+    on CPU it is as fast as a gloo broadcast (benchmarks/RESULTS.md, "Weight sync"), and the NCCL and
+    CUDA IPC paths have not run on a GPU yet (tests/gpu/test_gpu_colocate.py), so they are chosen by
+    name, not by default."""
+    return "object_store" if cfg.ray.weight_sync == "auto" else cfg.ray.weight_sync
 
 
 def transfer_backend(cfg: RunConfig) -> str | None:
@@ -313,9 +309,10 @@ class Actors:
         refs += [r.sleep.remote() for r in self._scorers()]
         return max(ray.get(refs, timeout=timeout_s), default=0.0)
 
-    def wake_up(self, policy_path: str, version: str, timeout_s: float) -> float:
+    def wake_up(self, policy_path: str | None, version: str, timeout_s: float) -> float:
         """Every engine back from `sleep`, the policy's serving the policy folder `policy_path` as
-        `version` (the pool adopts it: a replica restarted later reloads it). Seconds, slowest."""
+        `version` (the pool adopts it: a replica restarted later reloads it), or with None the weights
+        pushed into them meanwhile (EnginePool.wake_weights). Seconds, slowest."""
         refs = self.policy.wake_up_async(policy_path, version)
         if self.creator_engines is not self.policy:
             refs += self.creator_engines.wake_up_async()

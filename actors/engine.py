@@ -196,6 +196,7 @@ class GenerationEngine:
         self.sleep_mode = sleep_mode and not self.cpu
         self.asleep = False
         self._kept_weights = True
+        self._weights_only = False  # GPU sleep: the weights woke alone for a push (wake_weights)
         self.max_model_len = model.max_model_len
         self.seeded = model.seeded_sampling
         # ray.weight_sync nccl/ipc/gloo: the vLLM weight-transfer backend this engine is built with, and the
@@ -298,14 +299,16 @@ class GenerationEngine:
             return time.perf_counter() - t0
         if self.sleep_mode:
             with exit_on_fatal("wake_up"):
-                self.llm.wake_up(tags=["weights"])
+                if not self._weights_only:  # else wake_weights did, and a push filled them
+                    self.llm.wake_up(tags=["weights"])
                 if path is not None:  # fill the weights before the KV cache takes its memory back
                     self._reload_from(path)
                 self.llm.wake_up(tags=["kv_cache"])
+            pushed, self._weights_only = self._weights_only, False
             if path is not None:
                 self.model_path = path
                 self._path_version = self.weights_version = version or path
-            elif not self._kept_weights:
+            elif not self._kept_weights and not pushed:
                 self.weights_version = "discarded"  # level 2 freed them: a push must come before any request
         else:
             self._build(path or self.model_path)
@@ -315,7 +318,23 @@ class GenerationEngine:
         self.asleep = False
         return time.perf_counter() - t0
 
+    def wake_weights(self) -> float:
+        """GPU sleep mode, level 2: give the weights their memory back, and only them, so that a push over
+        a collective (ray.weight_sync nccl/ipc) fills them in GPU memory before the KV cache takes its
+        share back (`wake_up()` then wakes the rest). Seconds."""
+        if not (self.asleep and self.sleep_mode):
+            raise RuntimeError(
+                f"engine (pid {os.getpid()}): wake_weights is for a GPU engine asleep in vLLM's sleep mode"
+            )
+        t0 = time.perf_counter()
+        with exit_on_fatal("wake_weights"):
+            self.llm.wake_up(tags=["weights"])
+        self._weights_only = True
+        return time.perf_counter() - t0
+
     def _awake(self, call: str) -> None:
+        if call.startswith("transfer_") and self._weights_only:
+            return  # the weights are awake for a push (wake_weights)
         if self.asleep:
             raise EngineAsleepError(
                 f"engine (pid {os.getpid()}): {call} while asleep (model.sleep: the trainer holds the memory); "

@@ -204,6 +204,11 @@ class EnginePool:
             self.adopt(path, version or uuid.uuid4().hex[:12])
         return [e.wake_up.remote(path, self.version if path is not None else None) for e in self.engines]
 
+    def wake_weights(self) -> float:
+        """Every replica's weights back in GPU memory for a push, the rest still asleep
+        (GenerationEngine.wake_weights); the slowest one's seconds."""
+        return max(ray.get([e.wake_weights.remote() for e in self.engines], timeout=self.timeout_s))
+
     def adopt(self, weights, version: str) -> None:
         """Record weights another copy of this pool pushed already (ObjectRef or path, and its label)."""
         self._weights, self.version = weights, version

@@ -755,9 +755,10 @@ class RaySection(_Section):
         "object_store (the state dict put once in Ray's object store, zero-copy; works everywhere), nccl (vLLM's "
         "NCCL weight-transfer engine: one GPU-to-GPU broadcast to every engine rank; the trainer and the engines "
         "need GPUs), ipc (vLLM's CUDA IPC engine: the engine maps the trainer's GPU tensors; needs ray.colocate), "
-        "gloo (the same broadcast over a gloo group on CPU; tensor_parallel_size 1). auto: object_store on CPU, "
-        "ipc with ray.colocate, nccl when the trainer and the engines have GPUs. Engines that sleep through the "
-        "round (model.sleep) wake from the saved policy folder instead. The weights are the same on every path.",
+        "gloo (the same broadcast over a gloo group on CPU; tensor_parallel_size 1). auto: object_store (nccl and "
+        "ipc have not run on a GPU yet: chosen by name only). CPU engines that sleep through the round "
+        "(model.sleep) wake from the saved policy folder instead; GPU engines in sleep mode wake their weights "
+        "alone, take the push, then the rest. The weights are the same on every path.",
     )
     placement_timeout_s: float = Field(
         300.0,

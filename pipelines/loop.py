@@ -359,13 +359,20 @@ def train(ctx: Ctx, t: int, built: list[PreferencePair]) -> TrainResult:
         folder.drop_train_checkpoints()  # the policy is saved: a redone stage needs none of them
         counts["save_s"] = round(time.perf_counter() - t_save, 3)
         fault_point(t, "train:saved")
-        if not engines_asleep:  # awake engines get the trainer's state dict
-            counts["sync_s"] = round(sync_engines(ctx, t), 3)
+        # GPU engines in vLLM's sleep mode with a collective path (nccl, ipc): the policy's weights wake
+        # alone and the trainer pushes into them in GPU memory before it frees its own copy
+        push_into_sleep = engines_asleep and ctx.cfg.ray.engine.num_gpus > 0 and transfer_backend(ctx.cfg) is not None
+        sync_s = 0.0
+        if push_into_sleep:
+            sync_s += ctx.actors.policy.wake_weights()
+        if not engines_asleep or push_into_sleep:  # awake engines (or woken weights) get the trainer's
+            sync_s += sync_engines(ctx, t, policy_dir=str(policy_dir))
         if sleeping:  # the policy is in its folder: the trainer's copy waits there until the next round,
             ray.get(trainer.sleep.remote(), timeout=ctx.timeout)  # out of the way before the engines return
             ctx.trainer_asleep = True
         if engines_asleep:
-            counts["sync_s"] = round(wake_engines(ctx, t, str(policy_dir)), 3)
+            sync_s += wake_engines(ctx, t, None if push_into_sleep else str(policy_dir))
+        counts["sync_s"] = round(sync_s, 3)
     return TrainResult.from_marker(counts)
 
 
@@ -420,14 +427,17 @@ def wait_training(ctx: Ctx, t: int, ref) -> dict[str, Any]:
     return ray.get(ref)
 
 
-def sync_engines(ctx: Ctx, t: int, from_path: str | None = None) -> float:
-    """Weight sync: the trainer's policy to every policy engine replica (`push_policy`), or, on resume,
-    each replica reloads the committed policy folder."""
+def sync_engines(ctx: Ctx, t: int, from_path: str | None = None, policy_dir: str | None = None) -> float:
+    """Weight sync: the trainer's policy to every policy engine replica (`push_policy`; a replica Ray
+    restarts later reloads `policy_dir`, the folder it was saved to), or, on resume, each replica
+    reloads the committed policy folder `from_path`."""
     version = f"policy-{t}"
     if from_path is not None:
         seconds = ctx.actors.policy.load_weights_from_path(from_path, version)
     else:
         seconds = push_policy(ctx, version, t)
+        if policy_dir is not None and transfer_backend(ctx.cfg) is not None:
+            ctx.actors.policy.adopt(policy_dir, version)  # not the trainer: it may sleep from now on
     ctx.engines_hold = t
     return seconds
 
@@ -442,9 +452,10 @@ def push_policy(ctx: Ctx, version: str, iteration: int | None) -> float:
     return pool.send_from(trainer, backend, ctx.cfg.model.tensor_parallel_size, iteration, version)
 
 
-def wake_engines(ctx: Ctx, t: int, policy_dir: str) -> float:
+def wake_engines(ctx: Ctx, t: int, policy_dir: str | None) -> float:
     """The engines back from their sleep through the round, the policy's serving pi_t from its saved
-    folder (the weight sync of a sleeping run: no push, the folder was written anyway)."""
+    folder (the weight sync of a sleeping run: no push, the folder was written anyway), or, with no
+    folder, the weights pushed into them already (wake_weights, then a collective push)."""
     seconds = ctx.actors.wake_up(policy_dir, f"policy-{t}", ctx.timeout)
     ctx.engines_hold = t
     return seconds

@@ -27,15 +27,18 @@ def test_the_plan_packs_consecutive_parameters_up_to_the_chunk_size_and_a_larger
 @pytest.mark.parametrize(
     ("sets", "path", "backend"),
     [
-        ([], "object_store", None),  # CPU engines
-        (["ray.engine.num_gpus=1", "ray.trainer.num_gpus=1"], "nccl", "nccl"),
-        (["ray.engine.num_gpus=1"], "object_store", None),  # a CPU trainer has nothing to broadcast from
-        (["ray.engine.num_gpus=0.5", "ray.trainer.num_gpus=0.5", "ray.colocate=true"], "ipc", "ipc"),
+        ([], "object_store", None),  # auto: the object store until nccl and ipc have run on a GPU
+        (["ray.engine.num_gpus=1", "ray.trainer.num_gpus=1"], "object_store", None),
+        (["ray.engine.num_gpus=1", "ray.trainer.num_gpus=1", "ray.weight_sync=nccl"], "nccl", "nccl"),
+        (
+            ["ray.engine.num_gpus=0.5", "ray.trainer.num_gpus=0.5", "ray.colocate=true", "ray.weight_sync=ipc"],
+            "ipc",
+            "ipc",
+        ),
         (["ray.weight_sync=gloo"], "gloo", "eva_gloo"),
-        (["ray.engine.num_gpus=1", "ray.trainer.num_gpus=1", "ray.weight_sync=object_store"], "object_store", None),
     ],
 )
-def test_auto_resolves_to_the_path_the_placement_allows(sets, path, backend):
+def test_each_path_resolves_to_its_vllm_backend(sets, path, backend):
     cfg = load_config(None, sets)
     assert weight_sync(cfg) == path and transfer_backend(cfg) == backend
 

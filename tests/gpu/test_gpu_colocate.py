@@ -142,8 +142,10 @@ def test_eva_engine_generates_at_least_90_percent_of_bare_vllm_tokens_per_s(ray_
     assert rates["eva"] >= 0.9 * rates["bare"]
 
 
-def test_one_colocated_iteration_and_its_peak_gpu_memory(tmp_path):
-    """cpu-default's run on one GPU shared by the engine and the trainer (the judge on its own share)."""
+@pytest.mark.parametrize("weight_sync", ["object_store", "ipc"])
+def test_one_colocated_iteration_and_its_peak_gpu_memory(tmp_path, weight_sync):
+    """cpu-default's run on one GPU shared by the engine and the trainer (the judge on its own share).
+    ipc: the engine's weights wake alone after the round and take the trainer's push over CUDA IPC."""
     peak = [0]
     done = threading.Event()
 
@@ -164,6 +166,7 @@ def test_one_colocated_iteration_and_its_peak_gpu_memory(tmp_path):
         "ray.trainer.num_gpus=0.4",
         "ray.reward.num_gpus=0.1",
         "model.gpu_memory_utilization=0.3",
+        f"ray.weight_sync={weight_sync}",
     ]
     args = [sys.executable, "-m", "pipelines.cli", "run", "--preset", "cpu-default", "--iterations", "1"]
     args += ["--run-dir", str(tmp_path / "run"), *[x for s in sets for x in ("--set", s)]]
@@ -176,7 +179,10 @@ def test_one_colocated_iteration_and_its_peak_gpu_memory(tmp_path):
         done.set()
         thread.join()
     assert proc.returncode == 0, proc.stderr[-3000:]
-    print(f"\ncolocated cpu-default iteration on one GPU: {time.perf_counter() - t0:.0f}s, peak {peak[0]} MiB used")
+    print(
+        f"\ncolocated cpu-default iteration on one GPU ({weight_sync}): {time.perf_counter() - t0:.0f}s, "
+        f"peak {peak[0]} MiB used"
+    )
 
 
 @pytest.mark.parametrize("backend", ["ipc", "nccl"])
