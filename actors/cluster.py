@@ -225,7 +225,7 @@ def engines_sleep(cfg: RunConfig) -> bool:
 
 def weight_sync(cfg: RunConfig) -> str:
     """ray.weight_sync resolved (actors.weight_transfer). auto is the object store everywhere for now:
-    on CPU it is as fast as a gloo broadcast (benchmarks/RESULTS.md, "Weight sync"), and the NCCL and
+    on CPU it is 1.3x faster than a gloo broadcast (benchmarks/RESULTS.md, issue 17), and the NCCL and
     CUDA IPC paths have not run on a GPU yet (tests/gpu/test_gpu_colocate.py), so they are chosen by
     name, not by default."""
     return "object_store" if cfg.ray.weight_sync == "auto" else cfg.ray.weight_sync
