@@ -784,10 +784,8 @@ def _weights(
         if tensor.data_ptr() in seen:
             continue
         seen.add(tensor.data_ptr())
-        if device is None:
-            out[name] = tensor.detach().to(dtype or tensor.dtype).contiguous()
-        else:
-            out[name] = tensor.detach().to(device, dtype or tensor.dtype, copy=True).contiguous()
+        moved = tensor.detach().to(device or tensor.device, dtype or tensor.dtype, copy=device is not None)
+        out[name] = moved.contiguous()
     return out
 
 

@@ -29,6 +29,7 @@ with the group it joined) and forms a new one with every replica before the next
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -46,7 +47,6 @@ from vllm.distributed.weight_transfer.base import (
     WeightTransferEngine,
     WeightTransferInitInfo,
     WeightTransferUpdateInfo,
-    layerwise_groups,
 )
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory, WeightTransferTrainerFactory
 
@@ -146,9 +146,6 @@ class StateDictSource(WeightSource):
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         yield from self._read().items()
 
-    def groups(self) -> list[list[str]]:
-        return layerwise_groups(list(self._read()))
-
     def done(self) -> None:
         """Drop the weights read for this push (a copy when the wire dtype differs)."""
         self._current = None
@@ -211,25 +208,45 @@ class WeightSender:
 # --- eva's gloo backend: vLLM's weight-transfer interface over a torch gloo group on CPU ----------
 
 
-def _plan(names: list[str], sizes: list[int], chunk_bytes: int) -> list[list[int]]:
+def _plan(sizes: list[int], chunk_bytes: int) -> list[list[int]]:
     """Consecutive parameters (indices) packed into chunks of at most `chunk_bytes` (a larger one
     alone). Both ends compute it from the same metadata."""
     chunks: list[list[int]] = []
-    used = chunk_bytes
+    used = 0
     for i, size in enumerate(sizes):
-        if used + size > chunk_bytes and (not chunks or chunks[-1]):
+        if not chunks or used + size > chunk_bytes:
             chunks.append([])
             used = 0
         chunks[-1].append(i)
         used += size
-    return [c for c in chunks if c]
+    return chunks
 
 
 def _nbytes(shape, dtype: torch.dtype) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n * torch.empty((), dtype=dtype).element_size()
+    return math.prod(int(d) for d in shape) * dtype.itemsize
+
+
+def send_chunks(group, tensors: list[torch.Tensor], chunk_bytes: int) -> None:
+    """Rank 0: every tensor, in order, broadcast packed in `_plan`'s chunks."""
+    for chunk in _plan([t.numel() * t.element_size() for t in tensors], chunk_bytes):
+        parts = [tensors[i].detach().cpu().contiguous().view(-1).view(torch.uint8) for i in chunk]  # host: a chunk
+        _broadcast(group, torch.cat(parts) if len(parts) > 1 else parts[0])
+
+
+def receive_chunks(
+    group, shapes: list[list[int]], dtypes: list[torch.dtype], chunk_bytes: int
+) -> Iterator[list[tuple[int, torch.Tensor]]]:
+    """A receiving rank: per chunk, (index, tensor) of each parameter in it, views of the chunk's buffer
+    (valid until the next chunk is asked for)."""
+    sizes = [_nbytes(s, d) for s, d in zip(shapes, dtypes, strict=True)]
+    for chunk in _plan(sizes, chunk_bytes):
+        buffer = torch.empty(sum(sizes[i] for i in chunk), dtype=torch.uint8)
+        _broadcast(group, buffer)
+        views, at = [], 0
+        for i in chunk:
+            views.append((i, buffer[at : at + sizes[i]].view(dtypes[i]).view(shapes[i])))
+            at += sizes[i]
+        yield views
 
 
 def _broadcast(group, buffer: torch.Tensor) -> None:
@@ -304,15 +321,8 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         if self.group is None:
             raise RuntimeError("gloo weight transfer not initialized: init_weight_transfer_engine first")
         dtypes = [getattr(torch, d) for d in update_info.dtype_names]
-        sizes = [_nbytes(s, d) for s, d in zip(update_info.shapes, dtypes, strict=True)]
-        for chunk in _plan(update_info.names, sizes, self.chunk_bytes):
-            buffer = torch.empty(sum(sizes[i] for i in chunk), dtype=torch.uint8)
-            _broadcast(self.group, buffer)
-            weights, at = [], 0
-            for i in chunk:
-                flat = buffer[at : at + sizes[i]].view(dtypes[i])
-                weights.append((update_info.names[i], flat.view(update_info.shapes[i])))
-                at += sizes[i]
+        for chunk in receive_chunks(self.group, update_info.shapes, dtypes, self.chunk_bytes):
+            weights = [(update_info.names[i], tensor) for i, tensor in chunk]
             cast(Any, self.model).load_weights(weights)
 
     def shutdown(self) -> None:
@@ -351,7 +361,6 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
             [m.name for m in meta], [str(m.dtype).split(".")[-1] for m in meta], [list(m.shape) for m in meta]
         )
         tensors = dict(iter(self.source))
-        sizes = [_nbytes(m.shape, m.dtype) for m in meta]
         self.client.start_weight_update()
         failed: list[BaseException] = []
 
@@ -363,9 +372,7 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
 
         receiver = threading.Thread(target=receive, daemon=True)
         receiver.start()
-        for chunk in _plan(update.names, sizes, self.chunk_bytes):
-            parts = [tensors[update.names[i]].detach().cpu().contiguous().view(-1).view(torch.uint8) for i in chunk]
-            _broadcast(self.group, torch.cat(parts) if len(parts) > 1 else parts[0])
+        send_chunks(self.group, [tensors[name] for name in update.names], self.chunk_bytes)
         receiver.join()
         if failed:
             raise failed[0]

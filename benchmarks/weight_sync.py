@@ -62,17 +62,12 @@ class Sender:
 
     def broadcast(self, address: str, port: int, world: int) -> float:
         """Rank 0 of a gloo group: every tensor out in chunks, as GlooTrainerWeightTransferEngine sends."""
-        import torch
 
-        from actors.weight_transfer import CHUNK_BYTES, _broadcast, _open_group, _plan
+        from actors.weight_transfer import CHUNK_BYTES, _open_group, send_chunks
 
         group = _open_group(address, port, 0, world)
-        names = list(self.weights)
-        sizes = [self.weights[n].numel() * 2 for n in names]
         t0 = time.perf_counter()
-        for chunk in _plan(names, sizes, CHUNK_BYTES):
-            parts = [self.weights[names[i]].view(-1).view(torch.uint8) for i in chunk]
-            _broadcast(group, torch.cat(parts) if len(parts) > 1 else parts[0])
+        send_chunks(group, list(self.weights.values()), CHUNK_BYTES)
         return time.perf_counter() - t0
 
 
@@ -90,7 +85,7 @@ class Receiver:
 
         import torch
 
-        from actors.weight_transfer import CHUNK_BYTES, _broadcast, _open_group, _plan
+        from actors.weight_transfer import CHUNK_BYTES, _open_group, receive_chunks
 
         peak = {"rss": 0, "pss": 0}
         done = threading.Event()
@@ -104,16 +99,10 @@ class Receiver:
         watcher.start()
         group = _open_group(address, port, rank, world)
         t0 = time.perf_counter()
-        sizes = [2 * int(torch.Size(shape).numel()) for _, shape in meta]
+        shapes = [shape for _, shape in meta]
         total = 0.0
-        for chunk in _plan([n for n, _ in meta], sizes, CHUNK_BYTES):
-            buffer = torch.empty(sum(sizes[i] for i in chunk), dtype=torch.uint8)
-            _broadcast(group, buffer)
-            at = 0
-            for i in chunk:
-                total += float(buffer[at : at + sizes[i]].view(torch.bfloat16).sum())
-                at += sizes[i]
-            del buffer
+        for chunk in receive_chunks(group, shapes, [torch.bfloat16] * len(shapes), CHUNK_BYTES):
+            total += sum(float(t.sum()) for _, t in chunk)
         done.set()
         watcher.join()
         seconds = time.perf_counter() - t0

@@ -15,11 +15,11 @@ TEXTS = ["What is 3 plus 3?", "Name three primary colors.", "What is 5 plus 5?"]
 
 
 def test_the_plan_packs_consecutive_parameters_up_to_the_chunk_size_and_a_larger_one_alone():
-    assert _plan(["a", "b", "c", "d", "e"], [40, 50, 20, 300, 10], 100) == [[0, 1], [2], [3], [4]]
-    assert _plan(["a"], [500], 100) == [[0]]
-    assert _plan([], [], 100) == []
+    assert _plan([40, 50, 20, 300, 10], 100) == [[0, 1], [2], [3], [4]]
+    assert _plan([500], 100) == [[0]]
+    assert _plan([], 100) == []
     sizes = [7, 7, 7, 7, 7, 7, 7]
-    plan = _plan(list("abcdefg"), sizes, 21)
+    plan = _plan(sizes, 21)
     assert plan == [[0, 1, 2], [3, 4, 5], [6]] and sum(plan, []) == list(range(7))
     assert _nbytes([3, 4], torch.bfloat16) == 24 and _nbytes([], torch.float32) == 4
 
