@@ -219,6 +219,10 @@ class GenerationEngine:
         sizes: dict[str, Any] = {"max_num_seqs": seqs, "kv_cache_memory_bytes": kv_bytes}
         if self.sleep_mode:
             sizes["enable_sleep_mode"] = True
+        if cpu:
+            from actors.nucleus import install
+
+            install()  # top-p without sorting the vocabulary at every step (vLLM's CPU sampler does)
         if self.weight_transfer is not None:
             from actors.weight_transfer import register
 
