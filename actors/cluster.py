@@ -300,14 +300,14 @@ class Actors:
     def _scorers(self) -> list:
         return [] if self.reward is None else [self.reward]
 
-    def sleep_async(self) -> list:
-        """Every engine starts giving its memory to the trainer (model.sleep): the policy's engines drop
-        their weights, fixed models (the creator's own, the judge) keep them where vLLM can. Their
-        ObjectRefs (seconds each), to wait on while the trainer loads."""
+    def sleep(self, timeout_s: float) -> float:
+        """Every engine gives its memory to the trainer (model.sleep): the policy's engines drop their
+        weights, fixed models (the creator's own, the judge) keep them where vLLM can. Seconds, slowest."""
         refs = self.policy.sleep_async(keep_weights=False)
         if self.creator_engines is not self.policy:
             refs += self.creator_engines.sleep_async(keep_weights=True)
-        return refs + [r.sleep.remote() for r in self._scorers()]
+        refs += [r.sleep.remote() for r in self._scorers()]
+        return max(ray.get(refs, timeout=timeout_s), default=0.0)
 
     def wake_up(self, policy_path: str | None, version: str, timeout_s: float) -> float:
         """Every engine back from `sleep`, the policy's serving the policy folder `policy_path` as

@@ -337,16 +337,16 @@ def train(ctx: Ctx, t: int, built: list[PreferencePair]) -> TrainResult:
     with stage(ctx, t, "train") as counts:
         # model.sleep: the engines' memory is the trainer's for the round; they come back serving pi_t
         sleeping = engines_sleep(ctx.cfg)
-        engines_asleep = sleeping and bool(built)  # no pairs: nothing trains, nothing to make room for
-        # the engines shut down while the trainer reloads: its policy (~1 GB for 135M) is a fraction of
-        # what the round allocates once they are down
-        going = ctx.actors.sleep_async() if engines_asleep else []
-        if ctx.trainer_asleep:  # pi_{t-1} back from its folder and fp32 masters, as on resume
+        # pi_{t-1} back from its folder and fp32 masters, as on resume. Before the engines go to sleep, not
+        # while they do: overlapping the two saved 1-2.5 s an iteration but raised the trainer's peak in
+        # the round (3.82 against 3.53 GB, cpu-default, benchmarks/RESULTS.md), and with it the job's
+        if ctx.trainer_asleep:
             t_load = time.perf_counter()
             load_trainer(ctx, t - 1)
             counts["trainer_load_s"] = round(time.perf_counter() - t_load, 3)
-        if going:
-            counts["sleep_s"] = round(max(ray.get(going, timeout=ctx.timeout), default=0.0), 3)
+        engines_asleep = sleeping and bool(built)  # no pairs: nothing trains, nothing to make room for
+        if engines_asleep:
+            counts["sleep_s"] = round(ctx.actors.sleep(ctx.timeout), 3)
         try:
             result = train_round(ctx, t, built)  # no pairs: pi_t = pi_{t-1}, steps 0
         except ray.exceptions.RayTaskError as e:
