@@ -7,7 +7,9 @@ of a trained model is a few tokens (4 on average there), so `nucleus_logits` fin
 row's top candidates (`torch.topk`) and sorts nothing: 11 ms a step, 362-364 tokens/s
 (`python -m benchmarks.nucleus`, benchmarks/RESULTS.md "Top-p on CPU"). A row whose candidates do
 not hold mass p (a flat distribution, such as the tiny test model's) takes vLLM's own sort.
-`install()` puts it where vLLM's CPU sampler looks the filter up.
+`install()` puts it where vLLM's CPU sampler looks the filter up, in the engine actor's own process,
+which is where a CPU engine samples (its engine core runs in-process; tensor parallelism, whose Ray
+workers sample elsewhere, is a GPU setting).
 
 The filter is vLLM's: a token stays when the mass of the tokens ranked above it is below p (in
 vLLM's words, it goes when the ascending mass up to it is at most 1 - p), and the likeliest token
@@ -45,8 +47,7 @@ def nucleus_logits(logits: torch.Tensor, k: torch.Tensor | None, p: torch.Tensor
     todo = (~whole).nonzero().squeeze(1)
     # The candidates' probabilities in float64: in float32 the normaliser's rounding alone moves a
     # mass of 0.9 by ~1e-6, enough to put a boundary token on the wrong side now and then.
-    log_total = torch.logsumexp(logits[todo].double(), dim=-1)
-    row_p, lse = p[todo].double(), log_total
+    lse, row_p = torch.logsumexp(logits[todo].double(), dim=-1), p[todo].double()
     sorted_rows = todo[:0]
     for count in CANDIDATES:
         if todo.numel() == 0:
