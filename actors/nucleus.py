@@ -47,12 +47,13 @@ def nucleus_logits(logits: torch.Tensor, k: torch.Tensor | None, p: torch.Tensor
     todo = (~whole).nonzero().squeeze(1)
     # The candidates' probabilities in float64: in float32 the normaliser's rounding alone moves a
     # mass of 0.9 by ~1e-6, enough to put a boundary token on the wrong side now and then.
-    lse, row_p = torch.logsumexp(logits[todo].double(), dim=-1), p[todo].double()
+    rows_left = logits[todo]  # the rows still to cover, gathered once (a batch x vocab copy)
+    lse, row_p = torch.logsumexp(rows_left.double(), dim=-1), p[todo].double()
     sorted_rows = todo[:0]
     for count in CANDIDATES:
         if todo.numel() == 0:
             break
-        top = logits[todo].topk(min(count, logits.shape[-1]), dim=-1)
+        top = rows_left.topk(min(count, logits.shape[-1]), dim=-1)
         inclusive = (top.values.double() - lse.unsqueeze(1)).exp().cumsum(dim=-1)
         covered = (inclusive[:, -1] >= row_p) | (count >= logits.shape[-1])
         # no later candidate is likelier than this count's last: rows that more of them cannot cover
@@ -67,7 +68,7 @@ def nucleus_logits(logits: torch.Tensor, k: torch.Tensor | None, p: torch.Tensor
         out[rows] = out[rows].scatter(1, index, kept)
         sorted_rows = torch.cat([sorted_rows, todo[hopeless]])
         left = ~covered & ~hopeless
-        todo, row_p, lse = todo[left], row_p[left], lse[left]
+        todo, rows_left, row_p, lse = todo[left], rows_left[left], row_p[left], lse[left]
     sorted_rows = torch.cat([sorted_rows, todo])
     if sorted_rows.numel():
         out[sorted_rows] = sort(logits[sorted_rows].clone(), None, p[sorted_rows])

@@ -339,7 +339,7 @@ def train(ctx: Ctx, t: int, built: list[PreferencePair]) -> TrainResult:
         sleeping = engines_sleep(ctx.cfg)
         # pi_{t-1} back from its folder and fp32 masters, as on resume. Before the engines go to sleep, not
         # while they do: overlapping the two saved 1-2.5 s an iteration but raised the trainer's peak in
-        # the round (3.82 against 3.53 GB, cpu-default, benchmarks/RESULTS.md), and with it the job's
+        # the round (3.82 against 3.53 GB, cpu-default, benchmarks/RESULTS.md) and the job's peak with it
         if ctx.trainer_asleep:
             t_load = time.perf_counter()
             load_trainer(ctx, t - 1)
