@@ -119,7 +119,11 @@ def test_install_puts_it_where_vllms_cpu_sampler_calls_it(monkeypatch):
     nucleus.install()
     nucleus.install()  # idempotent: wraps vLLM's function once
     assert nucleus._installed == [original]
-    pytest.importorskip("vllm._C")  # the CPU kernels forward_cpu samples with
+    from vllm.platforms import current_platform
+
+    # the CPU kernels forward_cpu samples with, the build vLLM picks for this CPU (importing vllm._C
+    # itself is an illegal instruction on a CPU without AVX512-BF16)
+    current_platform.import_kernels()
     calls = []
     monkeypatch.setattr(nucleus, "nucleus_logits", lambda *a: calls.append(a) or nucleus_logits(*a))
     logits, p = zipf_logits(4, 2.0, seed=7), torch.full((4,), 0.9)
