@@ -85,5 +85,11 @@ def evolve_prompts(
     return (
         children,
         report,
-        RolloutStats(generate_seconds=batch.seconds, new_tokens=batch.new_tokens, retries=batch.retries),
+        RolloutStats(
+            generate_seconds=batch.seconds,
+            new_tokens=batch.new_tokens,
+            retries=batch.retries,
+            longest_tokens=batch.longest,
+            truncated_prompts=batch.truncated,
+        ),
     )

@@ -8,7 +8,7 @@ Weights carry a label (`version`; the loop labels them policy-<t>, ad-hoc pools 
 and skip the check). Every generate call names the label it expects, so a replica that
 Ray restarted (`max_restarts`: it comes back with its start weights) refuses instead of answering
 with the wrong policy; the pool then pushes it the current weights and asks again. A pool is a
-plain value owned by the driver; the rollout tasks get a copy made after the last push.
+plain value owned by the driver; the rollout threads read it (generate changes nothing in it).
 """
 
 from __future__ import annotations
@@ -98,6 +98,8 @@ class EnginePool:
             prompt_tokens=sum(b.prompt_tokens for b in batches),
             new_tokens=sum(b.new_tokens for b in batches),
             retries=tuple(line for _, lines in results for line in lines),
+            longest=max((b.longest for b in batches), default=0),
+            truncated=sum(b.truncated for b in batches),
         )
 
     def _submit(self, engine: int, args: tuple):

@@ -1,6 +1,6 @@
 """Rollouts: n sampled responses per prompt from the policy's engines, every one scored by the reward
 actor. The same operation serves the creator's estimate (on X_{t-1}) and the solver's solve (on
-X'_t); the loop runs it as a Ray task per chunk so one chunk generates while another is scored.
+X'_t); the loop runs it in a driver thread per chunk so one chunk generates while another is scored.
 """
 
 from __future__ import annotations
@@ -89,5 +89,7 @@ def rollout(
         new_tokens=batch.new_tokens,
         nonfinite_rewards=sum(s.num_nonfinite for s in scored),
         retries=(*batch.retries, *retried),
+        longest_tokens=batch.longest,
+        truncated_prompts=batch.truncated,
     )
     return scored, stats

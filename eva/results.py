@@ -32,6 +32,8 @@ class RolloutStats:
     new_tokens: int = 0
     nonfinite_rewards: int = 0
     retries: tuple[str, ...] = ()
+    longest_tokens: int = 0  # the longest prompt + response the engines ran, in tokens
+    truncated_prompts: int = 0  # prompts the engines left-truncated to fit model.max_model_len
 
     @classmethod
     def merge(cls, parts: Sequence[RolloutStats]) -> RolloutStats:
@@ -42,6 +44,8 @@ class RolloutStats:
             new_tokens=sum(p.new_tokens for p in parts),
             nonfinite_rewards=sum(p.nonfinite_rewards for p in parts),
             retries=tuple(line for p in parts for line in p.retries),
+            longest_tokens=max((p.longest_tokens for p in parts), default=0),
+            truncated_prompts=sum(p.truncated_prompts for p in parts),
         )
 
     def marker(self, prompts: int) -> dict[str, Any]:
@@ -49,6 +53,8 @@ class RolloutStats:
         return {
             "prompts": prompts,
             "new_tokens": self.new_tokens,
+            "longest_tokens": self.longest_tokens,
+            "truncated": self.truncated_prompts,
             "nonfinite": self.nonfinite_rewards,
             "retries": len(self.retries),
             "generate_s": round(self.generate_seconds, 2),

@@ -219,9 +219,15 @@ def test_next_token_logprobs_are_a_distribution(ray_session, engines):
 
 
 def test_prompt_longer_than_the_context_is_truncated_not_rejected(ray_session, engines):
+    """A prompt longer than max_model_len (256) loses its beginning and is counted; the batch reports
+    its longest sequence (prompt + response), which then fills the context exactly."""
     pool = EnginePool(engines[:1], timeout_s=120)
-    out = pool.generate(["long"], ["word " * 2000], [1], GREEDY)
-    assert len(out.generations[0].responses) == 1
+    out = pool.generate(["long", "short"], ["word " * 2000, "hi"], [1, 2], GREEDY)
+    assert [len(g.responses) for g in out.generations] == [1, 1]
+    assert out.truncated == 1
+    assert out.longest == 256 - GREEDY.max_tokens + out.generations[0].num_tokens[0]
+    short = pool.generate(["short"], ["hi"], [2], GREEDY)
+    assert short.truncated == 0 and 0 < short.longest < 64
 
 
 def test_a_batch_larger_than_one_step_budget_generates_and_reproduces(ray_session, engines):
@@ -308,3 +314,14 @@ def test_unseeded_sampling_is_not_reproducible_seeded_is(ray_session, tiny_model
         assert first.generations != second.generations
     finally:
         ray.kill(engine)
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    from actors.engine import native_bf16
+
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma f16c\n"
+    assert native_bf16(avx2) is False
+    assert native_bf16(avx2.replace("avx2", "avx2 avx512f avx512_bf16")) is True
+    assert native_bf16(avx2.replace("avx2", "avx2 amx_tile amx_bf16")) is True
+    assert native_bf16("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n") is True  # aarch64
+    assert native_bf16("processor\t: 0\nFeatures\t: fp asimd\n") is False

@@ -132,3 +132,16 @@ def test_learnability_is_p_times_one_minus_p_of_exact_solves():
     assert informativeness([1.0, 1.0, 1.0, 0.9], "learnability") == 0.75 * 0.25
     assert informativeness([0.4, 0.3, 0.2, 0.1], "learnability") == 0.0  # a gap, but nothing solved
     assert informativeness([1.0, 1.0], "learnability") == 0.0
+
+
+def test_rollout_stats_of_chunks_merge_into_the_stage_marker():
+    """A stage's chunks: tokens, truncations and retries add up; the longest sequence is the longest
+    of any chunk (what model.max_model_len must hold), not a sum."""
+    from eva.results import RolloutStats
+
+    a = RolloutStats(generate_seconds=1.0, new_tokens=10, longest_tokens=300, truncated_prompts=1, retries=("x",))
+    b = RolloutStats(generate_seconds=2.0, new_tokens=5, longest_tokens=120)
+    marker = RolloutStats.merge([a, b]).marker(7)
+    assert marker["prompts"] == 7 and marker["new_tokens"] == 15 and marker["retries"] == 1
+    assert marker["longest_tokens"] == 300 and marker["truncated"] == 1 and marker["generate_s"] == 3.0
+    assert RolloutStats.merge([]).marker(0)["longest_tokens"] == 0
