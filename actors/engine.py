@@ -158,9 +158,8 @@ def kv_bytes_per_token(model_path: str, dtype: str, trust_remote_code: bool = Fa
 
 def native_bf16(cpuinfo: str | None = None) -> bool | None:
     """Whether this CPU computes bf16 natively (x86: AVX512-BF16 or AMX; ARM: the bf16 feature), read
-    from /proc/cpuinfo; None where that file is absent. Without it bf16 matrix products fall back to
-    slow paths: SmolLM2-135M in eva's CPU engine generated 18 tokens/s in bf16 against 90 in float32 on
-    an AVX2 EPYC (benchmarks/RESULTS.md), and ~360 in bf16 on a CPU with AVX512-BF16."""
+    from /proc/cpuinfo; None where that file is absent. Without it torch's bf16 matrix product takes a
+    slow path, and a bf16 CPU engine computes its layers in float32 instead (actors.cpu_gemm)."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
@@ -236,9 +235,11 @@ class GenerationEngine:
         if self.sleep_mode:
             sizes["enable_sleep_mode"] = True
         if cpu:
-            from actors.nucleus import install
+            from actors import cpu_gemm, nucleus
 
-            install()  # top-p without sorting the vocabulary at every step (vLLM's CPU sampler does)
+            nucleus.install()  # top-p without sorting the vocabulary at every step (vLLM's CPU sampler does)
+            if model.dtype == "bfloat16" and native_bf16() is False:
+                cpu_gemm.install()  # bf16 layers in float32: 4.5x the tokens/s on a CPU without bf16 dot products
         if self.weight_transfer is not None:
             from actors.weight_transfer import register
 
@@ -261,6 +262,9 @@ class GenerationEngine:
             **(_cpu_scheduler(model.max_model_len, seqs or 0) if cpu else {}),
         )
         self.tokenizer: Any = self.llm.get_tokenizer()
+        from actors import heap
+
+        heap.release()  # what loading left free (a judge's bf16 -> fp32 cast: ~0.2 GB of the reward actor's heap)
 
     def ready(self) -> dict[str, Any]:
         """Cheap call to wait on after starting the actor; also what the engine holds."""

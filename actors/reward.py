@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from actors import heap
 from actors.busy import BusyLog, Span
 from actors.models import MINILM_MODEL, ModelError, assigned_device, model_config_file, resolve_model_path
 from eva.config import ModelSection, RewardSection, ScorerSpec
@@ -543,6 +544,7 @@ class RewardActor:
             sleep_mode=sleep_mode,
         )
         self.kind = reward.kind
+        heap.release()  # what building the scorers left free (their engines released their own)
         self.start_seconds = time.perf_counter() - t0
         self.pairs = self.nonfinite = 0
         self.seconds = 0.0

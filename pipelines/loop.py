@@ -31,7 +31,7 @@ import ray
 
 from actors.cluster import Actors, engines_sleep, init_ray, start_actors, transfer_backend
 from actors.creator import evolve_prompts
-from actors.engine import SamplingSpec, native_bf16
+from actors.engine import SamplingSpec
 from actors.models import model_folder
 from actors.pool import LOST, wait_until_available
 from actors.rollout import rollout
@@ -678,11 +678,6 @@ def run_loop(cfg: RunConfig, run: RunDir, report: Reporter, verified: bool = Fal
         report(f"nothing to do: {last} iterations committed (run.iterations = {cfg.run.iterations})")
         return last
     init_ray(cfg)
-    if cfg.model.dtype == "bfloat16" and cfg.ray.engine.num_gpus == 0 and native_bf16() is False:
-        report(
-            "note: this CPU has no native bf16 (AVX512-BF16, AMX or ARM bf16): bf16 generation runs about 5x "
-            "slower than float32 here; `--set model.dtype=float32` is faster for ~0.7 GB more memory per engine"
-        )
     report("starting actors (vLLM engines, reward scorer, trainer) ...")
     t0 = time.perf_counter()
     start_policy = str(run.iteration(last).policy)
