@@ -8,7 +8,10 @@ every variant generates the same requests), after one warm-up call:
 
 - `eager-N`: `model.enforce_eager: true`, `model.max_num_seqs: N` (N sequences at once; auto on CPU
   is 32), the KV cache sized for them (`model.kv_cache_gib: auto`);
-- `compiled-N`: the same with `enforce_eager: false` (torch.compile; paid once per start).
+- `compiled-N`: the same with `enforce_eager: false` (torch.compile; paid once per start);
+- a suffix `-fp32` runs the model in float32, `-bf16native` in bf16 with vLLM's own kernels even on a
+  CPU without native bf16, where eva computes bf16 layers in float32 (actors.cpu_gemm; no suffix: bf16
+  as eva runs it). `--variants eager-32,eager-32-bf16native,eager-32-fp32` compares the three.
 
 Reports the engine's start seconds, generation tokens/s, the process PSS after generating, and
 whether the responses equal the first variant's. Writes benchmarks/results/engine_settings.json.
@@ -36,9 +39,20 @@ def one(variant: str, model: str, prompts: int, max_tokens: int) -> dict:
     from eva.buffer import load_seed_prompts
     from eva.config import ModelSection
 
-    mode, seqs = variant.split("-")
+    mode, seqs, *rest = variant.split("-")
+    dtype = rest[0] if rest else "bf16"
+    if dtype == "bf16native":  # vLLM's own bf16 kernels even where the CPU has no bf16 dot product
+        import actors.engine
+
+        actors.engine.native_bf16 = lambda cpuinfo=None: True
     path = resolve_model_path(model)
-    section = ModelSection(path=path, max_model_len=1024, enforce_eager=mode == "eager", max_num_seqs=int(seqs))
+    section = ModelSection(
+        path=path,
+        max_model_len=1024,
+        enforce_eager=mode == "eager",
+        max_num_seqs=int(seqs),
+        dtype="float32" if dtype == "fp32" else "bfloat16",
+    )
     engine = GenerationEngine(path, section, f"/tmp/eva-engine-settings-{variant}")
     texts = [p.text for p in load_seed_prompts("builtin:seed", "prompt", prompts)]
     spec = SamplingSpec(1, 0.7, 0.9, max_tokens)
@@ -79,11 +93,11 @@ def main() -> None:
         print(f"{variant}: done", flush=True)
     first = rows[0]["responses"]
     print(f"\n{args.prompts} prompts x 1 sample x {args.max_tokens} new tokens, {args.model}, one thread")
-    print(f"{'variant':<14} {'start s':>8} {'tokens/s':>9} {'PSS GB':>7} {'KV tokens':>10} {'same responses':>15}")
+    print(f"{'variant':<20} {'start s':>8} {'tokens/s':>9} {'PSS GB':>7} {'KV tokens':>10} {'same responses':>15}")
     for r in rows:
         same = r["responses"] == first
         print(
-            f"{r['variant']:<14} {r['start_s']:>8.1f} {r['tok_per_s']:>9.1f} {r['pss_gb']:>7.2f} "
+            f"{r['variant']:<20} {r['start_s']:>8.1f} {r['tok_per_s']:>9.1f} {r['pss_gb']:>7.2f} "
             f"{r['kv_cache_tokens']:>10,} {str(same):>15}"
         )
         r["same_responses_as_first"] = same
