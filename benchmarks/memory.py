@@ -12,8 +12,9 @@ figures add up to what the job holds; summed RSS would count those pages once pe
 Processes are grouped by role: an actor by the class in its Ray process title (`ray::PolicyTrainer`,
 `ray::GenerationEngine`, `ray::RewardActor`; once a worker has shown an actor's title it keeps that
 role), the driver (`eva run`), Ray's own processes (GCS, raylet, agents, monitors) and the pool of
-task workers (`ray::IDLE`, `ray::rollout`). The table shows, per role, its peak and its share of the
-job's peak (the moment the summed PSS was highest). Writes benchmarks/results/memory-<label>.json.
+task workers (`ray::IDLE`; `ray::rollout` in checkouts from before the rollouts ran in driver
+threads). The table shows, per role, its peak and its share of the job's peak (the moment the summed
+PSS was highest). Writes benchmarks/results/memory-<label>.json.
 """
 
 from __future__ import annotations
