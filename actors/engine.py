@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.busy import BusyLog, Span
+from actors.models import cache_dir
 from eva.config import ModelSection
 from eva.types import Generation, SampledTokens
 
@@ -94,7 +95,12 @@ def exit_on_fatal(call: str, exit: Callable[[int], Any] = os._exit):
 
 
 def configure_engine_env(workdir: str | Path, batch_invariant: bool = False) -> None:
-    """Environment vLLM reads at import/start. Must run before `import vllm` in this process."""
+    """Environment vLLM reads at import/start. Must run before `import vllm` in this process.
+
+    vLLM's cache (VLLM_CACHE_ROOT) is eva's user cache, shared by every run: what it holds depends on
+    vLLM's version and the model's code only, never on a run. Its model-class inspection above all:
+    without a cached one, vLLM runs it in a subprocess that imports vLLM and torch again, 10-20 s of
+    the first engine start in each process on a 2-core CPU. Inductor's scratch stays in `workdir`."""
     workdir = Path(workdir)
     if batch_invariant:
         os.environ["VLLM_BATCH_INVARIANT"] = "1"
@@ -102,7 +108,7 @@ def configure_engine_env(workdir: str | Path, batch_invariant: bool = False) -> 
     # vLLM's legacy whole-GiB setting overrides kv_cache_memory_bytes on CPU: the config sizes the cache
     os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("VLLM_CACHE_ROOT", str(workdir / "vllm"))
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(cache_dir() / "vllm"))
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workdir / "inductor"))
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
