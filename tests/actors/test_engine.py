@@ -14,7 +14,7 @@ from actors.engine import EngineAsleepError, GenerationEngine, SamplingSpec, Sta
 from actors.pool import EnginePool
 from eva.config import ModelSection
 
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("engines")]  # with pytest -n: one worker starts `engines`
+pytestmark = pytest.mark.ray
 
 SPEC = SamplingSpec(n=4, temperature=1.0, top_p=0.95, max_tokens=12)
 GREEDY = SamplingSpec(n=1, temperature=0.0, top_p=1.0, max_tokens=12)

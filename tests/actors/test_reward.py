@@ -28,8 +28,6 @@ from actors.reward import (
 from eva.config import RewardSection, ScorerSpec, load_config
 from eva.scorers import SCORER_KINDS
 
-pytestmark = pytest.mark.xdist_group("tiny_engine")  # with pytest -n: one worker starts `tiny_engine`
-
 PROMPTS = ["What is 2 + 2?", "Name a color.", "Why is the sky blue?", "How do I boil an egg?"]
 RESPONSES = ["2 + 2 is 4.", "Blue.", "Sunlight scatters off air molecules, blue the most.", "Bananas are yellow and"]
 

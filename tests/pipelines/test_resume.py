@@ -151,7 +151,6 @@ def test_ctrl_c_stops_at_a_safe_point_and_resume_finishes_the_same_run(reference
         assert _tables(run_dir, t) == _tables(reference_run, t)
 
 
-@pytest.mark.xdist_group("reference_run_3")  # with pytest -n: one worker runs the reference
 def test_sigkill_at_every_stage_of_later_iterations_then_resume_equals_uninterrupted(
     eva, reference_run_3: Path, tmp_path: Path
 ):
@@ -173,7 +172,6 @@ def test_sigkill_at_every_stage_of_later_iterations_then_resume_equals_uninterru
     _assert_same_run(run_dir, reference_run_3, range(1, 4))
 
 
-@pytest.mark.xdist_group("reference_run_3")
 def test_sigkill_at_random_times_then_resume_equals_uninterrupted(reference_run_3: Path, tmp_path: Path):
     """Kills at (seeded) random moments after the actors are up, wherever the run happens to be."""
     import random
