@@ -55,7 +55,9 @@ app = typer.Typer(
 model_app = typer.Typer(no_args_is_help=True, help="Offline models: prepare the embedded default.")
 app.add_typer(model_app, name="model")
 console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# soft_wrap: rich never breaks an error or note line itself (the terminal wraps it): a path in a job's
+# log, or in any output that is not a terminal (80 columns then), stays one greppable string.
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ErrorTypes = tuple[type[Exception], ...]
 USER_ERRORS: ErrorTypes = (ConfigError, RunDirError, DataError, FileNotFoundError, RunLockedError)
