@@ -82,9 +82,18 @@ HEAVY_FIXTURES = frozenset(
 )
 
 
+# The modules of the longest tests (5-15 minutes each on a 2-core AVX2 CPU, most of them SIGKILL-and-resume:
+# one process start per kill), run first. Under `pytest -n 2 --dist worksteal` (CI, the README) the
+# worker that has them starts them at once, and the other takes its last pending tests when it runs
+# out: last in collection order, one of them would run alone at the end.
+LONGEST_FIRST = ("tests/pipelines/test_resume.py", "tests/pipelines/test_online.py", "tests/cluster/test_two_node.py")
+
+
 def pytest_collection_modifyitems(config, items):
     """Mark every test that uses a heavy fixture `integration`, so plain `pytest` (the fast tier,
-    pyproject's addopts) leaves it out without each test having to say so."""
+    pyproject's addopts) leaves it out without each test having to say so; run LONGEST_FIRST first."""
     for item in items:
         if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
