@@ -115,6 +115,7 @@ class PolicyTrainer:
         # One thread by default: two cores shared by every actor (DESIGN.md). The loop's stages run
         # one after another, so while this trains the engines are idle and it may take more.
         torch.set_num_threads(threads)
+        heap.map_large_blocks()  # a round's freed activations and gradients go back at once (actors.heap)
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         from datasets.utils.logging import disable_progress_bar
         from transformers import AutoTokenizer
