@@ -373,16 +373,17 @@ def train(ctx: Ctx, t: int, built: list[PreferencePair]) -> TrainResult:
     with stage(ctx, t, "train") as counts:
         # model.sleep: the engines' memory is the trainer's for the round; they come back serving pi_t
         sleeping = engines_sleep(ctx.cfg)
-        # pi_{t-1} back from its folder and fp32 masters, as on resume. Before the engines go to sleep, not
-        # while they do: overlapping the two saved 1-2.5 s an iteration but raised the trainer's peak in
-        # the round (3.82 against 3.53 GB, cpu-default, benchmarks/RESULTS.md) and the job's peak with it
+        engines_asleep = sleeping and bool(built)  # no pairs: nothing trains, nothing to make room for
+        if engines_asleep:
+            counts["sleep_s"] = round(ctx.actors.sleep(ctx.timeout), 3)
+        # pi_{t-1} back from its folder and fp32 masters, as on resume: after the engines went to sleep, not
+        # before (the loaded trainer beside awake engines was the job's peak: 6.02 GB, cpu-default) nor
+        # while they do (overlapping the two saved 1-2.5 s but raised the trainer's peak in the round:
+        # 3.82 against 3.53 GB). benchmarks/RESULTS.md
         if ctx.trainer_asleep:
             t_load = time.perf_counter()
             load_trainer(ctx, t - 1)
             counts["trainer_load_s"] = round(time.perf_counter() - t_load, 3)
-        engines_asleep = sleeping and bool(built)  # no pairs: nothing trains, nothing to make room for
-        if engines_asleep:
-            counts["sleep_s"] = round(ctx.actors.sleep(ctx.timeout), 3)
         try:
             result = train_round(ctx, t, built)  # no pairs: pi_t = pi_{t-1}, steps 0
         except ray.exceptions.RayTaskError as e:
