@@ -14,7 +14,8 @@ Processes are grouped by role: an actor by the class in its Ray process title (`
 role), the driver (`eva run`), Ray's own processes (GCS, raylet, agents, monitors) and the pool of
 task workers (`ray::IDLE`; `ray::rollout` in checkouts from before the rollouts ran in driver
 threads). The table shows, per role, its peak and its share of the job's peak (the moment the summed
-PSS was highest). Writes benchmarks/results/memory-<label>.json.
+PSS was highest), and the stage the run was in at that moment (from its events.jsonl). Writes
+benchmarks/results/memory-<label>.json, with the summed PSS at every sample.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def measure(repo: Path, preset: str, iterations: int, run_dir: Path, log: Path, 
     rc, wall = run_sampled(args, env, repo, log, sample)
     if rc != 0:
         raise RuntimeError(f"eva run exited {rc}; see {log}")
-    _, peak = max(samples, key=lambda s: sum(s[1].values()))
+    peak_t, peak = max(samples, key=lambda s: sum(s[1].values()))
     names = sorted({r for _, s in samples for r in s})
     return {
         "preset": preset,
@@ -95,14 +96,30 @@ def measure(repo: Path, preset: str, iterations: int, run_dir: Path, log: Path, 
         "peak_pss_gb": round(sum(peak.values()) / 1e9, 3),
         "peak_by_role_gb": {r: round(max(s.get(r, 0) for _, s in samples) / 1e9, 3) for r in names},
         "at_peak_gb": {r: round(peak.get(r, 0) / 1e9, 3) for r in names},
-        "curve": [(round(t - samples[0][0], 1), round(sum(s.values()) / 1e9, 3)) for t, s in samples[::5]],
+        "peak_in": stage_at(run_dir / "events.jsonl", peak_t),
+        "curve": [(round(t - samples[0][0], 1), round(sum(s.values()) / 1e9, 3)) for t, s in samples],
     }
+
+
+def stage_at(events: Path, when: float) -> str:
+    """The run's step at time `when`, from its events.jsonl: "[2] train" (a stage that had started and
+    not ended), "after [1] solve" (between stages), "starting actors" (before the first stage)."""
+    last = "starting actors"
+    for line in events.read_text().splitlines():
+        event = json.loads(line)
+        if event["ts"] > when:
+            break
+        if event["kind"] == "stage_start":
+            last = f"[{event['iteration']}] {event['stage']}"
+        elif event["kind"] == "stage_end":
+            last = f"after [{event['iteration']}] {event['stage']}"
+    return last
 
 
 def print_table(result: dict) -> None:
     print(
         f"\n{result['label']}: {result['preset']}, {result['iterations']} iteration(s), {result['wall_s']:.0f} s; "
-        f"peak summed PSS {result['peak_pss_gb']:.2f} GB"
+        f"peak summed PSS {result['peak_pss_gb']:.2f} GB, in {result['peak_in']}"
     )
     print(f"{'process':<24} {'own peak GB':>12} {'at job peak GB':>15}")
     for role, peak in sorted(result["peak_by_role_gb"].items(), key=lambda kv: -kv[1]):
