@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,12 +30,33 @@ def run_eva(
     return proc
 
 
+def shared_run(tmp_path_factory: pytest.TempPathFactory, name: str, *args: str) -> Path:
+    """`eva run --preset tiny ARGS` into a run directory made once per pytest session: under xdist the
+    workers share it (the first to ask runs it, the others wait on a file lock), so two workers do not
+    each spend minutes on the same reference run. Tests only read it (or copy it)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # pytest-N/, shared by popen-gwK/
+    run_dir, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.is_file():  # none yet, or a worker failed or was killed while running it
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_eva("run", "--preset", "tiny", "--run-dir", str(run_dir), *args)
+            done.touch()
+    return run_dir
+
+
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory) -> Path:
     """An uninterrupted two-iteration tiny run: the end-to-end test reads it, resume tests compare to it."""
-    run_dir = tmp_path_factory.mktemp("runs") / "reference"
-    run_eva("run", "--preset", "tiny", "--run-dir", str(run_dir))
-    return run_dir
+    return shared_run(tmp_path_factory, "reference")
+
+
+@pytest.fixture(scope="session")
+def reference_run_3(tmp_path_factory) -> Path:
+    """An uninterrupted three-iteration tiny run, in one process."""
+    return shared_run(tmp_path_factory, "reference3", "--iterations", "3")
 
 
 @pytest.fixture

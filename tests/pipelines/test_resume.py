@@ -61,23 +61,6 @@ def _assert_same_run(run_dir: Path, reference: Path, iterations: range) -> None:
         assert mine.keys() == ref.keys() and all(mine[k].equal(ref[k]) for k in ref), f"policy of iteration {t} differs"
 
 
-@pytest.fixture(scope="module")
-def reference_run_3(tmp_path_factory) -> Path:
-    """An uninterrupted three-iteration tiny run, in one process."""
-    run_dir = tmp_path_factory.mktemp("runs3") / "reference3"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    subprocess.run(
-        [*EVA_CLI, "run", "--preset", "tiny", "--run-dir", str(run_dir), "--iterations", "3"],
-        cwd=REPO,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=900,
-        start_new_session=True,
-    )
-    return run_dir
-
-
 def test_sigkill_at_every_stage_then_resume_equals_uninterrupted(eva, reference_run: Path, tmp_path: Path):
     """Killed at every stage of a run whose engines and trainer take turns with the memory (model.sleep,
     cpu-default's setting; the tiny preset and the reference run keep them resident): the run resumes to
