@@ -14,8 +14,8 @@ Processes are grouped by role: an actor by the class in its Ray process title (`
 role), the driver (`eva run`), Ray's own processes (GCS, raylet, agents, monitors) and the pool of
 task workers (`ray::IDLE`; `ray::rollout` in checkouts from before the rollouts ran in driver
 threads). The table shows, per role, its peak and its share of the job's peak (the moment the summed
-PSS was highest), and the stage the run was in at that moment (from its events.jsonl). Writes
-benchmarks/results/memory-<label>.json, with the summed PSS at every sample.
+PSS was highest), the stage the run was in at that moment (from its events.jsonl), and the peak of
+each stage. Writes benchmarks/results/memory-<label>.json, with the summed PSS at every sample.
 """
 
 from __future__ import annotations
@@ -88,6 +88,11 @@ def measure(repo: Path, preset: str, iterations: int, run_dir: Path, log: Path, 
         raise RuntimeError(f"eva run exited {rc}; see {log}")
     peak_t, peak = max(samples, key=lambda s: sum(s[1].values()))
     names = sorted({r for _, s in samples for r in s})
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    by_stage: dict[str, int] = {}
+    for t, s in samples:
+        where = stage_at(events, t)
+        by_stage[where] = max(by_stage.get(where, 0), sum(s.values()))
     return {
         "preset": preset,
         "iterations": iterations,
@@ -96,17 +101,17 @@ def measure(repo: Path, preset: str, iterations: int, run_dir: Path, log: Path, 
         "peak_pss_gb": round(sum(peak.values()) / 1e9, 3),
         "peak_by_role_gb": {r: round(max(s.get(r, 0) for _, s in samples) / 1e9, 3) for r in names},
         "at_peak_gb": {r: round(peak.get(r, 0) / 1e9, 3) for r in names},
-        "peak_in": stage_at(run_dir / "events.jsonl", peak_t),
+        "peak_in": stage_at(events, peak_t),
+        "peak_by_stage_gb": {where: round(v / 1e9, 3) for where, v in by_stage.items()},
         "curve": [(round(t - samples[0][0], 1), round(sum(s.values()) / 1e9, 3)) for t, s in samples],
     }
 
 
-def stage_at(events: Path, when: float) -> str:
-    """The run's step at time `when`, from its events.jsonl: "[2] train" (a stage that had started and
-    not ended), "after [1] solve" (between stages), "starting actors" (before the first stage)."""
+def stage_at(events: list[dict], when: float) -> str:
+    """The run's step at time `when`, from its events.jsonl's events: "[2] train" (a stage that had
+    started and not ended), "after [1] solve" (between stages), "starting actors" (before the first)."""
     last = "starting actors"
-    for line in events.read_text().splitlines():
-        event = json.loads(line)
+    for event in events:
         if event["ts"] > when:
             break
         if event["kind"] == "stage_start":
@@ -124,6 +129,9 @@ def print_table(result: dict) -> None:
     print(f"{'process':<24} {'own peak GB':>12} {'at job peak GB':>15}")
     for role, peak in sorted(result["peak_by_role_gb"].items(), key=lambda kv: -kv[1]):
         print(f"{role:<24} {peak:>12.2f} {result['at_peak_gb'][role]:>15.2f}")
+    print(f"\n{'stage':<24} {'peak summed PSS GB':>19}")
+    for where, peak in result["peak_by_stage_gb"].items():
+        print(f"{where:<24} {peak:>19.2f}")
 
 
 def main() -> None:
