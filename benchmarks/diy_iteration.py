@@ -75,7 +75,9 @@ class Reward:
         self.judge = AutoModelForCausalLM.from_pretrained(judge_path, dtype=torch.float32).eval()
         self.template = JUDGE_TEMPLATES["fewshot"]
         self.digits = [self.tok.encode(str(d), add_special_tokens=False)[0] for d in range(1, 10)]
-        self.relevance = RelevanceScorer(resolve_model_path(MINILM_MODEL))
+        # RelevanceScorer sets torch's thread count (eva's actors take one thread each): keep the machine's
+        # default here, or this whole process would run on one thread.
+        self.relevance = RelevanceScorer(resolve_model_path(MINILM_MODEL), threads=torch.get_num_threads())
 
     def judge_scores(self, prompts: list[str], responses: list[str]) -> list[float]:
         scores = []
